@@ -1,0 +1,6 @@
+module Lifting.Tests.ConformanceTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "ConformanceTests" []

@@ -1,0 +1,6 @@
+module Lifting.Tests.DataTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "DataTests" []

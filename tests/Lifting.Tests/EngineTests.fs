@@ -1,0 +1,6 @@
+module Lifting.Tests.EngineTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "EngineTests" []

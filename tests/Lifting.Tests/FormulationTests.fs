@@ -1,0 +1,6 @@
+module Lifting.Tests.FormulationTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "FormulationTests" []

@@ -1,0 +1,6 @@
+module Lifting.Tests.HostTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "HostTests" []

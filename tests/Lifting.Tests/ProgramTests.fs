@@ -1,0 +1,6 @@
+module Lifting.Tests.ProgramTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "ProgramTests" []

@@ -1,0 +1,6 @@
+module Lifting.Tests.SolverTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "SolverTests" []

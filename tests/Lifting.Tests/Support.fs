@@ -1,0 +1,1 @@
+module Lifting.Tests.Support

@@ -1,0 +1,6 @@
+module Lifting.Tests.TrainingTests
+
+open Expecto
+
+[<Tests>]
+let tests = testList "TrainingTests" []
