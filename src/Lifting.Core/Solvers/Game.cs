@@ -1,0 +1,132 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lifting.Solvers;
+
+/// Whether a player descends or ascends the objective.
+public enum Role { Minimise, Maximise }
+
+/// One player of a game: a group of tensors updated together.
+///
+/// Variables are leaf tensors owned by whoever built the game (a formulation); solvers update them
+/// in place under no_grad. `StepStates` holds one step-rule state per variable, in the same order.
+/// For per-example players (`RowIndexed`), the leading dimension of every variable and every
+/// state slot indexes the examples of the mini-batch, so a formulation can scatter both back to
+/// its per-example store after the step.
+public sealed class Player
+{
+    public Player(string name, Role role, IReadOnlyList<Tensor> variables, IStepRule stepRule,
+        IReadOnlyList<StepState> stepStates, bool rowIndexed = false,
+        IProjection? projection = null, IMirrorMap? geometry = null)
+    {
+        if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException("A player needs a name.", nameof(name));
+        if (variables.Count == 0) throw new ArgumentException($"Player '{name}' has no variables.", nameof(variables));
+        if (stepStates.Count != variables.Count)
+            throw new ArgumentException($"Player '{name}' has {variables.Count} variables but {stepStates.Count} step states.", nameof(stepStates));
+        Name = name;
+        Role = role;
+        Variables = variables;
+        StepRule = stepRule;
+        StepStates = stepStates;
+        RowIndexed = rowIndexed;
+        Projection = projection ?? Projections.None;
+        Geometry = geometry ?? MirrorMaps.Euclidean;
+    }
+
+    public string Name { get; }
+    public Role Role { get; }
+    public IReadOnlyList<Tensor> Variables { get; }
+    public IStepRule StepRule { get; }
+    public IReadOnlyList<StepState> StepStates { get; }
+    /// True when the leading dimension of each variable indexes examples of the mini-batch.
+    public bool RowIndexed { get; }
+    /// Applied after every update (Stampacchia projection); `Projections.None` by default.
+    public IProjection Projection { get; }
+    /// The mirror map used by mirror-prox for this player; Euclidean by default.
+    public IMirrorMap Geometry { get; }
+
+    public override string ToString() => $"{Name} ({Role}, {StepRule.Name})";
+}
+
+/// A game over players with roles: the operator F = (∇_θ L, −∇_λ L) of seed 000 §5.
+public interface IGame
+{
+    IReadOnlyList<Player> Players { get; }
+
+    /// Evaluates F for the given players at the current values of all variables: for each requested
+    /// player (in order) and each of its variables, the *descent direction*: ∇L for a minimising
+    /// player, −∇L for a maximising one. Returned tensors are detached and owned by the caller.
+    IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players);
+
+    /// The objective L at the current variable values (a plain number, for diagnostics).
+    double Objective();
+}
+
+/// State of a step rule for one variable (AdaGrad accumulator, Adam moments, …), plus the memory a
+/// solver keeps between iterations (extragradient from the past keeps the last extrapolated
+/// direction). Every tensor here is shaped so that, for row-indexed players, its leading dimension
+/// indexes examples: a formulation gathers and scatters them together with the variable.
+public sealed class StepState : IDisposable
+{
+    public StepState(IReadOnlyList<Tensor> slots, IReadOnlyList<Tensor>? memory = null)
+    {
+        Slots = slots;
+        Memory = memory ?? Array.Empty<Tensor>();
+    }
+
+    public static StepState Empty { get; } = new(Array.Empty<Tensor>());
+    /// The step rule's own tensors.
+    public IReadOnlyList<Tensor> Slots { get; }
+    /// Solver memory: `ISolver.MemorySlots` tensors shaped like the variable, zero at the start.
+    public IReadOnlyList<Tensor> Memory { get; }
+    /// Every tensor of this state, slots then memory (for gathering and scattering rows).
+    public IEnumerable<Tensor> Tensors => Slots.Concat(Memory);
+
+    public void Dispose()
+    {
+        foreach (var s in Slots) s.Dispose();
+        foreach (var m in Memory) m.Dispose();
+    }
+}
+
+/// A step-size rule (optax-style transform): turns a descent direction into a displacement.
+/// The update is x ← x − d in Euclidean geometry, or x ← mirror(x, d) in mirror-prox.
+public interface IStepRule
+{
+    string Name { get; }
+
+    /// Allocates the state for one variable. `rowIndexed`: the variable's leading dimension indexes
+    /// examples, so every slot must share that leading dimension (per-example optimiser state).
+    StepState Init(Tensor variable, bool rowIndexed);
+
+    /// The displacement d for descent direction `direction`; updates `state` in place (unless the
+    /// rule is frozen). Called under no_grad.
+    Tensor Displacement(Tensor direction, StepState state);
+}
+
+/// A projection onto a convex set, applied in place after an update (Stampacchia).
+public interface IProjection
+{
+    string Name { get; }
+    void ProjectInPlace(Tensor variable);
+}
+
+/// A mirror map (Bregman geometry) for mirror-prox: the prox step
+/// argmin_x' ⟨d, x'⟩ + D_φ(x', x) for a scaled direction d.
+public interface IMirrorMap
+{
+    string Name { get; }
+    Tensor Step(Tensor x, Tensor displacement);
+}
+
+/// Updates the variables of a game in place: one call is one solver iteration.
+public interface ISolver
+{
+    string Name { get; }
+
+    /// How many tensors shaped like each variable this solver keeps between iterations
+    /// (in `StepState.Memory`); 0 for most solvers, 1 for extragradient from the past.
+    int MemorySlots { get; }
+
+    void Step(IGame game);
+}
