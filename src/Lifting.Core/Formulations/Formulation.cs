@@ -1,0 +1,99 @@
+using Lifting.Data;
+using Lifting.Programs;
+using Lifting.Solvers;
+using static TorchSharp.torch;
+
+namespace Lifting.Formulations;
+
+/// Turns a nested program into a lifted problem: which variables exist (weights, per-example
+/// states, multipliers, …), how they are initialised, and the game evaluated on a mini-batch.
+/// A new surrogate is one new class implementing this interface.
+public interface IFormulation
+{
+    string Name { get; }
+    /// One line for `lifting methods`.
+    string Description { get; }
+    /// The players the lifted problem creates, in order (e.g. weights, states, multipliers).
+    IReadOnlyList<string> PlayerNames { get; }
+    /// True when some player maximises (a saddle-point problem) rather than all minimising.
+    bool HasMaximisingPlayers { get; }
+
+    /// The sub-problems an alternating solver visits by default, in order.
+    IReadOnlyList<SubProblem> DefaultSchedule { get; }
+
+    /// Lifts `context.Program` over the training set `context.Train`, starting from `weights`
+    /// (which the lifted problem takes over and updates in place).
+    ILiftedProblem Lift(LiftContext context, Weights weights);
+}
+
+/// Everything a formulation needs to allocate its variables.
+public sealed record LiftContext(
+    NestedProgram Program,
+    Dataset Train,
+    Device Device,
+    ScalarType DType,
+    int Seed,
+    Func<string, IStepRule> StepRuleFor,
+    int SolverMemorySlots)
+{
+    public int ExampleCount => Train.Count;
+
+    /// Allocates the step-rule state (plus solver memory) for one variable of player `player`.
+    public StepState NewState(string player, Tensor variable, bool rowIndexed)
+    {
+        using var _ = no_grad();
+        var slots = StepRuleFor(player).Init(variable, rowIndexed);
+        var memory = Enumerable.Range(0, SolverMemorySlots).Select(_ => zeros_like(variable).DetachFromDisposeScope()).ToArray();
+        return new StepState(slots.Slots, memory);
+    }
+}
+
+/// The lifted problem: all tensors the formulation owns (problem state).
+public interface ILiftedProblem : IDisposable
+{
+    IFormulation Formulation { get; }
+    /// The program's weights, updated in place by training; evaluation is a plain forward pass.
+    Weights Weights { get; }
+
+    /// Gathers the mini-batch's rows of every per-example variable into a game. The solver
+    /// updates the game's variables; `Commit` scatters the rows (and their optimiser state) back.
+    IBatchGame Batch(MiniBatch batch);
+
+    /// Called after each epoch (1-based), e.g. to advance a penalty schedule.
+    void EndEpoch(int epoch);
+
+    /// Called once after training (e.g. the final feasibility pass of MAC).
+    void Finish();
+
+    /// Per block l = 1 … L−1, the mean |h_l − f_l(h_{l−1})| over the whole training set at the
+    /// current variables (no graph); empty when nothing is lifted.
+    IReadOnlyList<double> MeasureDefects();
+
+    /// Scalars worth logging (e.g. the current μ); may be empty.
+    IReadOnlyDictionary<string, double> Diagnostics { get; }
+}
+
+/// A game on one mini-batch.
+public interface IBatchGame : IGame, IDisposable
+{
+    /// Per block l = 1 … L−1, the mean |defect| g_l = h_l − f_l(h_{l−1}) at the last operator
+    /// evaluation (before any ε-shrinkage); empty when nothing is lifted.
+    IReadOnlyList<double> Defects { get; }
+
+    /// Per block, the mean squared norm per example of the multipliers; empty without multipliers.
+    IReadOnlyList<double> MultiplierNorms { get; }
+
+    /// The loss term ℓ at the last operator evaluation (mean over the batch).
+    double Loss { get; }
+
+    /// Writes the batch's rows of per-example variables and their optimiser state back.
+    void Commit();
+}
+
+/// Standard player names, shared by formulations so that per-player settings carry across them.
+public static class PlayerNames
+{
+    public const string Weights = "weights";
+    public const string States = "states";
+    public const string Multipliers = "multipliers";
+}

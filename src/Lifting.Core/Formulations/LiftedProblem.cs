@@ -1,0 +1,101 @@
+using Lifting.Data;
+using Lifting.Programs;
+using Lifting.Solvers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lifting.Formulations;
+
+/// Base of lifted problems: owns the weights with their (persistent) step-rule state and a
+/// per-example store. Subclasses add per-example players and build the batch game.
+public abstract class LiftedProblem : ILiftedProblem
+{
+    protected LiftedProblem(IFormulation formulation, LiftContext context, Weights weights)
+    {
+        Formulation = formulation;
+        Context = context;
+        Weights = weights;
+        WeightStates = weights.Tensors.Select(w => context.NewState(PlayerNames.Weights, w, rowIndexed: false)).ToArray();
+        Store = new ExampleStore(context.ExampleCount);
+    }
+
+    public IFormulation Formulation { get; }
+    public LiftContext Context { get; }
+    public NestedProgram Program => Context.Program;
+    public Weights Weights { get; }
+    protected IReadOnlyList<StepState> WeightStates { get; }
+    protected ExampleStore Store { get; }
+
+    /// Bytes held per example (states, multipliers and their optimiser state).
+    public long PerExampleBytes => Store.Bytes;
+
+    /// A new weights player (the weights minimise).
+    protected Player WeightsPlayer() =>
+        new(PlayerNames.Weights, Role.Minimise, Weights.Tensors, Context.StepRuleFor(PlayerNames.Weights), WeightStates);
+
+    public abstract IBatchGame Batch(MiniBatch batch);
+
+    public virtual IReadOnlyList<double> MeasureDefects() => Array.Empty<double>();
+
+    /// Mean |state_l − f_l(state_{l−1})| over the training set, where `state(l, rows)` returns the
+    /// stored state of block l (0-based) for the given example indices.
+    protected IReadOnlyList<double> MeasureDefects(Func<int, Tensor, Tensor> state, int chunk = 2048)
+    {
+        using var _ = no_grad();
+        int hidden = Program.Blocks.Count - 1;
+        var sums = new double[hidden];
+        long elements = 0;
+        var x = Context.Train.Inputs;
+        var n = x.shape[0];
+        for (long start = 0; start < n; start += chunk)
+        {
+            using var scope = NewDisposeScope();
+            var idx = arange(start, Math.Min(n, start + chunk), dtype: ScalarType.Int64, device: x.device);
+            var previous = x.index_select(0, idx).to(Context.DType);
+            for (int l = 0; l < hidden; l++)
+            {
+                var h = state(l, idx);
+                sums[l] += (h - Program.ForwardBlock(l, previous, Weights.Block(l))).abs().sum().ToDouble();
+                previous = h;
+            }
+            elements += idx.shape[0];
+        }
+        return sums.Select((s, l) => s / (elements * Program.Blocks[l].OutputShape.Aggregate(1L, (a, b) => a * b))).ToArray();
+    }
+
+    public virtual void EndEpoch(int epoch) { }
+    public virtual void Finish() { }
+    public virtual IReadOnlyDictionary<string, double> Diagnostics => new Dictionary<string, double>();
+
+    /// The forward-pass block outputs h_1 … h_{L−1} for every training example, computed in
+    /// chunks without a graph (states initialised by one forward pass, seed 001 §3.1).
+    protected Tensor[] ForwardStatesOfTrainingSet(int chunk = 1024)
+    {
+        using var _ = no_grad();
+        int hidden = Program.Blocks.Count - 1;
+        var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
+        var x = Context.Train.Inputs;
+        for (long start = 0; start < x.shape[0]; start += chunk)
+        {
+            using var scope = NewDisposeScope();
+            var h = x.narrow(0, start, Math.Min(chunk, x.shape[0] - start)).to(Context.DType);
+            for (int l = 0; l < hidden; l++)
+            {
+                h = Program.ForwardBlock(l, h, Weights.Block(l));
+                parts[l].Add(h.detach().clone().MoveToOuterDisposeScope());
+            }
+        }
+        return parts.Select(p =>
+        {
+            var all = cat(p.ToArray(), 0);
+            foreach (var t in p) t.Dispose();
+            return all;
+        }).ToArray();
+    }
+
+    public virtual void Dispose()
+    {
+        Store.Dispose();
+        foreach (var s in WeightStates) s.Dispose();
+    }
+}

@@ -1,0 +1,204 @@
+using Lifting.Data;
+using Lifting.Programs;
+using Lifting.Solvers;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Lifting.Formulations;
+
+/// Options of the multiple-shooting Lagrangian (seed 001 §2–3.1).
+public sealed record MultipleShootingOptions
+{
+    /// ε of the ε-insensitive defect (seed 001 eq. 3): g_ε = g − ε if g > ε, g + ε if g < −ε,
+    /// 0 otherwise (the equation is the soft-thresholding map, although the text calls it hard
+    /// shrinkage). With `ReducedConstraint`, ε is the threshold of ReLU(‖g‖₁ − ε). 0 = exact.
+    public double Epsilon { get; init; }
+
+    /// Reparametrise each state through its block's output activation, h = σ̄(u) (h = ReLU(u) for
+    /// ReLU blocks), so the state lies in the activation's range (seed 001 §3.1).
+    public bool ReparametriseStates { get; init; }
+
+    /// Initialise the states by one forward pass (seed 001 §3.1); otherwise at zero.
+    public bool ForwardInitialisation { get; init; } = true;
+
+    /// Replace the constraint of each block by the scalar ReLU(‖g‖₁ − ε) with one multiplier per
+    /// example (seed 001 §5, the ImageNet memory reduction).
+    public bool ReducedConstraint { get; init; }
+
+    /// Coefficient c of the augmented Lagrangian term (c/2)‖g‖² (seed 001 §2.1); 0 = plain Lagrangian.
+    public double Augmentation { get; init; }
+
+    public void Validate()
+    {
+        if (!(Epsilon >= 0) || double.IsInfinity(Epsilon)) throw new ArgumentOutOfRangeException(nameof(Epsilon), $"Invalid epsilon: {Epsilon} (expected a finite value >= 0).");
+        if (!(Augmentation >= 0) || double.IsInfinity(Augmentation)) throw new ArgumentOutOfRangeException(nameof(Augmentation), $"Invalid augmentation c: {Augmentation} (expected a finite value >= 0).");
+    }
+}
+
+/// Multiple shooting with Lagrange multipliers (LeCun 1988; seed 001 §2 "ExtraProp"; seed 000 §2).
+///
+/// Per-example states h_l[i] for the outputs of blocks 1 … L−1 and multipliers λ_l[i]:
+///
+///     L(w, h, λ) = (1/B) Σ_i [ ℓ(f_L(h_{L−1}[i]; w_L), y_i) + Σ_l ⟨λ_l[i], g_l[i]⟩ + (c/2) ‖g_l[i]‖² ],
+///     g_l[i] = h_l[i] − f_l(h_{l−1}[i]; w_l),  h_0[i] = x_i,
+///
+/// a saddle-point problem min_{w,h} max_λ L. At a stationary point the multipliers are the
+/// negated back-propagation adjoints, λ_l = −∂ℓ/∂h_l, and ∇_w L is the back-propagation gradient.
+/// Players: weights (min), states (min, per example), multipliers (max, per example).
+public sealed class MultipleShooting : IFormulation
+{
+    public MultipleShooting(MultipleShootingOptions? options = null, string name = "multiple-shooting")
+    {
+        Options = options ?? new MultipleShootingOptions();
+        Options.Validate();
+        Name = name;
+    }
+
+    public MultipleShootingOptions Options { get; }
+    public string Name { get; }
+    public string Description => Options.Augmentation > 0
+        ? $"augmented Lagrangian over per-example states and multipliers, + (c/2)‖g‖², c = {Options.Augmentation}"
+        : "Lagrangian over per-example states h_l and multipliers λ_l, constraints h_l = f_l(h_{l−1})";
+    public IReadOnlyList<string> PlayerNames { get; } =
+        new[] { Formulations.PlayerNames.Weights, Formulations.PlayerNames.States, Formulations.PlayerNames.Multipliers };
+    public IReadOnlyList<SubProblem> DefaultSchedule => PlayerNames.Select(p => new SubProblem(new[] { p }, 1)).ToArray();
+    public bool HasMaximisingPlayers => true;
+
+    public ILiftedProblem Lift(LiftContext context, Weights weights)
+    {
+        if (context.Program.Blocks.Count < 2)
+            throw new ArgumentException("Multiple shooting needs a program with at least two blocks; add a Cut().");
+        return new Problem(this, context, weights);
+    }
+
+    /// The multipliers that satisfy the adjoint equations ∂L/∂h_l = 0 at the forward-pass states:
+    /// λ_l = −∂(Σ_i ℓ_i)/∂h_l (LeCun 1988). Returned per block l = 1 … L−1, shaped like the states.
+    public static Tensor[] AdjointMultipliers(NestedProgram program, IReadOnlyList<Tensor> weights, Tensor x, Tensor labels)
+    {
+        using var _ = enable_grad();
+        var states = new List<Tensor>();
+        var h = x;
+        for (int l = 0; l < program.Blocks.Count - 1; l++)
+        {
+            h = program.ForwardBlock(l, h, Slice(program, weights, l));
+            states.Add(h);
+        }
+        var output = program.ForwardBlock(program.Blocks.Count - 1, h, Slice(program, weights, program.Blocks.Count - 1));
+        var loss = program.Loss.PerExample(output, labels).sum();
+        return autograd.grad(new[] { loss }, states).Select(g => -g.detach()).ToArray();
+    }
+
+    internal static IReadOnlyList<Tensor> Slice(NestedProgram program, IReadOnlyList<Tensor> weights, int block)
+    {
+        var (start, length) = program.BlockParameters(block).GetOffsetAndLength(weights.Count);
+        return weights.Skip(start).Take(length).ToArray();
+    }
+
+    private sealed class Problem : LiftedProblem
+    {
+        private readonly MultipleShootingOptions options;
+        private readonly RowGroup states, multipliers;
+        private readonly IActivation?[] reparametrisation;
+
+        public Problem(MultipleShooting formulation, LiftContext context, Weights weights) : base(formulation, context, weights)
+        {
+            options = formulation.Options;
+            int hidden = Program.Blocks.Count - 1;
+            reparametrisation = Enumerable.Range(0, hidden)
+                .Select(l => options.ReparametriseStates ? Program.Blocks[l].OutputActivation : null).ToArray();
+
+            var initial = options.ForwardInitialisation
+                ? ForwardStatesOfTrainingSet()
+                : Enumerable.Range(0, hidden).Select(l => zeros(Shape(context.ExampleCount, Program.Blocks[l].OutputShape), dtype: context.DType, device: context.Device)).ToArray();
+            var stateRows = new List<(string, Tensor)>();
+            var multiplierRows = new List<(string, Tensor)>();
+            using (no_grad())
+            {
+                for (int l = 0; l < hidden; l++)
+                {
+                    var free = reparametrisation[l] is { } act ? act.Preimage(initial[l]) : initial[l];
+                    stateRows.Add(($"h{l + 1}", free));
+                    var lambdaShape = options.ReducedConstraint ? new long[] { context.ExampleCount } : initial[l].shape;
+                    multiplierRows.Add(($"lambda{l + 1}", zeros(lambdaShape, dtype: context.DType, device: context.Device)));
+                }
+            }
+            states = new RowGroup(Store, context, Formulations.PlayerNames.States, stateRows);
+            multipliers = new RowGroup(Store, context, Formulations.PlayerNames.Multipliers, multiplierRows);
+            foreach (var t in initial) t.Dispose();
+        }
+
+        private static long[] Shape(long rows, long[] example) => new[] { rows }.Concat(example).ToArray();
+
+        public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
+
+        public override IReadOnlyList<double> MeasureDefects() => MeasureDefects((l, rows) =>
+        {
+            var free = Store.Gather(states.Keys[l], rows);
+            return reparametrisation[l] is { } act ? act.Reparametrise(free) : free;
+        });
+
+        private sealed class Game : BatchGame
+        {
+            private readonly Problem problem;
+            private readonly Tensor[] h, lambda;
+            private readonly StepState[] hStates, lambdaStates;
+
+            public Game(Problem problem, MiniBatch batch) : base(batch)
+            {
+                this.problem = problem;
+                (h, hStates) = problem.states.Gather(batch.Indices);
+                (lambda, lambdaStates) = problem.multipliers.Gather(batch.Indices);
+                var ctx = problem.Context;
+                Players = new[]
+                {
+                    problem.WeightsPlayer(),
+                    new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true),
+                    new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, lambda, problem.multipliers.StepRule, lambdaStates, rowIndexed: true),
+                };
+            }
+
+            public override IReadOnlyList<Player> Players { get; }
+
+            protected override Tensor EvaluateSum()
+            {
+                var program = problem.Program;
+                var options = problem.options;
+                var w = problem.Weights.Tensors;
+                int hidden = program.Blocks.Count - 1;
+                var defects = new Tensor[hidden];
+                Tensor total = zeros(1, dtype: h[0].dtype, device: h[0].device).squeeze();
+                var previous = Batch.Inputs;
+                for (int l = 0; l < hidden; l++)
+                {
+                    var state = problem.reparametrisation[l] is { } act ? act.Reparametrise(h[l]) : h[l];
+                    var g = state - program.ForwardBlock(l, previous, Slice(program, w, l));
+                    defects[l] = g;
+                    var constraint = Constraint(g, options);
+                    var lagrange = options.ReducedConstraint ? lambda[l] * constraint : (lambda[l] * constraint);
+                    total = total + lagrange.sum();
+                    if (options.Augmentation > 0) total = total + 0.5 * options.Augmentation * constraint.square().sum();
+                    previous = state;
+                }
+                var output = program.ForwardBlock(hidden, previous, Slice(program, w, hidden));
+                var loss = program.Loss.PerExample(output, Batch.Labels).sum();
+                Record(loss, defects, lambda);
+                return total + loss;
+            }
+
+            public override void Commit()
+            {
+                problem.states.Scatter(Batch.Indices, h, hStates);
+                problem.multipliers.Scatter(Batch.Indices, lambda, lambdaStates);
+            }
+        }
+    }
+
+    /// The constraint function of one block: the ε-insensitive defect (eq. 3) or, reduced, the
+    /// per-example scalar ReLU(‖g‖₁ − ε).
+    internal static Tensor Constraint(Tensor g, MultipleShootingOptions options)
+    {
+        if (options.ReducedConstraint)
+            return F.relu(g.abs().reshape(g.shape[0], -1).sum(1) - options.Epsilon);
+        return options.Epsilon > 0 ? F.softshrink(g, options.Epsilon) : g;
+    }
+}

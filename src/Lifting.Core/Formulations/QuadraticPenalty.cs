@@ -1,0 +1,148 @@
+using Lifting.Data;
+using Lifting.Programs;
+using Lifting.Solvers;
+using static TorchSharp.torch;
+
+namespace Lifting.Formulations;
+
+/// The μ schedule of the quadratic-penalty method: μ starts at `Initial`, is multiplied by
+/// `Growth` after every epoch and capped at `Maximum`. Growth 1 keeps μ fixed ("Regularized").
+public sealed record PenaltySchedule(double Initial = 1.0, double Growth = 1.0, double Maximum = double.PositiveInfinity)
+{
+    public static PenaltySchedule Fixed(double mu) => new(mu, 1.0, mu);
+
+    public void Validate()
+    {
+        if (!(Initial > 0) || double.IsInfinity(Initial)) throw new ArgumentOutOfRangeException(nameof(Initial), $"Invalid initial mu: {Initial} (expected a finite value > 0).");
+        if (!(Growth >= 1) || double.IsInfinity(Growth)) throw new ArgumentOutOfRangeException(nameof(Growth), $"Invalid mu growth: {Growth} (expected a finite value >= 1).");
+        if (!(Maximum >= Initial)) throw new ArgumentOutOfRangeException(nameof(Maximum), $"Invalid mu maximum: {Maximum} (expected >= the initial mu {Initial}).");
+    }
+
+    public double At(int epochsDone) => Math.Min(Maximum, Initial * Math.Pow(Growth, epochsDone));
+}
+
+/// Quadratic penalty over per-example states (MAC, Carreira-Perpiñán & Wang 2014; BlockProp,
+/// Gotmare et al. 2018; seed 000 §3):
+///
+///     Q_μ(w, h) = (1/B) Σ_i [ ℓ(f_L(h_{L−1}[i]; w_L), y_i) + (μ/2) Σ_l ‖h_l[i] − f_l(h_{l−1}[i]; w_l)‖² ],
+///
+/// minimised by alternating over states and weights while μ grows on a schedule; training ends
+/// with a feasibility pass h_l = f_l(h_{l−1}). With a fixed μ this is the "Regularized" baseline
+/// of seed 001 (the constraints as a regulariser, solved by plain gradient descent).
+/// Players: weights (min), states (min, per example).
+public sealed class QuadraticPenalty : IFormulation
+{
+    public QuadraticPenalty(PenaltySchedule schedule, int stateSteps = 1, string name = "quadratic-penalty")
+    {
+        schedule.Validate();
+        if (stateSteps < 1) throw new ArgumentOutOfRangeException(nameof(stateSteps), $"Invalid state steps: {stateSteps} (expected >= 1).");
+        Schedule = schedule;
+        StateSteps = stateSteps;
+        Name = name;
+    }
+
+    public PenaltySchedule Schedule { get; }
+    /// Inner steps on the states before each weight step in the default alternating schedule.
+    public int StateSteps { get; }
+    public string Name { get; }
+    public string Description => Schedule.Growth > 1
+        ? $"quadratic penalty (μ/2)‖h_l − f_l(h_(l−1))‖², μ from {Schedule.Initial} ×{Schedule.Growth}/epoch, feasibility pass at the end (MAC/BlockProp)"
+        : $"fixed quadratic penalty (μ/2)‖h_l − f_l(h_(l−1))‖², μ = {Schedule.Initial} (\"Regularized\")";
+    public IReadOnlyList<string> PlayerNames { get; } = new[] { Formulations.PlayerNames.Weights, Formulations.PlayerNames.States };
+    public bool HasMaximisingPlayers => false;
+
+    /// States first (`StateSteps` inner steps), then the weights.
+    public IReadOnlyList<SubProblem> DefaultSchedule => new[]
+    {
+        new SubProblem(new[] { Formulations.PlayerNames.States }, StateSteps),
+        new SubProblem(new[] { Formulations.PlayerNames.Weights }, 1),
+    };
+
+    public ILiftedProblem Lift(LiftContext context, Weights weights)
+    {
+        if (context.Program.Blocks.Count < 2)
+            throw new ArgumentException("The penalty method needs a program with at least two blocks; add a Cut().");
+        return new Problem(this, context, weights);
+    }
+
+    private sealed class Problem : LiftedProblem
+    {
+        private readonly QuadraticPenalty formulation;
+        private readonly RowGroup states;
+        private double mu;
+
+        public Problem(QuadraticPenalty formulation, LiftContext context, Weights weights) : base(formulation, context, weights)
+        {
+            this.formulation = formulation;
+            mu = formulation.Schedule.At(0);
+            var initial = ForwardStatesOfTrainingSet();
+            states = new RowGroup(Store, context, Formulations.PlayerNames.States,
+                initial.Select((t, l) => ($"h{l + 1}", t)).ToArray());
+            foreach (var t in initial) t.Dispose();
+        }
+
+        public double Mu => mu;
+
+        public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
+
+        public override IReadOnlyList<double> MeasureDefects() => MeasureDefects((l, rows) => Store.Gather(states.Keys[l], rows));
+
+        public override void EndEpoch(int epoch) => mu = formulation.Schedule.At(epoch);
+
+        public override IReadOnlyDictionary<string, double> Diagnostics => new Dictionary<string, double> { ["mu"] = mu };
+
+        /// The feasibility pass: h_l ← f_l(h_{l−1}) for every example.
+        public override void Finish()
+        {
+            var forward = ForwardStatesOfTrainingSet();
+            for (int l = 0; l < forward.Length; l++)
+            {
+                using (no_grad()) Store[states.Keys[l]].copy_(forward[l]);
+                forward[l].Dispose();
+            }
+        }
+
+        private sealed class Game : BatchGame
+        {
+            private readonly Problem problem;
+            private readonly Tensor[] h;
+            private readonly StepState[] hStates;
+
+            public Game(Problem problem, MiniBatch batch) : base(batch)
+            {
+                this.problem = problem;
+                (h, hStates) = problem.states.Gather(batch.Indices);
+                Players = new[]
+                {
+                    problem.WeightsPlayer(),
+                    new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true),
+                };
+            }
+
+            public override IReadOnlyList<Player> Players { get; }
+
+            protected override Tensor EvaluateSum()
+            {
+                var program = problem.Program;
+                var w = problem.Weights.Tensors;
+                int hidden = program.Blocks.Count - 1;
+                var defects = new Tensor[hidden];
+                var previous = Batch.Inputs;
+                Tensor penalty = zeros(1, dtype: h[0].dtype, device: h[0].device).squeeze();
+                for (int l = 0; l < hidden; l++)
+                {
+                    var g = h[l] - program.ForwardBlock(l, previous, MultipleShooting.Slice(program, w, l));
+                    defects[l] = g;
+                    penalty = penalty + g.square().sum();
+                    previous = h[l];
+                }
+                var output = program.ForwardBlock(hidden, previous, MultipleShooting.Slice(program, w, hidden));
+                var loss = program.Loss.PerExample(output, Batch.Labels).sum();
+                Record(loss, defects);
+                return loss + 0.5 * problem.mu * penalty;
+            }
+
+            public override void Commit() => problem.states.Scatter(Batch.Indices, h, hStates);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Lifting.Programs;
+
+/// The closed interval an activation's outputs lie in (bounds may be infinite).
+public sealed record ActivationRange(double Lower, double Upper)
+{
+    public static ActivationRange Real { get; } = new(double.NegativeInfinity, double.PositiveInfinity);
+    public static ActivationRange NonNegative { get; } = new(0, double.PositiveInfinity);
+    public override string ToString() => $"[{Lower}, {Upper}]";
+}
+
+/// A convex potential G whose conjugate's gradient is the activation: ∇G*(a) = σ(a).
+/// Used by Fenchel couplings E(z, a) = G(z) + G*(a) − ⟨z, a⟩ ≥ 0 (LPOM, Fenchel back-propagation;
+/// seed 002 §4). Both functions return one value per example (summed over non-batch dimensions)
+/// and assume z lies in G's domain (the activation's range).
+public interface IConvexPotential
+{
+    Tensor G(Tensor z);
+    Tensor Conjugate(Tensor a);
+}
+
+/// An activation function σ: what it computes, the range of its outputs (for state
+/// reparametrisation, seed 001 §3.1), and its convex potential where one exists.
+/// Implement this to add an activation without touching the engine.
+public interface IActivation
+{
+    string Name { get; }
+    ActivationRange Range { get; }
+    /// False for step-like activations (sign, step) whose derivative is zero almost everywhere.
+    bool Differentiable { get; }
+    IConvexPotential? Potential { get; }
+
+    Tensor Apply(Tensor x);
+
+    /// Maps a free variable onto the range: the state h = Reparametrise(u) (seed 001 §3.1, h = ReLU(ĥ)).
+    Tensor Reparametrise(Tensor free);
+
+    /// A free variable u with Reparametrise(u) = h, for initialising reparametrised states.
+    Tensor Preimage(Tensor h);
+}
+
+/// The built-in activations.
+public static class Activations
+{
+    public static IActivation ReLU { get; } = new Builtin("relu", ActivationRange.NonNegative, true,
+        x => F.relu(x), u => F.relu(u), h => h.clone(),
+        new Potential(z => 0.5 * PerExample(z * z), a => 0.5 * PerExample(F.relu(a).square())));
+
+    public static IActivation Tanh { get; } = new Builtin("tanh", new ActivationRange(-1, 1), true,
+        x => x.tanh(), u => u.tanh(), h => h.clamp(-1 + 1e-6, 1 - 1e-6).atanh(),
+        new Potential(
+            z => PerExample(0.5 * (xlogy(1 + z, 1 + z) + xlogy(1 - z, 1 - z))),
+            a => PerExample(a.abs() + F.softplus(-2 * a.abs()) - Math.Log(2))));
+
+    public static IActivation Sigmoid { get; } = new Builtin("sigmoid", new ActivationRange(0, 1), true,
+        x => x.sigmoid(), u => u.sigmoid(), h => h.clamp(1e-6, 1 - 1e-6).logit(),
+        new Potential(z => PerExample(xlogy(z, z) + xlogy(1 - z, 1 - z)), a => PerExample(F.softplus(a))));
+
+    public static IActivation HardTanh { get; } = new Builtin("hardtanh", new ActivationRange(-1, 1), true,
+        x => x.clamp(-1, 1), u => u.clamp(-1, 1), h => h.clone(),
+        new Potential(z => 0.5 * PerExample(z * z),
+            a => PerExample(where(a.abs() <= 1, 0.5 * a * a, a.abs() - 0.5))));
+
+    public static IActivation Identity { get; } = new Builtin("identity", ActivationRange.Real, true,
+        x => x.alias(), u => u.alias(), h => h.clone(),
+        new Potential(z => 0.5 * PerExample(z * z), a => 0.5 * PerExample(a * a)));
+
+    /// Softmax along the last dimension; G is the negative entropy on the simplex, G* = logsumexp.
+    public static IActivation Softmax { get; } = new Builtin("softmax", new ActivationRange(0, 1), true,
+        x => x.softmax(-1), u => u.softmax(-1), h => h.clamp_min(1e-12).log(),
+        new Potential(z => PerExample(xlogy(z, z)), a => PerExample(a.logsumexp(-1))));
+
+    /// sign(x) ∈ {−1, 1}: not differentiable. G = indicator of [−1, 1], G*(a) = ‖a‖₁, ∇G* = sign.
+    public static IActivation Sign { get; } = new Builtin("sign", new ActivationRange(-1, 1), false,
+        x => x.sign(), u => u.clamp(-1, 1), h => h.clone(),
+        new Potential(z => zeros(z.shape[0], dtype: z.dtype, device: z.device), a => PerExample(a.abs())));
+
+    /// Heaviside step 1[x > 0] ∈ {0, 1}: not differentiable. G = indicator of [0, 1], G*(a) = Σ relu(a).
+    public static IActivation Step { get; } = new Builtin("step", new ActivationRange(0, 1), false,
+        x => (x > 0).to_type(x.dtype), u => u.clamp(0, 1), h => h.clone(),
+        new Potential(z => zeros(z.shape[0], dtype: z.dtype, device: z.device), a => PerExample(F.relu(a))));
+
+    public static IReadOnlyList<IActivation> All { get; } = new[] { ReLU, Tanh, Sigmoid, HardTanh, Identity, Softmax, Sign, Step };
+
+    /// Looks an activation up by name; the error lists the known names.
+    public static IActivation ByName(string name) =>
+        All.FirstOrDefault(a => string.Equals(a.Name, name, StringComparison.OrdinalIgnoreCase))
+        ?? throw new ArgumentException($"Unknown activation '{name}' (known: {string.Join(", ", All.Select(a => a.Name))}).");
+
+    internal static Tensor PerExample(Tensor t) => t.reshape(t.shape[0], -1).sum(1);
+
+    private sealed class Potential : IConvexPotential
+    {
+        private readonly Func<Tensor, Tensor> g, conjugate;
+        public Potential(Func<Tensor, Tensor> g, Func<Tensor, Tensor> conjugate) { this.g = g; this.conjugate = conjugate; }
+        public Tensor G(Tensor z) => g(z);
+        public Tensor Conjugate(Tensor a) => conjugate(a);
+    }
+
+    private sealed class Builtin : IActivation
+    {
+        private readonly Func<Tensor, Tensor> apply, reparametrise, preimage;
+
+        public Builtin(string name, ActivationRange range, bool differentiable, Func<Tensor, Tensor> apply,
+            Func<Tensor, Tensor> reparametrise, Func<Tensor, Tensor> preimage, IConvexPotential? potential)
+        {
+            Name = name; Range = range; Differentiable = differentiable; Potential = potential;
+            this.apply = apply; this.reparametrise = reparametrise; this.preimage = preimage;
+        }
+
+        public string Name { get; }
+        public ActivationRange Range { get; }
+        public bool Differentiable { get; }
+        public IConvexPotential? Potential { get; }
+        public Tensor Apply(Tensor x) => apply(x);
+        public Tensor Reparametrise(Tensor free) => reparametrise(free);
+        public Tensor Preimage(Tensor h) => preimage(h);
+        public override string ToString() => Name;
+    }
+}

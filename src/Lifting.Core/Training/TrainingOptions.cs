@@ -1,0 +1,28 @@
+using static TorchSharp.torch;
+
+namespace Lifting.Training;
+
+/// How to train: epochs, mini-batches, seed, device and what to measure.
+public sealed record TrainingOptions
+{
+    public int Epochs { get; init; } = 10;
+    public int BatchSize { get; init; } = 128;
+    public int Seed { get; init; } = 0;
+    public Device Device { get; init; } = CPU;
+    public ScalarType DType { get; init; } = ScalarType.Float32;
+    /// Solver iterations per mini-batch.
+    public int IterationsPerBatch { get; init; } = 1;
+    /// Stop when the test accuracy has not improved for this many epochs (0 = never).
+    public int Patience { get; init; }
+    /// Measure, on the first mini-batch of each epoch, the cosine between the method's weight
+    /// direction and the back-propagation gradient.
+    public bool CosineToBackprop { get; init; }
+
+    public void Validate()
+    {
+        if (Epochs < 1) throw new ArgumentOutOfRangeException(nameof(Epochs), $"Invalid epochs: {Epochs} (expected >= 1).");
+        if (BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(BatchSize), $"Invalid batch size: {BatchSize} (expected >= 1).");
+        if (IterationsPerBatch < 1) throw new ArgumentOutOfRangeException(nameof(IterationsPerBatch), $"Invalid iterations per batch: {IterationsPerBatch} (expected >= 1).");
+        if (Patience < 0) throw new ArgumentOutOfRangeException(nameof(Patience), $"Invalid patience: {Patience} (expected >= 0).");
+    }
+}
