@@ -1,0 +1,124 @@
+using Lifting.Formulations;
+using Lifting.Solvers;
+
+namespace Lifting;
+
+/// The user-facing settings of a training method; every field has a per-method default.
+public sealed record MethodSettings
+{
+    public string Method { get; init; } = "backprop";
+    /// Solver name (see `lifting methods`); null = the method's default.
+    public string? Solver { get; init; }
+    /// Step rule for every player (constant/sgd, adagrad, adam); null = the method's default.
+    public string? StepRule { get; init; }
+    /// Step size of the weights; null = the method's default.
+    public double? LearningRate { get; init; }
+    /// Step size of the per-example states; null = the method's default.
+    public double? StateLearningRate { get; init; }
+    /// Step size of the multipliers; null = the method's default.
+    public double? MultiplierLearningRate { get; init; }
+    /// ε-insensitive defect (seed 001 eq. 3).
+    public double? Epsilon { get; init; }
+    /// Augmented-Lagrangian coefficient c.
+    public double? Augmentation { get; init; }
+    /// States reparametrised through the activation's range.
+    public bool? ReparametriseStates { get; init; }
+    /// Reduced per-example constraint ReLU(‖g‖₁ − ε).
+    public bool? ReducedConstraint { get; init; }
+    public double? MuInitial { get; init; }
+    public double? MuGrowth { get; init; }
+    public double? MuMaximum { get; init; }
+    /// Inner state steps per weight step of the alternating penalty solver.
+    public int? StateSteps { get; init; }
+}
+
+/// A method resolved into the three parts the trainer needs.
+public sealed record ResolvedMethod(
+    string Name,
+    IFormulation Formulation,
+    ISolver Solver,
+    Func<string, IStepRule> StepRules,
+    IReadOnlyDictionary<string, string> Settings);
+
+/// One row of `lifting methods`.
+public sealed record MethodInfo(string Name, string Description);
+
+/// The named training methods: a formulation, a solver and per-player step rules with defaults.
+public static class Methods
+{
+    private sealed record Defaults(string Solver, string StepRule, double WeightsLr, double StatesLr, double MultipliersLr);
+
+    private static readonly Dictionary<string, (string Description, Defaults Defaults)> table = new()
+    {
+        ["backprop"] = ("single shooting: back-propagation with SGD or Adam (the reference)",
+            new("gda", "adam", 1e-3, 0, 0)),
+        ["extraprop"] = ("multiple-shooting Lagrangian solved by extragradient with AdaGrad (seed 001 ExtraProp)",
+            new("extragradient", "adagrad", 1e-2, 1e-2, 1e-2)),
+        ["gda"] = ("multiple-shooting Lagrangian solved by gradient descent-ascent (Arrow–Hurwicz–Uzawa)",
+            new("gda", "adagrad", 1e-2, 1e-2, 1e-2)),
+        ["auglag"] = ("augmented Lagrangian, + (c/2)‖g‖², solved by extragradient with AdaGrad",
+            new("extragradient", "adagrad", 1e-2, 1e-2, 1e-2)),
+        ["penalty"] = ("quadratic penalty with a growing μ, alternating states/weights, final feasibility pass (MAC/BlockProp)",
+            new("alternating", "adam", 1e-3, 1e-2, 0)),
+        ["regularized"] = ("fixed quadratic penalty, all variables by gradient descent (seed 001 \"Regularized\")",
+            new("gda", "adam", 1e-3, 1e-2, 0)),
+    };
+
+    public static IReadOnlyList<MethodInfo> All => table.Select(kv => new MethodInfo(kv.Key, kv.Value.Description)).ToArray();
+
+    public static ResolvedMethod Resolve(MethodSettings settings)
+    {
+        var name = settings.Method.Trim().ToLowerInvariant();
+        if (!table.TryGetValue(name, out var entry))
+            throw new ArgumentException($"Unknown method '{settings.Method}' (known: {string.Join(", ", table.Keys)}).");
+        var d = entry.Defaults;
+
+        IFormulation formulation = name switch
+        {
+            "backprop" => SingleShooting.Instance,
+            "extraprop" or "gda" or "auglag" => new MultipleShooting(new MultipleShootingOptions
+            {
+                Epsilon = settings.Epsilon ?? 0,
+                Augmentation = settings.Augmentation ?? (name == "auglag" ? 1.0 : 0.0),
+                ReparametriseStates = settings.ReparametriseStates ?? false,
+                ReducedConstraint = settings.ReducedConstraint ?? false,
+            }, name),
+            "penalty" => new QuadraticPenalty(
+                new PenaltySchedule(settings.MuInitial ?? 1.0, settings.MuGrowth ?? 1.5, settings.MuMaximum ?? 1e4),
+                settings.StateSteps ?? 5, name),
+            _ => new QuadraticPenalty(PenaltySchedule.Fixed(settings.MuInitial ?? 1.0), settings.StateSteps ?? 1, name),
+        };
+
+        var solverName = settings.Solver ?? d.Solver;
+        var solver = SolverCatalog.Create(solverName, formulation.DefaultSchedule);
+        if (formulation.HasMaximisingPlayers && solverName == "alternating")
+            throw new ArgumentException($"Method '{name}' is a saddle-point problem; the alternating solver needs a minimisation (use extragradient, gda, optimistic, mirror-prox or projection).");
+
+        var ruleName = settings.StepRule ?? d.StepRule;
+        var rates = new Dictionary<string, double>
+        {
+            [PlayerNames.Weights] = settings.LearningRate ?? (ruleName == d.StepRule ? d.WeightsLr : DefaultRate(ruleName)),
+            [PlayerNames.States] = settings.StateLearningRate ?? (ruleName == d.StepRule && d.StatesLr > 0 ? d.StatesLr : DefaultRate(ruleName)),
+            [PlayerNames.Multipliers] = settings.MultiplierLearningRate ?? (ruleName == d.StepRule && d.MultipliersLr > 0 ? d.MultipliersLr : DefaultRate(ruleName)),
+        };
+        var rules = formulation.PlayerNames.ToDictionary(p => p, p => StepRuleCatalog.Create(ruleName, rates.TryGetValue(p, out var r) ? r : DefaultRate(ruleName)));
+        IStepRule RuleFor(string player) => rules.TryGetValue(player, out var rule) ? rule
+            : throw new ArgumentException($"Method '{name}' has no player '{player}'.");
+
+        var summary = new Dictionary<string, string>
+        {
+            ["method"] = name,
+            ["formulation"] = formulation.Description,
+            ["solver"] = solver.Name,
+        };
+        foreach (var (player, rule) in rules) summary[$"step.{player}"] = rule.Name;
+        return new ResolvedMethod(name, formulation, solver, RuleFor, summary);
+    }
+
+    private static double DefaultRate(string rule) => rule switch
+    {
+        "adam" => 1e-3,
+        "adagrad" => 1e-2,
+        _ => 0.1,
+    };
+}
