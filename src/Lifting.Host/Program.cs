@@ -1,1 +1,3 @@
-return 0;
+using Lifting.Host;
+
+return Cli.Run(args, Console.Out, Console.Error);

@@ -1,6 +1,134 @@
 module Lifting.Tests.FormulationTests
 
+open System
 open Expecto
+open FsCheck
+open FsCheck.FSharp
+open TorchSharp
+type Tensor = torch.Tensor
+open Lifting.Programs
+open Lifting.Formulations
+open Lifting.Solvers
+open Lifting.Tests.Support
+
+let player (game: IBatchGame) name = game.Players |> Seq.find (fun p -> p.Name = name)
+
+/// Random small MLP shapes for property tests.
+type SmallMlp = { Inputs: int64; Hidden: int64 list; Classes: int64; Activation: int; Seed: int; Batch: int64 }
+
+let genSmallMlp =
+    gen {
+        let! inputs = Gen.choose (2, 6)
+        let! depth = Gen.choose (1, 3)
+        let! hidden = Gen.listOfLength depth (Gen.choose (2, 6))
+        let! classes = Gen.choose (2, 4)
+        let! activation = Gen.choose (0, 3)
+        let! seed = Gen.choose (0, 10000)
+        let! batch = Gen.choose (1, 5)
+        return { Inputs = int64 inputs; Hidden = hidden |> List.map int64; Classes = int64 classes
+                 Activation = activation; Seed = seed; Batch = int64 batch }
+    }
+
+let activationOf i = [| Activations.Tanh; Activations.Sigmoid; Activations.ReLU; Activations.Identity |].[i]
+
+let config = { FsCheckConfig.defaultConfig with maxTest = 25; arbitrary = [] }
+
+/// LeCun 1988: with forward states and adjoint multipliers, ∂L/∂h = 0, λ = −∂ℓ/∂h and ∇_w L = backprop.
+let lecunHolds (m: SmallMlp) =
+    let program = mlp m.Inputs m.Hidden m.Classes (activationOf m.Activation) Losses.CrossEntropy
+    let x, y = randomBatch m.Seed m.Batch m.Inputs m.Classes
+    use weights = program.Initialise(m.Seed, torch.CPU, f64)
+    let reference = backpropGradient program weights x y
+    let adjoints = MultipleShooting.AdjointMultipliers(program, weights.Tensors, x, y)
+    let problem, game, _ = liftAll (MultipleShooting()) program weights x y (int m.Classes) 0 (constantRules 0.1)
+    use _p = problem
+    use _g = game
+    let lambda = player game PlayerNames.Multipliers
+    using (torch.no_grad()) (fun _ -> Seq.iter2 (fun (v: Tensor) (a: Tensor) -> v.copy_(a) |> ignore) lambda.Variables adjoints)
+    let ops = game.Operator(game.Players)
+    let weightsDirection = ops.[0]
+    let stateResidual = ops.[1] |> Seq.sumBy (fun t -> t.abs().max().ToDouble())
+    let defect = ops.[2] |> Seq.sumBy (fun t -> t.abs().max().ToDouble())
+    let err = relativeError weightsDirection reference
+    err < 1e-4 && stateResidual < 1e-10 && defect < 1e-12
+
+/// Equilibrates the penalty states for fixed weights (gradient descent on the states only) and
+/// returns the relative error between the weight gradient there and the backprop gradient.
+let penaltyGradientError (mu: float) =
+    let program = mlp 4L [ 5L ] 3L Activations.Tanh Losses.CrossEntropy
+    let x, y = randomBatch 3 4L 4L 3L
+    use weights = program.Initialise(5, torch.CPU, f64)
+    let reference = backpropGradient program weights x y
+    let formulation = QuadraticPenalty(PenaltySchedule.Fixed(mu))
+    let problem, game, _ = liftAll formulation program weights x y 3 0 (constantRules (0.5 / (1.0 + mu)))
+    use _p = problem
+    use _g = game
+    let states = player game PlayerNames.States
+    let solver = Solvers.Alternating([ SubProblem([| PlayerNames.States |], 1) ])
+    for _ in 1 .. 4000 do solver.Step(game)
+    let direction = game.Operator([| player game PlayerNames.Weights |]).[0]
+    relativeError direction reference
 
 [<Tests>]
-let tests = testList "FormulationTests" []
+let tests =
+    testList "FormulationTests" [
+        testPropertyWithConfig config "LeCun 1988: adjoint multipliers make the Lagrangian's weight gradient the backprop gradient" <|
+            Prop.forAll (Arb.fromGen genSmallMlp) lecunHolds
+
+        test "the adjoint multipliers are the negated backprop adjoints of the last state" {
+            let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
+            let x, y = randomBatch 2 5L 3L 2L
+            use w = program.Initialise(1, torch.CPU, f64)
+            let lambda = MultipleShooting.AdjointMultipliers(program, w.Tensors, x, y).[0]
+            // −∂ℓ/∂h_1 for ℓ = CE(W_2 h_1 + b_2): −W_2ᵀ (softmax − onehot)
+            let h1 = program.ForwardBlock(0, x, w.Block(0))
+            let p = program.ForwardBlock(1, h1, w.Block(1)).softmax(1L)
+            let expected = -(p - torch.nn.functional.one_hot(y, 2L).to_type(f64)).matmul(w.Block(1).[0])
+            Expect.isLessThan (relativeError [ lambda ] [ expected ]) 1e-12 "λ = −W₂ᵀ(p − y)"
+        }
+
+        test "penalty: the weight gradient at equilibrated states approaches backprop as mu grows" {
+            let errors = [ 1.0; 10.0; 100.0; 1000.0 ] |> List.map penaltyGradientError
+            for (a, b) in List.pairwise errors do
+                Expect.isLessThan b a $"error decreases with mu: %A{errors}"
+            Expect.isLessThan (List.last errors) 0.01 $"mu = 1000 is within 1%%: %A{errors}"
+        }
+
+        test "epsilon-insensitive defect is seed 001 eq. 3 (soft thresholding)" {
+            let g = torch.tensor([| -0.5; -0.05; 0.0; 0.05; 0.3 |], dtype = f64)
+            let shrunk = MultipleShooting.Constraint(g, MultipleShootingOptions(Epsilon = 0.1))
+            let expected = torch.tensor([| -0.4; 0.0; 0.0; 0.0; 0.2 |], dtype = f64)
+            Expect.isLessThan ((shrunk - expected).abs().max().ToDouble()) 1e-12 "g − ε, 0, g + ε"
+            let reduced = MultipleShooting.Constraint(g.reshape(1L, 5L), MultipleShootingOptions(Epsilon = 0.1, ReducedConstraint = true))
+            Expect.floatClose Accuracy.veryHigh (reduced.ToDouble()) 0.8 "ReLU(‖g‖₁ − ε)"
+        }
+
+        test "a mini-batch step changes only its own rows of the per-example store" {
+            let program = mlp 3L [ 4L ] 2L Activations.ReLU Losses.CrossEntropy
+            let x, y = randomBatch 9 10L 3L 2L
+            use w = program.Initialise(1, torch.CPU, f64)
+            let data = dataset x y 2
+            let rules = Func<string, IStepRule>(fun _ -> StepRules.AdaGrad(0.1))
+            let context = LiftContext(program, data, torch.CPU, f64, 0, rules, 0)
+            use problem = MultipleShooting().Lift(context, w)
+            let store = (problem :?> LiftedProblem)
+            let snapshot () =
+                let s = store.Store
+                s.Names |> Seq.sort |> Seq.map (fun n -> n, s.[n].clone()) |> Array.ofSeq
+            let before = snapshot ()
+            let rows = torch.tensor([| 2L; 7L; 4L |])
+            let batch = new Lifting.Data.MiniBatch(rows, x.index_select(0L, rows), y.index_select(0L, rows))
+            use game = problem.Batch(batch)
+            Solvers.Extragradient().Step(game)
+            game.Commit()
+            let after = snapshot ()
+            Expect.equal before.Length 4 "states, multipliers and their AdaGrad accumulators are stored"
+            for ((name, b), (_, a)) in Array.zip before after do
+                let changed: Tensor = (a - b).abs().reshape(a.shape.[0], -1L).sum(1L).gt(torch.tensor(0.0, dtype = a.dtype))
+                for i in 0L .. 9L do
+                    let inBatch = [ 2L; 7L; 4L ] |> List.contains i
+                    if not inBatch then Expect.isFalse (changed.[i].ToBoolean()) $"{name} row {i} outside the batch is untouched"
+                let changedInBatch = [ 2L; 7L; 4L ] |> List.exists (fun i -> changed.[i].ToBoolean())
+                Expect.isTrue changedInBatch $"{name}: some batch row changed"
+        }
+    ]

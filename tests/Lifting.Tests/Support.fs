@@ -14,7 +14,7 @@ let relativeError (a: Tensor seq) (b: Tensor seq) =
     let b = b |> Seq.map (fun t -> t.flatten()) |> Array.ofSeq
     let da = cat(a, 0L)
     let db = cat(b, 0L)
-    (da - db).norm().ToDouble() / max (db.norm().ToDouble()) 1e-30
+    (da - db).norm().ToDouble() / Math.Max(db.norm().ToDouble(), 1e-30)
 
 let scalar (t: Tensor) = t.ToDouble()
 
@@ -35,3 +35,20 @@ let backpropGradient (program: NestedProgram) (weights: Weights) (x: Tensor) (y:
     use _ = enable_grad()
     let loss = program.Loss.PerExample(program.Forward(x, weights.Tensors), y).mean()
     autograd.grad([| loss |], weights.Tensors |> Array.ofSeq) |> Array.ofSeq
+
+/// A dataset over given inputs and labels (for lifting tiny programs in tests).
+let dataset (x: Tensor) (y: Tensor) (classes: int) =
+    new Lifting.Data.Dataset("test", x, y, classes)
+
+/// A fixed step rule for every player (tests).
+let constantRules (lr: float) = System.Func<string, Lifting.Solvers.IStepRule>(fun _ -> Lifting.Solvers.StepRules.Constant(lr))
+
+/// Lifts `program` over (x, y) with the given formulation and returns the problem and the game
+/// of the batch holding every example.
+let liftAll (formulation: Lifting.Formulations.IFormulation) (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) (classes: int) memorySlots rules =
+    let data = dataset x y classes
+    let context = Lifting.Formulations.LiftContext(program, data, CPU, f64, 0, rules, memorySlots)
+    let problem = formulation.Lift(context, weights)
+    let n = x.shape.[0]
+    let batch = new Lifting.Data.MiniBatch(arange(n, dtype = ScalarType.Int64), x, y)
+    problem, problem.Batch(batch), batch

@@ -25,12 +25,25 @@ public abstract class BatchGame : IBatchGame
     /// `Record` with the loss term and defects they computed along the way.
     protected abstract Tensor EvaluateSum();
 
+    /// Keeps small detached summaries of the last evaluation. They outlive the solver's dispose
+    /// scope, so they are detached from it and disposed when replaced.
     protected void Record(Tensor lossSum, IReadOnlyList<Tensor> defects, IReadOnlyList<Tensor>? multipliers = null)
     {
-        lastLoss = lossSum.detach() / BatchSize;
-        lastDefects = defects.Select(g => g.detach().abs().mean()).ToArray();
+        using var _ = no_grad();
+        DisposeRecords();
+        lastLoss = (lossSum.detach() / BatchSize).DetachFromDisposeScope();
+        lastDefects = defects.Select(g => g.detach().abs().mean().DetachFromDisposeScope()).ToArray();
         lastMultiplierNorms = (multipliers ?? Array.Empty<Tensor>())
-            .Select(m => m.detach().square().reshape(m.shape[0], -1).sum(1).mean()).ToArray();
+            .Select(m => m.detach().square().reshape(m.shape[0], -1).sum(1).mean().DetachFromDisposeScope()).ToArray();
+    }
+
+    private void DisposeRecords()
+    {
+        lastLoss?.Dispose();
+        foreach (var t in lastDefects) t.Dispose();
+        foreach (var t in lastMultiplierNorms) t.Dispose();
+        lastLoss = null;
+        lastDefects = lastMultiplierNorms = Array.Empty<Tensor>();
     }
 
     public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
@@ -71,5 +84,5 @@ public abstract class BatchGame : IBatchGame
 
     public abstract void Commit();
 
-    public virtual void Dispose() { }
+    public virtual void Dispose() => DisposeRecords();
 }

@@ -24,7 +24,8 @@ public abstract class LiftedProblem : ILiftedProblem
     public NestedProgram Program => Context.Program;
     public Weights Weights { get; }
     protected IReadOnlyList<StepState> WeightStates { get; }
-    protected ExampleStore Store { get; }
+    /// The per-example variables (read access for diagnostics and tests).
+    public ExampleStore Store { get; }
 
     /// Bytes held per example (states, multipliers and their optimiser state).
     public long PerExampleBytes => Store.Bytes;

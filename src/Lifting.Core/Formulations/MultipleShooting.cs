@@ -88,11 +88,8 @@ public sealed class MultipleShooting : IFormulation
         return autograd.grad(new[] { loss }, states).Select(g => -g.detach()).ToArray();
     }
 
-    internal static IReadOnlyList<Tensor> Slice(NestedProgram program, IReadOnlyList<Tensor> weights, int block)
-    {
-        var (start, length) = program.BlockParameters(block).GetOffsetAndLength(weights.Count);
-        return weights.Skip(start).Take(length).ToArray();
-    }
+    internal static IReadOnlyList<Tensor> Slice(NestedProgram program, IReadOnlyList<Tensor> weights, int block) =>
+        program.BlockWeights(weights, block);
 
     private sealed class Problem : LiftedProblem
     {
@@ -195,7 +192,7 @@ public sealed class MultipleShooting : IFormulation
 
     /// The constraint function of one block: the ε-insensitive defect (eq. 3) or, reduced, the
     /// per-example scalar ReLU(‖g‖₁ − ε).
-    internal static Tensor Constraint(Tensor g, MultipleShootingOptions options)
+    public static Tensor Constraint(Tensor g, MultipleShootingOptions options)
     {
         if (options.ReducedConstraint)
             return F.relu(g.abs().reshape(g.shape[0], -1).sum(1) - options.Epsilon);

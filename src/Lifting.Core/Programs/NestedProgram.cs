@@ -86,13 +86,14 @@ public sealed class NestedProgram
         return new Weights(this, tensors);
     }
 
-    /// f_l(h; w_l): block l (0-based) applied to a batch.
+    /// f_l(h; w_l): block l (0-based) applied to a batch, given that block's own parameters
+    /// (`Weights.Block(l)`).
     public Tensor ForwardBlock(int block, Tensor h, IReadOnlyList<Tensor> weights)
     {
         var b = Blocks[block];
         for (int j = 0; j < b.Layers.Count; j++)
         {
-            var from = parameterIndex[block][j];
+            var from = parameterIndex[block][j] - parameterIndex[block][0];
             var count = b.Layers[j].Parameters.Count;
             var layerWeights = count == 0 ? Array.Empty<Tensor>() : Slice(weights, from, count);
             var next = b.Layers[j].Forward(h, layerWeights);
@@ -101,11 +102,11 @@ public sealed class NestedProgram
         return h;
     }
 
-    /// The full forward pass φ(x; w).
+    /// The full forward pass φ(x; w), given all parameters (`Weights.Tensors`).
     public Tensor Forward(Tensor x, IReadOnlyList<Tensor> weights)
     {
         var h = x;
-        for (int l = 0; l < Blocks.Count; l++) h = ForwardBlock(l, h, weights);
+        for (int l = 0; l < Blocks.Count; l++) h = ForwardBlock(l, h, BlockWeights(weights, l));
         return h;
     }
 
@@ -114,8 +115,17 @@ public sealed class NestedProgram
     {
         var states = new Tensor[Blocks.Count];
         var h = x;
-        for (int l = 0; l < Blocks.Count; l++) states[l] = h = ForwardBlock(l, h, weights);
+        for (int l = 0; l < Blocks.Count; l++) states[l] = h = ForwardBlock(l, h, BlockWeights(weights, l));
         return states;
+    }
+
+    /// Block l's slice of a flat parameter list.
+    public IReadOnlyList<Tensor> BlockWeights(IReadOnlyList<Tensor> weights, int block)
+    {
+        if (weights.Count != ParameterSpecs.Count)
+            throw new ArgumentException($"Expected {ParameterSpecs.Count} parameter tensors, got {weights.Count}.");
+        int from = parameterIndex[block][0];
+        return Slice(weights, from, parameterIndex[block][^1] - from);
     }
 
     private static Tensor[] Slice(IReadOnlyList<Tensor> all, int from, int count)

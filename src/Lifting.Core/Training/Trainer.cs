@@ -52,6 +52,7 @@ public static class Trainer
             foreach (var batch in MiniBatches.Epoch(train, options.BatchSize, options.Seed, epoch))
             {
                 using var scope = NewDisposeScope();
+                using var owned = batch;
                 var typed = Cast(batch, options.DType);
                 using var game = problem.Batch(typed);
                 if (options.CosineToBackprop && b == 0)
@@ -99,7 +100,7 @@ public static class Trainer
 
     private static MiniBatch Cast(MiniBatch batch, ScalarType dtype) =>
         batch.Inputs.dtype == dtype ? batch
-        : new MiniBatch { Indices = batch.Indices, Inputs = batch.Inputs.to_type(dtype), Labels = batch.Labels };
+        : new MiniBatch(batch.Indices, batch.Inputs.to_type(dtype), batch.Labels);
 
     /// Mean loss and accuracy of the plain forward pass over a dataset.
     public static (double Loss, double Accuracy) Evaluate(NestedProgram program, IReadOnlyList<Tensor> weights, Dataset data, ScalarType dtype = ScalarType.Float32, int batchSize = 1000)

@@ -1,0 +1,50 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lifting.Data;
+
+/// A labelled dataset held as two tensors: inputs [N, …ExampleShape] (float32, normalised) and
+/// labels [N] (int64, in 0 … ClassCount−1).
+public sealed class Dataset : IDisposable
+{
+    public Dataset(string name, Tensor inputs, Tensor labels, int classCount)
+    {
+        if (inputs.shape.Length < 2) throw new DataFormatException($"{name}: inputs need a batch dimension and an example shape, got rank {inputs.shape.Length}");
+        if (labels.shape.Length != 1 || labels.shape[0] != inputs.shape[0])
+            throw new DataFormatException($"{name}: {inputs.shape[0]} inputs but labels of shape [{string.Join(", ", labels.shape)}]");
+        if (classCount < 1) throw new DataFormatException($"{name}: class count must be positive, got {classCount}");
+        if (labels.dtype != ScalarType.Int64) throw new DataFormatException($"{name}: labels must be int64, got {labels.dtype}");
+        if (inputs.shape[0] > 0)
+        {
+            using var _ = no_grad();
+            long lo = labels.min().ToInt64(), hi = labels.max().ToInt64();
+            if (lo < 0 || hi >= classCount) throw new DataFormatException($"{name}: labels span {lo}..{hi}, outside 0..{classCount - 1}");
+            if (!inputs.isfinite().all().ToBoolean()) throw new DataFormatException($"{name}: inputs contain NaN or infinite values");
+        }
+        Name = name;
+        Inputs = inputs.DetachFromDisposeScope();
+        Labels = labels.DetachFromDisposeScope();
+        ClassCount = classCount;
+    }
+
+    public string Name { get; }
+    public Tensor Inputs { get; }
+    public Tensor Labels { get; }
+    public int ClassCount { get; }
+    public int Count => (int)Labels.shape[0];
+    public long[] ExampleShape => Inputs.shape.Skip(1).ToArray();
+
+    public Dataset To(Device device) => new(Name, Inputs.to(device), Labels.to(device), ClassCount);
+
+    public void Dispose()
+    {
+        Inputs.Dispose();
+        Labels.Dispose();
+    }
+}
+
+/// Scalar standardisation x ← (x − Mean) / Std, with Mean and Std taken from the training split.
+public sealed record Normalisation(double Mean, double Std);
+
+/// A train/test pair and the normalisation applied to both.
+public sealed record DataSplit(Dataset Train, Dataset Test, Normalisation Normalisation);

@@ -1,0 +1,173 @@
+using System.Globalization;
+using System.Reflection;
+using static TorchSharp.torch;
+
+namespace Lifting.Data;
+
+/// Named datasets and datasets found by path.
+///
+/// - `digits`: UCI optical digits (8×8, 1797 images), embedded; split 80/20 with a fixed shuffle
+///   into 1437 train / 360 test.
+/// - `mnist-10k`: a 10,000-image MNIST subset (8,000 / 2,000), embedded.
+/// - `fashion-mnist`: Fashion-MNIST at /usr/share/datasets/fashion-mnist (Debian package
+///   dataset-fashion-mnist).
+/// - a folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte
+///   and t10k-labels-idx1-ubyte (each optionally .gz), or a digits-format .csv / .csv.gz file.
+///
+/// Inputs are scaled to [0, 1] and standardised with the training split's mean and std.
+public static class DatasetCatalog
+{
+    public const string FashionMnistFolder = "/usr/share/datasets/fashion-mnist";
+    public static IReadOnlyList<string> Names { get; } = new[] { "digits", "mnist-10k", "fashion-mnist" };
+
+    private const int DigitsSplitSeed = 20240; // fixed: the digits split never changes
+
+    public static DataSplit Load(string nameOrPath, Device? device = null)
+    {
+        device ??= CPU;
+        var (train, test) = nameOrPath.ToLowerInvariant() switch
+        {
+            "digits" => Digits(),
+            "mnist-10k" => IdxFromResources("mnist-10k"),
+            "fashion-mnist" => Directory.Exists(FashionMnistFolder) ? IdxFolder(FashionMnistFolder, "fashion-mnist")
+                : throw new DataFormatException($"fashion-mnist: not found at {FashionMnistFolder}; install it with `apt-get install -y dataset-fashion-mnist` or pass --data FOLDER"),
+            _ when Directory.Exists(nameOrPath) => IdxFolder(nameOrPath, Path.GetFileName(Path.GetFullPath(nameOrPath).TrimEnd('/'))),
+            _ when File.Exists(nameOrPath) => Csv(nameOrPath),
+            _ => throw new DataFormatException($"unknown dataset '{nameOrPath}' (known: {string.Join(", ", Names)}, or a folder of IDX files, or a .csv file)"),
+        };
+        return Normalise(train, test, device);
+    }
+
+    private sealed record Raw(string Name, float[] Values, long[] Shape, long[] Labels, int Classes);
+
+    private static DataSplit Normalise(Raw train, Raw test, Device device)
+    {
+        double mean = train.Values.Average(v => (double)v);
+        double std = Math.Sqrt(train.Values.Average(v => (v - mean) * (v - mean)));
+        if (!(std > 0)) std = 1;
+        var classes = Math.Max(train.Classes, test.Classes);
+        Dataset Make(Raw raw)
+        {
+            using var scope = NewDisposeScope();
+            var x = ((tensor(raw.Values).reshape(raw.Shape) - mean) / std).to(device);
+            var y = tensor(raw.Labels).to(device);
+            return new Dataset(raw.Name, x.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope(), classes);
+        }
+        return new DataSplit(Make(train), Make(test), new Normalisation(mean, std));
+    }
+
+    // ---- UCI digits -------------------------------------------------------------------------
+
+    private static (Raw, Raw) Digits()
+    {
+        using var stream = Assembly.GetExecutingAssembly().GetManifestResourceStream("Lifting.Data.digits.csv.gz")
+            ?? throw new DataFormatException("digits: the embedded resource is missing from Lifting.Core");
+        var rows = ParseDigitsCsv(Idx.Decompress(stream, "digits.csv.gz"), "digits.csv.gz");
+        return SplitRows(rows, "digits");
+    }
+
+    private static (Raw, Raw) Csv(string path)
+    {
+        var rows = ParseDigitsCsv(Idx.ReadAll(path), Path.GetFileName(path));
+        return SplitRows(rows, Path.GetFileNameWithoutExtension(path));
+    }
+
+    /// Rows of 64 pixel values (0 … 16) then a label (0 … 9), comma separated.
+    internal static List<(float[] Pixels, int Label)> ParseDigitsCsv(byte[] bytes, string name)
+    {
+        var rows = new List<(float[], int)>();
+        using var reader = new StringReader(System.Text.Encoding.UTF8.GetString(bytes));
+        string? line;
+        int number = 0;
+        while ((line = reader.ReadLine()) is not null)
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            var fields = line.Split(',');
+            if (fields.Length != 65) throw new DataFormatException($"{name}: line {number} has {fields.Length} fields, expected 65 (64 pixels and a label)");
+            var pixels = new float[64];
+            for (int j = 0; j < 64; j++)
+            {
+                if (!float.TryParse(fields[j], NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || !float.IsFinite(v))
+                    throw new DataFormatException($"{name}: line {number}, field {j + 1}: '{fields[j].Trim()}' is not a finite number");
+                if (v < 0 || v > 16) throw new DataFormatException($"{name}: line {number}, field {j + 1}: pixel {v} is outside 0..16");
+                pixels[j] = v / 16f;
+            }
+            if (!int.TryParse(fields[64], NumberStyles.Integer, CultureInfo.InvariantCulture, out var label) || label < 0 || label > 9)
+                throw new DataFormatException($"{name}: line {number}: label '{fields[64].Trim()}' is not a class 0..9");
+            rows.Add((pixels, label));
+        }
+        if (rows.Count < 2) throw new DataFormatException($"{name}: needs at least two rows, found {rows.Count}");
+        return rows;
+    }
+
+    private static (Raw, Raw) SplitRows(List<(float[] Pixels, int Label)> rows, string name)
+    {
+        var order = MiniBatches.Permutation(rows.Count, DigitsSplitSeed, 0);
+        int testCount = (int)Math.Round(rows.Count * 0.2);
+        Raw Take(IEnumerable<long> indices, string part)
+        {
+            var picked = indices.Select(i => rows[(int)i]).ToArray();
+            return new Raw($"{name}/{part}", picked.SelectMany(r => r.Pixels).ToArray(), new long[] { picked.Length, 1, 8, 8 },
+                picked.Select(r => (long)r.Label).ToArray(), 10);
+        }
+        return (Take(order.Skip(testCount), "train"), Take(order.Take(testCount), "test"));
+    }
+
+    // ---- IDX --------------------------------------------------------------------------------
+
+    private static (Raw, Raw) IdxFolder(string folder, string name)
+    {
+        string Find(string stem)
+        {
+            foreach (var candidate in new[] { stem, stem + ".gz", stem.Replace("-idx", ".idx") , stem.Replace("-idx", ".idx") + ".gz" })
+            {
+                var path = Path.Combine(folder, candidate);
+                if (File.Exists(path)) return path;
+            }
+            throw new DataFormatException($"{folder}: no {stem}[.gz] in this folder (an IDX dataset needs train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte)");
+        }
+        var train = FromIdx(Idx.ReadImages(Find("train-images-idx3-ubyte")), Idx.ReadLabels(Find("train-labels-idx1-ubyte")), $"{name}/train", Find("train-labels-idx1-ubyte"));
+        var test = FromIdx(Idx.ReadImages(Find("t10k-images-idx3-ubyte")), Idx.ReadLabels(Find("t10k-labels-idx1-ubyte")), $"{name}/test", Find("t10k-labels-idx1-ubyte"));
+        return (train, test);
+    }
+
+    private static (Raw, Raw) IdxFromResources(string name)
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"lifting-{name}-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        try
+        {
+            var assembly = Assembly.GetExecutingAssembly();
+            foreach (var file in new[] { "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz" })
+            {
+                using var stream = assembly.GetManifestResourceStream($"Lifting.Data.{name}.{file}")
+                    ?? throw new DataFormatException($"{name}: the embedded resource {file} is missing from Lifting.Core");
+                using var target = File.Create(Path.Combine(dir, file));
+                stream.CopyTo(target);
+            }
+            return IdxFolder(dir, name);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static Raw FromIdx(IdxImages images, byte[] labels, string name, string labelPath)
+    {
+        var labelFile = Path.GetFileName(labelPath);
+        if (images.Count != labels.Length)
+            throw new DataFormatException($"{labelFile}: {labels.Length} labels for {images.Count} images");
+        const int classes = 10;
+        var y = new long[labels.Length];
+        for (int i = 0; i < labels.Length; i++)
+        {
+            if (labels[i] >= classes) throw new DataFormatException($"{labelFile}: label {labels[i]} at index {i} is outside 0..{classes - 1}");
+            y[i] = labels[i];
+        }
+        var x = new float[images.Pixels.Length];
+        for (int i = 0; i < x.Length; i++) x[i] = images.Pixels[i] / 255f;
+        return new Raw(name, x, new long[] { images.Count, 1, images.Rows, images.Columns }, y, classes);
+    }
+}

@@ -1,0 +1,260 @@
+using static TorchSharp.torch;
+
+namespace Lifting.Solvers;
+
+/// One sub-problem of a block-coordinate schedule: a group of players and how many gradient
+/// steps to take on them before moving on.
+public sealed record SubProblem(IReadOnlyList<string> PlayerNames, int InnerSteps);
+
+/// Saddle-point and block-coordinate solvers. Notation: F(x) is the operator (descent
+/// directions), d(·) the player's step rule (constant: d(g) = αg), P the player's projection.
+public static class Solvers
+{
+    public static ISolver GradientDescentAscent() => new GradientDescentAscentSolver(alternating: false);
+    public static ISolver AlternatingGradientDescentAscent() => new GradientDescentAscentSolver(alternating: true);
+    public static ISolver Extragradient() => new ExtragradientSolver();
+    public static ISolver ExtragradientFromThePast() => new PastExtragradientSolver();
+    public static ISolver MirrorProx() => new MirrorProxSolver();
+    public static ISolver Projection() => new ProjectionSolver();
+    public static ISolver Alternating(IReadOnlyList<SubProblem> schedule) => new AlternatingSolver(schedule);
+
+    /// x ← P(x − d) in place, for every variable of a player.
+    internal static void Descend(Player player, IReadOnlyList<Tensor> directions)
+    {
+        using var _ = no_grad();
+        for (int i = 0; i < player.Variables.Count; i++)
+        {
+            var d = player.StepRule.Displacement(directions[i], player.StepStates[i]);
+            player.Variables[i].sub_(d);
+            player.Projection.ProjectInPlace(player.Variables[i]);
+        }
+    }
+
+    internal static Tensor[][] Snapshot(IReadOnlyList<Player> players)
+    {
+        using var _ = no_grad();
+        return players.Select(p => p.Variables.Select(v => v.detach().clone()).ToArray()).ToArray();
+    }
+
+    internal static void Restore(IReadOnlyList<Player> players, Tensor[][] values)
+    {
+        using var _ = no_grad();
+        for (int p = 0; p < players.Count; p++)
+            for (int i = 0; i < players[p].Variables.Count; i++)
+                players[p].Variables[i].copy_(values[p][i]);
+    }
+}
+
+/// Gradient descent–ascent (Arrow–Hurwicz–Uzawa; seed 001 §2.1):
+///
+///   simultaneous:  x_{k+1} = P(x_k − d(F(x_k)))   for all players at once;
+///   alternating:   minimising players step on F(x_k), then maximising players step on F at the
+///                  updated point.
+///
+/// On the bilinear game min_x max_y xy the simultaneous iterates spiral outwards.
+internal sealed class GradientDescentAscentSolver : ISolver
+{
+    private readonly bool alternating;
+    public GradientDescentAscentSolver(bool alternating) => this.alternating = alternating;
+    public string Name => alternating ? "gda-alternating" : "gda";
+    public int MemorySlots => 0;
+
+    public void Step(IGame game)
+    {
+        using var scope = NewDisposeScope();
+        if (!alternating)
+        {
+            var directions = game.Operator(game.Players);
+            for (int p = 0; p < game.Players.Count; p++) Solvers.Descend(game.Players[p], directions[p]);
+            return;
+        }
+        foreach (var group in new[] { Role.Minimise, Role.Maximise })
+        {
+            var players = game.Players.Where(p => p.Role == group).ToArray();
+            if (players.Length == 0) continue;
+            var directions = game.Operator(players);
+            for (int p = 0; p < players.Length; p++) Solvers.Descend(players[p], directions[p]);
+        }
+    }
+}
+
+/// Extragradient (Korpelevich 1976; seed 000 §5; seed 001 eq. 2):
+///
+///   x̄       = P(x_k − d(F(x_k)))        extrapolation
+///   x_{k+1} = P(x_k − d(F(x̄)))          update from x_k with the extrapolated operator
+///
+/// The step rule's state advances at both half-steps (ExtraAdagrad / ExtraAdam). Two operator
+/// evaluations per iteration. With AdaGrad on the multiple-shooting Lagrangian this is ExtraProp.
+internal sealed class ExtragradientSolver : ISolver
+{
+    public string Name => "extragradient";
+    public int MemorySlots => 0;
+
+    public void Step(IGame game)
+    {
+        using var scope = NewDisposeScope();
+        var players = game.Players;
+        var start = Solvers.Snapshot(players);
+        var atStart = game.Operator(players);
+        for (int p = 0; p < players.Count; p++) Solvers.Descend(players[p], atStart[p]);
+        var atExtrapolated = game.Operator(players);
+        Solvers.Restore(players, start);
+        for (int p = 0; p < players.Count; p++) Solvers.Descend(players[p], atExtrapolated[p]);
+    }
+}
+
+/// Extragradient from the past / optimistic gradient (Popov 1980; Gidel et al. 2019; seed 000 §5):
+///
+///   x̄_k     = P(x_k − d(F(x̄_{k−1})))    extrapolate with the remembered direction
+///   x_{k+1} = P(x_k − d(F(x̄_k)))        update; F(x̄_k) is remembered for the next iteration
+///
+/// One operator evaluation per iteration. The remembered direction lives in each variable's
+/// `StepState.Memory[0]` (so per-example rows keep their own); it starts at zero, which makes the
+/// first iteration a plain gradient step.
+internal sealed class PastExtragradientSolver : ISolver
+{
+    public string Name => "optimistic";
+    public int MemorySlots => 1;
+
+    public void Step(IGame game)
+    {
+        using var scope = NewDisposeScope();
+        var players = game.Players;
+        foreach (var p in players)
+            if (p.StepStates.Any(s => s.Memory.Count < 1))
+                throw new InvalidOperationException($"Player '{p.Name}' has no solver memory; extragradient from the past needs MemorySlots = 1.");
+        var start = Solvers.Snapshot(players);
+        foreach (var p in players) Solvers.Descend(p, p.StepStates.Select(s => s.Memory[0]).ToArray());
+        var atExtrapolated = game.Operator(players);
+        Solvers.Restore(players, start);
+        using var _ = no_grad();
+        for (int p = 0; p < players.Count; p++)
+        {
+            Solvers.Descend(players[p], atExtrapolated[p]);
+            for (int i = 0; i < players[p].Variables.Count; i++) players[p].StepStates[i].Memory[0].copy_(atExtrapolated[p][i]);
+        }
+    }
+}
+
+/// Mirror-prox (Nemirovski 2004; seed 000 §5 "Bregman proximal"): extragradient in the geometry
+/// of each player's mirror map φ,
+///
+///   x̄       = argmin_x ⟨d(F(x_k)), x⟩ + D_φ(x, x_k)
+///   x_{k+1} = argmin_x ⟨d(F(x̄)), x⟩ + D_φ(x, x_k)
+///
+/// With the Euclidean map the prox step is x_k − d, so the iterates are extragradient's; the
+/// entropic map gives x_k ⊙ exp(−d) (multiplicative weights) for positive or simplex players.
+internal sealed class MirrorProxSolver : ISolver
+{
+    public string Name => "mirror-prox";
+    public int MemorySlots => 0;
+
+    public void Step(IGame game)
+    {
+        using var scope = NewDisposeScope();
+        var players = game.Players;
+        var start = Solvers.Snapshot(players);
+        var atStart = game.Operator(players);
+        Prox(players, start, atStart);
+        var atExtrapolated = game.Operator(players);
+        Prox(players, start, atExtrapolated);
+    }
+
+    private static void Prox(IReadOnlyList<Player> players, Tensor[][] centre, IReadOnlyList<IReadOnlyList<Tensor>> directions)
+    {
+        using var _ = no_grad();
+        for (int p = 0; p < players.Count; p++)
+        {
+            var player = players[p];
+            for (int i = 0; i < player.Variables.Count; i++)
+            {
+                var d = player.StepRule.Displacement(directions[p][i], player.StepStates[i]);
+                player.Variables[i].copy_(player.Geometry.Step(centre[p][i], d));
+                player.Projection.ProjectInPlace(player.Variables[i]);
+            }
+        }
+    }
+}
+
+/// Projection method (Stampacchia 1964; seed 000 §5): x_{k+1} = P_C(x_k − d(F(x_k))), one
+/// simultaneous projected step per iteration with each player's projection.
+internal sealed class ProjectionSolver : ISolver
+{
+    public string Name => "projection";
+    public int MemorySlots => 0;
+
+    public void Step(IGame game)
+    {
+        using var scope = NewDisposeScope();
+        var directions = game.Operator(game.Players);
+        for (int p = 0; p < game.Players.Count; p++) Solvers.Descend(game.Players[p], directions[p]);
+    }
+}
+
+/// Block-coordinate (alternating) minimisation for penalty forms (MAC, BlockProp; seed 000 §3):
+/// for each sub-problem in order, `InnerSteps` steps x_S ← P(x_S − d(F_S(x))) on its players S
+/// only, the other players held fixed.
+internal sealed class AlternatingSolver : ISolver
+{
+    private readonly IReadOnlyList<SubProblem> schedule;
+
+    public AlternatingSolver(IReadOnlyList<SubProblem> schedule)
+    {
+        foreach (var s in schedule)
+        {
+            if (s.InnerSteps < 1) throw new ArgumentOutOfRangeException(nameof(schedule), $"Invalid inner steps: {s.InnerSteps} (expected >= 1).");
+            if (s.PlayerNames.Count == 0) throw new ArgumentException("A sub-problem needs at least one player.", nameof(schedule));
+        }
+        this.schedule = schedule;
+    }
+
+    public string Name => schedule.Count == 0 ? "alternating"
+        : "alternating(" + string.Join(", ", schedule.Select(s => $"{string.Join("+", s.PlayerNames)}×{s.InnerSteps}")) + ")";
+    public int MemorySlots => 0;
+
+    public void Step(IGame game)
+    {
+        var plan = schedule.Count > 0 ? schedule : game.Players.Select(p => new SubProblem(new[] { p.Name }, 1)).ToArray();
+        foreach (var sub in plan)
+        {
+            var players = sub.PlayerNames.Select(n => game.Players.FirstOrDefault(p => p.Name == n)
+                ?? throw new ArgumentException($"The schedule names player '{n}' but the game has {string.Join(", ", game.Players.Select(p => p.Name))}.")).ToArray();
+            for (int k = 0; k < sub.InnerSteps; k++)
+            {
+                using var scope = NewDisposeScope();
+                var directions = game.Operator(players);
+                for (int p = 0; p < players.Length; p++) Solvers.Descend(players[p], directions[p]);
+            }
+        }
+    }
+}
+
+/// One row of `lifting methods` for a solver.
+public sealed record SolverInfo(string Name, string Description);
+
+/// Solvers by name.
+public static class SolverCatalog
+{
+    public static IReadOnlyList<SolverInfo> All { get; } = new[]
+    {
+        new SolverInfo("gda", "simultaneous gradient descent-ascent (Arrow-Hurwicz-Uzawa); plain gradient descent for minimisations"),
+        new SolverInfo("gda-alternating", "gradient descent-ascent, minimising players first, then maximising ones"),
+        new SolverInfo("extragradient", "Korpelevich extragradient: extrapolate, then update from the start point (2 evaluations)"),
+        new SolverInfo("optimistic", "extragradient from the past / optimistic gradient (1 evaluation, remembers the last direction)"),
+        new SolverInfo("mirror-prox", "extragradient in each player's Bregman geometry (Euclidean = extragradient, entropic)"),
+        new SolverInfo("projection", "Stampacchia projection method x <- P(x - d(F(x)))"),
+        new SolverInfo("alternating", "block-coordinate descent over the formulation's schedule of sub-problems"),
+    };
+
+    public static ISolver Create(string name, IReadOnlyList<SubProblem> schedule) => name.Trim().ToLowerInvariant() switch
+    {
+        "gda" => Solvers.GradientDescentAscent(),
+        "gda-alternating" => Solvers.AlternatingGradientDescentAscent(),
+        "extragradient" or "eg" => Solvers.Extragradient(),
+        "optimistic" or "past-extragradient" => Solvers.ExtragradientFromThePast(),
+        "mirror-prox" => Solvers.MirrorProx(),
+        "projection" => Solvers.Projection(),
+        "alternating" => Solvers.Alternating(schedule),
+        _ => throw new ArgumentException($"Unknown solver '{name}' (known: {string.Join(", ", All.Select(s => s.Name))})."),
+    };
+}

@@ -1,0 +1,133 @@
+using static TorchSharp.torch;
+
+namespace Lifting.Solvers;
+
+/// Step-size rules (optax-style transforms from a descent direction g to a displacement d):
+///
+///   constant  d = α g
+///   AdaGrad   A ← A + g²,  d = α g / (√A + ε)                       (Duchi et al. 2011)
+///   Adam      m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  t ← t + 1,
+///             d = α (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)              (Kingma & Ba 2015)
+///
+/// Inside extragradient the state is updated at both half-steps, which makes AdaGrad
+/// "ExtraAdagrad" (seed 001 §3.1) and Adam "ExtraAdam" (Gidel et al. 2019). For per-example
+/// (row-indexed) variables, Adam's step count t is kept per row, so each example's bias
+/// correction counts only the steps that example has taken.
+public static class StepRules
+{
+    public static IStepRule Constant(double lr) => new ConstantRule(CheckRate(lr));
+
+    public static IStepRule AdaGrad(double lr, double initialAccumulator = 0.0, double eps = 1e-10, bool frozen = false)
+    {
+        CheckRate(lr);
+        if (!(initialAccumulator >= 0) || double.IsInfinity(initialAccumulator))
+            throw new ArgumentOutOfRangeException(nameof(initialAccumulator), $"Invalid initial accumulator: {initialAccumulator} (expected a finite value >= 0).");
+        CheckEps(eps);
+        return new AdaGradRule(lr, initialAccumulator, eps, frozen);
+    }
+
+    public static IStepRule Adam(double lr, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8)
+    {
+        CheckRate(lr);
+        if (!(beta1 >= 0 && beta1 < 1)) throw new ArgumentOutOfRangeException(nameof(beta1), $"Invalid beta1: {beta1} (expected 0 <= beta1 < 1).");
+        if (!(beta2 >= 0 && beta2 < 1)) throw new ArgumentOutOfRangeException(nameof(beta2), $"Invalid beta2: {beta2} (expected 0 <= beta2 < 1).");
+        CheckEps(eps);
+        return new AdamRule(lr, beta1, beta2, eps);
+    }
+
+    private static double CheckRate(double lr) => lr > 0 && double.IsFinite(lr) ? lr
+        : throw new ArgumentOutOfRangeException(nameof(lr), $"Invalid learning rate: {lr} (expected a finite value > 0).");
+
+    private static void CheckEps(double eps)
+    {
+        if (!(eps > 0) || double.IsInfinity(eps)) throw new ArgumentOutOfRangeException(nameof(eps), $"Invalid eps: {eps} (expected a finite value > 0).");
+    }
+
+    private static string Show(double v) => v.ToString("G4", System.Globalization.CultureInfo.InvariantCulture);
+
+    private sealed class ConstantRule : IStepRule
+    {
+        private readonly double lr;
+        public ConstantRule(double lr) => this.lr = lr;
+        public string Name => $"constant(lr={Show(lr)})";
+        public StepState Init(Tensor variable, bool rowIndexed) => new(Array.Empty<Tensor>());
+        public Tensor Displacement(Tensor direction, StepState state) => direction * lr;
+    }
+
+    private sealed class AdaGradRule : IStepRule
+    {
+        private readonly double lr, initial, eps;
+        private readonly bool frozen;
+        public AdaGradRule(double lr, double initial, double eps, bool frozen) { this.lr = lr; this.initial = initial; this.eps = eps; this.frozen = frozen; }
+        public string Name => $"adagrad(lr={Show(lr)}{(frozen ? ", frozen" : "")})";
+
+        public StepState Init(Tensor variable, bool rowIndexed)
+        {
+            using var _ = no_grad();
+            return new StepState(new[] { full_like(variable, initial).detach().DetachFromDisposeScope() });
+        }
+
+        public Tensor Displacement(Tensor direction, StepState state)
+        {
+            var accumulator = state.Slots[0];
+            if (!frozen) accumulator.addcmul_(direction, direction, value: 1);
+            return direction * lr / (accumulator.sqrt() + eps);
+        }
+    }
+
+    private sealed class AdamRule : IStepRule
+    {
+        private readonly double lr, beta1, beta2, eps;
+        public AdamRule(double lr, double beta1, double beta2, double eps) { this.lr = lr; this.beta1 = beta1; this.beta2 = beta2; this.eps = eps; }
+        public string Name => $"adam(lr={Show(lr)}, β=({Show(beta1)}, {Show(beta2)}))";
+
+        public StepState Init(Tensor variable, bool rowIndexed)
+        {
+            using var _ = no_grad();
+            // The count broadcasts against the variable: one per row, or a single one.
+            var countShape = rowIndexed
+                ? new[] { variable.shape[0] }.Concat(Enumerable.Repeat(1L, variable.shape.Length - 1)).ToArray()
+                : Array.Empty<long>();
+            return new StepState(new[]
+            {
+                zeros_like(variable).detach().DetachFromDisposeScope(),
+                zeros_like(variable).detach().DetachFromDisposeScope(),
+                zeros(countShape, dtype: variable.dtype, device: variable.device).DetachFromDisposeScope(),
+            });
+        }
+
+        public Tensor Displacement(Tensor direction, StepState state)
+        {
+            Tensor m = state.Slots[0], v = state.Slots[1], t = state.Slots[2];
+            m.mul_(beta1).add_(direction, alpha: 1 - beta1);
+            v.mul_(beta2).addcmul_(direction, direction, value: 1 - beta2);
+            t.add_(1);
+            // β^t via exp(t ln β), so the count may be a per-row tensor.
+            var mHat = m / (1 - (t * Math.Log(beta1)).exp());
+            var vHat = v / (1 - (t * Math.Log(beta2)).exp());
+            return lr * mHat / (vHat.sqrt() + eps);
+        }
+    }
+}
+
+/// One row of `lifting methods` for a step rule.
+public sealed record StepRuleInfo(string Name, string Description);
+
+/// Step rules by name.
+public static class StepRuleCatalog
+{
+    public static IReadOnlyList<StepRuleInfo> All { get; } = new[]
+    {
+        new StepRuleInfo("constant", "d = α g (alias sgd)"),
+        new StepRuleInfo("adagrad", "d = α g / (√A + ε), A accumulates g² at every half-step (ExtraAdagrad)"),
+        new StepRuleInfo("adam", "bias-corrected moments, per-row step counts for per-example variables (ExtraAdam)"),
+    };
+
+    public static IStepRule Create(string name, double lr) => name.Trim().ToLowerInvariant() switch
+    {
+        "constant" or "sgd" => StepRules.Constant(lr),
+        "adagrad" => StepRules.AdaGrad(lr),
+        "adam" => StepRules.Adam(lr),
+        _ => throw new ArgumentException($"Unknown step rule '{name}' (known: constant/sgd, adagrad, adam)."),
+    };
+}

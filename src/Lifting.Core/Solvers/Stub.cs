@@ -1,3 +1,0 @@
-// TEMPORARY: replaced by the solvers branch.
-namespace Lifting.Solvers;
-public sealed record SubProblem(IReadOnlyList<string> PlayerNames, int InnerSteps);
