@@ -11,6 +11,9 @@ public sealed record MethodSettings
     public string? Solver { get; init; }
     /// Step rule for every player (constant/sgd, adagrad, adam); null = the method's default.
     public string? StepRule { get; init; }
+    /// Step rule of the states / multipliers when they differ from `StepRule`; null = the default.
+    public string? StateStepRule { get; init; }
+    public string? MultiplierStepRule { get; init; }
     /// Step size of the weights; null = the method's default.
     public double? LearningRate { get; init; }
     /// Step size of the per-example states; null = the method's default.
@@ -46,7 +49,8 @@ public sealed record MethodInfo(string Name, string Description);
 /// The named training methods: a formulation, a solver and per-player step rules with defaults.
 public static class Methods
 {
-    private sealed record Defaults(string Solver, string StepRule, double WeightsLr, double StatesLr, double MultipliersLr);
+    private sealed record Defaults(string Solver, string StepRule, double WeightsLr, double StatesLr, double MultipliersLr,
+        string? StateRule = null, string? MultiplierRule = null);
 
     private static readonly Dictionary<string, (string Description, Defaults Defaults)> table = new()
     {
@@ -94,14 +98,22 @@ public static class Methods
         if (formulation.HasMaximisingPlayers && solverName == "alternating")
             throw new ArgumentException($"Method '{name}' is a saddle-point problem; the alternating solver needs a minimisation (use extragradient, gda, optimistic, mirror-prox or projection).");
 
+        // Per player: the rule named for it, else the one named for all, else the method's default;
+        // the step size given for it, else the default for that rule (the method's when unchanged).
         var ruleName = settings.StepRule ?? d.StepRule;
-        var rates = new Dictionary<string, double>
+        var rules = new Dictionary<string, IStepRule>();
+        foreach (var player in formulation.PlayerNames)
         {
-            [PlayerNames.Weights] = settings.LearningRate ?? (ruleName == d.StepRule ? d.WeightsLr : DefaultRate(ruleName)),
-            [PlayerNames.States] = settings.StateLearningRate ?? (ruleName == d.StepRule && d.StatesLr > 0 ? d.StatesLr : DefaultRate(ruleName)),
-            [PlayerNames.Multipliers] = settings.MultiplierLearningRate ?? (ruleName == d.StepRule && d.MultipliersLr > 0 ? d.MultipliersLr : DefaultRate(ruleName)),
-        };
-        var rules = formulation.PlayerNames.ToDictionary(p => p, p => StepRuleCatalog.Create(ruleName, rates.TryGetValue(p, out var r) ? r : DefaultRate(ruleName)));
+            var (specific, defaultRule, defaultLr, lr) = player switch
+            {
+                PlayerNames.States => (settings.StateStepRule, d.StateRule ?? d.StepRule, d.StatesLr, settings.StateLearningRate),
+                PlayerNames.Multipliers => (settings.MultiplierStepRule, d.MultiplierRule ?? d.StepRule, d.MultipliersLr, settings.MultiplierLearningRate),
+                _ => (null, d.StepRule, d.WeightsLr, settings.LearningRate),
+            };
+            var rule = specific ?? (settings.StepRule is null ? defaultRule : ruleName);
+            var rate = lr ?? (rule == defaultRule && defaultLr > 0 ? defaultLr : DefaultRate(rule));
+            rules[player] = StepRuleCatalog.Create(rule, rate);
+        }
         IStepRule RuleFor(string player) => rules.TryGetValue(player, out var rule) ? rule
             : throw new ArgumentException($"Method '{name}' has no player '{player}'.");
 

@@ -1,6 +1,60 @@
 module Lifting.Tests.TrainingTests
 
+open System
 open Expecto
+open TorchSharp
+open Lifting
+open Lifting.Data
+open Lifting.Programs
+open Lifting.Training
+
+let digits = lazy (DatasetCatalog.Load "digits")
+
+let train (methodName: string) epochs seed =
+    let data = digits.Force()
+    let program = Net.Mlp(data.Train.ExampleShape, [| 64L; 128L; 10L |], Activations.ReLU, Losses.CrossEntropy)
+    let m = Methods.Resolve(MethodSettings(Method = methodName))
+    Trainer.Train(program, data, m.Formulation, m.Solver, m.StepRules, TrainingOptions(Epochs = epochs, BatchSize = 64, Seed = seed))
 
 [<Tests>]
-let tests = testList "TrainingTests" []
+let tests =
+    testList "TrainingTests" [
+        test "backprop trains the digits MLP to >= 0.95 test accuracy (the default job)" {
+            let result = train "backprop" 20 0
+            use _ = result.Weights
+            Expect.isGreaterThanOrEqual result.FinalTestAccuracy 0.95 $"test accuracy {result.FinalTestAccuracy}"
+            Expect.equal result.Epochs.Count 20 "one metrics row per epoch"
+            Expect.isTrue (result.Epochs |> Seq.forall (fun m -> Double.IsFinite m.TrainLoss)) "finite losses"
+        }
+        test "the same seed gives identical weights; another seed does not" {
+            let a = train "backprop" 2 5
+            let b = train "backprop" 2 5
+            let c = train "backprop" 2 6
+            use _ = a.Weights
+            use _ = b.Weights
+            use _ = c.Weights
+            for (u, v) in Seq.zip a.Weights.Tensors b.Weights.Tensors do
+                Expect.equal ((u - v).abs().max().ToDouble()) 0.0 "same seed, same weights"
+            let differs = Seq.exists2 (fun (u: torch.Tensor) (v: torch.Tensor) -> (u - v).abs().max().ToDouble() > 0.0) a.Weights.Tensors c.Weights.Tensors
+            Expect.isTrue differs "a different seed gives different weights"
+        }
+        test "a lifted run is deterministic for a seed too" {
+            let a = train "extraprop" 2 1
+            let b = train "extraprop" 2 1
+            use _ = a.Weights
+            use _ = b.Weights
+            for (u, v) in Seq.zip a.Weights.Tensors b.Weights.Tensors do
+                Expect.equal ((u - v).abs().max().ToDouble()) 0.0 "same seed, same weights"
+            Expect.equal a.FinalDefect b.FinalDefect "same defect"
+        }
+        test "early stopping stops once the test accuracy stops improving" {
+            let data = digits.Force()
+            let program = Net.Mlp(data.Train.ExampleShape, [| 64L; 16L; 10L |], Activations.ReLU, Losses.CrossEntropy)
+            let m = Methods.Resolve(MethodSettings(Method = "backprop", LearningRate = 0.05))
+            let result = Trainer.Train(program, data, m.Formulation, m.Solver, m.StepRules, TrainingOptions(Epochs = 200, Patience = 2))
+            use _ = result.Weights
+            Expect.isLessThan result.Epochs.Count 200 "stopped before the budget"
+            Expect.isTrue result.StoppedEarly "reported"
+            Expect.equal result.Epochs.Count (result.BestEpoch + 2) "two epochs without improvement after the best"
+        }
+    ]

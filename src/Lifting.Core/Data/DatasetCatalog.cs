@@ -7,7 +7,7 @@ namespace Lifting.Data;
 /// Named datasets and datasets found by path.
 ///
 /// - `digits`: UCI optical digits (8×8, 1797 images), embedded; split 80/20 with a fixed shuffle
-///   into 1437 train / 360 test.
+///   into 1438 train / 359 test.
 /// - `mnist-10k`: a 10,000-image MNIST subset (8,000 / 2,000), embedded.
 /// - `fashion-mnist`: Fashion-MNIST at /usr/share/datasets/fashion-mnist (Debian package
 ///   dataset-fashion-mnist).

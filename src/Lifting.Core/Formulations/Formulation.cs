@@ -55,6 +55,9 @@ public interface ILiftedProblem : IDisposable
     /// The program's weights, updated in place by training; evaluation is a plain forward pass.
     Weights Weights { get; }
 
+    /// The per-example variables and their optimiser state (empty when nothing is per example).
+    ExampleStore Store { get; }
+
     /// Gathers the mini-batch's rows of every per-example variable into a game. The solver
     /// updates the game's variables; `Commit` scatters the rows (and their optimiser state) back.
     IBatchGame Batch(MiniBatch batch);
