@@ -33,6 +33,10 @@ public sealed record MethodSettings
     public double? MuMaximum { get; init; }
     /// Inner state steps per weight step of the alternating penalty solver.
     public int? StateSteps { get; init; }
+    /// Solver iterations on the per-example players alone (weights fixed) before each full
+    /// iteration: they bring states and multipliers towards their stationary values for the
+    /// current weights, which the weight step then uses.
+    public int? InnerIterations { get; init; }
 }
 
 /// A method resolved into the three parts the trainer needs.
@@ -50,18 +54,24 @@ public sealed record MethodInfo(string Name, string Description);
 public static class Methods
 {
     private sealed record Defaults(string Solver, string StepRule, double WeightsLr, double StatesLr, double MultipliersLr,
-        string? StateRule = null, string? MultiplierRule = null);
+        string? StateRule = null, string? MultiplierRule = null, int Inner = 0, double Augmentation = 0);
 
     private static readonly Dictionary<string, (string Description, Defaults Defaults)> table = new()
     {
         ["backprop"] = ("single shooting: back-propagation with SGD or Adam (the reference)",
             new("gda", "adam", 1e-3, 0, 0)),
-        ["extraprop"] = ("multiple-shooting Lagrangian solved by extragradient with AdaGrad (seed 001 ExtraProp)",
-            new("extragradient", "adagrad", 1e-2, 1e-2, 1e-2)),
-        ["gda"] = ("multiple-shooting Lagrangian solved by gradient descent-ascent (Arrow–Hurwicz–Uzawa)",
-            new("gda", "adagrad", 1e-2, 1e-2, 1e-2)),
-        ["auglag"] = ("augmented Lagrangian, + (c/2)‖g‖², solved by extragradient with AdaGrad",
-            new("extragradient", "adagrad", 1e-2, 1e-2, 1e-2)),
+        // Per-example players take constant steps: AdaGrad's first step on a fresh row is ±α
+        // whatever the gradient, and each row is visited once per epoch. η_h·η_λ ≈ ½ gives the best
+        // extragradient contraction on the bilinear state/multiplier coupling (docs/methods.md).
+        ["extraprop"] = ("multiple-shooting Lagrangian solved by extragradient; AdaGrad weights (seed 001 ExtraProp)",
+            new("extragradient", "adagrad", 1e-2, 0.7, 0.7, "constant", "constant")),
+        ["gda"] = ("multiple-shooting Lagrangian solved by gradient descent-ascent (Arrow-Hurwicz-Uzawa)",
+            new("gda", "adagrad", 1e-2, 0.7, 0.7, "constant", "constant")),
+        // With c and steps η_h = 1/c, η_λ = c, one extragradient iteration on a row lands on its
+        // stationary (h, λ) = (f(h_prev), −∂ℓ/∂h) for the linearised problem (docs/methods.md); one
+        // inner iteration on the rows before each full iteration gives the weights a near-backprop step.
+        ["auglag"] = ("augmented Lagrangian + (c/2)|g|^2, extragradient with one inner per-example iteration, c = 1",
+            new("extragradient", "adam", 1e-3, 1.0, 1.0, "constant", "constant", Inner: 1, Augmentation: 1.0)),
         ["penalty"] = ("quadratic penalty with a growing μ, alternating states/weights, final feasibility pass (MAC/BlockProp)",
             new("alternating", "adam", 1e-3, 1e-2, 0)),
         ["regularized"] = ("fixed quadratic penalty, all variables by gradient descent (seed 001 \"Regularized\")",
@@ -83,7 +93,7 @@ public static class Methods
             "extraprop" or "gda" or "auglag" => new MultipleShooting(new MultipleShootingOptions
             {
                 Epsilon = settings.Epsilon ?? 0,
-                Augmentation = settings.Augmentation ?? (name == "auglag" ? 1.0 : 0.0),
+                Augmentation = settings.Augmentation ?? d.Augmentation,
                 ReparametriseStates = settings.ReparametriseStates ?? false,
                 ReducedConstraint = settings.ReducedConstraint ?? false,
             }, name),
@@ -95,6 +105,14 @@ public static class Methods
 
         var solverName = settings.Solver ?? d.Solver;
         var solver = SolverCatalog.Create(solverName, formulation.DefaultSchedule);
+        var inner = settings.InnerIterations ?? d.Inner;
+        if (inner < 0) throw new ArgumentOutOfRangeException(nameof(settings.InnerIterations), $"Invalid inner iterations: {inner} (expected >= 0).");
+        if (inner > 0)
+        {
+            var perExample = formulation.PlayerNames.Where(p => p != PlayerNames.Weights).ToArray();
+            if (perExample.Length == 0) throw new ArgumentException($"Method '{name}' has no per-example players for inner iterations.");
+            solver = new WithInnerIterations(SolverCatalog.Create(solverName, formulation.DefaultSchedule), perExample, inner, solver);
+        }
         if (formulation.HasMaximisingPlayers && solverName == "alternating")
             throw new ArgumentException($"Method '{name}' is a saddle-point problem; the alternating solver needs a minimisation (use extragradient, gda, optimistic, mirror-prox or projection).");
 

@@ -8,10 +8,11 @@ using Lifting.Training;
 // e.g. sweep method=extraprop lr=1e-3 rule=adam state-rule=constant lr-states=0.5 epochs=10
 
 var settings = args.Skip(1).Select(a => a.Split('=', 2)).ToDictionary(p => p[0], p => p[1]);
+if (settings.TryGetValue("threads", out var threadCount)) TorchSharp.torch.set_num_threads(int.Parse(threadCount));
+if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(settings);
 string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
 double? Num(string key) => settings.TryGetValue(key, out var v) ? double.Parse(v, System.Globalization.CultureInfo.InvariantCulture) : null;
 
-if (settings.TryGetValue("threads", out var threads)) TorchSharp.torch.set_num_threads(int.Parse(threads));
 var data = DatasetCatalog.Load(Get("data", "mnist-10k"));
 var program = Net.Mlp(data.Train.ExampleShape, Get("net", "784-256-10").Split('-').Select(long.Parse).ToArray(),
     Activations.ByName(Get("activation", "relu")), Losses.CrossEntropy);
@@ -33,7 +34,11 @@ var method = Methods.Resolve(new MethodSettings
     StateSteps = (int?)Num("state-steps"),
 });
 var tag = string.Join(" ", args.Skip(1));
-var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
+var solver = method.Solver;
+if (Num("inner") is { } inner && inner > 0)
+    solver = new Lifting.Solvers.WithInnerIterations(Lifting.Solvers.SolverCatalog.Create(Get("inner-solver", "extragradient"), Array.Empty<Lifting.Solvers.SubProblem>()),
+        new[] { "states", "multipliers" }, (int)inner, solver);
+var result = Trainer.Train(program, data, method.Formulation, solver, method.StepRules,
     new TrainingOptions { Epochs = (int)(Num("epochs") ?? 10), BatchSize = (int)(Num("batch") ?? 128), Seed = (int)(Num("seed") ?? 0),
         Patience = (int)(Num("patience") ?? 0), IterationsPerBatch = (int)(Num("iterations") ?? 1), CosineToBackprop = settings.ContainsKey("cosine") },
     Observers.OnEpoch(m => Console.WriteLine($"[{tag}] epoch {m.Epoch} loss {m.TrainLoss:F4} acc {m.TestAccuracy:F4} defect {m.MeanDefect:E2} cos {m.CosineToBackprop:F3} {m.Seconds:F2}s")));

@@ -27,6 +27,8 @@ public static class Cli
           --method backprop           backprop, extraprop, gda, auglag, penalty, regularized
           --solver NAME               override the method's solver (see lifting methods)
           --optimizer sgd|adagrad|adam  step rule for every player
+          --optimizer-states R, --optimizer-multipliers R   step rule of those players only
+          --inner N                   solver iterations on the per-example players alone before each full one
           --lr X                      step size of the weights
           --lr-states X               step size of the per-example states
           --lr-multipliers X          step size of the multipliers

@@ -16,6 +16,9 @@ public sealed record Experiment
     public string Method { get; init; } = "backprop";
     public string? Solver { get; init; }
     public string? Optimizer { get; init; }
+    public string? OptimizerStates { get; init; }
+    public string? OptimizerMultipliers { get; init; }
+    public int? Inner { get; init; }
     public double? Lr { get; init; }
     public double? LrStates { get; init; }
     public double? LrMultipliers { get; init; }
@@ -41,7 +44,10 @@ public sealed record Experiment
     {
         Method = Method,
         Solver = Solver,
-        StepRule = Optimizer is null ? null : (Optimizer.Equals("sgd", StringComparison.OrdinalIgnoreCase) ? "constant" : Optimizer.ToLowerInvariant()),
+        StepRule = Rule(Optimizer),
+        StateStepRule = Rule(OptimizerStates),
+        MultiplierStepRule = Rule(OptimizerMultipliers),
+        InnerIterations = Inner,
         LearningRate = Lr,
         StateLearningRate = LrStates,
         MultiplierLearningRate = LrMultipliers,
@@ -54,6 +60,9 @@ public sealed record Experiment
         MuMaximum = MuMax,
         StateSteps = StateSteps,
     };
+
+    private static string? Rule(string? name) =>
+        name is null ? null : name.Equals("sgd", StringComparison.OrdinalIgnoreCase) ? "constant" : name.ToLowerInvariant();
 
     internal static readonly JsonSerializerOptions JsonOptions = new()
     {
@@ -101,6 +110,9 @@ public sealed record Experiment
                 "--method" => e with { Method = Value() },
                 "--solver" => e with { Solver = Value() },
                 "--optimizer" or "--step-rule" => e with { Optimizer = Value() },
+                "--optimizer-states" => e with { OptimizerStates = Value() },
+                "--optimizer-multipliers" => e with { OptimizerMultipliers = Value() },
+                "--inner" => e with { Inner = NonNegativeInt(flag, Value()) },
                 "--lr" => e with { Lr = Positive(flag, Value()) },
                 "--lr-states" => e with { LrStates = Positive(flag, Value()) },
                 "--lr-multipliers" => e with { LrMultipliers = Positive(flag, Value()) },

@@ -32,6 +32,8 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     "augmented Lagrangian", (fun () -> MultipleShooting(MultipleShootingOptions(Augmentation = 1.0))), 0.05, false
     "quadratic penalty", (fun () -> QuadraticPenalty(PenaltySchedule(1.0, 2.0, 100.0), 3)), 0.05, false
     "regularized", (fun () -> QuadraticPenalty(PenaltySchedule.Fixed 5.0)), 0.05, false
+    // Defined in F# in FormulationTests.fs: a new formulation joins with one row.
+    "l1-penalty (F#)", (fun () -> FormulationTests.L1Penalty(1.0)), 0.02, false
 ]
 
 /// Solver rows: name, factory from the formulation's schedule, whether it solves saddle points,

@@ -132,3 +132,59 @@ let tests =
                 Expect.isTrue changedInBatch $"{name}: some batch row changed"
         }
     ]
+
+/// A formulation written in F# against the public API, without touching the engine: multiple
+/// shooting with an exact L1 penalty, L_i = ℓ_i + μ Σ_l ‖h_l − f_l(h_{l−1})‖₁. It joins the
+/// conformance suite with one row (ConformanceTests.fs).
+type L1Penalty(mu: float) =
+    member _.Mu = mu
+    interface IFormulation with
+        member _.Name = "l1-penalty"
+        member _.Description = "exact L1 penalty μ‖h_l − f_l(h_(l−1))‖₁ over per-example states (defined in F#)"
+        member _.PlayerNames = [| PlayerNames.Weights; PlayerNames.States |] :> _
+        member _.HasMaximisingPlayers = false
+        member _.DefaultSchedule = [| SubProblem([| PlayerNames.States |], 1); SubProblem([| PlayerNames.Weights |], 1) |] :> _
+        member this.Lift(context, weights) =
+            new L1PenaltyProblem(this, context, weights, context.ForwardStates(weights, 1024)) :> ILiftedProblem
+
+and L1PenaltyProblem(formulation: L1Penalty, context: LiftContext, weights: Weights, initial: Tensor[]) =
+    inherit LiftedProblem(formulation, context, weights)
+    // Created on first use: F# cannot touch `this` while constructing.
+    let mutable states : RowGroup option = None
+    member this.States =
+        match states with
+        | Some s -> s
+        | None ->
+            let rows = [| for l in 0 .. initial.Length - 1 -> struct ($"h{l + 1}", initial.[l]) |]
+            let s = RowGroup(this.Store, context, PlayerNames.States, rows)
+            states <- Some s
+            s
+    member _.Mu = formulation.Mu
+    override this.Batch(batch) = new L1PenaltyGame(this, batch) :> IBatchGame
+    override this.MeasureDefects() =
+        let group = this.States
+        let store = this.Store
+        base.MeasureDefects(Func<int, Tensor, Tensor>(fun l rows -> store.Gather(group.Keys.[l], rows)), 2048)
+
+and L1PenaltyGame(problem: L1PenaltyProblem, batch: Lifting.Data.MiniBatch) =
+    inherit BatchGame(batch)
+    let group = problem.States
+    let struct (h, hStates) = group.Gather(batch.Indices)
+    let players = [| problem.WeightsPlayer(); Player(PlayerNames.States, Role.Minimise, h, group.StepRule, hStates, true) |]
+    override _.Players = players :> _
+    override this.EvaluateSum() =
+        let program = problem.Program
+        let w = problem.Weights.Tensors
+        let hidden = program.Blocks.Count - 1
+        let mutable previous = batch.Inputs
+        let mutable penalty = torch.zeros(1L, dtype = h.[0].dtype).squeeze()
+        let defects = ResizeArray<Tensor>()
+        for l in 0 .. hidden - 1 do
+            let g = h.[l] - program.ForwardBlock(l, previous, program.BlockWeights(w, l))
+            defects.Add g
+            penalty <- penalty + g.abs().sum()
+            previous <- h.[l]
+        let loss = program.Loss.PerExample(program.ForwardBlock(hidden, previous, program.BlockWeights(w, hidden)), batch.Labels).sum()
+        this.Record(loss, defects, null)
+        loss + problem.Mu * penalty
+    override _.Commit() = problem.States.Scatter(batch.Indices, h, hStates)

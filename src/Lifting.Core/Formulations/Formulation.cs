@@ -38,6 +38,32 @@ public sealed record LiftContext(
 {
     public int ExampleCount => Train.Count;
 
+    /// The forward-pass block outputs h_1 … h_{L−1} for every training example, computed in
+    /// chunks without a graph; the caller owns the returned [N, …] tensors.
+    public Tensor[] ForwardStates(Weights weights, int chunk = 1024)
+    {
+        using var _ = no_grad();
+        int hidden = Program.Blocks.Count - 1;
+        var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
+        var x = Train.Inputs;
+        for (long start = 0; start < x.shape[0]; start += chunk)
+        {
+            using var scope = NewDisposeScope();
+            var h = x.narrow(0, start, Math.Min(chunk, x.shape[0] - start)).to(DType);
+            for (int l = 0; l < hidden; l++)
+            {
+                h = Program.ForwardBlock(l, h, weights.Block(l));
+                parts[l].Add(h.detach().clone().MoveToOuterDisposeScope());
+            }
+        }
+        return parts.Select(p =>
+        {
+            var all = cat(p.ToArray(), 0).DetachFromDisposeScope();
+            foreach (var t in p) t.Dispose();
+            return all;
+        }).ToArray();
+    }
+
     /// Allocates the step-rule state (plus solver memory) for one variable of player `player`.
     public StepState NewState(string player, Tensor variable, bool rowIndexed)
     {

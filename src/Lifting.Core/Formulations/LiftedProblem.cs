@@ -31,7 +31,7 @@ public abstract class LiftedProblem : ILiftedProblem
     public long PerExampleBytes => Store.Bytes;
 
     /// A new weights player (the weights minimise).
-    protected Player WeightsPlayer() =>
+    public Player WeightsPlayer() =>
         new(PlayerNames.Weights, Role.Minimise, Weights.Tensors, Context.StepRuleFor(PlayerNames.Weights), WeightStates);
 
     public abstract IBatchGame Batch(MiniBatch batch);
@@ -68,31 +68,9 @@ public abstract class LiftedProblem : ILiftedProblem
     public virtual void Finish() { }
     public virtual IReadOnlyDictionary<string, double> Diagnostics => new Dictionary<string, double>();
 
-    /// The forward-pass block outputs h_1 … h_{L−1} for every training example, computed in
-    /// chunks without a graph (states initialised by one forward pass, seed 001 §3.1).
-    protected Tensor[] ForwardStatesOfTrainingSet(int chunk = 1024)
-    {
-        using var _ = no_grad();
-        int hidden = Program.Blocks.Count - 1;
-        var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
-        var x = Context.Train.Inputs;
-        for (long start = 0; start < x.shape[0]; start += chunk)
-        {
-            using var scope = NewDisposeScope();
-            var h = x.narrow(0, start, Math.Min(chunk, x.shape[0] - start)).to(Context.DType);
-            for (int l = 0; l < hidden; l++)
-            {
-                h = Program.ForwardBlock(l, h, Weights.Block(l));
-                parts[l].Add(h.detach().clone().MoveToOuterDisposeScope());
-            }
-        }
-        return parts.Select(p =>
-        {
-            var all = cat(p.ToArray(), 0);
-            foreach (var t in p) t.Dispose();
-            return all;
-        }).ToArray();
-    }
+    /// The forward-pass block outputs h_1 … h_{L−1} for every training example (states
+    /// initialised by one forward pass, seed 001 §3.1).
+    protected Tensor[] ForwardStatesOfTrainingSet(int chunk = 1024) => Context.ForwardStates(Weights, chunk);
 
     public virtual void Dispose()
     {

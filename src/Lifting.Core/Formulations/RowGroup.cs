@@ -4,9 +4,9 @@ using static TorchSharp.torch;
 namespace Lifting.Formulations;
 
 /// The per-example variables of one player, kept in an `ExampleStore` together with their
-/// step-rule state and solver memory. `Gather` builds the player for a mini-batch; `Scatter`
-/// writes the updated rows back.
-internal sealed class RowGroup
+/// step-rule state and solver memory. `Gather` builds the player's tensors for a mini-batch;
+/// `Scatter` writes the updated rows back. New formulations use it for their per-example players.
+public sealed class RowGroup
 {
     private readonly ExampleStore store;
     private readonly string[] keys;

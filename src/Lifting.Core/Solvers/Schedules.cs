@@ -1,0 +1,55 @@
+using static TorchSharp.torch;
+
+namespace Lifting.Solvers;
+
+/// A view of a game restricted to some of its players (the others are held fixed).
+public sealed class Restricted : IGame
+{
+    private readonly IGame game;
+
+    public Restricted(IGame game, IReadOnlyList<string> players)
+    {
+        this.game = game;
+        Players = players.Select(n => game.Players.FirstOrDefault(p => p.Name == n)
+            ?? throw new ArgumentException($"The game has no player '{n}' (it has {string.Join(", ", game.Players.Select(p => p.Name))}).")).ToArray();
+    }
+
+    public IReadOnlyList<Player> Players { get; }
+    public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players) => game.Operator(players);
+    public double Objective() => game.Objective();
+}
+
+/// Inner iterations on some players before each outer iteration on all of them:
+/// K iterations of `inner` on the game restricted to `innerPlayers` (e.g. the per-example states
+/// and multipliers, which approach their stationary values for the current weights: the
+/// "stationary multipliers" limit), then one iteration of `outer` on every player.
+public sealed class WithInnerIterations : ISolver
+{
+    private readonly ISolver inner, outer;
+    private readonly IReadOnlyList<string> innerPlayers;
+    private readonly int iterations;
+
+    public WithInnerIterations(ISolver inner, IReadOnlyList<string> innerPlayers, int iterations, ISolver outer)
+    {
+        if (iterations < 0) throw new ArgumentOutOfRangeException(nameof(iterations), $"Invalid inner iterations: {iterations} (expected >= 0).");
+        if (inner.MemorySlots > outer.MemorySlots)
+            throw new ArgumentException($"The inner solver {inner.Name} needs {inner.MemorySlots} memory slots but the outer {outer.Name} provides {outer.MemorySlots}.");
+        this.inner = inner;
+        this.outer = outer;
+        this.innerPlayers = innerPlayers;
+        this.iterations = iterations;
+    }
+
+    public string Name => $"{outer.Name} after {iterations}×{inner.Name} on {string.Join("+", innerPlayers)}";
+    public int MemorySlots => outer.MemorySlots;
+
+    public void Step(IGame game)
+    {
+        if (iterations > 0)
+        {
+            var view = new Restricted(game, innerPlayers);
+            for (int k = 0; k < iterations; k++) inner.Step(view);
+        }
+        outer.Step(game);
+    }
+}
