@@ -9,7 +9,8 @@ public sealed record MethodSettings
     public string Method { get; init; } = "backprop";
     /// Solver name (see `lifting methods`); null = the method's default.
     public string? Solver { get; init; }
-    /// Step rule for every player (constant/sgd, adagrad, adam); null = the method's default.
+    /// Step rule of the weights (constant/sgd, adagrad, adam): the "optimizer"; null = the
+    /// method's default. Per-example players keep their defaults unless named below.
     public string? StepRule { get; init; }
     /// Step rule of the states / multipliers when they differ from `StepRule`; null = the default.
     public string? StateStepRule { get; init; }
@@ -61,12 +62,14 @@ public static class Methods
         ["backprop"] = ("single shooting: back-propagation with SGD or Adam (the reference)",
             new("gda", "adam", 1e-3, 0, 0)),
         // Per-example players take constant steps: AdaGrad's first step on a fresh row is ±α
-        // whatever the gradient, and each row is visited once per epoch. η_h·η_λ ≈ ½ gives the best
-        // extragradient contraction on the bilinear state/multiplier coupling (docs/methods.md).
-        ["extraprop"] = ("multiple-shooting Lagrangian solved by extragradient; AdaGrad weights (seed 001 ExtraProp)",
-            new("extragradient", "adagrad", 1e-2, 0.7, 0.7, "constant", "constant")),
-        ["gda"] = ("multiple-shooting Lagrangian solved by gradient descent-ascent (Arrow-Hurwicz-Uzawa)",
-            new("gda", "adagrad", 1e-2, 0.7, 0.7, "constant", "constant")),
+        // whatever the gradient, and each row is visited once per epoch. One inner extragradient
+        // iteration on the rows before each full iteration lets them track their stationary values
+        // for the current weights (docs/methods.md); without it ExtraProp peaks near 0.89 on MNIST-10k.
+        ["extraprop"] = ("multiple-shooting Lagrangian, extragradient with one inner per-example iteration, AdaGrad weights (seed 001 ExtraProp)",
+            new("extragradient", "adagrad", 3e-2, 1.0, 0.5, "constant", "constant", Inner: 1)),
+        // Seed 001's ablation: ExtraProp without extrapolation.
+        ["gda"] = ("multiple-shooting Lagrangian, gradient descent-ascent (ExtraProp without extrapolation; Arrow-Hurwicz-Uzawa)",
+            new("gda", "adagrad", 3e-2, 1.0, 0.5, "constant", "constant")),
         // With c and steps η_h = 1/c, η_λ = c, one extragradient iteration on a row lands on its
         // stationary (h, λ) = (f(h_prev), −∂ℓ/∂h) for the linearised problem (docs/methods.md); one
         // inner iteration on the rows before each full iteration gives the weights a near-backprop step.
@@ -100,7 +103,7 @@ public static class Methods
             "penalty" => new QuadraticPenalty(
                 new PenaltySchedule(settings.MuInitial ?? 1.0, settings.MuGrowth ?? 1.5, settings.MuMaximum ?? 1e4),
                 settings.StateSteps ?? 5, name),
-            _ => new QuadraticPenalty(PenaltySchedule.Fixed(settings.MuInitial ?? 1.0), settings.StateSteps ?? 1, name),
+            _ => new QuadraticPenalty(PenaltySchedule.Fixed(settings.MuInitial ?? 10.0), settings.StateSteps ?? 1, name),
         };
 
         var solverName = settings.Solver ?? d.Solver;
@@ -111,14 +114,15 @@ public static class Methods
         {
             var perExample = formulation.PlayerNames.Where(p => p != PlayerNames.Weights).ToArray();
             if (perExample.Length == 0) throw new ArgumentException($"Method '{name}' has no per-example players for inner iterations.");
-            solver = new WithInnerIterations(SolverCatalog.Create(solverName, formulation.DefaultSchedule), perExample, inner, solver);
+            // The inner iterations are extragradient whatever the outer solver: its contraction on
+            // the state/multiplier coupling is the one analysed in docs/methods.md.
+            solver = new WithInnerIterations(Solvers.Solvers.Extragradient(), perExample, inner, solver);
         }
         if (formulation.HasMaximisingPlayers && solverName == "alternating")
             throw new ArgumentException($"Method '{name}' is a saddle-point problem; the alternating solver needs a minimisation (use extragradient, gda, optimistic, mirror-prox or projection).");
 
-        // Per player: the rule named for it, else the one named for all, else the method's default;
-        // the step size given for it, else the default for that rule (the method's when unchanged).
-        var ruleName = settings.StepRule ?? d.StepRule;
+        // Per player: the rule named for it, else the method's default; the step size given for
+        // it, else the method's default when the rule is unchanged, else the rule's usual default.
         var rules = new Dictionary<string, IStepRule>();
         foreach (var player in formulation.PlayerNames)
         {
@@ -126,9 +130,9 @@ public static class Methods
             {
                 PlayerNames.States => (settings.StateStepRule, d.StateRule ?? d.StepRule, d.StatesLr, settings.StateLearningRate),
                 PlayerNames.Multipliers => (settings.MultiplierStepRule, d.MultiplierRule ?? d.StepRule, d.MultipliersLr, settings.MultiplierLearningRate),
-                _ => (null, d.StepRule, d.WeightsLr, settings.LearningRate),
+                _ => (settings.StepRule, d.StepRule, d.WeightsLr, settings.LearningRate),
             };
-            var rule = specific ?? (settings.StepRule is null ? defaultRule : ruleName);
+            var rule = specific ?? defaultRule;
             var rate = lr ?? (rule == defaultRule && defaultLr > 0 ? defaultLr : DefaultRate(rule));
             rules[player] = StepRuleCatalog.Create(rule, rate);
         }

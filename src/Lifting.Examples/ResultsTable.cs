@@ -41,15 +41,17 @@ public static class ResultsTable
 
         var reference = rows.FirstOrDefault(r => r.Method == "backprop").Result?.SecondsPerEpoch;
         var md = new StringBuilder();
-        md.AppendLine($"| method | solver and step rules | best test acc. (epoch) | final test acc. | epochs run | final mean abs. defect | s/epoch | × backprop |");
-        md.AppendLine("|---|---|---|---|---|---|---|---|");
+        md.AppendLine($"| method | formulation | solver and step rules | best test acc. (epoch) | final test acc. | epochs run | final mean abs. defect, all examples | last batch after its step | s/epoch | × backprop |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
         foreach (var (name, method, r) in rows)
         {
             var rules = string.Join(", ", method.Settings.Where(kv => kv.Key.StartsWith("step.")).Select(kv => $"{kv.Key[5..]}: {kv.Value}"));
-            var defect = method.Formulation.PlayerNames.Count > 1 ? r.FinalDefect.ToString("E2", CultureInfo.InvariantCulture) : "0 (nothing lifted)";
+            var lifted = method.Formulation.PlayerNames.Count > 1;
+            var defect = lifted ? r.FinalDefect.ToString("E2", CultureInfo.InvariantCulture) : "0 (nothing lifted)";
+            var batchDefect = lifted ? r.FinalBatchDefect.ToString("E2", CultureInfo.InvariantCulture) : "–";
             var ratio = reference is { } b && b > 0 ? (r.SecondsPerEpoch / b).ToString("F2", CultureInfo.InvariantCulture) : "–";
             md.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {name} | {method.Solver.Name}; {rules} | {r.BestTestAccuracy:F4} ({r.BestEpoch}) | {r.FinalTestAccuracy:F4} | {r.Epochs.Count} | {defect} | {r.SecondsPerEpoch:F3} | {ratio} |"));
+                $"| {name} | {method.Formulation.Description} | {method.Solver.Name}; {rules} | {r.BestTestAccuracy:F4} ({r.BestEpoch}) | {r.FinalTestAccuracy:F4} | {r.Epochs.Count} | {defect} | {batchDefect} | {r.SecondsPerEpoch:F3} | {ratio} |"));
         }
         Console.WriteLine(md.ToString());
         var header = $"<!-- produced by: dotnet run --project src/Lifting.Examples -c Release -- table {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))} -->\n" +

@@ -16,6 +16,7 @@ public static class Cli
         usage:
           lifting train [options]     train a network (defaults: MLP by backprop on the embedded digits)
           lifting methods             list methods, solvers and step rules, one line each
+          lifting bench [options]     methods side by side: s/epoch, ratio to the first, memory
           lifting --help              this text
 
         train options:
@@ -26,7 +27,7 @@ public static class Cli
           --loss cross-entropy        cross-entropy or mse
           --method backprop           backprop, extraprop, gda, auglag, penalty, regularized
           --solver NAME               override the method's solver (see lifting methods)
-          --optimizer sgd|adagrad|adam  step rule for every player
+          --optimizer sgd|adagrad|adam  step rule of the weights
           --optimizer-states R, --optimizer-multipliers R   step rule of those players only
           --inner N                   solver iterations on the per-example players alone before each full one
           --lr X                      step size of the weights
@@ -46,6 +47,8 @@ public static class Cli
           --config FILE               read the experiment from JSON (flags override it)
           --json                      make the last line of output a JSON summary
 
+        bench options: --methods backprop,extraprop,... plus --data --net --epochs --batch --seed --device --json
+
         Bad input gives a one-line error and exit code 2.
         """;
 
@@ -62,7 +65,8 @@ public static class Cli
             {
                 "train" => Train(args.Skip(1).ToArray(), output, error),
                 "methods" => ListMethods(output),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected train or methods; see lifting --help)"),
+                "bench" => Bench.Run(args.Skip(1).ToArray(), output),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected train, methods or bench; see lifting --help)"),
             };
         }
         catch (Exception e) when (IsUserError(e))
@@ -155,7 +159,11 @@ public static class Cli
             ["epochs"] = result.Epochs.Count,
             ["seconds_per_epoch"] = Round(result.SecondsPerEpoch),
         };
-        if (method.Formulation.PlayerNames.Count > 1) summary["defect"] = result.FinalDefect;
+        if (method.Formulation.PlayerNames.Count > 1)
+        {
+            summary["defect"] = result.FinalDefect;
+            summary["batch_defect"] = result.FinalBatchDefect;
+        }
         var summaryJson = JsonSerializer.Serialize(summary);
         folder?.WriteSummary(JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
 
@@ -176,6 +184,7 @@ public static class Cli
         ["test_loss"] = m.TestLoss,
         ["seconds"] = m.Seconds,
         ["defects"] = m.Defects,
+        ["batch_defect"] = m.BatchDefect,
         ["multiplier_norms"] = m.MultiplierNorms,
         ["cosine_to_backprop"] = m.CosineToBackprop,
         ["diagnostics"] = m.Diagnostics,

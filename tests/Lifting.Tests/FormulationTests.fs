@@ -161,10 +161,10 @@ and L1PenaltyProblem(formulation: L1Penalty, context: LiftContext, weights: Weig
             s
     member _.Mu = formulation.Mu
     override this.Batch(batch) = new L1PenaltyGame(this, batch) :> IBatchGame
-    override this.MeasureDefects() =
+    override this.MeasureDefects(rows) =
         let group = this.States
         let store = this.Store
-        base.MeasureDefects(Func<int, Tensor, Tensor>(fun l rows -> store.Gather(group.Keys.[l], rows)), 2048)
+        base.MeasureDefects(Func<int, Tensor, Tensor>(fun l indices -> store.Gather(group.Keys.[l], indices)), rows, 2048)
 
 and L1PenaltyGame(problem: L1PenaltyProblem, batch: Lifting.Data.MiniBatch) =
     inherit BatchGame(batch)

@@ -80,6 +80,17 @@ let tests =
             File.WriteAllText(cfg, "{ \"epochs\": \"many\" ")
             expectUsageError [ "train"; "--config"; cfg ] "x.json"
         }
+        test "lifting bench runs methods side by side and reports ratios" {
+            let code, out, err = lifting [ "bench"; "--data"; "digits"; "--net"; "64-32-10"; "--epochs"; "2"; "--methods"; "backprop,extraprop"; "--device"; "cpu"; "--json" ]
+            Expect.equal code 0 $"exit 0: {err}"
+            use doc = JsonDocument.Parse(lastLine out)
+            let rows = doc.RootElement.EnumerateArray() |> Array.ofSeq
+            Expect.equal rows.Length 2 "one row per method"
+            Expect.equal (rows.[0].GetProperty("ratio").GetDouble()) 1.0 "the first method is the reference"
+            Expect.isGreaterThan (rows.[1].GetProperty("per_example_bytes").GetInt64()) 0L "extraprop keeps per-example state"
+            Expect.equal (rows.[0].GetProperty("per_example_bytes").GetInt64()) 0L "backprop keeps none"
+            expectUsageError [ "bench"; "--methods"; "backprop,nonesuch" ] "nonesuch"
+        }
         test "the config file is read and flags override it" {
             let dir = tempDir ()
             let cfg = Path.Combine(dir, "exp.json")

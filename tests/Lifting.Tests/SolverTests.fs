@@ -179,6 +179,16 @@ let tests =
             let ex = Expect.throwsC (fun () -> Solvers.Alternating([ SubProblem([| "z" |], 1) ]).Step game) id
             Expect.stringContains ex.Message "'z'" "unknown player named"
         }
+        test "inner iterations move only the named players before the outer iteration" {
+            let game, x, y = bilinear (fun () -> StepRules.Constant 0.1)
+            let solver = WithInnerIterations(Solvers.Extragradient(), [| "x" |], 2, Solvers.Alternating([ SubProblem([| "x" |], 1) ]))
+            solver.Step game
+            Expect.equal (y.Variables.[0].ToDouble()) 1.0 "y held fixed"
+            Expect.equal game.Evaluations 5 "2 inner extragradient iterations (2 evaluations each) and 1 outer step"
+            Expect.floatClose Accuracy.high (x.Variables.[0].ToDouble()) 0.7 "x took three steps of 0.1 (F_x = y = 1)"
+            let ex = Expect.throwsC (fun () -> WithInnerIterations(Solvers.ExtragradientFromThePast(), [| "x" |], 1, Solvers.Extragradient()) |> ignore) id
+            Expect.stringContains ex.Message "memory" "an inner solver needing memory the outer does not provide is refused"
+        }
         test "the solver catalog knows every solver and rejects unknown names" {
             for info in SolverCatalog.All do
                 Expect.equal (SolverCatalog.Create(info.Name, [||]).Name.Split('(').[0]) info.Name "name round-trips"

@@ -94,9 +94,10 @@ public interface ILiftedProblem : IDisposable
     /// Called once after training (e.g. the final feasibility pass of MAC).
     void Finish();
 
-    /// Per block l = 1 … L−1, the mean |h_l − f_l(h_{l−1})| over the whole training set at the
-    /// current variables (no graph); empty when nothing is lifted.
-    IReadOnlyList<double> MeasureDefects();
+    /// Per block l = 1 … L−1, the mean |h_l − f_l(h_{l−1})| at the current variables (no graph)
+    /// over the examples at `rows`, or over the whole training set when `rows` is null; empty when
+    /// nothing is lifted.
+    IReadOnlyList<double> MeasureDefects(Tensor? rows = null);
 
     /// Scalars worth logging (e.g. the current μ); may be empty.
     IReadOnlyDictionary<string, double> Diagnostics { get; }

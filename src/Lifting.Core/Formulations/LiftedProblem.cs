@@ -36,22 +36,23 @@ public abstract class LiftedProblem : ILiftedProblem
 
     public abstract IBatchGame Batch(MiniBatch batch);
 
-    public virtual IReadOnlyList<double> MeasureDefects() => Array.Empty<double>();
+    public virtual IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => Array.Empty<double>();
 
-    /// Mean |state_l − f_l(state_{l−1})| over the training set, where `state(l, rows)` returns the
-    /// stored state of block l (0-based) for the given example indices.
-    protected IReadOnlyList<double> MeasureDefects(Func<int, Tensor, Tensor> state, int chunk = 2048)
+    /// Mean |state_l − f_l(state_{l−1})| over the examples at `rows` (all when null), where
+    /// `state(l, indices)` returns the stored state of block l (0-based) for those examples.
+    protected IReadOnlyList<double> MeasureDefects(Func<int, Tensor, Tensor> state, Tensor? rows, int chunk = 2048)
     {
         using var _ = no_grad();
         int hidden = Program.Blocks.Count - 1;
         var sums = new double[hidden];
         long elements = 0;
         var x = Context.Train.Inputs;
-        var n = x.shape[0];
+        var all = rows ?? arange(x.shape[0], dtype: ScalarType.Int64, device: x.device);
+        var n = all.shape[0];
         for (long start = 0; start < n; start += chunk)
         {
             using var scope = NewDisposeScope();
-            var idx = arange(start, Math.Min(n, start + chunk), dtype: ScalarType.Int64, device: x.device);
+            var idx = all.narrow(0, start, Math.Min(chunk, n - start));
             var previous = x.index_select(0, idx).to(Context.DType);
             for (int l = 0; l < hidden; l++)
             {

@@ -128,11 +128,11 @@ public sealed class MultipleShooting : IFormulation
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
-        public override IReadOnlyList<double> MeasureDefects() => MeasureDefects((l, rows) =>
+        public override IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => MeasureDefects((l, rows) =>
         {
             var free = Store.Gather(states.Keys[l], rows);
             return reparametrisation[l] is { } act ? act.Reparametrise(free) : free;
-        });
+        }, rows);
 
         private sealed class Game : BatchGame
         {

@@ -85,7 +85,7 @@ public sealed class QuadraticPenalty : IFormulation
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
-        public override IReadOnlyList<double> MeasureDefects() => MeasureDefects((l, rows) => Store.Gather(states.Keys[l], rows));
+        public override IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => MeasureDefects((l, indices) => Store.Gather(states.Keys[l], indices), rows);
 
         public override void EndEpoch(int epoch) => mu = formulation.Schedule.At(epoch);
 

@@ -9,11 +9,13 @@ public sealed record EpochMetrics(
     double TestLoss,
     double Seconds,
     IReadOnlyList<double> Defects,
+    double BatchDefect,
     IReadOnlyList<double> MultiplierNorms,
     double? CosineToBackprop,
     IReadOnlyDictionary<string, double> Diagnostics)
 {
-    /// Mean |defect| over blocks (0 when nothing is lifted).
+    /// Mean |defect| over blocks and the whole training set (0 when nothing is lifted).
+    /// `BatchDefect` is the same for the epoch's last mini-batch right after its update.
     public double MeanDefect => Defects.Count == 0 ? 0 : Defects.Average();
 }
 
@@ -25,6 +27,7 @@ public sealed record TrainingResult(
     int BestEpoch,
     double FinalTrainLoss,
     double FinalDefect,
+    double FinalBatchDefect,
     double SecondsPerEpoch,
     long PerExampleBytes,
     bool StoppedEarly)

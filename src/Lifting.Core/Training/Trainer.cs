@@ -47,6 +47,7 @@ public static class Trainer
             int seen = 0;
             double? cosine = null;
             var multiplierNorms = Array.Empty<double>();
+            double batchDefect = 0;
             timer.Restart();
             int b = 0;
             foreach (var batch in MiniBatches.Epoch(train, options.BatchSize, options.Seed, epoch))
@@ -66,7 +67,14 @@ public static class Trainer
                 // Reading the recorded scalars synchronises with the device; cheap on CPU.
                 lossSum += game.Loss;
                 objectiveSum += game.Loss;
-                if (b == batches - 1) multiplierNorms = game.MultiplierNorms.ToArray();
+                if (b == batches - 1)
+                {
+                    multiplierNorms = game.MultiplierNorms.ToArray();
+                    timer.Stop();
+                    var after = problem.MeasureDefects(typed.Indices);
+                    batchDefect = after.Count == 0 ? 0 : after.Average();
+                    timer.Start();
+                }
                 seen++;
                 b++;
                 observer.OnBatch(epoch, b, batches);
@@ -78,7 +86,7 @@ public static class Trainer
             var (trainLoss, _) = Evaluate(program, problem.Weights.Tensors, train, options.DType);
             var (testLoss, testAccuracy) = Evaluate(program, problem.Weights.Tensors, test, options.DType);
             var metrics = new EpochMetrics(epoch, trainLoss, objectiveSum / Math.Max(1, seen), testAccuracy, testLoss,
-                timer.Elapsed.TotalSeconds, defects, multiplierNorms, cosine, problem.Diagnostics);
+                timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics);
             history.Add(metrics);
             observer.OnEpoch(metrics);
             if (!double.IsFinite(trainLoss))
@@ -91,7 +99,7 @@ public static class Trainer
         problem.Finish();
         var last = history[^1];
         return new TrainingResult(history, last.TestAccuracy, best, bestEpoch, last.TrainLoss,
-            finalDefects.Count == 0 ? 0 : finalDefects.Average(), history.Average(m => m.Seconds),
+            finalDefects.Count == 0 ? 0 : finalDefects.Average(), last.BatchDefect, history.Average(m => m.Seconds),
             problem is LiftedProblem lifted ? lifted.PerExampleBytes / Math.Max(1, train.Count) : 0, stoppedEarly)
         {
             Weights = problem.Weights.Clone(),
