@@ -15,7 +15,9 @@ public static class Solvers
     public static ISolver Extragradient() => new ExtragradientSolver();
     public static ISolver ExtragradientFromThePast() => new PastExtragradientSolver();
     public static ISolver MirrorProx() => new MirrorProxSolver();
-    public static ISolver Projection() => new ProjectionSolver();
+    /// Stampacchia's projection method: the simultaneous projected step, i.e. GDA whose players
+    /// carry projections.
+    public static ISolver Projection() => new GradientDescentAscentSolver(alternating: false, name: "projection");
     public static ISolver Alternating(IReadOnlyList<SubProblem> schedule) => new AlternatingSolver(schedule);
 
     /// x ← P(x − d) in place, for every variable of a player.
@@ -28,6 +30,12 @@ public static class Solvers
             player.Variables[i].sub_(d);
             player.Projection.ProjectInPlace(player.Variables[i]);
         }
+    }
+
+    /// Descends every player along its directions (directions[p] belongs to players[p]).
+    internal static void DescendAll(IReadOnlyList<Player> players, IReadOnlyList<IReadOnlyList<Tensor>> directions)
+    {
+        for (int p = 0; p < players.Count; p++) Descend(players[p], directions[p]);
     }
 
     internal static Tensor[][] Snapshot(IReadOnlyList<Player> players)
@@ -45,7 +53,8 @@ public static class Solvers
     }
 }
 
-/// Gradient descent–ascent (Arrow–Hurwicz–Uzawa; seed 001 §2.1):
+/// Gradient descent–ascent (Arrow–Hurwicz–Uzawa; seed 001 §2.1), and with per-player projections
+/// Stampacchia's projection method x_{k+1} = P_C(x_k − d(F(x_k))) (seed 000 §5):
 ///
 ///   simultaneous:  x_{k+1} = P(x_k − d(F(x_k)))   for all players at once;
 ///   alternating:   minimising players step on F(x_k), then maximising players step on F at the
@@ -55,8 +64,14 @@ public static class Solvers
 internal sealed class GradientDescentAscentSolver : ISolver
 {
     private readonly bool alternating;
-    public GradientDescentAscentSolver(bool alternating) => this.alternating = alternating;
-    public string Name => alternating ? "gda-alternating" : "gda";
+
+    public GradientDescentAscentSolver(bool alternating, string? name = null)
+    {
+        this.alternating = alternating;
+        Name = name ?? (alternating ? "gda-alternating" : "gda");
+    }
+
+    public string Name { get; }
     public int MemorySlots => 0;
 
     public void Step(IGame game)
@@ -64,16 +79,13 @@ internal sealed class GradientDescentAscentSolver : ISolver
         using var scope = NewDisposeScope();
         if (!alternating)
         {
-            var directions = game.Operator(game.Players);
-            for (int p = 0; p < game.Players.Count; p++) Solvers.Descend(game.Players[p], directions[p]);
+            Solvers.DescendAll(game.Players, game.Operator(game.Players));
             return;
         }
         foreach (var group in new[] { Role.Minimise, Role.Maximise })
         {
             var players = game.Players.Where(p => p.Role == group).ToArray();
-            if (players.Length == 0) continue;
-            var directions = game.Operator(players);
-            for (int p = 0; p < players.Length; p++) Solvers.Descend(players[p], directions[p]);
+            if (players.Length > 0) Solvers.DescendAll(players, game.Operator(players));
         }
     }
 }
@@ -95,11 +107,10 @@ internal sealed class ExtragradientSolver : ISolver
         using var scope = NewDisposeScope();
         var players = game.Players;
         var start = Solvers.Snapshot(players);
-        var atStart = game.Operator(players);
-        for (int p = 0; p < players.Count; p++) Solvers.Descend(players[p], atStart[p]);
+        Solvers.DescendAll(players, game.Operator(players));
         var atExtrapolated = game.Operator(players);
         Solvers.Restore(players, start);
-        for (int p = 0; p < players.Count; p++) Solvers.Descend(players[p], atExtrapolated[p]);
+        Solvers.DescendAll(players, atExtrapolated);
     }
 }
 
@@ -176,21 +187,6 @@ internal sealed class MirrorProxSolver : ISolver
     }
 }
 
-/// Projection method (Stampacchia 1964; seed 000 §5): x_{k+1} = P_C(x_k − d(F(x_k))), one
-/// simultaneous projected step per iteration with each player's projection.
-internal sealed class ProjectionSolver : ISolver
-{
-    public string Name => "projection";
-    public int MemorySlots => 0;
-
-    public void Step(IGame game)
-    {
-        using var scope = NewDisposeScope();
-        var directions = game.Operator(game.Players);
-        for (int p = 0; p < game.Players.Count; p++) Solvers.Descend(game.Players[p], directions[p]);
-    }
-}
-
 /// Block-coordinate (alternating) minimisation for penalty forms (MAC, BlockProp; seed 000 §3):
 /// for each sub-problem in order, `InnerSteps` steps x_S ← P(x_S − d(F_S(x))) on its players S
 /// only, the other players held fixed.
@@ -222,8 +218,7 @@ internal sealed class AlternatingSolver : ISolver
             for (int k = 0; k < sub.InnerSteps; k++)
             {
                 using var scope = NewDisposeScope();
-                var directions = game.Operator(players);
-                for (int p = 0; p < players.Length; p++) Solvers.Descend(players[p], directions[p]);
+                Solvers.DescendAll(players, game.Operator(players));
             }
         }
     }
