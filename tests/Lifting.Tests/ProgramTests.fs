@@ -98,6 +98,24 @@ let tests =
                 Expect.isGreaterThanOrEqual (h.min().ToDouble()) r.Lower $"{act.Name} lower bound"
                 Expect.isLessThanOrEqual (h.max().ToDouble()) r.Upper $"{act.Name} upper bound"
         }
+        test "a custom layer from F# joins a program and trains through the lifted engine" {
+            // A diagonal scaling layer f(h; s) = s ⊙ h with its own parameter and initialiser.
+            let scale (shape: int64[]) =
+                { new ILayer with
+                    member _.Name = "scale"
+                    member _.InputShape = shape
+                    member _.OutputShape = shape
+                    member _.Parameters =
+                        [| ParameterSpec("s", shape, Initialiser(fun sh _ dtype device -> ones(sh, dtype = dtype, device = device))) |] :> _
+                    member _.Forward(input, parameters) = input * parameters.[0] }
+            let program = Net.Input(4L).Dense(5L).Tanh().Layer(fun s -> scale s).Cut().Dense(3L).CrossEntropy()
+            Expect.equal program.Blocks.Count 2 "explicit cut"
+            use w = program.Initialise(2, CPU, f64)
+            Expect.equal w.Tensors.Count 5 "dense (2) + scale (1) + dense (2)"
+            let x, y = randomBatch 4 5L 4L 3L
+            let err = relativeError (backpropGradient program w x y) (finiteDifferenceGradient program w x y)
+            Expect.isLessThan err 1e-6 $"gradient through the custom layer: relative error {err}"
+        }
         test "a custom activation from F# joins a program without touching the engine" {
             let softsign =
                 { new IActivation with
