@@ -38,6 +38,8 @@ public sealed record MethodSettings
     /// iteration: they bring states and multipliers towards their stationary values for the
     /// current weights, which the weight step then uses.
     public int? InnerIterations { get; init; }
+    /// Schedule of the weights' step over the epochs: "constant" or "cosine".
+    public string? WeightSchedule { get; init; }
 }
 
 /// A method resolved into the three parts the trainer needs.
@@ -134,7 +136,13 @@ public static class Methods
             };
             var rule = specific ?? defaultRule;
             var rate = lr ?? (rule == defaultRule && defaultLr > 0 ? defaultLr : DefaultRate(rule));
-            rules[player] = StepRuleCatalog.Create(rule, rate);
+            var created = StepRuleCatalog.Create(rule, rate);
+            rules[player] = player == PlayerNames.Weights && (settings.WeightSchedule ?? "constant") switch
+            {
+                "constant" => false,
+                "cosine" => true,
+                var other => throw new ArgumentException($"Unknown schedule '{other}' (known: constant, cosine)."),
+            } ? Schedules.Cosine(created) : created;
         }
         IStepRule RuleFor(string player) => rules.TryGetValue(player, out var rule) ? rule
             : throw new ArgumentException($"Method '{name}' has no player '{player}'.");

@@ -32,12 +32,11 @@ var method = Methods.Resolve(new MethodSettings
     MuGrowth = Num("mu-growth"),
     MuMaximum = Num("mu-max"),
     StateSteps = (int?)Num("state-steps"),
+    InnerIterations = (int?)Num("inner"),
+    WeightSchedule = settings.GetValueOrDefault("schedule"),
 });
 var tag = string.Join(" ", args.Skip(1));
 var solver = method.Solver;
-if (Num("inner") is { } inner && inner > 0)
-    solver = new Lifting.Solvers.WithInnerIterations(Lifting.Solvers.SolverCatalog.Create(Get("inner-solver", "extragradient"), Array.Empty<Lifting.Solvers.SubProblem>()),
-        new[] { "states", "multipliers" }, (int)inner, solver);
 var result = Trainer.Train(program, data, method.Formulation, solver, method.StepRules,
     new TrainingOptions { Epochs = (int)(Num("epochs") ?? 10), BatchSize = (int)(Num("batch") ?? 128), Seed = (int)(Num("seed") ?? 0),
         Patience = (int)(Num("patience") ?? 0), IterationsPerBatch = (int)(Num("iterations") ?? 1), CosineToBackprop = settings.ContainsKey("cosine") },

@@ -30,6 +30,7 @@ public static class Cli
           --optimizer sgd|adagrad|adam  step rule of the weights
           --optimizer-states R, --optimizer-multipliers R   step rule of those players only
           --inner N                   solver iterations on the per-example players alone before each full one
+          --schedule constant|cosine  schedule of the weights' step over the epochs
           --lr X                      step size of the weights
           --lr-states X               step size of the per-example states
           --lr-multipliers X          step size of the multipliers

@@ -19,6 +19,7 @@ public sealed record Experiment
     public string? OptimizerStates { get; init; }
     public string? OptimizerMultipliers { get; init; }
     public int? Inner { get; init; }
+    public string? Schedule { get; init; }
     public double? Lr { get; init; }
     public double? LrStates { get; init; }
     public double? LrMultipliers { get; init; }
@@ -48,6 +49,7 @@ public sealed record Experiment
         StateStepRule = Rule(OptimizerStates),
         MultiplierStepRule = Rule(OptimizerMultipliers),
         InnerIterations = Inner,
+        WeightSchedule = Schedule?.ToLowerInvariant(),
         LearningRate = Lr,
         StateLearningRate = LrStates,
         MultiplierLearningRate = LrMultipliers,
@@ -113,6 +115,7 @@ public sealed record Experiment
                 "--optimizer-states" => e with { OptimizerStates = Value() },
                 "--optimizer-multipliers" => e with { OptimizerMultipliers = Value() },
                 "--inner" => e with { Inner = NonNegativeInt(flag, Value()) },
+                "--schedule" => e with { Schedule = Value() },
                 "--lr" => e with { Lr = Positive(flag, Value()) },
                 "--lr-states" => e with { LrStates = Positive(flag, Value()) },
                 "--lr-multipliers" => e with { LrMultipliers = Positive(flag, Value()) },

@@ -65,6 +65,7 @@ let tests =
             expectUsageError [ "train"; "--epochs"; "0" ] "--epochs"
             expectUsageError [ "train"; "--net"; "784-256-10" ] "64"
             expectUsageError [ "train"; "--frobnicate" ] "frobnicate"
+            expectUsageError [ "train"; "--schedule"; "linear" ] "linear"
             expectUsageError [ "frobnicate" ] "frobnicate"
             expectUsageError [ "train"; "--method"; "extraprop"; "--solver"; "alternating" ] "saddle-point"
         }

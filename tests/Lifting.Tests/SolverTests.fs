@@ -189,6 +189,15 @@ let tests =
             let ex = Expect.throwsC (fun () -> WithInnerIterations(Solvers.ExtragradientFromThePast(), [| "x" |], 1, Solvers.Extragradient()) |> ignore) id
             Expect.stringContains ex.Message "memory" "an inner solver needing memory the outer does not provide is refused"
         }
+        test "the cosine schedule scales the wrapped rule's step by ½(1 + cos(π(e−1)/E))" {
+            let rule = Schedules.Cosine(StepRules.Constant 0.2)
+            let v = torch.zeros([| 2L |], dtype = f64)
+            let state = rule.Init(v, false)
+            let g = torch.ones([| 2L |], dtype = f64)
+            for (epoch, factor) in [ 1, 1.0; 3, 0.5; 5, 0.0 ] do
+                rule.Advance(epoch, 4)
+                Expect.floatClose Accuracy.high (rule.Displacement(g, state).[0].ToDouble()) (0.2 * factor) $"epoch {epoch} of 4"
+        }
         test "the solver catalog knows every solver and rejects unknown names" {
             for info in SolverCatalog.All do
                 Expect.equal (SolverCatalog.Create(info.Name, [||]).Name.Split('(').[0]) info.Name "name round-trips"

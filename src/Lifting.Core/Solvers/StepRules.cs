@@ -110,6 +110,32 @@ public static class StepRules
     }
 }
 
+/// A step rule whose size follows the training schedule: the trainer calls `Advance` at the start
+/// of every epoch.
+public interface IScheduledStepRule : IStepRule
+{
+    void Advance(int epoch, int epochs);
+}
+
+/// Schedules over epochs, as transforms of another step rule (optax's scale_by_schedule).
+public static class Schedules
+{
+    /// d ← s(e)·d with s(e) = ½(1 + cos(π (e − 1) / E)): full steps in the first epoch, decaying
+    /// to almost nothing in the last. The wrapped rule's state advances as usual.
+    public static IScheduledStepRule Cosine(IStepRule inner) => new CosineRule(inner);
+
+    private sealed class CosineRule : IScheduledStepRule
+    {
+        private readonly IStepRule inner;
+        private double factor = 1.0;
+        public CosineRule(IStepRule inner) => this.inner = inner;
+        public string Name => $"cosine({inner.Name})";
+        public void Advance(int epoch, int epochs) => factor = 0.5 * (1 + Math.Cos(Math.PI * (epoch - 1) / Math.Max(1, epochs)));
+        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
+        public Tensor Displacement(Tensor direction, StepState state) => inner.Displacement(direction, state) * factor;
+    }
+}
+
 /// One row of `lifting methods` for a step rule.
 public sealed record StepRuleInfo(string Name, string Description);
 

@@ -43,6 +43,8 @@ public static class Trainer
 
         for (int epoch = 1; epoch <= options.Epochs; epoch++)
         {
+            foreach (var player in formulation.PlayerNames)
+                if (stepRules(player) is IScheduledStepRule scheduled) scheduled.Advance(epoch, options.Epochs);
             double objectiveSum = 0, lossSum = 0;
             int seen = 0;
             double? cosine = null;
