@@ -57,21 +57,23 @@ public sealed record MethodInfo(string Name, string Description);
 public static class Methods
 {
     private sealed record Defaults(string Solver, string StepRule, double WeightsLr, double StatesLr, double MultipliersLr,
-        string? StateRule = null, string? MultiplierRule = null, int Inner = 0, double Augmentation = 0);
+        string? StateRule = null, string? MultiplierRule = null, int Inner = 0, double Augmentation = 0,
+        string Schedule = "constant");
 
     private static readonly Dictionary<string, (string Description, Defaults Defaults)> table = new()
     {
         ["backprop"] = ("single shooting: back-propagation with SGD or Adam (the reference)",
             new("gda", "adam", 1e-3, 0, 0)),
         // Per-example players take constant steps: AdaGrad's first step on a fresh row is ±α
-        // whatever the gradient, and each row is visited once per epoch. One inner extragradient
-        // iteration on the rows before each full iteration lets them track their stationary values
-        // for the current weights (docs/methods.md); without it ExtraProp peaks near 0.89 on MNIST-10k.
-        ["extraprop"] = ("multiple-shooting Lagrangian, extragradient with one inner per-example iteration, AdaGrad weights (seed 001 ExtraProp)",
-            new("extragradient", "adagrad", 3e-2, 1.0, 0.5, "constant", "constant", Inner: 1)),
+        // whatever the gradient, and each row is visited once per epoch. Row steps (0.5, 1) keep the
+        // row iteration stable under the loss curvature; one inner extragradient iteration on the
+        // rows before each full iteration lets them track their stationary values; the weights'
+        // step (ExtraAdam) follows a cosine schedule so the rows settle at the end (docs/methods.md).
+        ["extraprop"] = ("multiple-shooting Lagrangian, extragradient with one inner per-example iteration, ExtraAdam weights on a cosine schedule (seed 001 ExtraProp)",
+            new("extragradient", "adam", 2e-3, 0.5, 1.0, "constant", "constant", Inner: 1, Schedule: "cosine")),
         // Seed 001's ablation: ExtraProp without extrapolation.
         ["gda"] = ("multiple-shooting Lagrangian, gradient descent-ascent (ExtraProp without extrapolation; Arrow-Hurwicz-Uzawa)",
-            new("gda", "adagrad", 3e-2, 1.0, 0.5, "constant", "constant")),
+            new("gda", "adam", 2e-3, 0.5, 1.0, "constant", "constant", Schedule: "cosine")),
         // With c and steps η_h = 1/c, η_λ = c, one extragradient iteration on a row lands on its
         // stationary (h, λ) = (f(h_prev), −∂ℓ/∂h) for the linearised problem (docs/methods.md); one
         // inner iteration on the rows before each full iteration gives the weights a near-backprop step.
@@ -137,7 +139,7 @@ public static class Methods
             var rule = specific ?? defaultRule;
             var rate = lr ?? (rule == defaultRule && defaultLr > 0 ? defaultLr : DefaultRate(rule));
             var created = StepRuleCatalog.Create(rule, rate);
-            rules[player] = player == PlayerNames.Weights && (settings.WeightSchedule ?? "constant") switch
+            rules[player] = player == PlayerNames.Weights && (settings.WeightSchedule ?? d.Schedule) switch
             {
                 "constant" => false,
                 "cosine" => true,
@@ -154,6 +156,7 @@ public static class Methods
             ["solver"] = solver.Name,
         };
         foreach (var (player, rule) in rules) summary[$"step.{player}"] = rule.Name;
+        summary["schedule"] = rules[PlayerNames.Weights] is IScheduledStepRule ? "cosine" : "constant";
         return new ResolvedMethod(name, formulation, solver, RuleFor, summary);
     }
 

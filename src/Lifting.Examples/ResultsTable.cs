@@ -31,8 +31,11 @@ public static class ResultsTable
         {
             var method = Methods.Resolve(new MethodSettings { Method = name });
             Console.WriteLine($"== {name}: {method.Solver.Name}; {string.Join("; ", method.Settings.Where(kv => kv.Key.StartsWith("step.")).Select(kv => $"{kv.Key[5..]} {kv.Value}"))}");
+            // A method whose weights follow a schedule runs its whole schedule; patience would cut
+            // it off before its steps have decayed.
+            var scheduled = method.Settings.TryGetValue("schedule", out var schedule) && schedule != "constant";
             var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
-                new TrainingOptions { Epochs = epochs, Patience = patience, BatchSize = batch, Seed = seed },
+                new TrainingOptions { Epochs = epochs, Patience = scheduled ? 0 : patience, BatchSize = batch, Seed = seed },
                 Observers.OnEpoch(m => Console.WriteLine(
                     $"   epoch {m.Epoch,2} acc {m.TestAccuracy:F4} loss {m.TrainLoss:F4} defect {m.MeanDefect:E2} {m.Seconds:F2}s")));
             result.Weights.Dispose();
@@ -55,7 +58,8 @@ public static class ResultsTable
         }
         Console.WriteLine(md.ToString());
         var header = $"<!-- produced by: dotnet run --project src/Lifting.Examples -c Release -- table {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))} -->\n" +
-                     $"Data {dataName}, network {net} (ReLU), batch {batch}, seed {seed}, at most {epochs} epochs, stopping after {patience} epochs without a better test accuracy. " +
+                     $"Data {dataName}, network {net} (ReLU), batch {batch}, seed {seed}, at most {epochs} epochs, stopping after {patience} epochs without a better test accuracy " +
+                     "(methods whose weights follow a cosine schedule run the whole budget). " +
                      $"Seconds per epoch count training only, measured in one process on this machine ({Environment.ProcessorCount} cores, CPU).\n\n";
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
         var temp = output + ".tmp";
