@@ -40,6 +40,12 @@ public sealed record MethodSettings
     public int? InnerIterations { get; init; }
     /// Schedule of the weights' step over the epochs: "constant" or "cosine".
     public string? WeightSchedule { get; init; }
+    /// With the cosine schedule, the fraction of the epochs at the end during which the weights
+    /// are held (step 0) while the per-example variables settle; null = the method's default.
+    public double? Settle { get; init; }
+    /// While settling, the state step is multiplied and the multiplier step divided by this factor
+    /// (their product, which sets the rotation's contraction, is unchanged); null = the default.
+    public double? SettleStateScale { get; init; }
 }
 
 /// A method resolved into the three parts the trainer needs.
@@ -58,22 +64,24 @@ public static class Methods
 {
     private sealed record Defaults(string Solver, string StepRule, double WeightsLr, double StatesLr, double MultipliersLr,
         string? StateRule = null, string? MultiplierRule = null, int Inner = 0, double Augmentation = 0,
-        string Schedule = "constant");
+        string Schedule = "constant", double Settle = 0, double SettleStateScale = 1);
 
     private static readonly Dictionary<string, (string Description, Defaults Defaults)> table = new()
     {
         ["backprop"] = ("single shooting: back-propagation with SGD or Adam (the reference)",
             new("gda", "adam", 1e-3, 0, 0)),
         // Per-example players take constant steps: AdaGrad's first step on a fresh row is ±α
-        // whatever the gradient, and each row is visited once per epoch. Row steps (0.5, 1) keep the
-        // row iteration stable under the loss curvature; one inner extragradient iteration on the
-        // rows before each full iteration lets them track their stationary values; the weights'
-        // step (ExtraAdam) follows a cosine schedule so the rows settle at the end (docs/methods.md).
-        ["extraprop"] = ("multiple-shooting Lagrangian, extragradient with one inner per-example iteration, ExtraAdam weights on a cosine schedule (seed 001 ExtraProp)",
-            new("extragradient", "adam", 2e-3, 0.5, 1.0, "constant", "constant", Inner: 1, Schedule: "cosine")),
-        // Seed 001's ablation: ExtraProp without extrapolation.
+        // whatever the gradient, and each row is visited once per epoch. One inner extragradient
+        // iteration on the rows (weights held, so it is cheap) before each full iteration lets them
+        // track their stationary values. The weights' step (ExtraAdam) follows a cosine schedule
+        // over the first 80 % of the epochs and is held in the last 20 %, while the rows settle with
+        // the state step ×0.3 and the multiplier step ÷0.3: at (0.5, 1) extragradient has spurious
+        // fixed points on the row problems once the loss curvature grows (docs/methods.md).
+        ["extraprop"] = ("multiple-shooting Lagrangian, extragradient with one inner per-example iteration, ExtraAdam weights on a cosine schedule, rows settle at the end (seed 001 ExtraProp)",
+            new("extragradient", "adam", 2e-3, 0.5, 1.0, "constant", "constant", Inner: 1, Schedule: "cosine", Settle: 0.2, SettleStateScale: 0.3)),
+        // Seed 001's ablation: ExtraProp without extrapolation (and without the inner iteration).
         ["gda"] = ("multiple-shooting Lagrangian, gradient descent-ascent (ExtraProp without extrapolation; Arrow-Hurwicz-Uzawa)",
-            new("gda", "adam", 2e-3, 0.5, 1.0, "constant", "constant", Schedule: "cosine")),
+            new("gda", "adam", 2e-3, 0.5, 1.0, "constant", "constant", Schedule: "cosine", Settle: 0.2, SettleStateScale: 0.3)),
         // With c and steps η_h = 1/c, η_λ = c, one extragradient iteration on a row lands on its
         // stationary (h, λ) = (f(h_prev), −∂ℓ/∂h) for the linearised problem (docs/methods.md); one
         // inner iteration on the rows before each full iteration gives the weights a near-backprop step.
@@ -128,6 +136,19 @@ public static class Methods
         // Per player: the rule named for it, else the method's default; the step size given for
         // it, else the method's default when the rule is unchanged, else the rule's usual default.
         var rules = new Dictionary<string, IStepRule>();
+        var settle = settings.Settle ?? d.Settle;
+        var stateScale = settings.SettleStateScale ?? d.SettleStateScale;
+        var schedule = (settings.WeightSchedule ?? d.Schedule) switch
+        {
+            "constant" => "constant",
+            "cosine" => "cosine",
+            var other => throw new ArgumentException($"Unknown schedule '{other}' (known: constant, cosine)."),
+        };
+        if (!(settle >= 0 && settle < 1)) throw new ArgumentOutOfRangeException(nameof(settings.Settle), $"Invalid settle fraction: {settle} (expected 0 <= settle < 1).");
+        if (settle > 0 && !formulation.PlayerNames.Any(p => p != PlayerNames.Weights))
+            throw new ArgumentException($"Method '{name}' has no per-example variables to settle.");
+        if (!(stateScale > 0) || double.IsInfinity(stateScale))
+            throw new ArgumentOutOfRangeException(nameof(settings.SettleStateScale), $"Invalid settling state scale: {stateScale} (expected a finite value > 0).");
         foreach (var player in formulation.PlayerNames)
         {
             var (specific, defaultRule, defaultLr, lr) = player switch
@@ -139,12 +160,20 @@ public static class Methods
             var rule = specific ?? defaultRule;
             var rate = lr ?? (rule == defaultRule && defaultLr > 0 ? defaultLr : DefaultRate(rule));
             var created = StepRuleCatalog.Create(rule, rate);
-            rules[player] = player == PlayerNames.Weights && (settings.WeightSchedule ?? d.Schedule) switch
+            // The weights follow the schedule and are held while the rows settle; the rows' steps
+            // are rebalanced while settling.
+            rules[player] = player switch
             {
-                "constant" => false,
-                "cosine" => true,
-                var other => throw new ArgumentException($"Unknown schedule '{other}' (known: constant, cosine)."),
-            } ? Schedules.Cosine(created) : created;
+                PlayerNames.Weights => schedule switch
+                {
+                    "cosine" => Schedules.Cosine(created, settle),
+                    _ when settle > 0 => Schedules.Settling(created, settle, 0),
+                    _ => created,
+                },
+                PlayerNames.States when settle > 0 && stateScale != 1 => Schedules.Settling(created, settle, stateScale),
+                PlayerNames.Multipliers when settle > 0 && stateScale != 1 => Schedules.Settling(created, settle, 1 / stateScale),
+                _ => created,
+            };
         }
         IStepRule RuleFor(string player) => rules.TryGetValue(player, out var rule) ? rule
             : throw new ArgumentException($"Method '{name}' has no player '{player}'.");
@@ -156,7 +185,8 @@ public static class Methods
             ["solver"] = solver.Name,
         };
         foreach (var (player, rule) in rules) summary[$"step.{player}"] = rule.Name;
-        summary["schedule"] = rules[PlayerNames.Weights] is IScheduledStepRule ? "cosine" : "constant";
+        summary["schedule"] = schedule;
+        summary["settle"] = settle.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return new ResolvedMethod(name, formulation, solver, RuleFor, summary);
     }
 

@@ -31,6 +31,9 @@ public static class Cli
           --optimizer-states R, --optimizer-multipliers R   step rule of those players only
           --inner N                   solver iterations on the per-example players alone before each full one
           --schedule constant|cosine  schedule of the weights' step over the epochs
+          --settle F                  hold the weights in the last fraction F of the epochs while the
+                                      per-example states and multipliers settle (extraprop: 0.2)
+          --settle-states X           while settling, state step ×X and multiplier step ÷X (extraprop: 0.3)
           --lr X                      step size of the weights
           --lr-states X               step size of the per-example states
           --lr-multipliers X          step size of the multipliers

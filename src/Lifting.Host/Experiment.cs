@@ -20,6 +20,8 @@ public sealed record Experiment
     public string? OptimizerMultipliers { get; init; }
     public int? Inner { get; init; }
     public string? Schedule { get; init; }
+    public double? Settle { get; init; }
+    public double? SettleStates { get; init; }
     public double? Lr { get; init; }
     public double? LrStates { get; init; }
     public double? LrMultipliers { get; init; }
@@ -50,6 +52,8 @@ public sealed record Experiment
         MultiplierStepRule = Rule(OptimizerMultipliers),
         InnerIterations = Inner,
         WeightSchedule = Schedule?.ToLowerInvariant(),
+        Settle = Settle,
+        SettleStateScale = SettleStates,
         LearningRate = Lr,
         StateLearningRate = LrStates,
         MultiplierLearningRate = LrMultipliers,
@@ -116,6 +120,8 @@ public sealed record Experiment
                 "--optimizer-multipliers" => e with { OptimizerMultipliers = Value() },
                 "--inner" => e with { Inner = NonNegativeInt(flag, Value()) },
                 "--schedule" => e with { Schedule = Value() },
+                "--settle" => e with { Settle = Fraction(flag, Value()) },
+                "--settle-states" => e with { SettleStates = Positive(flag, Value()) },
                 "--lr" => e with { Lr = Positive(flag, Value()) },
                 "--lr-states" => e with { LrStates = Positive(flag, Value()) },
                 "--lr-multipliers" => e with { LrMultipliers = Positive(flag, Value()) },
@@ -154,6 +160,9 @@ public sealed record Experiment
 
     private static double NonNegative(string flag, string value) =>
         Number(flag, value) is var v and >= 0 ? v : throw new UsageException($"{flag}: {value} must be >= 0");
+
+    private static double Fraction(string flag, string value) =>
+        Number(flag, value) is var v and >= 0 and < 1 ? v : throw new UsageException($"{flag}: {value} must be >= 0 and < 1");
 
     private static int Int(string flag, string value) =>
         int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v

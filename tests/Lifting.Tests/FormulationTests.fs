@@ -103,6 +103,44 @@ let tests =
             Expect.floatClose Accuracy.veryHigh (reduced.ToDouble()) 0.8 "ReLU(‖g‖₁ − ε)"
         }
 
+        test "holding the weights fixed during inner iterations reuses the first block without changing the iterates" {
+            // The same solver on the same game, once through a view that lets the game hold the
+            // weights (and reuse f_1(x)), once through a plain view that does not: equal iterates.
+            let run (hideHolding: bool) (formulation: IFormulation) =
+                let program = mlp 4L [ 5L; 3L ] 3L Activations.Tanh Losses.CrossEntropy
+                let x, y = randomBatch 4 6L 4L 3L
+                use w = program.Initialise(2, torch.CPU, f64)
+                let problem, game, _ = liftAll formulation program w x y 3 0 (constantRules 0.2)
+                use _p = problem
+                use _g = game
+                let view =
+                    if hideHolding then
+                        { new IGame with
+                            member _.Players = game.Players
+                            member _.Operator(players) = game.Operator(players)
+                            member _.Objective() = game.Objective() }
+                    else game :> IGame
+                let perExample = formulation.PlayerNames |> Seq.filter ((<>) PlayerNames.Weights) |> Array.ofSeq
+                let solver = WithInnerIterations(Solvers.Extragradient(), perExample, 3, Solvers.Extragradient())
+                for _ in 1 .. 4 do solver.Step(view)
+                game.Players |> Seq.collect (fun p -> p.Variables) |> Seq.map (fun t -> t.detach().clone()) |> Array.ofSeq
+            for formulation in [ MultipleShooting() :> IFormulation; QuadraticPenalty(PenaltySchedule.Fixed 3.0) ] do
+                let held, plain = run false formulation, run true formulation
+                Expect.isLessThan (relativeError held plain) 1e-14 $"{formulation.Name}: identical iterates"
+        }
+
+        test "the operator refuses a player that is held fixed" {
+            let program = mlp 3L [ 4L ] 2L Activations.ReLU Losses.CrossEntropy
+            let x, y = randomBatch 1 4L 3L 2L
+            use w = program.Initialise(1, torch.CPU, f64)
+            let problem, game, _ = liftAll (MultipleShooting()) program w x y 2 0 (constantRules 0.1)
+            use _p = problem
+            use _g = game
+            use view = new Restricted(game, [| PlayerNames.States; PlayerNames.Multipliers |])
+            Expect.throwsT<InvalidOperationException> (fun () -> game.Operator([| player game PlayerNames.Weights |]) |> ignore) "weights are held"
+            view.Operator(view.Players) |> ignore
+        }
+
         test "a mini-batch step changes only its own rows of the per-example store" {
             let program = mlp 3L [ 4L ] 2L Activations.ReLU Losses.CrossEntropy
             let x, y = randomBatch 9 10L 3L 2L

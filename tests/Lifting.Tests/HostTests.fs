@@ -66,6 +66,9 @@ let tests =
             expectUsageError [ "train"; "--net"; "784-256-10" ] "64"
             expectUsageError [ "train"; "--frobnicate" ] "frobnicate"
             expectUsageError [ "train"; "--schedule"; "linear" ] "linear"
+            expectUsageError [ "train"; "--settle"; "1" ] "--settle"
+            expectUsageError [ "train"; "--method"; "extraprop"; "--settle-states"; "0" ] "--settle-states"
+            expectUsageError [ "train"; "--method"; "backprop"; "--settle"; "0.2" ] "per-example"
             expectUsageError [ "frobnicate" ] "frobnicate"
             expectUsageError [ "train"; "--method"; "extraprop"; "--solver"; "alternating" ] "saddle-point"
         }

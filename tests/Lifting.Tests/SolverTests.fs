@@ -42,6 +42,12 @@ let bilinear (rule: unit -> IStepRule) =
     let y = newPlayer "y" Role.Maximise (scalar 1.0) (rule ())
     FunctionGame([ x; y ], fun vs -> vs.[0] * vs.[1]), x, y
 
+/// min_x max_y x·y from (1, 1) with constant steps a for x and b for y.
+let bilinearSteps (a: float) (b: float) =
+    let x = newPlayer "x" Role.Minimise (scalar 1.0) (StepRules.Constant a)
+    let y = newPlayer "y" Role.Maximise (scalar 1.0) (StepRules.Constant b)
+    FunctionGame([ x; y ], fun vs -> vs.[0] * vs.[1]), x, y
+
 let distance (x: Player) (y: Player) =
     sqrt (x.Variables.[0].ToDouble() ** 2.0 + y.Variables.[0].ToDouble() ** 2.0)
 
@@ -197,6 +203,31 @@ let tests =
             for (epoch, factor) in [ 1, 1.0; 3, 0.5; 5, 0.0 ] do
                 rule.Advance(epoch, 4)
                 Expect.floatClose Accuracy.high (rule.Displacement(g, state).[0].ToDouble()) (0.2 * factor) $"epoch {epoch} of 4"
+        }
+        test "the cosine schedule with a settle fraction decays over the first epochs, then holds the player" {
+            let rule = Schedules.Cosine(StepRules.Constant 0.2, 0.5)
+            let v = torch.zeros([| 2L |], dtype = f64)
+            let state = rule.Init(v, false)
+            let g = torch.ones([| 2L |], dtype = f64)
+            for (epoch, factor) in [ 1, 1.0; 2, 0.5; 3, 0.0; 4, 0.0 ] do
+                rule.Advance(epoch, 4)
+                Expect.floatClose Accuracy.high (rule.Displacement(g, state).[0].ToDouble()) (0.2 * factor) $"epoch {epoch} of 4, the last 2 settle"
+            let ex = Expect.throwsC (fun () -> Schedules.Cosine(StepRules.Constant 0.2, 1.0) |> ignore) id
+            Expect.stringContains ex.Message "settle" "a settle fraction of 1 leaves no epoch to learn in"
+        }
+        test "extragradient with a scaled extrapolation: unit scales are extragradient, and on a rotation the tuned scales contract to √(ab)" {
+            iteratesEqual (Solvers.Extragradient(fun _ -> 1.0)) (Solvers.Extragradient()) (fun () -> bilinear (fun () -> StepRules.Constant 0.1)) 50 0.0
+            // min_x max_y xy with steps a = 0.2 (x) and b = 0.5 (y): γ_y·b·a = γ_x·a·b = 1 zeroes the
+            // diagonal of the iteration matrix, whose spectral radius is then √(ab) = √0.1 per iteration.
+            let run (solver: ISolver) =
+                let game, x, y = bilinearSteps 0.2 0.5
+                for _ in 1 .. 20 do solver.Step game
+                sqrt (x.Variables.[0].ToDouble() ** 2.0 + y.Variables.[0].ToDouble() ** 2.0)
+            let scaled = run (Solvers.Extragradient(fun _ -> 1.0 / (0.2 * 0.5)))
+            let plain = run (Solvers.Extragradient())
+            Expect.isLessThan scaled (1.5 * (sqrt 0.1) ** 20.0 * sqrt 2.0) $"scaled contraction: {scaled}"
+            Expect.isGreaterThan plain (1e3 * scaled) $"plain extragradient is far slower: {plain}"
+            Expect.throws (fun () -> (let game, _, _ = bilinearSteps 0.2 0.5 in Solvers.Extragradient(fun _ -> 0.0).Step game)) "a zero scale is refused"
         }
         test "the solver catalog knows every solver and rejects unknown names" {
             for info in SolverCatalog.All do

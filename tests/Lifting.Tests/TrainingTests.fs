@@ -47,6 +47,17 @@ let tests =
                 Expect.equal ((u - v).abs().max().ToDouble()) 0.0 "same seed, same weights"
             Expect.equal a.FinalDefect b.FinalDefect "same defect"
         }
+        testSequenced <| test "training leaves no tensor behind: the live count returns to where it was" {
+            // Every mini-batch and evaluation runs in a dispose scope; per-example state is freed
+            // with the lifted problem. Only the returned weights outlive the run.
+            let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
+            for methodName in [ "backprop"; "extraprop"; "penalty" ] do
+                train methodName 1 3 |> fun r -> r.Weights.Dispose()
+                let before = live ()
+                let result = train methodName 3 3
+                result.Weights.Dispose()
+                Expect.equal (live ()) before $"{methodName}: no tensor outlives the run"
+        }
         test "early stopping stops once the test accuracy stops improving" {
             let data = digits.Force()
             let program = Net.Mlp(data.Train.ExampleShape, [| 64L; 16L; 10L |], Activations.ReLU, Losses.CrossEntropy)

@@ -9,11 +9,20 @@ namespace Lifting.Formulations;
 /// objective Σ_i L_i. Row-indexed (per-example) players receive ∂L_i/∂v_i, the gradient of their
 /// own example's term; shared players (weights) receive the batch mean (1/B) Σ_i ∂L_i/∂w.
 /// Maximising players receive the negated gradient (F = (∇_θ L, −∇_λ L)).
-public abstract class BatchGame : IBatchGame
+///
+/// While players are held fixed (`IHoldFixed`), `Reuse` keeps values that depend only on them and
+/// on the batch, so inner iterations on the other players do not recompute them; the first
+/// evaluation after the hold reuses the value, with its graph, if those players have not moved.
+public abstract class BatchGame : IBatchGame, IHoldFixed
 {
+    private sealed record Reused(Tensor Value, Tensor[] Inputs);
+
+    private readonly HashSet<string> held = new();
+    private readonly Dictionary<string, Reused> reused = new();
+    private readonly List<Tensor> handedOver = new();
     private Tensor? lastLoss;
     private Tensor[] lastDefects = Array.Empty<Tensor>();
-    private Tensor[] lastMultiplierNorms = Array.Empty<Tensor>();
+    private Tensor[] lastMultipliers = Array.Empty<Tensor>();
 
     protected BatchGame(MiniBatch batch) => Batch = batch;
 
@@ -25,29 +34,100 @@ public abstract class BatchGame : IBatchGame
     /// `Record` with the loss term and defects they computed along the way.
     protected abstract Tensor EvaluateSum();
 
-    /// Keeps small detached summaries of the last evaluation. They outlive the solver's dispose
-    /// scope, so they are detached from it and disposed when replaced.
+    /// Keeps the last evaluation's loss term, defects and multipliers (detached handles; the
+    /// summaries are computed only when read, since most evaluations are never reported).
     protected void Record(Tensor lossSum, IReadOnlyList<Tensor> defects, IReadOnlyList<Tensor>? multipliers = null)
     {
-        using var _ = no_grad();
         DisposeRecords();
-        lastLoss = (lossSum.detach() / BatchSize).DetachFromDisposeScope();
-        lastDefects = defects.Select(g => g.detach().abs().mean().DetachFromDisposeScope()).ToArray();
-        lastMultiplierNorms = (multipliers ?? Array.Empty<Tensor>())
-            .Select(m => m.detach().square().reshape(m.shape[0], -1).sum(1).mean().DetachFromDisposeScope()).ToArray();
+        lastLoss = lossSum.detach().DetachFromDisposeScope();
+        lastDefects = defects.Select(g => g.detach().DetachFromDisposeScope()).ToArray();
+        lastMultipliers = (multipliers ?? Array.Empty<Tensor>()).Select(m => m.detach().DetachFromDisposeScope()).ToArray();
     }
 
     private void DisposeRecords()
     {
         lastLoss?.Dispose();
         foreach (var t in lastDefects) t.Dispose();
-        foreach (var t in lastMultiplierNorms) t.Dispose();
+        foreach (var t in lastMultipliers) t.Dispose();
         lastLoss = null;
-        lastDefects = lastMultiplierNorms = Array.Empty<Tensor>();
+        lastDefects = lastMultipliers = Array.Empty<Tensor>();
+    }
+
+    public IDisposable HoldFixed(IReadOnlyCollection<string> players)
+    {
+        foreach (var name in players)
+        {
+            if (!Players.Any(p => p.Name == name)) throw new ArgumentException($"The game has no player '{name}' to hold fixed.");
+            if (!held.Add(name)) throw new InvalidOperationException($"Player '{name}' is already held fixed.");
+        }
+        DisposeReused(); // values kept from an earlier hold may be stale
+        return new Release(this, players.ToArray());
+    }
+
+    /// True while `player` is held fixed.
+    protected bool IsHeld(string player) => held.Contains(player);
+
+    /// A value that depends only on the batch and on `inputs`, variables of `player`. While the
+    /// player is held, `compute()` runs once (keeping its graph) and every evaluation gets the
+    /// value detached. The first evaluation after the hold gets the value with its graph if
+    /// `inputs` are still bit-identical to what it was computed from (so an outer iteration at the
+    /// same weights saves the recomputation), and a fresh `compute()` otherwise.
+    protected Tensor Reuse(string key, string player, IReadOnlyList<Tensor> inputs, Func<Tensor> compute)
+    {
+        if (IsHeld(player))
+        {
+            if (!reused.TryGetValue(key, out var entry))
+            {
+                var value = compute().DetachFromDisposeScope();
+                using var _ = no_grad();
+                reused[key] = entry = new Reused(value, inputs.Select(t => t.detach().clone().DetachFromDisposeScope()).ToArray());
+            }
+            return entry.Value.detach();
+        }
+        if (reused.Remove(key, out var kept))
+        {
+            bool unchanged;
+            using (no_grad()) unchanged = kept.Inputs.Zip(inputs).All(p => { using var same = p.First.eq(p.Second).all(); return same.ToBoolean(); });
+            foreach (var t in kept.Inputs) t.Dispose();
+            if (unchanged && (kept.Value.requires_grad || !is_grad_enabled()))
+            {
+                handedOver.Add(kept.Value); // its graph is spent by this evaluation; disposed with the game
+                return kept.Value;
+            }
+            kept.Value.Dispose();
+        }
+        return compute();
+    }
+
+    private void ReleaseHold(IEnumerable<string> players)
+    {
+        foreach (var name in players) held.Remove(name);
+    }
+
+    private void DisposeReused()
+    {
+        foreach (var entry in reused.Values)
+        {
+            entry.Value.Dispose();
+            foreach (var t in entry.Inputs) t.Dispose();
+        }
+        reused.Clear();
+        foreach (var t in handedOver) t.Dispose();
+        handedOver.Clear();
+    }
+
+    private sealed class Release : IDisposable
+    {
+        private BatchGame? game;
+        private readonly string[] players;
+        public Release(BatchGame game, string[] players) { this.game = game; this.players = players; }
+        public void Dispose() { game?.ReleaseHold(players); game = null; }
     }
 
     public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
     {
+        foreach (var p in players)
+            if (IsHeld(p.Name)) throw new InvalidOperationException($"Player '{p.Name}' is held fixed; its part of the operator cannot be evaluated.");
         var inputs = players.SelectMany(p => p.Variables).ToArray();
         Tensor[] grads;
         using (enable_grad())
@@ -78,11 +158,40 @@ public abstract class BatchGame : IBatchGame
         return EvaluateSum().ToDouble() / BatchSize;
     }
 
-    public double Loss => lastLoss is null ? double.NaN : lastLoss.ToDouble();
-    public IReadOnlyList<double> Defects => lastDefects.Select(d => d.ToDouble()).ToArray();
-    public IReadOnlyList<double> MultiplierNorms => lastMultiplierNorms.Select(d => d.ToDouble()).ToArray();
+    public double Loss
+    {
+        get
+        {
+            if (lastLoss is null) return double.NaN;
+            using var _ = no_grad();
+            return lastLoss.ToDouble() / BatchSize;
+        }
+    }
+
+    public IReadOnlyList<double> Defects
+    {
+        get
+        {
+            using var _ = no_grad();
+            return lastDefects.Select(g => { using var m = g.abs().mean(); return m.ToDouble(); }).ToArray();
+        }
+    }
+
+    public IReadOnlyList<double> MultiplierNorms
+    {
+        get
+        {
+            using var _ = no_grad();
+            return lastMultipliers.Select(m => { using var n = m.square().reshape(m.shape[0], -1).sum(1).mean(); return n.ToDouble(); }).ToArray();
+        }
+    }
 
     public abstract void Commit();
 
-    public virtual void Dispose() => DisposeRecords();
+    public virtual void Dispose()
+    {
+        DisposeRecords();
+        held.Clear();
+        DisposeReused();
+    }
 }

@@ -68,6 +68,7 @@ public sealed record LiftContext(
     public StepState NewState(string player, Tensor variable, bool rowIndexed)
     {
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         var slots = StepRuleFor(player).Init(variable, rowIndexed);
         var memory = Enumerable.Range(0, SolverMemorySlots).Select(_ => zeros_like(variable).DetachFromDisposeScope()).ToArray();
         return new StepState(slots.Slots, memory);
@@ -110,7 +111,8 @@ public interface IBatchGame : IGame, IDisposable
     /// evaluation (before any ε-shrinkage); empty when nothing is lifted.
     IReadOnlyList<double> Defects { get; }
 
-    /// Per block, the mean squared norm per example of the multipliers; empty without multipliers.
+    /// Per block, the mean squared norm per example of the multipliers as they are when read;
+    /// empty without multipliers.
     IReadOnlyList<double> MultiplierNorms { get; }
 
     /// The loss term ℓ at the last operator evaluation (mean over the batch).

@@ -47,7 +47,8 @@ public abstract class LiftedProblem : ILiftedProblem
         var sums = new double[hidden];
         long elements = 0;
         var x = Context.Train.Inputs;
-        var all = rows ?? arange(x.shape[0], dtype: ScalarType.Int64, device: x.device);
+        using var everyExample = rows is null ? arange(x.shape[0], dtype: ScalarType.Int64, device: x.device) : null;
+        var all = rows ?? everyExample!;
         var n = all.shape[0];
         for (long start = 0; start < n; start += chunk)
         {

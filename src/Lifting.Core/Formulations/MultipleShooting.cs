@@ -99,6 +99,7 @@ public sealed class MultipleShooting : IFormulation
 
         public Problem(MultipleShooting formulation, LiftContext context, Weights weights) : base(formulation, context, weights)
         {
+            using var scope = NewDisposeScope(); // temporaries; the store keeps its own handles
             options = formulation.Options;
             int hidden = Program.Blocks.Count - 1;
             reparametrisation = Enumerable.Range(0, hidden)
@@ -168,7 +169,7 @@ public sealed class MultipleShooting : IFormulation
                 for (int l = 0; l < hidden; l++)
                 {
                     var state = problem.reparametrisation[l] is { } act ? act.Reparametrise(h[l]) : h[l];
-                    var g = state - program.ForwardBlock(l, previous, Slice(program, w, l));
+                    var g = state - Forward(l, previous);
                     defects[l] = g;
                     var constraint = Constraint(g, options);
                     var lagrange = options.ReducedConstraint ? lambda[l] * constraint : (lambda[l] * constraint);
@@ -181,6 +182,13 @@ public sealed class MultipleShooting : IFormulation
                 Record(loss, defects, lambda);
                 return total + loss;
             }
+
+            /// f_l(h_{l−1}); the first block's output depends only on the batch and the weights, so
+            /// it is evaluated once while the weights are held fixed (inner iterations on the rows).
+            private Tensor Forward(int l, Tensor previous) => l == 0
+                ? Reuse("f1", Formulations.PlayerNames.Weights, Slice(problem.Program, problem.Weights.Tensors, 0),
+                    () => problem.Program.ForwardBlock(0, previous, Slice(problem.Program, problem.Weights.Tensors, 0)))
+                : problem.Program.ForwardBlock(l, previous, Slice(problem.Program, problem.Weights.Tensors, l));
 
             public override void Commit()
             {

@@ -131,7 +131,12 @@ public sealed class QuadraticPenalty : IFormulation
                 Tensor penalty = zeros(1, dtype: h[0].dtype, device: h[0].device).squeeze();
                 for (int l = 0; l < hidden; l++)
                 {
-                    var g = h[l] - program.ForwardBlock(l, previous, MultipleShooting.Slice(program, w, l));
+                    // The first block's output is evaluated once while the weights are held fixed.
+                    var f = l == 0
+                        ? Reuse("f1", Formulations.PlayerNames.Weights, MultipleShooting.Slice(program, w, 0),
+                            () => program.ForwardBlock(0, Batch.Inputs, MultipleShooting.Slice(program, w, 0)))
+                        : program.ForwardBlock(l, previous, MultipleShooting.Slice(program, w, l));
+                    var g = h[l] - f;
                     defects[l] = g;
                     penalty = penalty + g.square().sum();
                     previous = h[l];

@@ -27,6 +27,7 @@ public sealed class RowGroup
             memoryCounts[i] = state.Memory.Count;
             for (int s = 0; s < state.Slots.Count; s++) store.Add($"{keys[i]}#slot{s}", state.Slots[s]);
             for (int m = 0; m < state.Memory.Count; m++) store.Add($"{keys[i]}#memory{m}", state.Memory[m]);
+            state.Dispose(); // the store keeps its own handles
         }
         StepRule = context.StepRuleFor(player);
     }

@@ -163,6 +163,7 @@ public sealed class Weights : IDisposable
     public Weights Clone()
     {
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         return new Weights(Program, Tensors.Select(t => t.detach().clone().requires_grad_(t.requires_grad).DetachFromDisposeScope()).ToArray());
     }
 

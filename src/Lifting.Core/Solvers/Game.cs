@@ -62,6 +62,16 @@ public interface IGame
     double Objective();
 }
 
+/// A game that can reuse work while some players are held fixed: a caller that promises not to
+/// change those players' variables lets the game evaluate once whatever depends only on them and on
+/// the data (e.g. the first block's output f_1(x; w_1) while the weights are fixed). While a player
+/// is held, asking for its part of the operator is an error.
+public interface IHoldFixed
+{
+    /// Holds the named players fixed until the returned handle is disposed.
+    IDisposable HoldFixed(IReadOnlyCollection<string> players);
+}
+
 /// State of a step rule for one variable (AdaGrad accumulator, Adam moments, …), plus the memory a
 /// solver keeps between iterations (extragradient from the past keeps the last extrapolated
 /// direction). Every tensor here is shaped so that, for row-indexed players, its leading dimension

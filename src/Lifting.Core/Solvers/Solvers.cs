@@ -12,7 +12,10 @@ public static class Solvers
 {
     public static ISolver GradientDescentAscent() => new GradientDescentAscentSolver(alternating: false);
     public static ISolver AlternatingGradientDescentAscent() => new GradientDescentAscentSolver(alternating: true);
-    public static ISolver Extragradient() => new ExtragradientSolver();
+    public static ISolver Extragradient() => new ExtragradientSolver(null);
+    /// Extragradient whose extrapolation step for player p is `extrapolationScale(p)` times its
+    /// update step (seed 001 Algorithm 1 lets the two half-steps differ, α_k and α_{k+½}).
+    public static ISolver Extragradient(Func<string, double> extrapolationScale) => new ExtragradientSolver(extrapolationScale);
     public static ISolver ExtragradientFromThePast() => new PastExtragradientSolver();
     public static ISolver MirrorProx() => new MirrorProxSolver();
     /// Stampacchia's projection method: the simultaneous projected step, i.e. GDA whose players
@@ -20,13 +23,14 @@ public static class Solvers
     public static ISolver Projection() => new GradientDescentAscentSolver(alternating: false, name: "projection");
     public static ISolver Alternating(IReadOnlyList<SubProblem> schedule) => new AlternatingSolver(schedule);
 
-    /// x ← P(x − d) in place, for every variable of a player.
-    internal static void Descend(Player player, IReadOnlyList<Tensor> directions)
+    /// x ← P(x − γ d) in place, for every variable of a player (γ = 1 unless scaled).
+    internal static void Descend(Player player, IReadOnlyList<Tensor> directions, double scale = 1.0)
     {
         using var _ = no_grad();
         for (int i = 0; i < player.Variables.Count; i++)
         {
             var d = player.StepRule.Displacement(directions[i], player.StepStates[i]);
+            if (scale != 1.0) d = d * scale;
             player.Variables[i].sub_(d);
             player.Projection.ProjectInPlace(player.Variables[i]);
         }
@@ -97,9 +101,19 @@ internal sealed class GradientDescentAscentSolver : ISolver
 ///
 /// The step rule's state advances at both half-steps (ExtraAdagrad / ExtraAdam). Two operator
 /// evaluations per iteration. With AdaGrad on the multiple-shooting Lagrangian this is ExtraProp.
+///
+/// Optionally the extrapolation of player p is scaled, x̄_p = P(x_p − γ_p d(F_p(x_k))): a longer
+/// look-ahead than the update (γ > 1, as in EG+ of Diakonikolas et al. 2021). On a rotation
+/// F = (v, −u) with update steps a, b and extrapolation steps γ_u·a, γ_v·b, the iteration matrix is
+/// [[1 − a·γ_v·b, −a], [b, 1 − b·γ_u·a]]: with γ = 1 its spectral radius is at best √0.75, while
+/// γ_v·b·a = γ_u·a·b = 1 brings it down to √(ab) (docs/methods.md).
 internal sealed class ExtragradientSolver : ISolver
 {
-    public string Name => "extragradient";
+    private readonly Func<string, double>? extrapolationScale;
+
+    public ExtragradientSolver(Func<string, double>? extrapolationScale) => this.extrapolationScale = extrapolationScale;
+
+    public string Name => extrapolationScale is null ? "extragradient" : "extragradient(scaled extrapolation)";
     public int MemorySlots => 0;
 
     public void Step(IGame game)
@@ -107,7 +121,14 @@ internal sealed class ExtragradientSolver : ISolver
         using var scope = NewDisposeScope();
         var players = game.Players;
         var start = Solvers.Snapshot(players);
-        Solvers.DescendAll(players, game.Operator(players));
+        var atStart = game.Operator(players);
+        for (int p = 0; p < players.Count; p++)
+        {
+            var scale = extrapolationScale?.Invoke(players[p].Name) ?? 1.0;
+            if (!(scale > 0) || double.IsInfinity(scale))
+                throw new ArgumentOutOfRangeException(nameof(extrapolationScale), $"Invalid extrapolation scale for '{players[p].Name}': {scale} (expected a finite value > 0).");
+            Solvers.Descend(players[p], atStart[p], scale);
+        }
         var atExtrapolated = game.Operator(players);
         Solvers.Restore(players, start);
         Solvers.DescendAll(players, atExtrapolated);
@@ -189,7 +210,8 @@ internal sealed class MirrorProxSolver : ISolver
 
 /// Block-coordinate (alternating) minimisation for penalty forms (MAC, BlockProp; seed 000 §3):
 /// for each sub-problem in order, `InnerSteps` steps x_S ← P(x_S − d(F_S(x))) on its players S
-/// only, the other players held fixed.
+/// only, the other players held fixed (`IHoldFixed`: a game may evaluate what depends only on them
+/// once per sub-problem).
 internal sealed class AlternatingSolver : ISolver
 {
     private readonly IReadOnlyList<SubProblem> schedule;
@@ -213,12 +235,11 @@ internal sealed class AlternatingSolver : ISolver
         var plan = schedule.Count > 0 ? schedule : game.Players.Select(p => new SubProblem(new[] { p.Name }, 1)).ToArray();
         foreach (var sub in plan)
         {
-            var players = sub.PlayerNames.Select(n => game.Players.FirstOrDefault(p => p.Name == n)
-                ?? throw new ArgumentException($"The schedule names player '{n}' but the game has {string.Join(", ", game.Players.Select(p => p.Name))}.")).ToArray();
+            using var view = new Restricted(game, sub.PlayerNames);
             for (int k = 0; k < sub.InnerSteps; k++)
             {
                 using var scope = NewDisposeScope();
-                Solvers.DescendAll(players, game.Operator(players));
+                Solvers.DescendAll(view.Players, view.Operator(view.Players));
             }
         }
     }

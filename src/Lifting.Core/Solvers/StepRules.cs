@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Lifting.Solvers;
@@ -64,7 +65,8 @@ public static class StepRules
         public StepState Init(Tensor variable, bool rowIndexed)
         {
             using var _ = no_grad();
-            return new StepState(new[] { full_like(variable, initial).detach().DetachFromDisposeScope() });
+            using var scope = NewDisposeScope();
+            return new StepState(new[] { full_like(variable, initial).DetachFromDisposeScope() });
         }
 
         public Tensor Displacement(Tensor direction, StepState state)
@@ -88,10 +90,11 @@ public static class StepRules
             var countShape = rowIndexed
                 ? new[] { variable.shape[0] }.Concat(Enumerable.Repeat(1L, variable.shape.Length - 1)).ToArray()
                 : Array.Empty<long>();
+            using var scope = NewDisposeScope();
             return new StepState(new[]
             {
-                zeros_like(variable).detach().DetachFromDisposeScope(),
-                zeros_like(variable).detach().DetachFromDisposeScope(),
+                zeros_like(variable).DetachFromDisposeScope(),
+                zeros_like(variable).DetachFromDisposeScope(),
                 zeros(countShape, dtype: variable.dtype, device: variable.device).DetachFromDisposeScope(),
             });
         }
@@ -99,13 +102,22 @@ public static class StepRules
         public Tensor Displacement(Tensor direction, StepState state)
         {
             Tensor m = state.Slots[0], v = state.Slots[1], t = state.Slots[2];
-            m.mul_(beta1).add_(direction, alpha: 1 - beta1);
+            m.lerp_(direction, 1 - beta1);
             v.mul_(beta2).addcmul_(direction, direction, value: 1 - beta2);
             t.add_(1);
-            // β^t via exp(t ln β), so the count may be a per-row tensor.
+            if (t.NumberOfElements == 1)
+            {
+                // One count for the whole variable: the bias corrections are plain numbers.
+                var steps = t.ToDouble();
+                var c1 = 1 - Math.Pow(beta1, steps);
+                var c2 = 1 - Math.Pow(beta2, steps);
+                var denominator = v.sqrt().div_(Math.Sqrt(c2)).add_(eps);
+                return m.div(denominator).mul_(lr / c1);
+            }
+            // Per-row counts: β^t via exp(t ln β), broadcast over each row.
             var mHat = m / (1 - (t * Math.Log(beta1)).exp());
             var vHat = v / (1 - (t * Math.Log(beta2)).exp());
-            return lr * mHat / (vHat.sqrt() + eps);
+            return mHat.div_(vHat.sqrt_().add_(eps)).mul_(lr);
         }
     }
 }
@@ -115,22 +127,68 @@ public static class StepRules
 public interface IScheduledStepRule : IStepRule
 {
     void Advance(int epoch, int epochs);
+
+    /// True while the schedule's factor is zero: the player does not move, so the trainer holds it
+    /// fixed (the solver then works on the other players only, and games may reuse work).
+    bool Holding { get; }
 }
 
 /// Schedules over epochs, as transforms of another step rule (optax's scale_by_schedule).
 public static class Schedules
 {
-    /// d ← s(e)·d with s(e) = ½(1 + cos(π (e − 1) / E)): full steps in the first epoch, decaying
-    /// to almost nothing in the last. The wrapped rule's state advances as usual.
-    public static IScheduledStepRule Cosine(IStepRule inner) => new CosineRule(inner);
+    /// d ← s(e)·d with s(e) = ½(1 + cos(π (e − 1) / A)) over the first A epochs, full steps in the
+    /// first epoch decaying to almost nothing, and s(e) = 0 after them: the last `settle` fraction
+    /// of the E epochs (A = E − round(settle·E)) keeps the variables of this rule fixed while the
+    /// others settle (for the lifted methods: the per-example states and multipliers converge for
+    /// the final weights). The wrapped rule's state advances as usual.
+    public static IScheduledStepRule Cosine(IStepRule inner, double settle = 0.0)
+    {
+        if (!(settle >= 0 && settle < 1)) throw new ArgumentOutOfRangeException(nameof(settle), $"Invalid settle fraction: {settle} (expected 0 <= settle < 1).");
+        return new CosineRule(inner, settle);
+    }
+
+    /// d ← d for the first E − round(settle·E) epochs and d ← scale·d in the last round(settle·E),
+    /// the epochs in which `Cosine(…, settle)` holds the weights: e.g. a smaller state step and a
+    /// larger multiplier step while the per-example rows settle (docs/methods.md).
+    public static IScheduledStepRule Settling(IStepRule inner, double settle, double scale)
+    {
+        if (!(settle >= 0 && settle < 1)) throw new ArgumentOutOfRangeException(nameof(settle), $"Invalid settle fraction: {settle} (expected 0 <= settle < 1).");
+        if (!(scale >= 0) || double.IsInfinity(scale)) throw new ArgumentOutOfRangeException(nameof(scale), $"Invalid settling scale: {scale} (expected a finite value >= 0; 0 holds the variables).");
+        return new SettlingRule(inner, settle, scale);
+    }
+
+    /// The number of epochs before the settling ones.
+    internal static int ActiveEpochs(int epochs, double settle) => Math.Max(1, epochs - (int)Math.Round(settle * epochs));
+
+    private sealed class SettlingRule : IScheduledStepRule
+    {
+        private readonly IStepRule inner;
+        private readonly double settle, scale;
+        private double factor = 1.0;
+        public SettlingRule(IStepRule inner, double settle, double scale) { this.inner = inner; this.settle = settle; this.scale = scale; }
+        public string Name => scale == 0 ? $"{inner.Name}, held while settling" : $"{inner.Name}, ×{scale:G3} while settling";
+        public void Advance(int epoch, int epochs) => factor = epoch > ActiveEpochs(epochs, settle) ? scale : 1.0;
+        public bool Holding => factor == 0;
+        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
+        public Tensor Displacement(Tensor direction, StepState state) => factor == 1.0 ? inner.Displacement(direction, state) : inner.Displacement(direction, state) * factor;
+    }
 
     private sealed class CosineRule : IScheduledStepRule
     {
         private readonly IStepRule inner;
+        private readonly double settle;
         private double factor = 1.0;
-        public CosineRule(IStepRule inner) => this.inner = inner;
-        public string Name => $"cosine({inner.Name})";
-        public void Advance(int epoch, int epochs) => factor = 0.5 * (1 + Math.Cos(Math.PI * (epoch - 1) / Math.Max(1, epochs)));
+        public CosineRule(IStepRule inner, double settle) { this.inner = inner; this.settle = settle; }
+        public string Name => settle > 0 ? $"cosine({inner.Name}, settle={settle:G3})" : $"cosine({inner.Name})";
+
+        public void Advance(int epoch, int epochs)
+        {
+            int active = ActiveEpochs(epochs, settle);
+            factor = epoch > active ? 0.0 : 0.5 * (1 + Math.Cos(Math.PI * (epoch - 1) / active));
+        }
+
+        public bool Holding => factor == 0;
+
         public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
         public Tensor Displacement(Tensor direction, StepState state) => inner.Displacement(direction, state) * factor;
     }

@@ -30,6 +30,7 @@ public static class Trainer
         var train = data.Train;
         var test = data.Test;
         var weights = initialWeights ?? program.Initialise(options.Seed, options.Device, options.DType);
+        using var ownWeights = initialWeights is null ? weights : null; // the caller's weights stay the caller's
         var context = new LiftContext(program, train, options.Device, options.DType, options.Seed, stepRules, solver.MemorySlots);
         using var problem = formulation.Lift(context, weights);
 
@@ -45,6 +46,12 @@ public static class Trainer
         {
             foreach (var player in formulation.PlayerNames)
                 if (stepRules(player) is IScheduledStepRule scheduled) scheduled.Advance(epoch, options.Epochs);
+            // Players whose schedule holds them this epoch (e.g. the weights while the rows settle)
+            // are held fixed: the solver iterates the others only.
+            var moving = formulation.PlayerNames.Where(p => stepRules(p) is not IScheduledStepRule { Holding: true }).ToArray();
+            if (moving.Length == 0)
+                throw new ArgumentException($"Every player is held at epoch {epoch}; nothing would be trained.");
+            bool holding = moving.Length < formulation.PlayerNames.Count;
             double objectiveSum = 0, lossSum = 0;
             int seen = 0;
             double? cosine = null;
@@ -64,7 +71,8 @@ public static class Trainer
                     cosine = CosineToBackprop(program, problem.Weights, game, typed);
                     timer.Start();
                 }
-                for (int k = 0; k < options.IterationsPerBatch; k++) solver.Step(game);
+                using (var view = holding ? new Restricted(game, moving) : null)
+                    for (int k = 0; k < options.IterationsPerBatch; k++) solver.Step(view ?? (IGame)game);
                 game.Commit();
                 // Reading the recorded scalars synchronises with the device; cheap on CPU.
                 lossSum += game.Loss;
@@ -87,6 +95,7 @@ public static class Trainer
             var defects = problem.MeasureDefects();
             var (trainLoss, _) = Evaluate(program, problem.Weights.Tensors, train, options.DType);
             var (testLoss, testAccuracy) = Evaluate(program, problem.Weights.Tensors, test, options.DType);
+            NativeMemory.ReleaseFreePages();
             var metrics = new EpochMetrics(epoch, trainLoss, objectiveSum / Math.Max(1, seen), testAccuracy, testLoss,
                 timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics);
             history.Add(metrics);
@@ -121,6 +130,7 @@ public static class Trainer
         foreach (var batch in MiniBatches.Sequential(data, batchSize))
         {
             using var scope = NewDisposeScope();
+            using var owned = batch;
             var output = program.Forward(batch.Inputs.to_type(dtype), weights);
             loss += program.Loss.PerExample(output, batch.Labels).sum().ToDouble();
             correct += output.argmax(1).eq(batch.Labels).sum().ToInt64();
