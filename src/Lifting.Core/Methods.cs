@@ -38,6 +38,8 @@ public sealed record MethodSettings
     /// iteration: they bring states and multipliers towards their stationary values for the
     /// current weights, which the weight step then uses.
     public int? InnerIterations { get; init; }
+    /// The solver of the inner iterations (default: extragradient).
+    public string? InnerSolver { get; init; }
     /// Schedule of the weights' step over the epochs: "constant" or "cosine".
     public string? WeightSchedule { get; init; }
     /// With the cosine schedule, the fraction of the epochs at the end during which the weights
@@ -126,9 +128,9 @@ public static class Methods
         {
             var perExample = formulation.PlayerNames.Where(p => p != PlayerNames.Weights).ToArray();
             if (perExample.Length == 0) throw new ArgumentException($"Method '{name}' has no per-example players for inner iterations.");
-            // The inner iterations are extragradient whatever the outer solver: its contraction on
-            // the state/multiplier coupling is the one analysed in docs/methods.md.
-            solver = new WithInnerIterations(Solvers.Solvers.Extragradient(), perExample, inner, solver);
+            // The inner iterations are extragradient unless named: its contraction on the
+            // state/multiplier coupling is the one analysed in docs/methods.md.
+            solver = new WithInnerIterations(SolverCatalog.Create(settings.InnerSolver ?? "extragradient", formulation.DefaultSchedule), perExample, inner, solver);
         }
         if (formulation.HasMaximisingPlayers && solverName == "alternating")
             throw new ArgumentException($"Method '{name}' is a saddle-point problem; the alternating solver needs a minimisation (use extragradient, gda, optimistic, mirror-prox or projection).");

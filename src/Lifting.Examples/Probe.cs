@@ -15,13 +15,14 @@ namespace Lifting.Examples;
 /// inner iterations on the rows and ExtraAdam weights at a constant step, and reports per epoch,
 /// after the inner iterations of each batch: the multipliers' relative error against the adjoint
 /// −∂ℓ/∂h at the current states, and the cosine between the weights' direction and the
-/// back-propagation gradient. With `settle=S` it then holds the weights for S epochs while the rows
+/// back-propagation gradient. `ext-states=γ_h ext-multipliers=γ_λ` make the inner iterations
+/// extrapolate with γ times the rows' steps (`Solvers.Extragradient(scale)`). With `settle=S` it then holds the weights for S epochs while the rows
 /// iterate with the state step ×`settle-states` and the multiplier step ÷`settle-states`, and
 /// reports the defect per epoch, the defect by the loss curvature κ = λ_max(W₂ᵀ S W₂) of each
 /// example, and the iteration of the worst row alone.
 ///
 ///   probe [epochs=10] [lr=2e-3] [lr-states=0.5] [lr-multipliers=1] [inner=1] [batches=0]
-///         [settle=0] [settle-states=1] [seed=0]
+///         [ext-states=1] [ext-multipliers=1] [settle=0] [settle-states=1] [seed=0]
 public static class Probe
 {
     public static int Run(IReadOnlyDictionary<string, string> settings)
@@ -45,11 +46,14 @@ public static class Probe
         };
         var rows = new[] { PlayerNames.States, PlayerNames.Multipliers };
         var extragradient = Solvers.Solvers.Extragradient();
+        double gh = Num("ext-states", 1), gl = Num("ext-multipliers", 1);
+        var innerSolver = gh == 1 && gl == 1 ? extragradient
+            : Solvers.Solvers.Extragradient(p => p == PlayerNames.States ? gh : p == PlayerNames.Multipliers ? gl : 1);
         using var weights = program.Initialise(seed);
         var context = new LiftContext(program, data.Train, CPU, ScalarType.Float32, seed, p => rules[p], 0);
         using var problem = new MultipleShooting().Lift(context, weights);
 
-        Console.WriteLine($"probe: extragradient, {inner} inner iteration(s), rows ({a}, {b}), {epochs} epochs then {settleEpochs} settling with the state step ×{scale}");
+        Console.WriteLine($"probe: extragradient, {inner} inner iteration(s) extrapolating ×({gh}, {gl}), rows ({a}, {b}), {epochs} epochs then {settleEpochs} settling with the state step ×{scale}");
         for (int epoch = 1; epoch <= epochs + settleEpochs; epoch++)
         {
             states.Advance(epoch, epochs + settleEpochs);
@@ -70,7 +74,7 @@ public static class Probe
                     continue;
                 }
                 using (var view = new Restricted(game, rows))
-                    for (int k = 0; k < inner; k++) extragradient.Step(view);
+                    for (int k = 0; k < inner; k++) innerSolver.Step(view);
                 var cosine = Trainer.CosineToBackprop(program, problem.Weights, game, batch);
                 var error = MultiplierError(program, problem.Weights, game, batch);
                 extragradient.Step(game);
@@ -78,7 +82,7 @@ public static class Probe
                 errors += error;
                 cosines += cosine;
                 if (++visited <= shown)
-                    Console.WriteLine($"  epoch {epoch} batch {b,3}  λ error {error:F3}  cosine {cosine:F3}  loss {game.Loss:F4}");
+                    Console.WriteLine($"  epoch {epoch} batch {visited,3}  λ error {error:F3}  cosine {cosine:F3}  loss {game.Loss:F4}");
             }
             var defect = problem.MeasureDefects().Average();
             if (settling)

@@ -7,12 +7,14 @@ using Lifting.Training;
 //   dotnet run --project src/Lifting.Examples -c Release -- sweep KEY=VALUE ...   one run, a line per epoch
 //   dotnet run --project src/Lifting.Examples -c Release -- table KEY=VALUE ...   the MNIST-10k table (docs/results)
 //   dotnet run --project src/Lifting.Examples -c Release -- probe KEY=VALUE ...   ExtraProp's rows, batch by batch
+//   dotnet run --project src/Lifting.Examples -c Release -- steptime              where an ExtraProp step's time goes
 // e.g. sweep method=extraprop lr=1e-3 rule=adam state-rule=constant lr-states=0.5 epochs=10
 
 var settings = args.Skip(1).Select(a => a.Split('=', 2)).ToDictionary(p => p[0], p => p[1]);
 if (settings.TryGetValue("threads", out var threadCount)) TorchSharp.torch.set_num_threads(int.Parse(threadCount));
 if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(settings);
 if (args.FirstOrDefault() == "probe") return Lifting.Examples.Probe.Run(settings);
+if (args.FirstOrDefault() == "steptime") return Lifting.Examples.StepTime.Run(settings);
 string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
 double? Num(string key) => settings.TryGetValue(key, out var v) ? double.Parse(v, System.Globalization.CultureInfo.InvariantCulture) : null;
 
@@ -36,6 +38,7 @@ var method = Methods.Resolve(new MethodSettings
     MuMaximum = Num("mu-max"),
     StateSteps = (int?)Num("state-steps"),
     InnerIterations = (int?)Num("inner"),
+    InnerSolver = settings.GetValueOrDefault("inner-solver"),
     WeightSchedule = settings.GetValueOrDefault("schedule"),
     Settle = Num("settle"),
     SettleStateScale = Num("settle-states"),

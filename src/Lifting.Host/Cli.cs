@@ -30,6 +30,7 @@ public static class Cli
           --optimizer sgd|adagrad|adam  step rule of the weights
           --optimizer-states R, --optimizer-multipliers R   step rule of those players only
           --inner N                   solver iterations on the per-example players alone before each full one
+          --inner-solver NAME         the solver of those iterations (extragradient)
           --schedule constant|cosine  schedule of the weights' step over the epochs
           --settle F                  hold the weights in the last fraction F of the epochs while the
                                       per-example states and multipliers settle (extraprop: 0.2)
@@ -51,7 +52,8 @@ public static class Cli
           --config FILE               read the experiment from JSON (flags override it)
           --json                      make the last line of output a JSON summary
 
-        bench options: --methods backprop,extraprop,... plus --data --net --epochs --batch --seed --device --json
+        bench options: --methods backprop,extraprop,... --repeats N (3, interleaved rounds) plus --data --net
+                       --epochs (4) --batch --seed --device --json
 
         Bad input gives a one-line error and exit code 2.
         """;
@@ -192,6 +194,7 @@ public static class Cli
         ["multiplier_norms"] = m.MultiplierNorms,
         ["cosine_to_backprop"] = m.CosineToBackprop,
         ["diagnostics"] = m.Diagnostics,
+        ["held"] = m.Held,
     };
 
     private static string FormatEpoch(EpochMetrics m, int epochs)
@@ -201,6 +204,7 @@ public static class Cli
         if (m.MultiplierNorms.Count > 0) line += $"  |λ|² {string.Join("/", m.MultiplierNorms.Select(d => d.ToString("E2", CultureInfo.InvariantCulture)))}";
         if (m.CosineToBackprop is { } c) line += $"  cos {c:F3}";
         foreach (var (k, v) in m.Diagnostics) line += $"  {k} {v:G4}";
+        if (m.Held.Count > 0) line += $"  (settling: {string.Join(", ", m.Held)} held)";
         return line;
     }
 

@@ -19,6 +19,7 @@ public sealed record Experiment
     public string? OptimizerStates { get; init; }
     public string? OptimizerMultipliers { get; init; }
     public int? Inner { get; init; }
+    public string? InnerSolver { get; init; }
     public string? Schedule { get; init; }
     public double? Settle { get; init; }
     public double? SettleStates { get; init; }
@@ -51,6 +52,7 @@ public sealed record Experiment
         StateStepRule = Rule(OptimizerStates),
         MultiplierStepRule = Rule(OptimizerMultipliers),
         InnerIterations = Inner,
+        InnerSolver = InnerSolver,
         WeightSchedule = Schedule?.ToLowerInvariant(),
         Settle = Settle,
         SettleStateScale = SettleStates,
@@ -119,6 +121,7 @@ public sealed record Experiment
                 "--optimizer-states" => e with { OptimizerStates = Value() },
                 "--optimizer-multipliers" => e with { OptimizerMultipliers = Value() },
                 "--inner" => e with { Inner = NonNegativeInt(flag, Value()) },
+                "--inner-solver" => e with { InnerSolver = Value() },
                 "--schedule" => e with { Schedule = Value() },
                 "--settle" => e with { Settle = Fraction(flag, Value()) },
                 "--settle-states" => e with { SettleStates = Positive(flag, Value()) },

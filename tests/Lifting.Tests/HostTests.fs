@@ -85,7 +85,7 @@ let tests =
             expectUsageError [ "train"; "--config"; cfg ] "x.json"
         }
         test "lifting bench runs methods side by side and reports ratios" {
-            let code, out, err = lifting [ "bench"; "--data"; "digits"; "--net"; "64-32-10"; "--epochs"; "2"; "--methods"; "backprop,extraprop"; "--device"; "cpu"; "--json" ]
+            let code, out, err = lifting [ "bench"; "--data"; "digits"; "--net"; "64-32-10"; "--epochs"; "2"; "--repeats"; "2"; "--methods"; "backprop,extraprop"; "--device"; "cpu"; "--json" ]
             Expect.equal code 0 $"exit 0: {err}"
             use doc = JsonDocument.Parse(lastLine out)
             let rows = doc.RootElement.EnumerateArray() |> Array.ofSeq

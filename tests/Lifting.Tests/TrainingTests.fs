@@ -58,6 +58,22 @@ let tests =
                 result.Weights.Dispose()
                 Expect.equal (live ()) before $"{methodName}: no tensor outlives the run"
         }
+        test "MNIST-10k, 784-256-10: ExtraProp within 1.5 points of backprop, final mean |defect| < 1e-3" {
+            // Issue 3's criterion, at the defaults (docs/results/ has three seeds and every method).
+            let data = DatasetCatalog.Load "mnist-10k"
+            let program = Net.Mlp(data.Train.ExampleShape, [| 784L; 256L; 10L |], Activations.ReLU, Losses.CrossEntropy)
+            let run (name: string) patience =
+                let m = Methods.Resolve(MethodSettings(Method = name))
+                let r = Trainer.Train(program, data, m.Formulation, m.Solver, m.StepRules, TrainingOptions(Epochs = 50, BatchSize = 128, Seed = 0, Patience = patience))
+                r.Weights.Dispose()
+                r
+            let backprop = run "backprop" 5
+            let extraprop = run "extraprop" 0
+            Expect.isGreaterThanOrEqual extraprop.BestTestAccuracy (backprop.BestTestAccuracy - 0.015)
+                $"extraprop {extraprop.BestTestAccuracy} against backprop {backprop.BestTestAccuracy}"
+            Expect.isLessThan extraprop.FinalDefect 1e-3 "final mean |defect| over every training example"
+            Expect.isGreaterThan extraprop.Epochs.[extraprop.Epochs.Count - 1].Held.Count 0 "the last epoch settles (weights held)"
+        }
         test "early stopping stops once the test accuracy stops improving" {
             let data = digits.Force()
             let program = Net.Mlp(data.Train.ExampleShape, [| 64L; 16L; 10L |], Activations.ReLU, Losses.CrossEntropy)

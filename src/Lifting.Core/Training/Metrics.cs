@@ -17,9 +17,15 @@ public sealed record EpochMetrics(
     /// Mean |defect| over blocks and the whole training set (0 when nothing is lifted).
     /// `BatchDefect` is the same for the epoch's last mini-batch right after its update.
     public double MeanDefect => Defects.Count == 0 ? 0 : Defects.Average();
+
+    /// The players the schedule held fixed this epoch (e.g. the weights while the rows settle);
+    /// empty in a learning epoch.
+    public IReadOnlyList<string> Held { get; init; } = Array.Empty<string>();
 }
 
 /// The outcome of a training run.
+/// `SecondsPerEpoch` averages every epoch's training time; `SecondsPerLearningEpoch` only the
+/// epochs in which no player was held (settling epochs are cheaper).
 public sealed record TrainingResult(
     IReadOnlyList<EpochMetrics> Epochs,
     double FinalTestAccuracy,
@@ -29,6 +35,7 @@ public sealed record TrainingResult(
     double FinalDefect,
     double FinalBatchDefect,
     double SecondsPerEpoch,
+    double SecondsPerLearningEpoch,
     long PerExampleBytes,
     bool StoppedEarly)
 {

@@ -97,7 +97,10 @@ public static class Trainer
             var (testLoss, testAccuracy) = Evaluate(program, problem.Weights.Tensors, test, options.DType);
             NativeMemory.ReleaseFreePages();
             var metrics = new EpochMetrics(epoch, trainLoss, objectiveSum / Math.Max(1, seen), testAccuracy, testLoss,
-                timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics);
+                timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics)
+            {
+                Held = formulation.PlayerNames.Except(moving).ToArray(),
+            };
             history.Add(metrics);
             observer.OnEpoch(metrics);
             if (!double.IsFinite(trainLoss))
@@ -111,6 +114,7 @@ public static class Trainer
         var last = history[^1];
         return new TrainingResult(history, last.TestAccuracy, best, bestEpoch, last.TrainLoss,
             finalDefects.Count == 0 ? 0 : finalDefects.Average(), last.BatchDefect, history.Average(m => m.Seconds),
+            history.Where(m => m.Held.Count == 0).Select(m => m.Seconds).DefaultIfEmpty(double.NaN).Average(),
             problem is LiftedProblem lifted ? lifted.PerExampleBytes / Math.Max(1, train.Count) : 0, stoppedEarly)
         {
             Weights = problem.Weights.Clone(),
