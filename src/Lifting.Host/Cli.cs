@@ -95,11 +95,11 @@ public static class Cli
     private static int ListMethods(TextWriter output)
     {
         output.WriteLine("methods (--method):");
-        foreach (var m in Methods.All) output.WriteLine($"  {m.Name,-14}{m.Description}");
+        foreach (var m in Methods.All) output.WriteLine($"  {m.Name,-16}{m.Description}");
         output.WriteLine("solvers (--solver):");
-        foreach (var s in SolverCatalog.All) output.WriteLine($"  {s.Name,-14}{s.Description}");
+        foreach (var s in SolverCatalog.All) output.WriteLine($"  {s.Name,-16}{s.Description}");
         output.WriteLine("step rules (--optimizer):");
-        foreach (var r in StepRuleCatalog.All) output.WriteLine($"  {r.Name,-14}{r.Description}");
+        foreach (var r in StepRuleCatalog.All) output.WriteLine($"  {r.Name,-16}{r.Description}");
         return 0;
     }
 
@@ -165,6 +165,8 @@ public static class Cli
             ["epochs"] = result.Epochs.Count,
             ["seconds_per_epoch"] = Round(result.SecondsPerEpoch),
         };
+        if (double.IsFinite(result.SecondsPerLearningEpoch) && result.SecondsPerLearningEpoch != result.SecondsPerEpoch)
+            summary["seconds_per_learning_epoch"] = Round(result.SecondsPerLearningEpoch);
         if (method.Formulation.PlayerNames.Count > 1)
         {
             summary["defect"] = result.FinalDefect;
