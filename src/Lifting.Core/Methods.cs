@@ -42,8 +42,9 @@ public sealed record MethodSettings
     public string? InnerSolver { get; init; }
     /// Schedule of the weights' step over the epochs: "constant" or "cosine".
     public string? WeightSchedule { get; init; }
-    /// With the cosine schedule, the fraction of the epochs at the end during which the weights
-    /// are held (step 0) while the per-example variables settle; null = the method's default.
+    /// The fraction of the epochs at the end during which the weights are held (step 0) while the
+    /// per-example variables settle (the cosine schedule decays over the epochs before it); null =
+    /// the method's default.
     public double? Settle { get; init; }
     /// While settling, the state step is multiplied and the multiplier step divided by this factor
     /// (their product, which sets the rotation's contraction, is unchanged); null = the default.

@@ -46,6 +46,14 @@ let solvers : (string * (IReadOnlyList<SubProblem> -> ISolver) * bool * bool) li
     "mirror-prox", (fun _ -> Solvers.MirrorProx()), true, true
     "projection", (fun _ -> Solvers.Projection()), true, false
     "alternating", (fun schedule -> Solvers.Alternating(schedule)), false, true
+    // A longer look-ahead for the multipliers (EG+-style); the other players extrapolate as usual.
+    "extragradient, multipliers extrapolate ×2", (fun _ -> Solvers.Extragradient(fun p -> if p = PlayerNames.Multipliers then 2.0 else 1.0)), true, true
+    // One inner extragradient iteration on the per-example players (weights held) before each
+    // extragradient iteration, as ExtraProp does.
+    "extragradient with an inner iteration", (fun schedule ->
+        let perExample = schedule |> Seq.collect (fun s -> s.PlayerNames) |> Seq.filter ((<>) PlayerNames.Weights) |> Seq.distinct |> Array.ofSeq
+        if perExample.Length = 0 then Solvers.Extragradient()
+        else WithInnerIterations(Solvers.Extragradient(), perExample, 1, Solvers.Extragradient()) :> ISolver), true, true
 ]
 
 let forwardLoss (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) =
