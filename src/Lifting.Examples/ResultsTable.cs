@@ -15,7 +15,7 @@ namespace Lifting.Examples;
 /// Methods with a constant weights' step stop once their test accuracy has not improved for
 /// `patience` epochs; methods whose weights follow a schedule run the whole budget.
 ///
-///   table [methods=backprop,extraprop,gda,auglag,regularized,penalty] [seeds=0,1,2] [epochs=50]
+///   table [methods=backprop,extraprop,extraprop-rows,gda,auglag,regularized,penalty] [seeds=0,1,2] [epochs=50]
 ///         [patience=5] [batch=128] [data=mnist-10k] [net=784-256-10] [out=docs/results/mnist-10k-lifted.md]
 public static class ResultsTable
 {
@@ -27,7 +27,7 @@ public static class ResultsTable
         int Int(string key, string fallback) => int.Parse(Get(key, fallback), CultureInfo.InvariantCulture);
         var dataName = Get("data", "mnist-10k");
         var net = Get("net", "784-256-10");
-        var methods = Get("methods", "backprop,extraprop,gda,auglag,regularized,penalty").Split(',');
+        var methods = Get("methods", "backprop,extraprop,extraprop-rows,gda,auglag,regularized,penalty").Split(',');
         var seeds = Get("seeds", "0,1,2").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
         int epochs = Int("epochs", "50"), patience = Int("patience", "5"), batch = Int("batch", "128");
         var output = Get("out", "docs/results/mnist-10k-lifted.md");

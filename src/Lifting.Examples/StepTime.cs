@@ -11,8 +11,9 @@ namespace Lifting.Examples;
 /// Where an ExtraProp step's time goes, against a back-propagation step on the same mini-batch:
 /// both run batch by batch, interleaved, on MNIST-10k 784-256-10, and each phase is timed
 /// (gather the rows, the inner extragradient iteration on the rows with the weights held, the
-/// outer extragradient iteration on every player, scatter the rows back). Medians over the batches
-/// of the epochs after the first `warmup`.
+/// outer extragradient iteration on every player, scatter the rows back), and a whole
+/// `extraprop-rows` step (only the rows extrapolate). Medians over the batches of the epochs after
+/// the first `warmup`.
 ///
 ///   steptime [epochs=6] [warmup=2]
 public static class StepTime
@@ -25,13 +26,16 @@ public static class StepTime
         var program = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 10 }, Activations.ReLU, Losses.CrossEntropy);
         var extraprop = Methods.Resolve(new MethodSettings { Method = "extraprop", Settle = 0 });
         var backprop = Methods.Resolve(new MethodSettings { Method = "backprop" });
+        var rowsOnly = Methods.Resolve(new MethodSettings { Method = "extraprop-rows", Settle = 0 });
         using var liftedWeights = program.Initialise(0);
         using var plainWeights = program.Initialise(0);
         using var lifted = extraprop.Formulation.Lift(new LiftContext(program, data.Train, CPU, ScalarType.Float32, 0, extraprop.StepRules, 0), liftedWeights);
         using var plain = backprop.Formulation.Lift(new LiftContext(program, data.Train, CPU, ScalarType.Float32, 0, backprop.StepRules, 0), plainWeights);
+        using var rowsWeights = program.Initialise(0);
+        using var rowsLifted = rowsOnly.Formulation.Lift(new LiftContext(program, data.Train, CPU, ScalarType.Float32, 0, rowsOnly.StepRules, 0), rowsWeights);
         var extragradient = Solvers.Solvers.Extragradient();
         var rows = new[] { PlayerNames.States, PlayerNames.Multipliers };
-        var phases = new[] { "backprop step", "extraprop: gather rows", "extraprop: inner iteration", "extraprop: outer iteration", "extraprop: scatter rows", "extraprop step" };
+        var phases = new[] { "backprop step", "extraprop: gather rows", "extraprop: inner iteration", "extraprop: outer iteration", "extraprop: scatter rows", "extraprop step", "extraprop-rows step" };
         var times = phases.ToDictionary(p => p, _ => new List<double>());
         for (int epoch = 1; epoch <= epochs; epoch++)
             foreach (var batch in MiniBatches.Epoch(data.Train, 128, 0, epoch))
@@ -56,6 +60,14 @@ public static class StepTime
                 lgame.Commit();
                 _ = lgame.Loss;
                 var t4 = clock.Elapsed.TotalMilliseconds;
+                clock.Restart();
+                using (var rgame = rowsLifted.Batch(batch))
+                {
+                    rowsOnly.Solver.Step(rgame);
+                    rgame.Commit();
+                    _ = rgame.Loss;
+                }
+                var t5 = clock.Elapsed.TotalMilliseconds;
                 if (epoch <= warmup) continue;
                 times[phases[0]].Add(t0);
                 times[phases[1]].Add(t1);
@@ -63,6 +75,7 @@ public static class StepTime
                 times[phases[3]].Add(t3 - t2);
                 times[phases[4]].Add(t4 - t3);
                 times[phases[5]].Add(t4);
+                times[phases[6]].Add(t5);
             }
         double Median(List<double> v) { var s = v.OrderBy(x => x).ToArray(); return s[s.Length / 2]; }
         var reference = Median(times[phases[0]]);

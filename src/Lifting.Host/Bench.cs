@@ -85,7 +85,7 @@ public static class Bench
             };
             rows.Add(row);
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  {resolved[m].Name,-12} {row["seconds_per_epoch"],8:F3} s/epoch  ×{row["ratio"],5:F2} (rounds {row["ratio_min"]:F2}–{row["ratio_max"]:F2})  " +
+                $"  {resolved[m].Name,-15} {row["seconds_per_epoch"],8:F3} s/epoch  ×{row["ratio"],5:F2} (rounds {row["ratio_min"]:F2}–{row["ratio_max"]:F2})  " +
                 $"per-example state {row["per_example_bytes"]} B  peak RSS {row["peak_rss_mib"]} MiB  test acc {row["test_accuracy"]:F4}"));
         }
         if (experiment.Json) output.WriteLine(JsonSerializer.Serialize(rows));

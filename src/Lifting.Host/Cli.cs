@@ -25,7 +25,7 @@ public static class Cli
           --net 784-256-10            layer sizes (first = inputs per example, last = classes)
           --activation relu           hidden activation: relu, tanh, sigmoid, hardtanh, identity, sign, step
           --loss cross-entropy        cross-entropy or mse
-          --method backprop           backprop, extraprop, gda, auglag, penalty, regularized
+          --method backprop           backprop, extraprop, extraprop-rows, gda, auglag, penalty, regularized
           --solver NAME               override the method's solver (see lifting methods)
           --optimizer sgd|adagrad|adam  step rule of the weights
           --optimizer-states R, --optimizer-multipliers R   step rule of those players only

@@ -48,6 +48,7 @@ let solvers : (string * (IReadOnlyList<SubProblem> -> ISolver) * bool * bool) li
     "alternating", (fun schedule -> Solvers.Alternating(schedule)), false, true
     // A longer look-ahead for the multipliers (EG+-style); the other players extrapolate as usual.
     "extragradient, multipliers extrapolate ×2", (fun _ -> Solvers.Extragradient(fun p -> if p = PlayerNames.Multipliers then 2.0 else 1.0)), true, true
+    "extragradient, weights not extrapolated", (fun _ -> Solvers.Extragradient(fun p -> if p = PlayerNames.Weights then 0.0 else 1.0)), true, true
     // One inner extragradient iteration on the per-example players (weights held) before each
     // extragradient iteration, as ExtraProp does.
     "extragradient with an inner iteration", (fun schedule ->

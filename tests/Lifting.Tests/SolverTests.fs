@@ -227,7 +227,15 @@ let tests =
             let plain = run (Solvers.Extragradient())
             Expect.isLessThan scaled (1.5 * (sqrt 0.1) ** 20.0 * sqrt 2.0) $"scaled contraction: {scaled}"
             Expect.isGreaterThan plain (1e3 * scaled) $"plain extragradient is far slower: {plain}"
-            Expect.throws (fun () -> (let game, _, _ = bilinearSteps 0.2 0.5 in Solvers.Extragradient(fun _ -> 0.0).Step game)) "a zero scale is refused"
+            Expect.throws (fun () -> (let game, _, _ = bilinearSteps 0.2 0.5 in Solvers.Extragradient(fun _ -> -1.0).Step game)) "a negative scale is refused"
+        }
+        test "extragradient with scale 0 for a player does not extrapolate it nor evaluate its part of F(x_k)" {
+            // From (1, 1), steps 0.1: ȳ = 1 + 0.1·1 = 1.1, x̄ = x = 1; then x ← 1 − 0.1·ȳ, y ← 1 + 0.1·x̄.
+            let game, x, y = bilinear (fun () -> StepRules.Constant 0.1)
+            Solvers.Extragradient(fun p -> if p = "x" then 0.0 else 1.0).Step game
+            Expect.floatClose Accuracy.high (x.Variables.[0].ToDouble()) 0.89 "x steps with the extrapolated y"
+            Expect.floatClose Accuracy.high (y.Variables.[0].ToDouble()) 1.1 "y steps with the unmoved x"
+            Expect.equal game.Evaluations 2 "two evaluations"
         }
         test "the solver catalog knows every solver and rejects unknown names" {
             for info in SolverCatalog.All do

@@ -15,7 +15,8 @@ namespace Lifting.Formulations;
 /// evaluation after the hold reuses the value, with its graph, if those players have not moved.
 public abstract class BatchGame : IBatchGame, IHoldFixed
 {
-    private sealed record Reused(Tensor Value, Tensor[] Inputs);
+    /// A reused value, copies of the inputs it was computed from, and those inputs themselves.
+    private sealed record Reused(Tensor Value, Tensor[] Inputs, IReadOnlyList<Tensor> Sources);
 
     private readonly HashSet<string> held = new();
     private readonly Dictionary<string, Reused> reused = new();
@@ -60,7 +61,7 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
             if (!Players.Any(p => p.Name == name)) throw new ArgumentException($"The game has no player '{name}' to hold fixed.");
             if (!held.Add(name)) throw new InvalidOperationException($"Player '{name}' is already held fixed.");
         }
-        DisposeReused(); // values kept from an earlier hold may be stale
+        DropStale(); // values kept from an earlier hold stay only if their inputs have not moved
         return new Release(this, players.ToArray());
     }
 
@@ -80,14 +81,13 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
             {
                 var value = compute().DetachFromDisposeScope();
                 using var _ = no_grad();
-                reused[key] = entry = new Reused(value, inputs.Select(t => t.detach().clone().DetachFromDisposeScope()).ToArray());
+                reused[key] = entry = new Reused(value, inputs.Select(t => t.detach().clone().DetachFromDisposeScope()).ToArray(), inputs);
             }
             return entry.Value.detach();
         }
         if (reused.Remove(key, out var kept))
         {
-            bool unchanged;
-            using (no_grad()) unchanged = kept.Inputs.Zip(inputs).All(p => { using var same = p.First.eq(p.Second).all(); return same.ToBoolean(); });
+            var unchanged = Unchanged(kept);
             foreach (var t in kept.Inputs) t.Dispose();
             if (unchanged && (kept.Value.requires_grad || !is_grad_enabled()))
             {
@@ -97,6 +97,23 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
             kept.Value.Dispose();
         }
         return compute();
+    }
+
+    private void DropStale()
+    {
+        foreach (var (key, entry) in reused.ToArray())
+        {
+            if (Unchanged(entry)) continue;
+            reused.Remove(key);
+            entry.Value.Dispose();
+            foreach (var t in entry.Inputs) t.Dispose();
+        }
+    }
+
+    private static bool Unchanged(Reused entry)
+    {
+        using var _ = no_grad();
+        return entry.Inputs.Zip(entry.Sources).All(p => { using var same = p.First.eq(p.Second).all(); return same.ToBoolean(); });
     }
 
     private void ReleaseHold(IEnumerable<string> players)

@@ -103,7 +103,8 @@ internal sealed class GradientDescentAscentSolver : ISolver
 /// evaluations per iteration. With AdaGrad on the multiple-shooting Lagrangian this is ExtraProp.
 ///
 /// Optionally the extrapolation of player p is scaled, x̄_p = P(x_p − γ_p d(F_p(x_k))): a longer
-/// look-ahead than the update (γ > 1, as in EG+ of Diakonikolas et al. 2021). On a rotation
+/// look-ahead than the update (γ > 1, as in EG+ of Diakonikolas et al. 2021), or none (γ = 0: the
+/// player is not extrapolated and its part of F(x_k) is never evaluated). On a rotation
 /// F = (v, −u) with update steps a, b and extrapolation steps γ_u·a, γ_v·b, the iteration matrix is
 /// [[1 − a·γ_v·b, −a], [b, 1 − b·γ_u·a]]: with γ = 1 its spectral radius is at best √0.75, while
 /// γ_v·b·a = γ_u·a·b = 1 brings it down to √(ab) (docs/methods.md).
@@ -113,27 +114,39 @@ internal sealed class ExtragradientSolver : ISolver
 
     public ExtragradientSolver(Func<string, double>? extrapolationScale) => this.extrapolationScale = extrapolationScale;
 
-    public string Name => extrapolationScale is null ? "extragradient" : "extragradient(scaled extrapolation)";
+    public string Name => extrapolationScale is null ? "extragradient" : "extragradient(per-player extrapolation)";
     public int MemorySlots => 0;
 
     public void Step(IGame game)
     {
         using var scope = NewDisposeScope();
         var players = game.Players;
-        var start = Solvers.Snapshot(players);
-        var atStart = game.Operator(players);
+        var scales = players.Select(p => extrapolationScale?.Invoke(p.Name) ?? 1.0).ToArray();
         for (int p = 0; p < players.Count; p++)
+            if (!(scales[p] >= 0) || double.IsInfinity(scales[p]))
+                throw new ArgumentOutOfRangeException(nameof(extrapolationScale), $"Invalid extrapolation scale for '{players[p].Name}': {scales[p]} (expected a finite value >= 0).");
+        // Players with scale 0 do not extrapolate: the first evaluation leaves them out and holds
+        // them fixed, so a game can reuse what depends only on them.
+        var extrapolating = players.Where((_, p) => scales[p] > 0).ToArray();
+        var start = Solvers.Snapshot(extrapolating);
+        if (extrapolating.Length == players.Count)
         {
-            var scale = extrapolationScale?.Invoke(players[p].Name) ?? 1.0;
-            if (!(scale > 0) || double.IsInfinity(scale))
-                throw new ArgumentOutOfRangeException(nameof(extrapolationScale), $"Invalid extrapolation scale for '{players[p].Name}': {scale} (expected a finite value > 0).");
-            Solvers.Descend(players[p], atStart[p], scale);
+            var atStart = game.Operator(players);
+            for (int p = 0; p < players.Count; p++) Solvers.Descend(players[p], atStart[p], scales[p]);
+        }
+        else if (extrapolating.Length > 0)
+        {
+            using var view = new Restricted(game, extrapolating.Select(p => p.Name).ToArray());
+            var atStart = view.Operator(extrapolating);
+            for (int p = 0; p < extrapolating.Length; p++)
+                Solvers.Descend(extrapolating[p], atStart[p], extrapolationScale!(extrapolating[p].Name));
         }
         var atExtrapolated = game.Operator(players);
-        Solvers.Restore(players, start);
+        Solvers.Restore(extrapolating, start);
         Solvers.DescendAll(players, atExtrapolated);
     }
 }
+
 
 /// Extragradient from the past / optimistic gradient (Popov 1980; Gidel et al. 2019; seed 000 §5):
 ///
