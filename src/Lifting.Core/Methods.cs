@@ -154,7 +154,6 @@ public static class Methods
             "cosine" => "cosine",
             var other => throw new ArgumentException($"Unknown schedule '{other}' (known: constant, cosine)."),
         };
-        if (!(settle >= 0 && settle < 1)) throw new ArgumentOutOfRangeException(nameof(settings.Settle), $"Invalid settle fraction: {settle} (expected 0 <= settle < 1).");
         if (settle > 0 && !formulation.PlayerNames.Any(p => p != PlayerNames.Weights))
             throw new ArgumentException($"Method '{name}' has no per-example variables to settle.");
         if (!(stateScale > 0) || double.IsInfinity(stateScale))

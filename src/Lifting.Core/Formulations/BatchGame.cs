@@ -105,9 +105,14 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
         {
             if (Unchanged(entry)) continue;
             reused.Remove(key);
-            entry.Value.Dispose();
-            foreach (var t in entry.Inputs) t.Dispose();
+            Dispose(entry);
         }
+    }
+
+    private static void Dispose(Reused entry)
+    {
+        entry.Value.Dispose();
+        foreach (var t in entry.Inputs) t.Dispose();
     }
 
     private static bool Unchanged(Reused entry)
@@ -123,11 +128,7 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
 
     private void DisposeReused()
     {
-        foreach (var entry in reused.Values)
-        {
-            entry.Value.Dispose();
-            foreach (var t in entry.Inputs) t.Dispose();
-        }
+        foreach (var entry in reused.Values) Dispose(entry);
         reused.Clear();
         foreach (var t in handedOver) t.Dispose();
         handedOver.Clear();

@@ -127,19 +127,14 @@ internal sealed class ExtragradientSolver : ISolver
                 throw new ArgumentOutOfRangeException(nameof(extrapolationScale), $"Invalid extrapolation scale for '{players[p].Name}': {scales[p]} (expected a finite value >= 0).");
         // Players with scale 0 do not extrapolate: the first evaluation leaves them out and holds
         // them fixed, so a game can reuse what depends only on them.
-        var extrapolating = players.Where((_, p) => scales[p] > 0).ToArray();
+        var moving = Enumerable.Range(0, players.Count).Where(p => scales[p] > 0).ToArray();
+        var extrapolating = moving.Select(p => players[p]).ToArray();
         var start = Solvers.Snapshot(extrapolating);
-        if (extrapolating.Length == players.Count)
+        if (moving.Length > 0)
         {
-            var atStart = game.Operator(players);
-            for (int p = 0; p < players.Count; p++) Solvers.Descend(players[p], atStart[p], scales[p]);
-        }
-        else if (extrapolating.Length > 0)
-        {
-            using var view = new Restricted(game, extrapolating.Select(p => p.Name).ToArray());
-            var atStart = view.Operator(extrapolating);
-            for (int p = 0; p < extrapolating.Length; p++)
-                Solvers.Descend(extrapolating[p], atStart[p], extrapolationScale!(extrapolating[p].Name));
+            using var view = moving.Length < players.Count ? new Restricted(game, extrapolating.Select(p => p.Name).ToArray()) : null;
+            var atStart = (view ?? game).Operator(extrapolating);
+            for (int k = 0; k < moving.Length; k++) Solvers.Descend(extrapolating[k], atStart[k], scales[moving[k]]);
         }
         var atExtrapolated = game.Operator(players);
         Solvers.Restore(extrapolating, start);

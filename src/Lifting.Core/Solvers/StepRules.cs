@@ -141,21 +141,20 @@ public static class Schedules
     /// of the E epochs (A = E − round(settle·E)) keeps the variables of this rule fixed while the
     /// others settle (for the lifted methods: the per-example states and multipliers converge for
     /// the final weights). The wrapped rule's state advances as usual.
-    public static IScheduledStepRule Cosine(IStepRule inner, double settle = 0.0)
-    {
-        if (!(settle >= 0 && settle < 1)) throw new ArgumentOutOfRangeException(nameof(settle), $"Invalid settle fraction: {settle} (expected 0 <= settle < 1).");
-        return new CosineRule(inner, settle);
-    }
+    public static IScheduledStepRule Cosine(IStepRule inner, double settle = 0.0) => new CosineRule(inner, CheckSettle(settle));
 
     /// d ← d for the first E − round(settle·E) epochs and d ← scale·d in the last round(settle·E),
     /// the epochs in which `Cosine(…, settle)` holds the weights: e.g. a smaller state step and a
     /// larger multiplier step while the per-example rows settle (docs/methods.md).
     public static IScheduledStepRule Settling(IStepRule inner, double settle, double scale)
     {
-        if (!(settle >= 0 && settle < 1)) throw new ArgumentOutOfRangeException(nameof(settle), $"Invalid settle fraction: {settle} (expected 0 <= settle < 1).");
+        CheckSettle(settle);
         if (!(scale >= 0) || double.IsInfinity(scale)) throw new ArgumentOutOfRangeException(nameof(scale), $"Invalid settling scale: {scale} (expected a finite value >= 0; 0 holds the variables).");
         return new SettlingRule(inner, settle, scale);
     }
+
+    private static double CheckSettle(double settle) => settle >= 0 && settle < 1 ? settle
+        : throw new ArgumentOutOfRangeException(nameof(settle), $"Invalid settle fraction: {settle} (expected 0 <= settle < 1).");
 
     /// The number of epochs before the settling ones.
     internal static int ActiveEpochs(int epochs, double settle) => Math.Max(1, epochs - (int)Math.Round(settle * epochs));
