@@ -31,6 +31,53 @@ public static class Devices
     public static Device Resolve(string name) => Resolve(Parse(name));
 }
 
+/// LibTorch's intra-op thread count. Results are bit-identical across processes for a seed and a
+/// thread count on one kind of CPU (docs/engine.md): LibTorch's default count follows the cores
+/// the process may run on, so a run that must be repeated sets it.
+public static class Threads
+{
+    public static int Count => torch.get_num_threads();
+
+    public static void Set(int count)
+    {
+        if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), $"Invalid thread count: {count} (expected >= 1).");
+        torch.set_num_threads(count);
+    }
+}
+
+/// What a run computed on: enough to say whether two runs can be bit-identical.
+public sealed record EngineInfo(string LibTorch, string TorchSharp, int Threads, string Device, string Cpu, string VectorInstructions)
+{
+    public static EngineInfo Current(Device device) => new(
+        torch.__version__,
+        typeof(torch).Assembly.GetName().Version?.ToString(3) ?? "unknown",
+        Lifting.Threads.Count,
+        device.type.ToString().ToLowerInvariant(),
+        CpuModel(),
+        VectorSet());
+
+    private static string CpuModel()
+    {
+        try
+        {
+            if (File.Exists("/proc/cpuinfo"))
+                foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                    if (line.StartsWith("model name", StringComparison.Ordinal)) return line[(line.IndexOf(':') + 1)..].Trim();
+        }
+        catch (IOException) { }
+        return System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString();
+    }
+
+    /// The widest x86 vector extension the CPU offers: LibTorch and MKL pick their kernels by it,
+    /// so results may differ between CPUs that differ here.
+    private static string VectorSet() =>
+        System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? "avx512"
+        : System.Runtime.Intrinsics.X86.Avx2.IsSupported ? "avx2"
+        : System.Runtime.Intrinsics.X86.Avx.IsSupported ? "avx"
+        : System.Runtime.Intrinsics.Arm.AdvSimd.IsSupported ? "neon"
+        : "baseline";
+}
+
 /// Native memory housekeeping.
 public static class NativeMemory
 {

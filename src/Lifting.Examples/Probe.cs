@@ -33,7 +33,7 @@ public static class Probe
         int settleEpochs = (int)Num("settle", 0), seed = (int)Num("seed", 0);
         double a = Num("lr-states", 0.5), b = Num("lr-multipliers", 1.0), scale = Num("settle-states", 1.0);
 
-        var data = DatasetCatalog.Load("mnist-10k");
+        using var data = DatasetCatalog.Load("mnist-10k");
         var program = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 10 }, Activations.ReLU, Losses.CrossEntropy);
         double settle = settleEpochs / (double)(epochs + settleEpochs);
         var states = Schedules.Settling(StepRules.Constant(a), settle, scale);
@@ -89,8 +89,8 @@ public static class Probe
                 Console.WriteLine($"settle {epoch - epochs,2}  defect {defect:E2}");
             else
             {
-                var (_, accuracy) = Trainer.Evaluate(program, problem.Weights.Tensors, data.Test);
-                Console.WriteLine($"epoch {epoch,2}  test acc {accuracy:F4}  defect {defect:E2}  mean λ error {errors / visited:F3}  mean cosine {cosines / visited:F3}");
+                var accuracy = Trainer.Evaluate(program, problem.Weights.Tensors, data.Validation).Accuracy;
+                Console.WriteLine($"epoch {epoch,2}  validation acc {accuracy:F4}  defect {defect:E2}  mean λ error {errors / visited:F3}  mean cosine {cosines / visited:F3}");
             }
         }
         if (settleEpochs > 0) ByCurvature(program, problem, data, a * scale, b / scale);

@@ -22,11 +22,11 @@ public static class StepTime
     {
         int epochs = settings.TryGetValue("epochs", out var e) ? int.Parse(e, CultureInfo.InvariantCulture) : 6;
         int warmup = settings.TryGetValue("warmup", out var w) ? int.Parse(w, CultureInfo.InvariantCulture) : 2;
-        var data = DatasetCatalog.Load("mnist-10k");
+        using var data = DatasetCatalog.Load("mnist-10k");
         var program = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 10 }, Activations.ReLU, Losses.CrossEntropy);
-        var extraprop = Methods.Resolve(new MethodSettings { Method = "extraprop", Settle = 0 });
-        var backprop = Methods.Resolve(new MethodSettings { Method = "backprop" });
-        var rowsOnly = Methods.Resolve(new MethodSettings { Method = "extraprop-rows", Settle = 0 });
+        var extraprop = Methods.Resolve(new MethodSettings("extraprop").With("settle", 0.0));
+        var backprop = Methods.Resolve(new MethodSettings("backprop"));
+        var rowsOnly = Methods.Resolve(new MethodSettings("extraprop-rows").With("settle", 0.0));
         using var liftedWeights = program.Initialise(0);
         using var plainWeights = program.Initialise(0);
         using var lifted = extraprop.Formulation.Lift(new LiftContext(program, data.Train, CPU, ScalarType.Float32, 0, extraprop.StepRules, 0), liftedWeights);

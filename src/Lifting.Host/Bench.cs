@@ -37,16 +37,17 @@ public static class Bench
             else rest.Add(args[i]);
         }
         foreach (var flag in rest.Where(a => a.StartsWith("--", StringComparison.Ordinal)))
-            if (flag is not ("--data" or "--net" or "--activation" or "--epochs" or "--batch" or "--seed" or "--device" or "--json"))
+            if (flag is not ("--data" or "--net" or "--activation" or "--epochs" or "--batch" or "--seed" or "--device" or "--threads" or "--json"))
                 throw new UsageException($"unknown option '{flag}' for bench (see lifting --help)");
         experiment = Experiment.Parse(rest, experiment);
 
+        Cli.ApplyThreads(experiment);
         var device = Devices.Resolve(experiment.Device);
-        var resolved = methods.Select(m => Methods.Resolve(new MethodSettings { Method = m })).ToArray();
-        var data = DatasetCatalog.Load(experiment.Data, device);
+        var resolved = methods.Select(Methods.Resolve).ToArray();
+        using var data = DatasetCatalog.Load(experiment.Data, Cli.DataOptions(experiment, device));
         var program = Cli.BuildProgram(experiment, data.Train);
         output.WriteLine($"bench on {experiment.Data}, {experiment.Net ?? "default net"}, batch {experiment.Batch}, {experiment.Epochs} epochs, " +
-                         $"{repeats} rounds, device {device.type}, {Environment.ProcessorCount} cores");
+                         $"{repeats} rounds, device {device.type}, {Threads.Count} threads, {Environment.ProcessorCount} cores");
 
         var runs = resolved.Select(_ => new List<(double Seconds, double Ratio, double PeakMiB, long Bytes, double Accuracy)>()).ToArray();
         for (int round = 0; round < repeats; round++)
@@ -56,15 +57,14 @@ public static class Bench
             {
                 var method = resolved[m];
                 ResetPeakMemory();
-                var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
+                using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
                     new TrainingOptions { Epochs = experiment.Epochs, BatchSize = experiment.Batch, Seed = experiment.Seed, Device = device });
-                result.Weights.Dispose();
                 var learning = result.Epochs.Skip(1).Where(e => e.Held.Count == 0).Select(e => e.Seconds).ToArray();
                 if (learning.Length == 0)
                     throw new UsageException($"--epochs {experiment.Epochs}: {method.Name} has no learning epoch after the first; give more epochs");
                 var seconds = Median(learning);
                 reference ??= seconds;
-                runs[m].Add((seconds, seconds / reference.Value, PeakMemoryBytes() / 1048576.0, result.PerExampleBytes, result.FinalTestAccuracy));
+                runs[m].Add((seconds, seconds / reference.Value, PeakMemoryBytes() / 1048576.0, result.PerExampleBytes, result.Selected.TestAccuracy));
             }
         }
 
@@ -81,7 +81,7 @@ public static class Bench
                 ["ratio_max"] = Math.Round(r.Max(x => x.Ratio), 3),
                 ["per_example_bytes"] = r[0].Bytes,
                 ["peak_rss_mib"] = Math.Round(Median(r.Select(x => x.PeakMiB)), 1),
-                ["test_accuracy"] = Math.Round(r[0].Accuracy, 4),
+                ["test_accuracy"] = Math.Round(r[0].Accuracy, 4), // at the epoch selected on validation
             };
             rows.Add(row);
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,

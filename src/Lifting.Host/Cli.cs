@@ -4,6 +4,7 @@ using Lifting.Data;
 using Lifting.Programs;
 using Lifting.Solvers;
 using Lifting.Training;
+using static TorchSharp.torch;
 
 namespace Lifting.Host;
 
@@ -26,34 +27,25 @@ public static class Cli
           --activation relu           hidden activation: relu, tanh, sigmoid, hardtanh, identity, sign, step
           --loss cross-entropy        cross-entropy or mse
           --method backprop           backprop, extraprop, extraprop-rows, gda, auglag, penalty, regularized
-          --solver NAME               override the method's solver (see lifting methods)
-          --optimizer sgd|adagrad|adam  step rule of the weights
-          --optimizer-states R, --optimizer-multipliers R   step rule of those players only
-          --inner N                   solver iterations on the per-example players alone before each full one
-          --inner-solver NAME         the solver of those iterations (extragradient)
-          --schedule constant|cosine  schedule of the weights' step over the epochs
-          --settle F                  hold the weights in the last fraction F of the epochs while the
-                                      per-example states and multipliers settle (extraprop: 0.2)
-          --settle-states X           while settling, state step ×X and multiplier step ÷X (extraprop: 0.3)
-          --lr X                      step size of the weights
-          --lr-states X               step size of the per-example states
-          --lr-multipliers X          step size of the multipliers
-          --eps X                     epsilon-insensitive defect (seed 001 eq. 3)
-          --c X                       augmented-Lagrangian coefficient
-          --reparametrise             states reparametrised through the activation's range
-          --reduced                   one constraint ReLU(|g|_1 - eps) per example and block
-          --mu X --mu-growth X --mu-max X   penalty schedule (initial, per-epoch factor, cap)
-          --state-steps N             inner state steps per weight step (penalty)
-          --epochs N (20)  --batch N (64)  --seed N (0)  --patience N (0 = off)
+          --PARAMETER VALUE           any parameter of the method, e.g. --lr 1e-3 --solver gda --settle 0.2;
+                                      `lifting methods` lists each method's parameters and defaults
+          --epochs N (20)  --batch N (64)  --seed N (0)
+          --validation-fraction F     training examples held out for validation (0.1); selection (best
+                                      epoch, early stopping) uses them; 0 = none, selection = last epoch
+          --split-seed N              seed of the validation split (fixed by default)
+          --patience N                stop after N epochs without a better validation accuracy (0 = off)
           --iterations N              solver iterations per mini-batch (1)
           --cosine                    log the cosine between the weight update and backprop's gradient
           --device auto|cpu|cuda      (auto)
-          --out DIR                   write a run folder (config, metrics.jsonl, summary.json, weights.bin)
+          --threads N                 LibTorch threads (default: LibTorch's choice, recorded); results
+                                      are bit-identical for a seed and a thread count on one CPU type
+          --out DIR                   write a run folder (config, metrics.jsonl, summary.json, timing.json,
+                                      weights.bin, weights-selected.bin)
           --config FILE               read the experiment from JSON (flags override it)
           --json                      make the last line of output a JSON summary
 
         bench options: --methods backprop,extraprop,... --repeats N (3, interleaved rounds) plus --data --net
-                       --epochs (4) --batch --seed --device --json
+                       --epochs (4) --batch --seed --device --threads --json
 
         Bad input gives a one-line error and exit code 2.
         """;
@@ -94,14 +86,28 @@ public static class Cli
 
     private static int ListMethods(TextWriter output)
     {
-        output.WriteLine("methods (--method):");
-        foreach (var m in Methods.All) output.WriteLine($"  {m.Name,-16}{m.Description}");
+        output.WriteLine("methods (--method), each with its parameters (--name value) and defaults:");
+        foreach (var m in Methods.All)
+        {
+            output.WriteLine($"  {m.Name,-16}{m.Description}");
+            foreach (var p in m.Parameters)
+                output.WriteLine($"      --{p.Name,-24}{p.Default,-14}{p.Domain,-28}{p.Description}");
+        }
         output.WriteLine("solvers (--solver):");
         foreach (var s in SolverCatalog.All) output.WriteLine($"  {s.Name,-16}{s.Description}");
-        output.WriteLine("step rules (--optimizer):");
+        output.WriteLine("step rules (--optimizer, --optimizer-states, ...):");
         foreach (var r in StepRuleCatalog.All) output.WriteLine($"  {r.Name,-16}{r.Description}");
         return 0;
     }
+
+    /// Sets the thread count when asked; otherwise LibTorch's default stands (and is recorded).
+    internal static void ApplyThreads(Experiment experiment)
+    {
+        if (experiment.Threads is { } threads) Threads.Set(threads);
+    }
+
+    internal static DataOptions DataOptions(Experiment experiment, Device device) =>
+        new() { Device = device, ValidationFraction = experiment.ValidationFraction, SplitSeed = experiment.SplitSeed };
 
     private static int Train(string[] args, TextWriter output, TextWriter error)
     {
@@ -113,10 +119,13 @@ public static class Cli
             start = Experiment.FromJsonFile(args[configAt + 1]);
         }
         var experiment = Experiment.Parse(args, start);
+        if (experiment.Patience > 0 && experiment.ValidationFraction == 0)
+            throw new UsageException("--patience needs a validation split; --validation-fraction 0 leaves none");
 
+        ApplyThreads(experiment);
         var device = Devices.Resolve(experiment.Device);
         var method = Methods.Resolve(experiment.ToMethodSettings());
-        var data = DatasetCatalog.Load(experiment.Data, device);
+        using var data = DatasetCatalog.Load(experiment.Data, DataOptions(experiment, device));
         var program = BuildProgram(experiment, data.Train);
         var options = new TrainingOptions
         {
@@ -128,13 +137,15 @@ public static class Cli
             IterationsPerBatch = experiment.Iterations,
             CosineToBackprop = experiment.Cosine,
         };
+        options.Validate();
+        var engine = EngineInfo.Current(device);
         var folder = experiment.Out is null ? null : new RunFolder(experiment.Out);
-        folder?.WriteConfig(experiment.ToJson());
+        folder?.WriteConfig(experiment.ToJson(method, engine));
 
-        var quiet = experiment.Json;
-        output.WriteLine($"{method.Name} on {experiment.Data} ({data.Train.Count} train / {data.Test.Count} test), device {device.type}");
+        output.WriteLine($"{method.Name} on {experiment.Data} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), " +
+                         $"device {engine.Device}, {engine.Threads} threads, LibTorch {engine.LibTorch}");
         output.WriteLine($"  program   {program}");
-        foreach (var (key, value) in method.Settings) output.WriteLine($"  {key,-18}{value}");
+        foreach (var (key, value) in method.Summary) output.WriteLine($"  {key,-18}{value}");
 
         var showBatches = !Console.IsErrorRedirected;
         var observer = Observers.Create(
@@ -142,7 +153,7 @@ public static class Cli
             {
                 if (showBatches) error.Write("\r\x1b[K");
                 output.WriteLine(FormatEpoch(m, experiment.Epochs));
-                folder?.AppendMetrics(JsonSerializer.Serialize(MetricsRecord(m)));
+                folder?.AppendMetrics(JsonSerializer.Serialize(MetricsRecord(m), JsonOptions));
             },
             onBatch: (epoch, batch, total) =>
             {
@@ -150,47 +161,91 @@ public static class Cli
                     error.Write($"\repoch {epoch}/{experiment.Epochs}  batch {batch}/{total}");
             });
 
-        var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules, options, observer);
-        using var weights = result.Weights;
-        folder?.WriteWeights(program, weights);
+        using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules, options, observer);
+        folder?.WriteWeights("weights.bin", program, result.Weights);
+        folder?.WriteWeights("weights-selected.bin", program, result.SelectedWeights);
 
-        var summary = new Dictionary<string, object>
+        var summary = Summary(method, experiment, result);
+        var timing = Timing(result);
+        folder?.WriteSummary(JsonSerializer.Serialize(summary, IndentedJsonOptions));
+        folder?.WriteTiming(JsonSerializer.Serialize(timing, IndentedJsonOptions));
+
+        var selected = result.Selected;
+        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"selected epoch {result.SelectedEpoch} by {(result.SelectedBy == Selection.ValidationAccuracy ? "validation accuracy" : "last epoch (no validation split)")}: " +
+            $"validation {Show(selected.ValidationAccuracy)}, test {selected.TestAccuracy:F4}; last epoch: test {result.Final.TestAccuracy:F4} " +
+            $"({result.SecondsPerEpoch:F2} s/epoch){(folder is null ? "" : $"; run folder {folder.Path}")}"));
+        if (experiment.Json)
         {
-            ["method"] = method.Name,
-            ["data"] = experiment.Data,
-            ["test_accuracy"] = Round(result.FinalTestAccuracy),
-            ["best_test_accuracy"] = Round(result.BestTestAccuracy),
-            ["best_epoch"] = result.BestEpoch,
-            ["train_loss"] = Round(result.FinalTrainLoss),
-            ["epochs"] = result.Epochs.Count,
-            ["seconds_per_epoch"] = Round(result.SecondsPerEpoch),
-        };
-        if (double.IsFinite(result.SecondsPerLearningEpoch) && result.SecondsPerLearningEpoch != result.SecondsPerEpoch)
-            summary["seconds_per_learning_epoch"] = Round(result.SecondsPerLearningEpoch);
-        if (method.Formulation.PlayerNames.Count > 1)
-        {
-            summary["defect"] = result.FinalDefect;
-            summary["batch_defect"] = result.FinalBatchDefect;
+            foreach (var (k, v) in timing) if (v is not IEnumerable<double>) summary[k] = v;
+            output.WriteLine(JsonSerializer.Serialize(summary, JsonOptions));
         }
-        var summaryJson = JsonSerializer.Serialize(summary);
-        folder?.WriteSummary(JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true }));
-
-        output.WriteLine($"test accuracy {result.FinalTestAccuracy:F4} after {result.Epochs.Count} epochs " +
-                         $"({result.SecondsPerEpoch:F2} s/epoch){(folder is null ? "" : $"; run folder {folder.Path}")}");
-        if (quiet) output.WriteLine(summaryJson);
         return 0;
     }
 
+    private static string Show(double? accuracy) => accuracy is { } a ? a.ToString("F4", CultureInfo.InvariantCulture) : "–";
+
+    internal static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    internal static readonly JsonSerializerOptions IndentedJsonOptions = new(JsonOptions) { WriteIndented = true };
+
     private static double Round(double v) => Math.Round(v, 6);
+
+    /// What the run reached: a pure function of the config and the machine (no timings), so two
+    /// runs of one config write the same summary.json byte for byte.
+    private static Dictionary<string, object?> Summary(ResolvedMethod method, Experiment experiment, TrainingResult result)
+    {
+        var summary = new Dictionary<string, object?>
+        {
+            ["method"] = method.Name,
+            ["data"] = experiment.Data,
+            ["selected_by"] = result.SelectedBy == Selection.ValidationAccuracy ? "validation_accuracy" : "last_epoch",
+            ["selected_epoch"] = result.SelectedEpoch,
+            ["validation_accuracy"] = result.Selected.ValidationAccuracy is { } v ? Round(v) : null,
+            ["test_accuracy"] = Round(result.Selected.TestAccuracy),
+            ["final_validation_accuracy"] = result.Final.ValidationAccuracy is { } fv ? Round(fv) : null,
+            ["final_test_accuracy"] = Round(result.Final.TestAccuracy),
+            ["train_loss"] = Round(result.Final.TrainLoss),
+            ["epochs"] = result.Epochs.Count,
+            ["stopped_early"] = result.StoppedEarly,
+            ["per_example_bytes"] = result.PerExampleBytes,
+            ["threads"] = result.Engine.Threads,
+        };
+        if (method.Formulation.PlayerNames.Count > 1)
+        {
+            summary["defect"] = result.FinalDefect;
+            summary["defect_before_finish"] = result.DefectBeforeFinish;
+            summary["batch_defect"] = result.FinalBatchDefect;
+        }
+        return summary;
+    }
+
+    /// The run's timings, kept apart from the deterministic files.
+    private static Dictionary<string, object> Timing(TrainingResult result)
+    {
+        var timing = new Dictionary<string, object>
+        {
+            ["seconds_per_epoch"] = Round(result.SecondsPerEpoch),
+            ["epoch_seconds"] = result.Epochs.Select(e => Round(e.Seconds)).ToArray(),
+        };
+        if (double.IsFinite(result.SecondsPerLearningEpoch) && result.SecondsPerLearningEpoch != result.SecondsPerEpoch)
+            timing["seconds_per_learning_epoch"] = Round(result.SecondsPerLearningEpoch);
+        return timing;
+    }
 
     private static Dictionary<string, object?> MetricsRecord(EpochMetrics m) => new()
     {
         ["epoch"] = m.Epoch,
         ["train_loss"] = m.TrainLoss,
         ["objective"] = m.Objective,
-        ["test_accuracy"] = m.TestAccuracy,
-        ["test_loss"] = m.TestLoss,
-        ["seconds"] = m.Seconds,
+        ["loss_term"] = m.LossTerm,
+        ["validation_accuracy"] = m.Validation?.Accuracy,
+        ["validation_loss"] = m.Validation?.Loss,
+        ["test_accuracy"] = m.Test.Accuracy,
+        ["test_loss"] = m.Test.Loss,
         ["defects"] = m.Defects,
         ["batch_defect"] = m.BatchDefect,
         ["multiplier_norms"] = m.MultiplierNorms,
@@ -201,11 +256,12 @@ public static class Cli
 
     private static string FormatEpoch(EpochMetrics m, int epochs)
     {
-        var line = $"epoch {m.Epoch,3}/{epochs}  train loss {m.TrainLoss:F4}  test acc {m.TestAccuracy:F4}  {m.Seconds:F2} s";
+        var line = string.Create(CultureInfo.InvariantCulture,
+            $"epoch {m.Epoch,3}/{epochs}  train loss {m.TrainLoss:F4}  objective {m.Objective:G4} (loss term {m.LossTerm:G4})  val acc {Show(m.ValidationAccuracy)}  test acc {m.TestAccuracy:F4}  {m.Seconds:F2} s");
         if (m.Defects.Count > 0) line += $"  defect {string.Join("/", m.Defects.Select(d => d.ToString("E2", CultureInfo.InvariantCulture)))}";
         if (m.MultiplierNorms.Count > 0) line += $"  |λ|² {string.Join("/", m.MultiplierNorms.Select(d => d.ToString("E2", CultureInfo.InvariantCulture)))}";
-        if (m.CosineToBackprop is { } c) line += $"  cos {c:F3}";
-        foreach (var (k, v) in m.Diagnostics) line += $"  {k} {v:G4}";
+        if (m.CosineToBackprop is { } c) line += string.Create(CultureInfo.InvariantCulture, $"  cos {c:F3}");
+        foreach (var (k, v) in m.Diagnostics) line += string.Create(CultureInfo.InvariantCulture, $"  {k} {v:G4}");
         if (m.Held.Count > 0) line += $"  (settling: {string.Join(", ", m.Held)} held)";
         return line;
     }

@@ -1,11 +1,13 @@
 using System.Globalization;
 using System.Text.Json;
-using System.Text.Json.Serialization;
+using System.Text.Json.Nodes;
 
 namespace Lifting.Host;
 
 /// An experiment as data: everything `lifting train` needs. Comes from CLI flags, a JSON file
-/// (`--config FILE`), or both (flags override the file).
+/// (`--config FILE`), or both (flags override the file). The run's own settings are fixed fields;
+/// every other key is a parameter of the chosen method (`lifting methods` lists them), checked
+/// against the method's declaration when the method is resolved.
 public sealed record Experiment
 {
     public string Data { get; init; } = "digits";
@@ -14,26 +16,6 @@ public sealed record Experiment
     public string Activation { get; init; } = "relu";
     public string Loss { get; init; } = "cross-entropy";
     public string Method { get; init; } = "backprop";
-    public string? Solver { get; init; }
-    public string? Optimizer { get; init; }
-    public string? OptimizerStates { get; init; }
-    public string? OptimizerMultipliers { get; init; }
-    public int? Inner { get; init; }
-    public string? InnerSolver { get; init; }
-    public string? Schedule { get; init; }
-    public double? Settle { get; init; }
-    public double? SettleStates { get; init; }
-    public double? Lr { get; init; }
-    public double? LrStates { get; init; }
-    public double? LrMultipliers { get; init; }
-    public double? Eps { get; init; }
-    public double? C { get; init; }
-    public bool? Reparametrise { get; init; }
-    public bool? Reduced { get; init; }
-    public double? Mu { get; init; }
-    public double? MuGrowth { get; init; }
-    public double? MuMax { get; init; }
-    public int? StateSteps { get; init; }
     public int Epochs { get; init; } = 20;
     public int Batch { get; init; } = 64;
     public int Seed { get; init; }
@@ -41,115 +23,150 @@ public sealed record Experiment
     public int Iterations { get; init; } = 1;
     public bool Cosine { get; init; }
     public string Device { get; init; } = "auto";
+    /// LibTorch's intra-op thread count; null = LibTorch's default (recorded with the run).
+    public int? Threads { get; init; }
+    public double ValidationFraction { get; init; } = 0.1;
+    public int SplitSeed { get; init; } = Lifting.Data.DataOptions.DefaultSplitSeed;
+    /// The method's parameters that differ from its defaults (invariant text).
+    public IReadOnlyDictionary<string, string> Parameters { get; init; } = new Dictionary<string, string>();
     public string? Out { get; init; }
     public bool Json { get; init; }
 
-    public MethodSettings ToMethodSettings() => new()
+    public MethodSettings ToMethodSettings() => new(Method) { Values = Parameters };
+
+    public Experiment WithParameter(string name, string value) =>
+        this with { Parameters = new Dictionary<string, string>(Parameters) { [name] = value } };
+
+    /// The run's own settings by their JSON/flag names; the other keys are method parameters.
+    private static readonly string[] RunKeys =
     {
-        Method = Method,
-        Solver = Solver,
-        StepRule = Rule(Optimizer),
-        StateStepRule = Rule(OptimizerStates),
-        MultiplierStepRule = Rule(OptimizerMultipliers),
-        InnerIterations = Inner,
-        InnerSolver = InnerSolver,
-        WeightSchedule = Schedule?.ToLowerInvariant(),
-        Settle = Settle,
-        SettleStateScale = SettleStates,
-        LearningRate = Lr,
-        StateLearningRate = LrStates,
-        MultiplierLearningRate = LrMultipliers,
-        Epsilon = Eps,
-        Augmentation = C,
-        ReparametriseStates = Reparametrise,
-        ReducedConstraint = Reduced,
-        MuInitial = Mu,
-        MuGrowth = MuGrowth,
-        MuMaximum = MuMax,
-        StateSteps = StateSteps,
+        "data", "net", "activation", "loss", "method", "epochs", "batch", "seed", "patience", "iterations",
+        "cosine", "device", "threads", "validation-fraction", "split-seed",
     };
 
-    private static string? Rule(string? name) =>
-        name is null ? null : name.Equals("sgd", StringComparison.OrdinalIgnoreCase) ? "constant" : name.ToLowerInvariant();
+    public static bool IsRunKey(string name) => RunKeys.Contains(name) || name is "out" or "json" or "config" or "environment";
 
-    internal static readonly JsonSerializerOptions JsonOptions = new()
-    {
-        PropertyNamingPolicy = JsonNamingPolicy.KebabCaseLower,
-        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
-        WriteIndented = true,
-        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
-    };
-
+    /// Reads an experiment: the run's settings by name, every other key a method parameter. The
+    /// `environment` block a run folder's config carries is informational and skipped.
     public static Experiment FromJsonFile(string path)
     {
         if (!File.Exists(path)) throw new UsageException($"config file not found: {path}");
-        try
+        JsonNode? root;
+        try { root = JsonNode.Parse(File.ReadAllText(path)); }
+        catch (JsonException x) { throw new UsageException($"{path}: malformed config: {x.Message.Split('\n')[0]}"); }
+        if (root is not JsonObject obj) throw new UsageException($"{path}: the config must be a JSON object");
+        var e = new Experiment();
+        foreach (var (key, node) in obj)
         {
-            return JsonSerializer.Deserialize<Experiment>(File.ReadAllText(path), JsonOptions)
-                ?? throw new UsageException($"{path}: the config is empty");
+            if (key is "environment" or "out" or "json") continue;
+            var text = node switch
+            {
+                null => throw new UsageException($"{path}: '{key}' is null"),
+                JsonValue v when v.TryGetValue<string>(out var s) => s,
+                JsonValue v when v.TryGetValue<bool>(out var b) => b ? "true" : "false",
+                JsonValue v => v.ToJsonString(),
+                _ => throw new UsageException($"{path}: '{key}' must be a number, a string or a boolean"),
+            };
+            try { e = e.Set(key, text, fromFlag: false); }
+            catch (UsageException u) { throw new UsageException($"{path}: {u.Message}"); }
         }
-        catch (JsonException e)
-        {
-            throw new UsageException($"{path}: malformed config: {e.Message.Split('\n')[0]}");
-        }
+        return e;
     }
 
-    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+    /// Every setting of the run, method defaults included, and the environment it ran in: enough
+    /// to repeat the run (`--config`), and nothing that names where it was written.
+    public string ToJson(ResolvedMethod method, EngineInfo engine)
+    {
+        var o = new JsonObject
+        {
+            ["data"] = Data,
+            ["net"] = Net,
+            ["activation"] = Activation,
+            ["loss"] = Loss,
+            ["method"] = method.Name,
+            ["epochs"] = Epochs,
+            ["batch"] = Batch,
+            ["seed"] = Seed,
+            ["patience"] = Patience,
+            ["iterations"] = Iterations,
+            ["cosine"] = Cosine,
+            ["device"] = Device,
+            ["threads"] = engine.Threads,
+            ["validation-fraction"] = ValidationFraction,
+            ["split-seed"] = SplitSeed,
+        };
+        if (Net is null) o.Remove("net");
+        foreach (var (name, value) in method.Arguments.Values)
+            o[name] = method.Arguments.Method.Parameter(name)!.Kind switch
+            {
+                ParameterKind.Real => JsonValue.Create(double.Parse(value, CultureInfo.InvariantCulture)),
+                ParameterKind.Integer => JsonValue.Create(int.Parse(value, CultureInfo.InvariantCulture)),
+                ParameterKind.Flag => JsonValue.Create(value == "true"),
+                _ => JsonValue.Create(value),
+            };
+        o["environment"] = new JsonObject
+        {
+            ["libtorch"] = engine.LibTorch,
+            ["torchsharp"] = engine.TorchSharp,
+            ["threads"] = engine.Threads,
+            ["device"] = engine.Device,
+            ["cpu"] = engine.Cpu,
+            ["vector-instructions"] = engine.VectorInstructions,
+        };
+        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
 
-    /// Parses `train` flags on top of `start`.
+    /// Parses `train` flags on top of `start`. `--name value` for the run's settings and the method's
+    /// parameters; a method flag without a value (`--reparametrise`) means true.
     public static Experiment Parse(IReadOnlyList<string> args, Experiment start)
     {
         var e = start;
         for (int i = 0; i < args.Count; i++)
         {
             var flag = args[i];
-            string Value()
+            if (!flag.StartsWith("--", StringComparison.Ordinal) || flag.Length == 2)
+                throw new UsageException($"unexpected argument '{flag}' (options start with --; see lifting --help)");
+            var name = flag[2..];
+            bool hasValue = i + 1 < args.Count && (!args[i + 1].StartsWith("--", StringComparison.Ordinal) || IsNumber(args[i + 1]));
+            switch (name)
             {
-                if (i + 1 >= args.Count || args[i + 1].StartsWith("--", StringComparison.Ordinal) && !IsNumber(args[i + 1]))
-                    throw new UsageException($"{flag} needs a value");
-                return args[++i];
+                case "json": e = e with { Json = true }; continue;
+                case "cosine": e = e with { Cosine = true }; continue;
+                case "config": if (!hasValue) throw new UsageException("--config needs a value"); i++; continue; // read before parsing
             }
-            e = flag switch
+            if (IsRunKey(name) || name == "out")
             {
-                "--data" => e with { Data = Value() },
-                "--net" => e with { Net = Value() },
-                "--activation" => e with { Activation = Value() },
-                "--loss" => e with { Loss = Value() },
-                "--method" => e with { Method = Value() },
-                "--solver" => e with { Solver = Value() },
-                "--optimizer" or "--step-rule" => e with { Optimizer = Value() },
-                "--optimizer-states" => e with { OptimizerStates = Value() },
-                "--optimizer-multipliers" => e with { OptimizerMultipliers = Value() },
-                "--inner" => e with { Inner = NonNegativeInt(flag, Value()) },
-                "--inner-solver" => e with { InnerSolver = Value() },
-                "--schedule" => e with { Schedule = Value() },
-                "--settle" => e with { Settle = Fraction(flag, Value()) },
-                "--settle-states" => e with { SettleStates = Positive(flag, Value()) },
-                "--lr" => e with { Lr = Positive(flag, Value()) },
-                "--lr-states" => e with { LrStates = Positive(flag, Value()) },
-                "--lr-multipliers" => e with { LrMultipliers = Positive(flag, Value()) },
-                "--eps" => e with { Eps = NonNegative(flag, Value()) },
-                "--c" => e with { C = NonNegative(flag, Value()) },
-                "--reparametrise" => e with { Reparametrise = true },
-                "--reduced" => e with { Reduced = true },
-                "--mu" => e with { Mu = Positive(flag, Value()) },
-                "--mu-growth" => e with { MuGrowth = Positive(flag, Value()) },
-                "--mu-max" => e with { MuMax = Positive(flag, Value()) },
-                "--state-steps" => e with { StateSteps = PositiveInt(flag, Value()) },
-                "--epochs" => e with { Epochs = PositiveInt(flag, Value()) },
-                "--batch" => e with { Batch = PositiveInt(flag, Value()) },
-                "--seed" => e with { Seed = Int(flag, Value()) },
-                "--patience" => e with { Patience = NonNegativeInt(flag, Value()) },
-                "--iterations" => e with { Iterations = PositiveInt(flag, Value()) },
-                "--cosine" => e with { Cosine = true },
-                "--device" => e with { Device = Value() },
-                "--out" => e with { Out = Value() },
-                "--json" => e with { Json = true },
-                "--config" => Value() is var _ ? e : e, // handled before parsing
-                _ => throw new UsageException($"unknown option '{flag}' (see lifting --help)"),
-            };
+                if (!hasValue) throw new UsageException($"{flag} needs a value");
+                e = e.Set(name, args[++i], fromFlag: true);
+            }
+            else e = e.WithParameter(name, hasValue ? args[++i] : "true");
         }
         return e;
+    }
+
+    private Experiment Set(string name, string value, bool fromFlag)
+    {
+        var flag = fromFlag ? "--" + name : name;
+        return name switch
+        {
+            "data" => this with { Data = value },
+            "net" => this with { Net = value },
+            "activation" => this with { Activation = value },
+            "loss" => this with { Loss = value },
+            "method" => this with { Method = value },
+            "epochs" => this with { Epochs = PositiveInt(flag, value) },
+            "batch" => this with { Batch = PositiveInt(flag, value) },
+            "seed" => this with { Seed = Int(flag, value) },
+            "patience" => this with { Patience = NonNegativeInt(flag, value) },
+            "iterations" => this with { Iterations = PositiveInt(flag, value) },
+            "cosine" => this with { Cosine = Bool(flag, value) },
+            "device" => this with { Device = value },
+            "threads" => this with { Threads = PositiveInt(flag, value) },
+            "validation-fraction" => this with { ValidationFraction = Fraction(flag, value) },
+            "split-seed" => this with { SplitSeed = Int(flag, value) },
+            "out" => this with { Out = value },
+            _ => WithParameter(name, value),
+        };
     }
 
     private static bool IsNumber(string s) => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _);
@@ -158,14 +175,15 @@ public sealed record Experiment
         double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v) ? v
         : throw new UsageException($"{flag}: '{value}' is not a finite number");
 
-    private static double Positive(string flag, string value) =>
-        Number(flag, value) is var v and > 0 ? v : throw new UsageException($"{flag}: {value} must be > 0");
-
-    private static double NonNegative(string flag, string value) =>
-        Number(flag, value) is var v and >= 0 ? v : throw new UsageException($"{flag}: {value} must be >= 0");
-
     private static double Fraction(string flag, string value) =>
         Number(flag, value) is var v and >= 0 and < 1 ? v : throw new UsageException($"{flag}: {value} must be >= 0 and < 1");
+
+    private static bool Bool(string flag, string value) => value.ToLowerInvariant() switch
+    {
+        "true" => true,
+        "false" => false,
+        _ => throw new UsageException($"{flag}: '{value}' is not true or false"),
+    };
 
     private static int Int(string flag, string value) =>
         int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v

@@ -6,9 +6,13 @@ using static TorchSharp.torch;
 
 namespace Lifting.Host;
 
-/// A run folder: config.json, metrics.jsonl, summary.json and weights.bin. Every file is written
-/// to a temporary sibling and renamed into place, so an interrupted run never leaves a
-/// half-written file and never damages what an earlier write produced.
+/// A run folder: config.json (every setting and the environment), metrics.jsonl (one line per
+/// epoch), summary.json (what the run reached), timing.json (seconds per epoch), weights.bin (the
+/// final weights) and weights-selected.bin (the weights of the epoch selected on validation). All
+/// but timing.json are a pure function of the config and the machine: two runs of one config
+/// write them byte for byte alike. Every file is written to a temporary sibling and renamed into
+/// place, so an interrupted run never leaves a half-written file and never damages what an
+/// earlier write produced.
 public sealed class RunFolder
 {
     private readonly List<string> metricLines = new();
@@ -32,9 +36,11 @@ public sealed class RunFolder
 
     public void WriteSummary(string json) => WriteAtomically("summary.json", json + "\n");
 
+    public void WriteTiming(string json) => WriteAtomically("timing.json", json + "\n");
+
     /// Weights as a small self-describing binary file: count, then per tensor its name, rank,
     /// shape and float32 values (little-endian).
-    public void WriteWeights(NestedProgram program, Weights weights)
+    public void WriteWeights(string name, NestedProgram program, Weights weights)
     {
         using var memory = new MemoryStream();
         using (var writer = new BinaryWriter(memory, Encoding.UTF8, leaveOpen: true))
@@ -50,7 +56,7 @@ public sealed class RunFolder
                 foreach (var v in t.data<float>()) writer.Write(v);
             }
         }
-        WriteAtomically("weights.bin", memory.ToArray());
+        WriteAtomically(name, memory.ToArray());
     }
 
     private void WriteAtomically(string name, string text) => WriteAtomically(name, Encoding.UTF8.GetBytes(text));

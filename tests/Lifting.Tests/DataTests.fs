@@ -65,12 +65,59 @@ let tests =
             let dir = tempDir ()
             writeIdxFolder dir 30 10
             let split = DatasetCatalog.Load dir
-            Expect.equal split.Train.Count 30 "train count"
+            Expect.equal (split.Train.Count, split.Validation.Count) (27, 3) "train count, 10 % held out for validation"
             Expect.sequenceEqual split.Test.ExampleShape [| 1L; 4L; 4L |] "example shape"
             Idx.WriteLabels(Path.Combine(dir, "t10k-labels-idx1-ubyte"), Array.init 10 (fun i -> if i = 4 then 12uy else 0uy), false)
             expectFormatError (fun () -> DatasetCatalog.Load dir |> ignore) [ "t10k-labels-idx1-ubyte"; "12"; "index 4" ]
             Idx.WriteLabels(Path.Combine(dir, "t10k-labels-idx1-ubyte"), Array.zeroCreate 9, false)
             expectFormatError (fun () -> DatasetCatalog.Load dir |> ignore) [ "t10k-labels-idx1-ubyte"; "9 labels"; "10 images" ]
+        }
+        test "IDX labels: the class count itself is out of range, one below it is a class" {
+            let dir = tempDir ()
+            writeIdxFolder dir 20 10
+            Idx.WriteLabels(Path.Combine(dir, "t10k-labels-idx1-ubyte"), Array.init 10 (fun i -> if i = 3 then 10uy else 9uy), false)
+            expectFormatError (fun () -> DatasetCatalog.Load dir |> ignore) [ "t10k-labels-idx1-ubyte"; "label 10"; "index 3" ]
+            Idx.WriteLabels(Path.Combine(dir, "t10k-labels-idx1-ubyte"), Array.create 10 9uy, false)
+            use split = DatasetCatalog.Load dir
+            Expect.equal (split.Test.Labels.max().ToInt64()) 9L "label 9 of 10 classes loads"
+        }
+        test "the validation split is carved from the training set: disjoint, fixed by its seed, sized by the fraction" {
+            // Label every training image by its index (pixel 0) to see which examples went where.
+            let dir = tempDir ()
+            let n = 50
+            Idx.WriteImages(Path.Combine(dir, "train-images-idx3-ubyte"), IdxImages(n, 1, 1, Array.init n byte), false)
+            Idx.WriteLabels(Path.Combine(dir, "train-labels-idx1-ubyte"), Array.init n (fun i -> byte (i % 10)), false)
+            Idx.WriteImages(Path.Combine(dir, "t10k-images-idx3-ubyte"), IdxImages(5, 1, 1, Array.create 5 0uy), false)
+            Idx.WriteLabels(Path.Combine(dir, "t10k-labels-idx1-ubyte"), Array.create 5 0uy, false)
+            let ids (split: DataSplit) (d: Dataset) =
+                let norm = split.Normalisation
+                let raw = (d.Inputs.flatten() * norm.Std + norm.Mean) * 255.0
+                raw.round().to_type(ScalarType.Int64).data<int64>().ToArray()
+            use a = DatasetCatalog.Load(dir, DataOptions(ValidationFraction = 0.2))
+            let train, validation = ids a a.Train, ids a a.Validation
+            Expect.equal (train.Length, validation.Length) (40, 10) "20 % of 50 held out"
+            Expect.sequenceEqual (Array.sort (Array.append train validation)) [| 0L .. 49L |] "together exactly the training set"
+            Expect.isEmpty (Set.intersect (Set.ofArray train) (Set.ofArray validation)) "disjoint"
+            Expect.sequenceEqual train (Array.sort train) "training examples keep their order"
+            use b = DatasetCatalog.Load(dir, DataOptions(ValidationFraction = 0.2))
+            Expect.sequenceEqual (ids b b.Validation) validation "the same seed picks the same examples"
+            use c = DatasetCatalog.Load(dir, DataOptions(ValidationFraction = 0.2, SplitSeed = 5))
+            Expect.isFalse (ids c c.Validation = validation) "another seed picks others"
+            // Standardisation statistics come from the training part only.
+            let mean = train |> Array.averageBy (fun v -> Convert.ToDouble v / 255.0)
+            Expect.floatClose Accuracy.medium a.Normalisation.Mean mean "mean of the training part"
+            use none = DatasetCatalog.Load(dir, DataOptions(ValidationFraction = 0.0))
+            Expect.equal (none.Train.Count, none.Validation.Count) (50, 0) "fraction 0: no validation split"
+            let ex = Expect.throwsC (fun () -> DatasetCatalog.Load(dir, DataOptions(ValidationFraction = 1.0)) |> ignore) id
+            Expect.stringContains ex.Message "validation fraction" "an impossible fraction is named"
+        }
+        test "training and test examples of different shapes are refused when loading" {
+            let dir = tempDir ()
+            Idx.WriteImages(Path.Combine(dir, "train-images-idx3-ubyte"), images 20 4 4, false)
+            Idx.WriteLabels(Path.Combine(dir, "train-labels-idx1-ubyte"), Array.create 20 1uy, false)
+            Idx.WriteImages(Path.Combine(dir, "t10k-images-idx3-ubyte"), images 5 3 3, false)
+            Idx.WriteLabels(Path.Combine(dir, "t10k-labels-idx1-ubyte"), Array.create 5 1uy, false)
+            expectFormatError (fun () -> DatasetCatalog.Load dir |> ignore) [ "1×4×4"; "1×3×3" ]
         }
         test "digits CSV errors name the file, line and problem" {
             let dir = tempDir ()
@@ -81,9 +128,10 @@ let tests =
             expectFormatError (fun () -> DatasetCatalog.Load(write "label.csv" (row + "\n" + row.Substring(0, row.Length - 1) + "11\n")) |> ignore) [ "label.csv"; "11" ]
             expectFormatError (fun () -> DatasetCatalog.Load "no-such-dataset" |> ignore) [ "no-such-dataset"; "digits" ]
         }
-        test "embedded digits: 1797 rows split 1438/359, finite, standardised on train" {
+        test "embedded digits: 1797 rows split 1294 train / 144 validation / 359 test, finite, standardised on train" {
             let split = DatasetCatalog.Load "digits"
-            Expect.equal split.Train.Count 1438 "train"
+            Expect.equal split.Train.Count 1294 "train"
+            Expect.equal split.Validation.Count 144 "validation: 10 % of the 1438 training rows"
             Expect.equal split.Test.Count 359 "test"
             Expect.sequenceEqual split.Train.ExampleShape [| 1L; 8L; 8L |] "8×8 images"
             Expect.isTrue (split.Train.Inputs.isfinite().all().ToBoolean()) "finite"
@@ -91,18 +139,18 @@ let tests =
             Expect.floatClose Accuracy.medium (split.Train.Inputs.std().ToDouble()) 1.0 "std 1"
             Expect.equal split.Train.ClassCount 10 "ten classes"
         }
-        test "embedded mnist-10k: 8000/2000 images of 1×28×28" {
+        test "embedded mnist-10k: 7200 train / 800 validation / 2000 test images of 1×28×28" {
             let split = DatasetCatalog.Load "mnist-10k"
-            Expect.equal (split.Train.Count, split.Test.Count) (8000, 2000) "sizes"
+            Expect.equal (split.Train.Count, split.Validation.Count, split.Test.Count) (7200, 800, 2000) "sizes"
             Expect.sequenceEqual split.Train.ExampleShape [| 1L; 28L; 28L |] "shape"
         }
         test "every example appears exactly once per epoch, last batch partial" {
             let split = DatasetCatalog.Load "digits"
             let batches = MiniBatches.Epoch(split.Train, 100, 3, 1) |> Array.ofSeq
-            Expect.equal batches.Length 15 "ceil(1438/100)"
-            Expect.equal batches.[14].Size 38L "partial last batch"
+            Expect.equal batches.Length 13 "ceil(1294/100)"
+            Expect.equal batches.[12].Size 94L "partial last batch"
             let seen = batches |> Array.collect (fun b -> b.Indices.data<int64>().ToArray()) |> Array.sort
-            Expect.sequenceEqual seen [| 0L .. 1437L |] "a permutation of all examples"
+            Expect.sequenceEqual seen [| 0L .. 1293L |] "a permutation of all examples"
         }
         test "batches are deterministic per (seed, epoch) and carry their rows" {
             let split = DatasetCatalog.Load "digits"

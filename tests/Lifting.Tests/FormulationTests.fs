@@ -129,6 +129,131 @@ let tests =
                 Expect.isLessThan (relativeError held plain) 1e-14 $"{formulation.Name}: identical iterates"
         }
 
+        test "augmented Lagrangian: the objective is (1/B) Σ_i [ℓ_i + ⟨λ_i, g_i⟩ + (c/2)‖g_i‖²]" {
+            let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
+            let x, y = randomBatch 21 5L 3L 2L
+            use w = program.Initialise(1, torch.CPU, f64)
+            let c = 0.7
+            let problem, game, _ = liftAll (MultipleShooting(MultipleShootingOptions(Augmentation = c))) program w x y 2 0 (constantRules 0.1)
+            use _p = problem
+            use _g = game
+            use g = new torch.Generator(5UL)
+            let h = (player game PlayerNames.States).Variables.[0]
+            let lambda = (player game PlayerNames.Multipliers).Variables.[0]
+            using (torch.no_grad()) (fun _ ->
+                h.add_(0.5 * torch.randn(h.shape, dtype = f64, generator = g)) |> ignore
+                lambda.copy_(torch.randn(lambda.shape, dtype = f64, generator = g)) |> ignore)
+            let defect = h - program.ForwardBlock(0, x, w.Block(0))
+            let loss = program.Loss.PerExample(program.ForwardBlock(1, h, w.Block(1)), y).sum()
+            let expected = (loss + (lambda * defect).sum() + 0.5 * c * defect.square().sum()).ToDouble() / 5.0
+            Expect.floatClose Accuracy.veryHigh (game.Objective()) expected "ℓ + ⟨λ, g⟩ + (c/2)‖g‖²"
+        }
+
+        test "quadratic penalty: the objective uses μ from the schedule, multiplied after every epoch and capped" {
+            let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
+            let x, y = randomBatch 22 5L 3L 2L
+            use w = program.Initialise(1, torch.CPU, f64)
+            let schedule = PenaltySchedule(0.5, 3.0, 10.0)
+            let problem, game, _ = liftAll (QuadraticPenalty(schedule)) program w x y 2 0 (constantRules 0.1)
+            use _p = problem
+            use _g = game
+            use g = new torch.Generator(6UL)
+            let h = (player game PlayerNames.States).Variables.[0]
+            using (torch.no_grad()) (fun _ -> h.add_(0.5 * torch.randn(h.shape, dtype = f64, generator = g)) |> ignore)
+            let defect = h - program.ForwardBlock(0, x, w.Block(0))
+            let loss = program.Loss.PerExample(program.ForwardBlock(1, h, w.Block(1)), y).sum().ToDouble()
+            let squared = defect.square().sum().ToDouble()
+            for (epochsDone, mu) in [ 0, 0.5; 1, 1.5; 2, 4.5; 3, 10.0; 4, 10.0 ] do
+                if epochsDone > 0 then problem.EndEpoch(epochsDone)
+                Expect.floatClose Accuracy.veryHigh (game.Objective()) ((loss + 0.5 * mu * squared) / 5.0) $"μ = {mu} after {epochsDone} epochs"
+                Expect.equal problem.Diagnostics.["mu"] mu "reported μ"
+        }
+
+        test "reparametrised states enter the objective through the activation: h = σ(u)" {
+            for act in [ Activations.ReLU; Activations.Tanh ] do
+                let program = mlp 3L [ 4L ] 2L act Losses.CrossEntropy
+                let x, y = randomBatch 23 6L 3L 2L
+                use w = program.Initialise(2, torch.CPU, f64)
+                let problem, game, _ = liftAll (MultipleShooting(MultipleShootingOptions(ReparametriseStates = true))) program w x y 2 0 (constantRules 0.1)
+                use _p = problem
+                use _g = game
+                use g = new torch.Generator(7UL)
+                let u = (player game PlayerNames.States).Variables.[0]
+                let lambda = (player game PlayerNames.Multipliers).Variables.[0]
+                using (torch.no_grad()) (fun _ ->
+                    u.copy_(torch.randn(u.shape, dtype = f64, generator = g) * 2.0) |> ignore // many u < 0: relu(u) ≠ u
+                    lambda.copy_(torch.randn(lambda.shape, dtype = f64, generator = g)) |> ignore)
+                let h = act.Apply(u)
+                let defect = h - program.ForwardBlock(0, x, w.Block(0))
+                let loss = program.Loss.PerExample(program.ForwardBlock(1, h, w.Block(1)), y).sum()
+                let expected = (loss + (lambda * defect).sum()).ToDouble() / 6.0
+                Expect.floatClose Accuracy.veryHigh (game.Objective()) expected $"{act.Name}: the objective sees σ(u), not u"
+        }
+
+        test "projected states stay in the activation's range; unprojected ones leave it" {
+            // min over the states of the Lagrangian pushes some states of a ReLU block below zero
+            // (and some of a tanh block beyond ±1); the projection keeps them in the range.
+            for act, lower, upper in [ Activations.ReLU, 0.0, Double.PositiveInfinity; Activations.Tanh, -1.0, 1.0 ] do
+                let run project =
+                    let program = mlp 3L [ 6L ] 3L act Losses.CrossEntropy
+                    let x, y = randomBatch 24 8L 3L 3L
+                    let x = 4.0 * x // saturated tanh units: states start near ±1
+                    use w = program.Initialise(3, torch.CPU, f64)
+                    let problem, game, _ = liftAll (MultipleShooting(MultipleShootingOptions(ProjectStates = project))) program w x y 3 0 (constantRules 0.5)
+                    use _p = problem
+                    use _g = game
+                    let rows = [| PlayerNames.States; PlayerNames.Multipliers |]
+                    use view = new Restricted(game, rows)
+                    for _ in 1 .. 30 do Solvers.Extragradient().Step(view)
+                    let h = (player game PlayerNames.States).Variables.[0]
+                    h.min().ToDouble(), h.max().ToDouble()
+                let lo, hi = run true
+                Expect.isTrue (lo >= lower && hi <= upper) $"{act.Name} projected: states in [{lo}, {hi}]"
+                let lo, hi = run false
+                Expect.isTrue (lo < lower || hi > upper) $"{act.Name} unprojected: states leave the range, [{lo}, {hi}]"
+        }
+
+        test "extraprop extrapolates every player; extraprop-rows evaluates the weights' operator once per step" {
+            // Count, per outer solver step, the operator evaluations that include the weights.
+            let weightEvaluations (methodName: string) =
+                let m = Lifting.Methods.Resolve methodName
+                let program = mlp 3L [ 4L ] 2L Activations.ReLU Losses.CrossEntropy
+                let x, y = randomBatch 25 6L 3L 2L
+                use w = program.Initialise(1, torch.CPU, f64)
+                let log = Log()
+                let problem, game, _ = liftAll (Recording(m.Formulation, log)) program w x y 2 m.Solver.MemorySlots m.StepRules
+                use _p = problem
+                use _g = game
+                m.Solver.Step(game)
+                let requests = [ for (_, players) in log.Requests -> Set.ofArray players ]
+                requests |> List.filter (Set.contains PlayerNames.Weights) |> List.length, requests
+            let full, _ = weightEvaluations "extraprop"
+            Expect.equal full 2 "extragradient evaluates the weights' operator at the start and at the extrapolated point"
+            let rowsOnly, requests = weightEvaluations "extraprop-rows"
+            Expect.equal rowsOnly 1 "only the update evaluates the weights' operator"
+            let rows = Set.ofList [ PlayerNames.States; PlayerNames.Multipliers ]
+            Expect.equal requests.[requests.Length - 2] rows "the extrapolation evaluates the rows alone"
+        }
+
+        test "the cosine to backprop is +1 for back-propagation and for the Lagrangian at adjoint multipliers" {
+            let program = mlp 4L [ 5L ] 3L Activations.Tanh Losses.CrossEntropy
+            let x, y = randomBatch 26 7L 4L 3L
+            use w = program.Initialise(4, torch.CPU, f64)
+            let batchOf () = new Lifting.Data.MiniBatch(torch.arange(7L, dtype = torch.ScalarType.Int64), x, y)
+            let problem, game, _ = liftAll SingleShooting.Instance program w x y 3 0 (constantRules 0.1)
+            use _p = problem
+            use _g = game
+            Expect.floatClose Accuracy.high (Lifting.Training.Trainer.CosineToBackprop(program, w, game, batchOf ())) 1.0 "backprop's own direction"
+            let adjoints = MultipleShooting.AdjointMultipliers(program, w.Tensors, x, y)
+            let problem2, game2, _ = liftAll (MultipleShooting()) program w x y 3 0 (constantRules 0.1)
+            use _p2 = problem2
+            use _g2 = game2
+            using (torch.no_grad()) (fun _ -> Seq.iter2 (fun (v: Tensor) (a: Tensor) -> v.copy_(a) |> ignore) (player game2 PlayerNames.Multipliers).Variables adjoints)
+            Expect.floatClose Accuracy.high (Lifting.Training.Trainer.CosineToBackprop(program, w, game2, batchOf ())) 1.0 "the Lagrangian's weight direction at the adjoints is backprop's"
+            using (torch.no_grad()) (fun _ -> Seq.iter2 (fun (v: Tensor) (a: Tensor) -> v.copy_(-a) |> ignore) (player game2 PlayerNames.Multipliers).Variables adjoints)
+            Expect.isLessThan (Lifting.Training.Trainer.CosineToBackprop(program, w, game2, batchOf ())) 0.99 "negated multipliers point elsewhere"
+        }
+
         test "the operator refuses a player that is held fixed" {
             let program = mlp 3L [ 4L ] 2L Activations.ReLU Losses.CrossEntropy
             let x, y = randomBatch 1 4L 3L 2L

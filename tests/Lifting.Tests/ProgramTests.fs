@@ -65,6 +65,8 @@ let tests =
         }
         let x, y = randomBatch 1 6L 5L 3L
         gradientCheck "MLP relu/cross-entropy gradient equals finite differences (float64)"
+            (mlp 5L [ 4L; 4L ] 3L Activations.ReLU Losses.CrossEntropy) x y
+        gradientCheck "MLP tanh/cross-entropy gradient equals finite differences (float64)"
             (mlp 5L [ 4L; 4L ] 3L Activations.Tanh Losses.CrossEntropy) x y
         gradientCheck "MLP sigmoid/MSE gradient equals finite differences (float64)"
             (mlp 5L [ 4L ] 3L Activations.Sigmoid Losses.Mse) x y
@@ -98,7 +100,7 @@ let tests =
                 Expect.isGreaterThanOrEqual (h.min().ToDouble()) r.Lower $"{act.Name} lower bound"
                 Expect.isLessThanOrEqual (h.max().ToDouble()) r.Upper $"{act.Name} upper bound"
         }
-        test "a custom layer from F# joins a program and trains through the lifted engine" {
+        test "a custom layer from F# joins a program, has finite-difference-exact gradients and trains through the lifted engine" {
             // A diagonal scaling layer f(h; s) = s ⊙ h with its own parameter and initialiser.
             let scale (shape: int64[]) =
                 { new ILayer with
@@ -115,6 +117,16 @@ let tests =
             let x, y = randomBatch 4 5L 4L 3L
             let err = relativeError (backpropGradient program w x y) (finiteDifferenceGradient program w x y)
             Expect.isLessThan err 1e-6 $"gradient through the custom layer: relative error {err}"
+            // The lifted engine: multiple shooting cut after the custom layer, extragradient steps.
+            let problem, game, _ = liftAll (Lifting.Formulations.MultipleShooting()) program w x y 3 0 (constantRules 0.05)
+            use _p = problem
+            use _g = game
+            let lossOf () = program.Loss.PerExample(program.Forward(x, w.Tensors), y).mean().ToDouble()
+            let before = lossOf ()
+            let scale = w.Tensors.[2].clone()
+            for _ in 1 .. 50 do Lifting.Solvers.Solvers.Extragradient().Step(game)
+            Expect.isLessThan (lossOf ()) before "the lifted problem lowers the loss"
+            Expect.isGreaterThan ((w.Tensors.[2] - scale).abs().max().ToDouble()) 0.0 "the custom layer's parameter was trained"
         }
         test "a custom activation from F# joins a program without touching the engine" {
             let softsign =

@@ -54,7 +54,7 @@ let distance (x: Player) (y: Player) =
 let withMemory (solver: ISolver) (p: Player) =
     // Re-create the player's states with the solver's memory slots (as a LiftContext does).
     let states = p.StepStates |> Seq.mapi (fun i s -> new StepState(s.Slots, [| for _ in 1 .. solver.MemorySlots -> torch.zeros_like(p.Variables.[i]) |])) |> Array.ofSeq
-    Player(p.Name, p.Role, p.Variables, p.StepRule, states, p.RowIndexed, p.Projection, p.Geometry)
+    Player(p.Name, p.Role, p.Variables, p.StepRule, states, p.RowIndexed, geometry = p.Geometry, projections = p.Projections)
 
 let runBilinear (solver: ISolver) iterations =
     let _, x0, y0 = bilinear (fun () -> StepRules.Constant 0.1)

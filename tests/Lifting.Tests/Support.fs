@@ -52,3 +52,59 @@ let liftAll (formulation: Lifting.Formulations.IFormulation) (program: NestedPro
     let n = x.shape.[0]
     let batch = new Lifting.Data.MiniBatch(arange(n, dtype = ScalarType.Int64), x, y)
     problem, problem.Batch(batch), batch
+
+open Lifting.Formulations
+open Lifting.Solvers
+
+/// What a `Recording` formulation saw: the example indices of every mini-batch, by epoch, and
+/// the players named in every operator evaluation.
+type Log() =
+    member val Epoch = 1 with get, set
+    member val Batches = ResizeArray<int * int64[]>()
+    member val Requests = ResizeArray<int * string[]>()
+
+/// Wraps a formulation and logs what the trainer and the solver ask of it, changing nothing.
+type Recording(inner: IFormulation, log: Log) =
+    member _.Log = log
+    interface IFormulation with
+        member _.Name = inner.Name
+        member _.Description = inner.Description
+        member _.PlayerNames = inner.PlayerNames
+        member _.HasMaximisingPlayers = inner.HasMaximisingPlayers
+        member _.DefaultSchedule = inner.DefaultSchedule
+        member this.Lift(context, weights) = new RecordingProblem(this, inner.Lift(context, weights), log) :> ILiftedProblem
+
+and RecordingProblem(owner: IFormulation, inner: ILiftedProblem, log: Log) =
+    interface ILiftedProblem with
+        member _.Formulation = owner
+        member _.Weights = inner.Weights
+        member _.Store = inner.Store
+        member _.Batch(batch) =
+            log.Batches.Add((log.Epoch, batch.Indices.data<int64>().ToArray()))
+            new RecordingGame(inner.Batch(batch), log) :> IBatchGame
+        member _.EndEpoch(epoch) =
+            inner.EndEpoch(epoch)
+            log.Epoch <- epoch + 1
+        member _.Finish() = inner.Finish()
+        member _.MeasureDefects(rows) = inner.MeasureDefects(rows)
+        member _.Diagnostics = inner.Diagnostics
+        member _.Dispose() = inner.Dispose()
+
+and RecordingGame(inner: IBatchGame, log: Log) =
+    interface IBatchGame with
+        member _.Players = inner.Players
+        member _.Operator(players) =
+            log.Requests.Add((log.Epoch, [| for p in players -> p.Name |]))
+            inner.Operator(players)
+        member _.Objective() = inner.Objective()
+        member _.Defects = inner.Defects
+        member _.MultiplierNorms = inner.MultiplierNorms
+        member _.Loss = inner.Loss
+        member _.LiftedObjective = inner.LiftedObjective
+        member _.Commit() = inner.Commit()
+        member _.Dispose() = inner.Dispose()
+    interface IHoldFixed with
+        member _.HoldFixed(players) =
+            match inner with
+            | :? IHoldFixed as h -> h.HoldFixed(players)
+            | _ -> { new IDisposable with member _.Dispose() = () }

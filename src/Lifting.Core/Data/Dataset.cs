@@ -46,5 +46,42 @@ public sealed class Dataset : IDisposable
 /// Scalar standardisation x ← (x − Mean) / Std, with Mean and Std taken from the training split.
 public sealed record Normalisation(double Mean, double Std);
 
-/// A train/test pair and the normalisation applied to both.
-public sealed record DataSplit(Dataset Train, Dataset Test, Normalisation Normalisation);
+/// The three splits of a dataset and the normalisation applied to all of them (taken from `Train`).
+/// `Validation` is carved from the original training set (`DataOptions.ValidationFraction`); it
+/// drives every selection (early stopping, best epoch, checkpoint, default tuning). `Test` is only
+/// reported. `Validation` is empty when the caller asked for no validation split.
+public sealed record DataSplit(Dataset Train, Dataset Validation, Dataset Test, Normalisation Normalisation) : IDisposable
+{
+    public bool HasValidation => Validation.Count > 0;
+
+    public void Dispose()
+    {
+        Train.Dispose();
+        Validation.Dispose();
+        Test.Dispose();
+    }
+}
+
+/// How a dataset is loaded: the device its tensors live on and the validation split.
+public sealed record DataOptions
+{
+    /// The seed of the validation split unless another is given: fixed, so that every run, seed and
+    /// method sees the same split.
+    public const int DefaultSplitSeed = 9127;
+
+    public Device Device { get; init; } = CPU;
+
+    /// The fraction of the training set held out for validation (rounded, at least one example).
+    /// 0 means no validation split: selection then falls back to the last epoch and early stopping
+    /// is refused.
+    public double ValidationFraction { get; init; } = 0.1;
+
+    /// The seed of the shuffle that picks the validation examples.
+    public int SplitSeed { get; init; } = DefaultSplitSeed;
+
+    public void Validate()
+    {
+        if (!(ValidationFraction >= 0 && ValidationFraction < 1))
+            throw new ArgumentOutOfRangeException(nameof(ValidationFraction), $"Invalid validation fraction: {ValidationFraction} (expected 0 <= fraction < 1).");
+    }
+}

@@ -14,7 +14,9 @@ namespace Lifting.Data;
 /// - a folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte
 ///   and t10k-labels-idx1-ubyte (each optionally .gz), or a digits-format .csv / .csv.gz file.
 ///
-/// Inputs are scaled to [0, 1] and standardised with the training split's mean and std.
+/// Inputs are scaled to [0, 1] and standardised with the training split's mean and std. A
+/// validation split is carved from the training set (`DataOptions`) before the statistics are
+/// taken, so nothing about the validation or test examples reaches training.
 public static class DatasetCatalog
 {
     public const string FashionMnistFolder = "/usr/share/datasets/fashion-mnist";
@@ -22,9 +24,15 @@ public static class DatasetCatalog
 
     private const int DigitsSplitSeed = 20240; // fixed: the digits split never changes
 
-    public static DataSplit Load(string nameOrPath, Device? device = null)
+    /// Loads a dataset with the default options (CPU, 10 % of the training set for validation).
+    public static DataSplit Load(string nameOrPath) => Load(nameOrPath, new DataOptions());
+
+    /// Loads a dataset onto `device` with the default validation split.
+    public static DataSplit Load(string nameOrPath, Device device) => Load(nameOrPath, new DataOptions { Device = device });
+
+    public static DataSplit Load(string nameOrPath, DataOptions options)
     {
-        device ??= CPU;
+        options.Validate();
         var (train, test) = nameOrPath.ToLowerInvariant() switch
         {
             "digits" => Digits(),
@@ -35,12 +43,45 @@ public static class DatasetCatalog
             _ when File.Exists(nameOrPath) => Csv(nameOrPath),
             _ => throw new DataFormatException($"unknown dataset '{nameOrPath}' (known: {string.Join(", ", Names)}, or a folder of IDX files, or a .csv file)"),
         };
-        return Normalise(train, test, device);
+        if (!train.Shape.Skip(1).SequenceEqual(test.Shape.Skip(1)))
+            throw new DataFormatException($"{train.Name}: training examples are {Show(train.Shape)} but test examples are {Show(test.Shape)}");
+        var (fit, validation) = CarveValidation(train, options);
+        return Normalise(fit, validation, test, options.Device);
     }
 
-    private sealed record Raw(string Name, float[] Values, long[] Shape, long[] Labels, int Classes);
+    private sealed record Raw(string Name, float[] Values, long[] Shape, long[] Labels, int Classes)
+    {
+        public int Count => Labels.Length;
+        public long ExampleSize => Shape.Skip(1).Aggregate(1L, (a, b) => a * b);
 
-    private static DataSplit Normalise(Raw train, Raw test, Device device)
+        /// The examples at `rows`, in that order.
+        public Raw Take(IReadOnlyList<long> rows, string name)
+        {
+            var size = ExampleSize;
+            var values = new float[rows.Count * size];
+            for (int i = 0; i < rows.Count; i++) Array.Copy(Values, rows[i] * size, values, i * size, size);
+            return new Raw(name, values, new[] { (long)rows.Count }.Concat(Shape.Skip(1)).ToArray(), rows.Select(r => Labels[r]).ToArray(), Classes);
+        }
+    }
+
+    private static string Show(long[] shape) => string.Join("×", shape.Skip(1));
+
+    /// Holds out round(fraction·N) training examples (at least one), picked by a seeded shuffle;
+    /// both parts keep the original order of their examples.
+    private static (Raw Train, Raw Validation) CarveValidation(Raw train, DataOptions options)
+    {
+        var baseName = train.Name.EndsWith("/train", StringComparison.Ordinal) ? train.Name[..^6] : train.Name;
+        if (options.ValidationFraction == 0) return (train, train.Take(Array.Empty<long>(), $"{baseName}/validation"));
+        int count = Math.Max(1, (int)Math.Round(train.Count * options.ValidationFraction));
+        if (count >= train.Count)
+            throw new DataFormatException($"{train.Name}: {train.Count} training examples leave none for training after a validation split of {options.ValidationFraction}");
+        var order = MiniBatches.Permutation(train.Count, options.SplitSeed, 0);
+        var held = order.Take(count).OrderBy(i => i).ToArray();
+        var kept = order.Skip(count).OrderBy(i => i).ToArray();
+        return (train.Take(kept, $"{baseName}/train"), train.Take(held, $"{baseName}/validation"));
+    }
+
+    private static DataSplit Normalise(Raw train, Raw validation, Raw test, Device device)
     {
         double mean = train.Values.Average(v => (double)v);
         double std = Math.Sqrt(train.Values.Average(v => (v - mean) * (v - mean)));
@@ -53,7 +94,7 @@ public static class DatasetCatalog
             var y = tensor(raw.Labels).to(device);
             return new Dataset(raw.Name, x.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope(), classes);
         }
-        return new DataSplit(Make(train), Make(test), new Normalisation(mean, std));
+        return new DataSplit(Make(train), Make(validation), Make(test), new Normalisation(mean, std));
     }
 
     // ---- UCI digits -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
     private readonly HashSet<string> held = new();
     private readonly Dictionary<string, Reused> reused = new();
     private readonly List<Tensor> handedOver = new();
-    private Tensor? lastLoss;
+    private Tensor? lastLoss, lastObjective;
     private Tensor[] lastDefects = Array.Empty<Tensor>();
     private Tensor[] lastMultipliers = Array.Empty<Tensor>();
 
@@ -151,6 +151,8 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
         using (enable_grad())
         {
             var objective = EvaluateSum();
+            lastObjective?.Dispose();
+            lastObjective = objective.detach().DetachFromDisposeScope();
             grads = autograd.grad(new[] { objective }, inputs, allow_unused: true).ToArray();
         }
         var result = new IReadOnlyList<Tensor>[players.Count];
@@ -174,6 +176,16 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
     {
         using var _ = no_grad();
         return EvaluateSum().ToDouble() / BatchSize;
+    }
+
+    public double LiftedObjective
+    {
+        get
+        {
+            if (lastObjective is null) return double.NaN;
+            using var _ = no_grad();
+            return lastObjective.ToDouble() / BatchSize;
+        }
     }
 
     public double Loss
@@ -209,6 +221,8 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
     public virtual void Dispose()
     {
         DisposeRecords();
+        lastObjective?.Dispose();
+        lastObjective = null;
         held.Clear();
         DisposeReused();
     }

@@ -92,7 +92,8 @@ public interface ILiftedProblem : IDisposable
     /// Called after each epoch (1-based), e.g. to advance a penalty schedule.
     void EndEpoch(int epoch);
 
-    /// Called once after training (e.g. the final feasibility pass of MAC).
+    /// Called once after training, before the final measurements (e.g. the final feasibility pass
+    /// of MAC, whose effect on the defect the trainer reports).
     void Finish();
 
     /// Per block l = 1 … L−1, the mean |h_l − f_l(h_{l−1})| at the current variables (no graph)
@@ -117,6 +118,10 @@ public interface IBatchGame : IGame, IDisposable
 
     /// The loss term ℓ at the last operator evaluation (mean over the batch).
     double Loss { get; }
+
+    /// The lifted objective (the function the solver descends and ascends, e.g. ℓ + Σ⟨λ, g⟩) at the
+    /// last operator evaluation (mean over the batch).
+    double LiftedObjective { get; }
 
     /// Writes the batch's rows of per-example variables and their optimiser state back.
     void Commit();

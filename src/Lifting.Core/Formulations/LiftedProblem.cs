@@ -27,9 +27,6 @@ public abstract class LiftedProblem : ILiftedProblem
     /// The per-example variables (read access for diagnostics and tests).
     public ExampleStore Store { get; }
 
-    /// Bytes held per example (states, multipliers and their optimiser state).
-    public long PerExampleBytes => Store.Bytes;
-
     /// A new weights player (the weights minimise).
     public Player WeightsPlayer() =>
         new(PlayerNames.Weights, Role.Minimise, Weights.Tensors, Context.StepRuleFor(PlayerNames.Weights), WeightStates);

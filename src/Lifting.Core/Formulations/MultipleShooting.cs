@@ -18,6 +18,11 @@ public sealed record MultipleShootingOptions
     /// ReLU blocks), so the state lies in the activation's range (seed 001 §3.1).
     public bool ReparametriseStates { get; init; }
 
+    /// Project each state onto its block's output activation's range after every step (a box:
+    /// h ≥ 0 for ReLU blocks, h ∈ [−1, 1] for tanh): the constrained alternative to
+    /// `ReparametriseStates`, solved by projected steps (Stampacchia; projected extragradient).
+    public bool ProjectStates { get; init; }
+
     /// Initialise the states by one forward pass (seed 001 §3.1); otherwise at zero.
     public bool ForwardInitialisation { get; init; } = true;
 
@@ -32,6 +37,7 @@ public sealed record MultipleShootingOptions
     {
         if (!(Epsilon >= 0) || double.IsInfinity(Epsilon)) throw new ArgumentOutOfRangeException(nameof(Epsilon), $"Invalid epsilon: {Epsilon} (expected a finite value >= 0).");
         if (!(Augmentation >= 0) || double.IsInfinity(Augmentation)) throw new ArgumentOutOfRangeException(nameof(Augmentation), $"Invalid augmentation c: {Augmentation} (expected a finite value >= 0).");
+        if (ReparametriseStates && ProjectStates) throw new ArgumentException("States are either reparametrised or projected onto the activation's range, not both.");
     }
 }
 
@@ -96,6 +102,7 @@ public sealed class MultipleShooting : IFormulation
         private readonly MultipleShootingOptions options;
         private readonly RowGroup states, multipliers;
         private readonly IActivation?[] reparametrisation;
+        private readonly IProjection[] stateProjections;
 
         public Problem(MultipleShooting formulation, LiftContext context, Weights weights) : base(formulation, context, weights)
         {
@@ -104,6 +111,9 @@ public sealed class MultipleShooting : IFormulation
             int hidden = Program.Blocks.Count - 1;
             reparametrisation = Enumerable.Range(0, hidden)
                 .Select(l => options.ReparametriseStates ? Program.Blocks[l].OutputActivation : null).ToArray();
+            stateProjections = Enumerable.Range(0, hidden)
+                .Select(l => options.ProjectStates && Program.Blocks[l].OutputActivation is { } act ? Projections.Box(act.Range.Lower, act.Range.Upper) : Projections.None)
+                .ToArray();
 
             var initial = options.ForwardInitialisation
                 ? ForwardStatesOfTrainingSet()
@@ -150,7 +160,7 @@ public sealed class MultipleShooting : IFormulation
                 Players = new[]
                 {
                     problem.WeightsPlayer(),
-                    new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true),
+                    new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true, projections: problem.stateProjections),
                     new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, lambda, problem.multipliers.StepRule, lambdaStates, rowIndexed: true),
                 };
             }
@@ -172,8 +182,7 @@ public sealed class MultipleShooting : IFormulation
                     var g = state - Forward(l, previous);
                     defects[l] = g;
                     var constraint = Constraint(g, options);
-                    var lagrange = options.ReducedConstraint ? lambda[l] * constraint : (lambda[l] * constraint);
-                    total = total + lagrange.sum();
+                    total = total + (lambda[l] * constraint).sum();
                     if (options.Augmentation > 0) total = total + 0.5 * options.Augmentation * constraint.square().sum();
                     previous = state;
                 }

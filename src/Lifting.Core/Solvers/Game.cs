@@ -17,7 +17,7 @@ public sealed class Player
 {
     public Player(string name, Role role, IReadOnlyList<Tensor> variables, IStepRule stepRule,
         IReadOnlyList<StepState> stepStates, bool rowIndexed = false,
-        IProjection? projection = null, IMirrorMap? geometry = null)
+        IProjection? projection = null, IMirrorMap? geometry = null, IReadOnlyList<IProjection>? projections = null)
     {
         if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException("A player needs a name.", nameof(name));
         if (variables.Count == 0) throw new ArgumentException($"Player '{name}' has no variables.", nameof(variables));
@@ -29,7 +29,11 @@ public sealed class Player
         StepRule = stepRule;
         StepStates = stepStates;
         RowIndexed = rowIndexed;
-        Projection = projection ?? Projections.None;
+        if (projection is not null && projections is not null)
+            throw new ArgumentException($"Player '{name}': give one projection for every variable or a list, not both.");
+        if (projections is not null && projections.Count != variables.Count)
+            throw new ArgumentException($"Player '{name}' has {variables.Count} variables but {projections.Count} projections.", nameof(projections));
+        Projections = projections ?? Enumerable.Repeat(projection ?? Lifting.Solvers.Projections.None, variables.Count).ToArray();
         Geometry = geometry ?? MirrorMaps.Euclidean;
     }
 
@@ -40,8 +44,9 @@ public sealed class Player
     public IReadOnlyList<StepState> StepStates { get; }
     /// True when the leading dimension of each variable indexes examples of the mini-batch.
     public bool RowIndexed { get; }
-    /// Applied after every update (Stampacchia projection); `Projections.None` by default.
-    public IProjection Projection { get; }
+    /// Per variable, the projection applied after every update (Stampacchia's projection method,
+    /// projected extragradient); `Projections.None` by default.
+    public IReadOnlyList<IProjection> Projections { get; }
     /// The mirror map used by mirror-prox for this player; Euclidean by default.
     public IMirrorMap Geometry { get; }
 

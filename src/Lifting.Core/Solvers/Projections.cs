@@ -11,6 +11,30 @@ public static class Projections
     /// Onto the non-negative orthant, x ← max(x, 0).
     public static IProjection NonNegative { get; } = new NonNegativeOrthant();
 
+    /// Onto the box [lower, upper] elementwise (either bound may be infinite); the whole space when
+    /// both are.
+    public static IProjection Box(double lower, double upper)
+    {
+        if (double.IsNaN(lower) || double.IsNaN(upper) || lower > upper)
+            throw new ArgumentException($"Invalid box [{lower}, {upper}] (expected lower <= upper).");
+        if (double.IsNegativeInfinity(lower) && double.IsPositiveInfinity(upper)) return None;
+        if (lower == 0 && double.IsPositiveInfinity(upper)) return NonNegative;
+        return new BoxProjection(lower, upper);
+    }
+
+    private sealed class BoxProjection : IProjection
+    {
+        private readonly double lower, upper;
+        public BoxProjection(double lower, double upper) { this.lower = lower; this.upper = upper; }
+        public string Name => $"box[{lower}, {upper}]";
+        public void ProjectInPlace(Tensor variable)
+        {
+            if (double.IsNegativeInfinity(lower)) variable.clamp_(max: upper);
+            else if (double.IsPositiveInfinity(upper)) variable.clamp_(min: lower);
+            else variable.clamp_(lower, upper);
+        }
+    }
+
     private sealed class Identity : IProjection
     {
         public string Name => "none";

@@ -32,7 +32,7 @@ public static class Solvers
             var d = player.StepRule.Displacement(directions[i], player.StepStates[i]);
             if (scale != 1.0) d = d * scale;
             player.Variables[i].sub_(d);
-            player.Projection.ProjectInPlace(player.Variables[i]);
+            player.Projections[i].ProjectInPlace(player.Variables[i]);
         }
     }
 
@@ -210,7 +210,7 @@ internal sealed class MirrorProxSolver : ISolver
             {
                 var d = player.StepRule.Displacement(directions[p][i], player.StepStates[i]);
                 player.Variables[i].copy_(player.Geometry.Step(centre[p][i], d));
-                player.Projection.ProjectInPlace(player.Variables[i]);
+                player.Projections[i].ProjectInPlace(player.Variables[i]);
             }
         }
     }

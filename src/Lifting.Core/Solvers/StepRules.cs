@@ -206,11 +206,21 @@ public static class StepRuleCatalog
         new StepRuleInfo("adam", "bias-corrected moments, per-row step counts for per-example variables (ExtraAdam)"),
     };
 
+    public static IReadOnlyList<string> Names { get; } = new[] { "constant", "adagrad", "adam" };
+
     public static IStepRule Create(string name, double lr) => name.Trim().ToLowerInvariant() switch
     {
         "constant" or "sgd" => StepRules.Constant(lr),
         "adagrad" => StepRules.AdaGrad(lr),
         "adam" => StepRules.Adam(lr),
         _ => throw new ArgumentException($"Unknown step rule '{name}' (known: constant/sgd, adagrad, adam)."),
+    };
+
+    /// The usual step size of a rule: 1e-3 for Adam, 1e-2 for AdaGrad, 0.1 for constant steps.
+    public static double DefaultRate(string name) => name.Trim().ToLowerInvariant() switch
+    {
+        "adam" => 1e-3,
+        "adagrad" => 1e-2,
+        _ => 0.1,
     };
 }

@@ -1,12 +1,23 @@
+using Lifting.Programs;
+
 namespace Lifting.Training;
 
+/// Accuracy and mean loss of the plain forward pass over one split.
+public sealed record Evaluation(double Accuracy, double Loss);
+
 /// What one epoch produced. Seconds count training only (not evaluation).
+///
+/// `Objective` is the lifted objective the solver works on (e.g. ℓ + Σ⟨λ, g⟩ for the Lagrangian,
+/// ℓ + (μ/2)Σ‖g‖² for the penalty), and `LossTerm` its loss term ℓ, each as the mean over the
+/// epoch's mini-batches of its value at the batch's last operator evaluation. `TrainLoss` is the
+/// plain forward pass's loss over the training split after the epoch.
 public sealed record EpochMetrics(
     int Epoch,
     double TrainLoss,
     double Objective,
-    double TestAccuracy,
-    double TestLoss,
+    double LossTerm,
+    Evaluation? Validation,
+    Evaluation Test,
     double Seconds,
     IReadOnlyList<double> Defects,
     double BatchDefect,
@@ -18,29 +29,64 @@ public sealed record EpochMetrics(
     /// `BatchDefect` is the same for the epoch's last mini-batch right after its update.
     public double MeanDefect => Defects.Count == 0 ? 0 : Defects.Average();
 
+    public double TestAccuracy => Test.Accuracy;
+
+    /// The validation accuracy; null without a validation split.
+    public double? ValidationAccuracy => Validation?.Accuracy;
+
     /// The players the schedule held fixed this epoch (e.g. the weights while the rows settle);
     /// empty in a learning epoch.
     public IReadOnlyList<string> Held { get; init; } = Array.Empty<string>();
 }
 
-/// The outcome of a training run.
+/// How the reported epoch was chosen.
+public enum Selection
+{
+    /// The epoch with the highest validation accuracy (the first of equals).
+    ValidationAccuracy,
+    /// The last epoch: the run had no validation split.
+    LastEpoch,
+}
+
+/// The outcome of a training run. It owns two copies of the weights, the final ones and those of
+/// the selected epoch; dispose the result to free them.
+///
+/// Nothing here is chosen by test accuracy: `Selected` is the epoch with the best validation
+/// accuracy (or the last one without a validation split), and its test accuracy is reported as is.
 /// `SecondsPerEpoch` averages every epoch's training time; `SecondsPerLearningEpoch` only the
 /// epochs in which no player was held (settling epochs are cheaper).
 public sealed record TrainingResult(
     IReadOnlyList<EpochMetrics> Epochs,
-    double FinalTestAccuracy,
-    double BestTestAccuracy,
-    int BestEpoch,
-    double FinalTrainLoss,
+    Selection SelectedBy,
+    int SelectedEpoch,
+    double DefectBeforeFinish,
     double FinalDefect,
     double FinalBatchDefect,
     double SecondsPerEpoch,
     double SecondsPerLearningEpoch,
     long PerExampleBytes,
-    bool StoppedEarly)
+    bool StoppedEarly) : IDisposable
 {
-    /// A copy of the trained weights (the caller disposes it).
-    public required Lifting.Programs.Weights Weights { get; init; }
+    /// The weights after the last epoch (and after the formulation's end-of-training pass).
+    public required Weights Weights { get; init; }
+
+    /// The weights at the end of `SelectedEpoch`.
+    public required Weights SelectedWeights { get; init; }
+
+    /// The thread count, LibTorch version and device the run used.
+    public required EngineInfo Engine { get; init; }
+
+    /// The metrics of the selected epoch.
+    public EpochMetrics Selected => Epochs[SelectedEpoch - 1];
+
+    /// The metrics of the last epoch.
+    public EpochMetrics Final => Epochs[^1];
+
+    public void Dispose()
+    {
+        Weights.Dispose();
+        SelectedWeights.Dispose();
+    }
 }
 
 /// Receives training events; only the host prints or writes files.

@@ -12,7 +12,8 @@ public sealed record TrainingOptions
     public ScalarType DType { get; init; } = ScalarType.Float32;
     /// Solver iterations per mini-batch.
     public int IterationsPerBatch { get; init; } = 1;
-    /// Stop when the test accuracy has not improved for this many epochs (0 = never).
+    /// Stop when the validation accuracy has not improved for this many epochs (0 = never). Needs
+    /// a validation split.
     public int Patience { get; init; }
     /// Measure, on the first mini-batch of each epoch, the cosine between the method's weight
     /// direction and the back-propagation gradient.

@@ -1,0 +1,142 @@
+using System.Globalization;
+using Lifting.Formulations;
+using Lifting.Solvers;
+
+namespace Lifting;
+
+/// A training method as three parts: what is lifted (formulation), how the game is solved
+/// (solver) and each player's step rule.
+public sealed record MethodParts(IFormulation Formulation, ISolver Solver, Func<string, IStepRule> StepRules);
+
+/// A named method: its parameters with their defaults, and how resolved arguments build its parts.
+/// Register one with `Methods.Register` and it is listed by `lifting methods`, runs from the host
+/// with its parameters as flags, and is recorded with every resolved value in a run's config.
+public sealed record MethodDefinition(
+    string Name,
+    string Description,
+    IReadOnlyList<MethodParameter> Parameters,
+    Func<MethodArguments, MethodParts> Build)
+{
+    public MethodParameter? Parameter(string name) => Parameters.FirstOrDefault(p => p.Name == name);
+}
+
+/// The arguments of one method: every parameter's value, defaults included, as canonical text,
+/// with typed accessors.
+public sealed class MethodArguments
+{
+    private readonly Dictionary<string, string> values;
+    private readonly HashSet<string> given;
+
+    internal MethodArguments(MethodDefinition method, Dictionary<string, string> values, HashSet<string> given)
+    {
+        Method = method;
+        this.values = values;
+        this.given = given;
+    }
+
+    public MethodDefinition Method { get; }
+
+    /// Every parameter and its value, in the order the method declares them.
+    public IReadOnlyList<KeyValuePair<string, string>> Values =>
+        Method.Parameters.Select(p => new KeyValuePair<string, string>(p.Name, values[p.Name])).ToArray();
+
+    /// True when the value was given rather than defaulted.
+    public bool Given(string name) => given.Contains(Check(name));
+
+    public string Text(string name) => values[Check(name)];
+    public double Real(string name) => double.Parse(Text(name), CultureInfo.InvariantCulture);
+    public int Integer(string name) => int.Parse(Text(name), CultureInfo.InvariantCulture);
+    public bool Flag(string name) => Text(name) == "true";
+    public bool Has(string name) => values.ContainsKey(name);
+
+    private string Check(string name) => values.ContainsKey(name) ? name
+        : throw new ArgumentException($"Method '{Method.Name}' has no parameter '{name}'.");
+}
+
+/// Which method to train with and the parameters to change from its defaults (invariant text,
+/// or any value through `With`). Parameters the method does not have are refused by name.
+public sealed record MethodSettings(string Method)
+{
+    public IReadOnlyDictionary<string, string> Values { get; init; } = new Dictionary<string, string>();
+
+    /// These settings with `name` set to `value` (numbers and booleans formatted invariantly).
+    public MethodSettings With(string name, object value)
+    {
+        var copy = new Dictionary<string, string>(Values) { [name] = MethodParameter.Format(value) };
+        return this with { Values = copy };
+    }
+}
+
+/// A method resolved into the parts the trainer needs, with the arguments it was built from.
+public sealed record ResolvedMethod(string Name, IFormulation Formulation, ISolver Solver, Func<string, IStepRule> StepRules, MethodArguments Arguments)
+{
+    /// What the method is, one line per item: formulation, solver and each player's step rule.
+    public IReadOnlyList<KeyValuePair<string, string>> Summary =>
+        new[]
+        {
+            new KeyValuePair<string, string>("formulation", Formulation.Description),
+            new KeyValuePair<string, string>("solver", Solver.Name),
+        }.Concat(Formulation.PlayerNames.Select(p => new KeyValuePair<string, string>($"step.{p}", StepRules(p).Name))).ToArray();
+}
+
+/// The catalog of named methods. The built-in ones are registered on first use; users add theirs
+/// with `Register`.
+public static class Methods
+{
+    private static readonly object gate = new();
+    private static readonly List<MethodDefinition> registry = new(BuiltinMethods.All);
+
+    public static IReadOnlyList<MethodDefinition> All
+    {
+        get { lock (gate) return registry.ToArray(); }
+    }
+
+    /// Adds a method; its name must be new.
+    public static void Register(MethodDefinition method)
+    {
+        var names = method.Parameters.Select(p => p.Name).ToArray();
+        var twice = names.GroupBy(n => n).FirstOrDefault(g => g.Count() > 1);
+        if (twice is not null) throw new ArgumentException($"Method '{method.Name}' declares parameter '{twice.Key}' twice.");
+        lock (gate)
+        {
+            if (registry.Any(m => string.Equals(m.Name, method.Name, StringComparison.OrdinalIgnoreCase)))
+                throw new ArgumentException($"A method named '{method.Name}' is already registered.");
+            registry.Add(method);
+        }
+    }
+
+    public static MethodDefinition Find(string name)
+    {
+        var key = name.Trim();
+        lock (gate)
+            return registry.FirstOrDefault(m => string.Equals(m.Name, key, StringComparison.OrdinalIgnoreCase))
+                ?? throw new ArgumentException($"Unknown method '{name}' (known: {string.Join(", ", registry.Select(m => m.Name))}).");
+    }
+
+    public static ResolvedMethod Resolve(string name) => Resolve(new MethodSettings(name));
+
+    /// Checks every given value against the method's parameters, fills in the defaults and builds
+    /// the method. Fresh step rules every time: scheduled rules carry per-run state.
+    public static ResolvedMethod Resolve(MethodSettings settings)
+    {
+        var method = Find(settings.Method);
+        foreach (var name in settings.Values.Keys)
+            if (method.Parameter(name) is null)
+                throw new ArgumentException($"Method '{method.Name}' has no parameter '{name}' (its parameters: {string.Join(", ", method.Parameters.Select(p => p.Name))}).");
+        var values = new Dictionary<string, string>();
+        var given = new HashSet<string>();
+        foreach (var p in method.Parameters)
+        {
+            if (settings.Values.TryGetValue(p.Name, out var text))
+            {
+                values[p.Name] = p.Normalise(text);
+                given.Add(p.Name);
+            }
+            else values[p.Name] = p.Normalise(p.DefaultFrom?.Invoke(n => values.TryGetValue(n, out var v) ? v
+                : throw new InvalidOperationException($"Parameter '{p.Name}' of '{method.Name}' depends on '{n}', which is not declared before it.")) ?? p.Default);
+        }
+        var arguments = new MethodArguments(method, values, given);
+        var parts = method.Build(arguments);
+        return new ResolvedMethod(method.Name, parts.Formulation, parts.Solver, parts.StepRules, arguments);
+    }
+}

@@ -1,0 +1,82 @@
+using Lifting.Formulations;
+using Lifting.Solvers;
+
+namespace Lifting;
+
+/// The parameters every method shares (solver, each player's step rule and step size, the
+/// weights' schedule, settling) and the per-player step rules they build. A player's rule is
+/// `optimizer` and `lr` for the weights and `optimizer-P` and `lr-P` for any other player P (e.g.
+/// `lr-states`, `lr-multipliers`), so a new formulation's players get their flags by their names.
+public static class PlayerRules
+{
+    public static MethodParameter Solver(string @default) =>
+        MethodParameter.Named("solver", @default, "the solver of the lifted game (see the solver list)");
+
+    /// `optimizer[-player]` and `lr[-player]`; the step size's default follows the rule: the
+    /// method's own step size for its own rule, the rule's usual one for another.
+    public static MethodParameter[] StepRule(string player, string defaultRule, double defaultRate)
+    {
+        var suffix = player == PlayerNames.Weights ? "" : "-" + player;
+        var what = player == PlayerNames.Weights ? "the weights" : $"the {player}";
+        var rule = MethodParameter.Choice("optimizer" + suffix, defaultRule, $"step rule of {what}", StepRuleCatalog.Names.ToArray())
+            with { Aliases = new Dictionary<string, string> { ["sgd"] = "constant" } };
+        var rate = MethodParameter.Positive("lr" + suffix, defaultRate, $"step size of {what}")
+            with { DefaultFrom = value => value("optimizer" + suffix) == defaultRule ? MethodParameter.Format(defaultRate) : MethodParameter.Format(StepRuleCatalog.DefaultRate(value("optimizer" + suffix))) };
+        return new[] { rule, rate };
+    }
+
+    public static MethodParameter Schedule(string @default) =>
+        MethodParameter.Choice("schedule", @default, "schedule of the weights' step over the epochs", "constant", "cosine");
+
+    /// `settle` and `settle-states`: hold the weights in the last fraction of the epochs while the
+    /// per-example variables settle, the state step scaled and the multiplier step divided.
+    public static MethodParameter[] Settling(double settle, double stateScale) => new[]
+    {
+        MethodParameter.Real("settle", settle, "fraction of the epochs at the end in which the weights are held while the per-example variables settle", 0, maximum: 1, maximumExclusive: true),
+        MethodParameter.Positive("settle-states", stateScale, "while settling, the state step is multiplied and the multiplier step divided by this"),
+    };
+
+    /// The step rule of every player of `formulation` from the arguments: the weights follow the
+    /// schedule and are held while settling; the other players' steps are rebalanced while settling.
+    public static Func<string, IStepRule> Build(MethodArguments a, IFormulation formulation)
+    {
+        double settle = a.Has("settle") ? a.Real("settle") : 0, stateScale = a.Has("settle-states") ? a.Real("settle-states") : 1;
+        var schedule = a.Has("schedule") ? a.Text("schedule") : "constant";
+        var rules = new Dictionary<string, IStepRule>();
+        foreach (var player in formulation.PlayerNames)
+        {
+            var suffix = player == PlayerNames.Weights ? "" : "-" + player;
+            if (!a.Has("optimizer" + suffix))
+                throw new ArgumentException($"Method '{a.Method.Name}' declares no step rule for its player '{player}' (parameters optimizer{suffix} and lr{suffix}).");
+            var created = StepRuleCatalog.Create(a.Text("optimizer" + suffix), a.Real("lr" + suffix));
+            rules[player] = player switch
+            {
+                PlayerNames.Weights => schedule switch
+                {
+                    "cosine" => Schedules.Cosine(created, settle),
+                    _ when settle > 0 => Schedules.Settling(created, settle, 0),
+                    _ => created,
+                },
+                PlayerNames.States when settle > 0 && stateScale != 1 => Schedules.Settling(created, settle, stateScale),
+                PlayerNames.Multipliers when settle > 0 && stateScale != 1 => Schedules.Settling(created, settle, 1 / stateScale),
+                _ => created,
+            };
+        }
+        return player => rules.TryGetValue(player, out var rule) ? rule
+            : throw new ArgumentException($"Method '{a.Method.Name}' has no player '{player}'.");
+    }
+
+    /// The solver named by `solver`, preceded by `inner` iterations of `inner-solver` on the
+    /// players other than the weights when the method has those parameters.
+    public static ISolver Solver(MethodArguments a, IFormulation formulation, ISolver? named = null)
+    {
+        var solver = named ?? SolverCatalog.Create(a.Text("solver"), formulation.DefaultSchedule);
+        if (formulation.HasMaximisingPlayers && a.Text("solver") == "alternating")
+            throw new ArgumentException($"Method '{a.Method.Name}' is a saddle-point problem; the alternating solver needs a minimisation (use extragradient, gda, optimistic, mirror-prox or projection).");
+        var inner = a.Has("inner") ? a.Integer("inner") : 0;
+        if (inner == 0) return solver;
+        var others = formulation.PlayerNames.Where(p => p != PlayerNames.Weights).ToArray();
+        if (others.Length == 0) throw new ArgumentException($"Method '{a.Method.Name}' has no per-example players for inner iterations.");
+        return new WithInnerIterations(SolverCatalog.Create(a.Text("inner-solver"), formulation.DefaultSchedule), others, inner, solver);
+    }
+}
