@@ -23,7 +23,10 @@ public static class Cli
         train options:
           --data NAME|PATH            digits (default, embedded), mnist-10k (embedded), fashion-mnist,
                                       a folder of IDX files, or a digits-format .csv[.gz]
-          --net 784-256-10            layer sizes (first = inputs per example, last = classes)
+          --net SPEC                  784-256-10 (MLP sizes: inputs, hidden..., classes), a name (lenet5,
+                                      seed001-conv), or layers: "conv:6:5:1:2,relu,maxpool:2,cut,dense:120,
+                                      relu,dense:10" (conv:C:K[:S[:P]], maxpool:K, avgpool:K, flatten,
+                                      dense:N, activations, cut)
           --activation relu           hidden activation: relu, tanh, sigmoid, hardtanh, identity, sign, step
           --loss cross-entropy        cross-entropy or mse
           --method backprop           backprop, extraprop, extraprop-rows, gda, auglag, penalty, regularized
@@ -266,21 +269,14 @@ public static class Cli
         return line;
     }
 
-    /// The MLP named by --net (or inputs-128-classes) with the chosen activation and loss.
+    /// The network named by --net (sizes, a zoo name or a layer list; see NetSpec), or
+    /// inputs-128-classes, with the chosen hidden activation and loss.
     public static NestedProgram BuildProgram(Experiment e, Dataset train)
     {
-        var flat = train.ExampleShape.Aggregate(1L, (a, b) => a * b);
-        long[] sizes;
-        if (e.Net is null) sizes = new[] { flat, 128L, train.ClassCount };
-        else
+        try { return NetSpec.Build(e.Net, train.ExampleShape, train.ClassCount, Activations.ByName(e.Activation), Losses.ByName(e.Loss)); }
+        catch (ArgumentException x) when (e.Net is not null && !x.Message.StartsWith("--net", StringComparison.Ordinal))
         {
-            var parts = e.Net.Split('-', StringSplitOptions.TrimEntries);
-            sizes = parts.Select(p => long.TryParse(p, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) && v > 0 ? v
-                : throw new UsageException($"--net {e.Net}: '{p}' is not a positive layer size")).ToArray();
-            if (sizes.Length < 2) throw new UsageException($"--net {e.Net}: give at least input and output sizes, e.g. {flat}-128-{train.ClassCount}");
-            if (sizes[0] != flat) throw new UsageException($"--net {e.Net}: the network starts with {sizes[0]} inputs but {e.Data} has {flat} values per example");
-            if (sizes[^1] != train.ClassCount) throw new UsageException($"--net {e.Net}: the network ends with {sizes[^1]} outputs but {e.Data} has {train.ClassCount} classes");
+            throw new UsageException($"--net {e.Net}: {x.Message}");
         }
-        return Net.Mlp(train.ExampleShape, sizes, Activations.ByName(e.Activation), Losses.ByName(e.Loss));
     }
 }

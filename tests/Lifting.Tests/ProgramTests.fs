@@ -55,6 +55,36 @@ let tests =
             let ex2 = Expect.throwsC (fun () -> Net.Mlp([| 64L |], [| 784L; 10L |], Activations.ReLU, Losses.CrossEntropy) |> ignore) id
             Expect.stringContains ex2.Message "784" "the message names the bad size"
         }
+        test "NetSpec builds MLPs by sizes, zoo networks by name and conv nets from a layer list" {
+            let mlp = NetSpec.Build("784-256-10", [| 1L; 28L; 28L |], 10, Activations.Tanh, Losses.CrossEntropy)
+            Expect.equal mlp.Blocks.Count 2 "one hidden layer: two blocks"
+            Expect.equal mlp.ParameterCount (784L * 256L + 256L + 2570L) "784-256-10 parameters"
+            let lenet = NetSpec.Build("lenet5", [| 1L; 28L; 28L |], 10, Activations.ReLU, Losses.CrossEntropy)
+            Expect.equal lenet.ParameterCount (156L + 2416L + 48120L + 10164L + 850L) "LeNet-5's 61,706 parameters"
+            Expect.equal lenet.Blocks.Count 5 "cut after each hidden activation"
+            let seed001 = NetSpec.Build("seed001-conv", [| 1L; 28L; 28L |], 10, Activations.ReLU, Losses.CrossEntropy)
+            Expect.equal seed001.Blocks.Count 2 "one cut, after the convolutions"
+            Expect.sequenceEqual seed001.Blocks.[0].OutputShape [| 16L; 5L; 5L |] "the feature extractor's output"
+            let listed = NetSpec.Build("conv:4:3:1:1, relu, maxpool:2, cut, dense:16, tanh, dense:10", [| 1L; 8L; 8L |], 10, Activations.ReLU, Losses.Mse)
+            Expect.equal listed.Blocks.Count 2 "the explicit cut alone"
+            Expect.sequenceEqual listed.Blocks.[0].OutputShape [| 4L; 4L; 4L |] "padded conv keeps 8×8, pooling halves it"
+            Expect.equal listed.Loss.Name "mse" "the given loss"
+            use w = listed.Initialise(1)
+            Expect.sequenceEqual (listed.Forward(ones(3L, 1L, 8L, 8L), w.Tensors).shape) [| 3L; 10L |] "runs"
+        }
+        test "NetSpec errors name the bad part" {
+            let fails (spec: string) (fragment: string) =
+                let ex = Expect.throwsC (fun () -> NetSpec.Build(spec, [| 1L; 8L; 8L |], 10, Activations.ReLU, Losses.CrossEntropy) |> ignore) id
+                Expect.stringContains ex.Message fragment $"{spec}: {ex.Message}"
+            fails "64-0-10" "'0'"
+            fails "784-10" "784"
+            fails "64-32-7" "10 classes"
+            fails "resnet" "resnet"
+            fails "conv:4:30, dense:10" "conv:4:30"
+            fails "conv:4, dense:10" "kernel size"
+            fails "swish, dense:10" "swish"
+            fails "dense:16, relu" "10 classes"
+        }
         test "same seed gives identical weights; different seeds differ" {
             let program = mlp 5L [ 7L ] 3L Activations.ReLU Losses.CrossEntropy
             use a = program.Initialise(3)
