@@ -36,6 +36,8 @@ public static class Cli
           --validation-fraction F     training examples held out for validation (0.1); selection (best
                                       epoch, early stopping) uses them; 0 = none, selection = last epoch
           --split-seed N              seed of the validation split (fixed by default)
+          --input-scaling standardise|unit  standardise inputs with the training split's mean and std
+                                      (default), or keep them in [0, 1] (seed 002's Fenchel BP setting)
           --patience N                stop after N epochs without a better validation accuracy (0 = off)
           --iterations N              solver iterations per mini-batch (1)
           --cosine                    log the cosine between the weight update and backprop's gradient
@@ -110,7 +112,7 @@ public static class Cli
     }
 
     internal static DataOptions DataOptions(Experiment experiment, Device device) =>
-        new() { Device = device, ValidationFraction = experiment.ValidationFraction, SplitSeed = experiment.SplitSeed };
+        new() { Device = device, ValidationFraction = experiment.ValidationFraction, SplitSeed = experiment.SplitSeed, Scaling = experiment.Scaling() };
 
     private static int Train(string[] args, TextWriter output, TextWriter error)
     {
@@ -215,6 +217,7 @@ public static class Cli
             ["epochs"] = result.Epochs.Count,
             ["stopped_early"] = result.StoppedEarly,
             ["per_example_bytes"] = result.PerExampleBytes,
+            ["state_bytes"] = result.StateBytes,
             ["threads"] = result.Engine.Threads,
         };
         if (method.Formulation.PlayerNames.Count > 1)

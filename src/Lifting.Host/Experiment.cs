@@ -27,6 +27,8 @@ public sealed record Experiment
     public int? Threads { get; init; }
     public double ValidationFraction { get; init; } = 0.1;
     public int SplitSeed { get; init; } = Lifting.Data.DataOptions.DefaultSplitSeed;
+    /// "standardise" (default) or "unit": inputs kept in [0, 1].
+    public string InputScaling { get; init; } = "standardise";
     /// The method's parameters that differ from its defaults (invariant text).
     public IReadOnlyDictionary<string, string> Parameters { get; init; } = new Dictionary<string, string>();
     public string? Out { get; init; }
@@ -41,7 +43,7 @@ public sealed record Experiment
     private static readonly string[] RunKeys =
     {
         "data", "net", "activation", "loss", "method", "epochs", "batch", "seed", "patience", "iterations",
-        "cosine", "device", "threads", "validation-fraction", "split-seed",
+        "cosine", "device", "threads", "validation-fraction", "split-seed", "input-scaling",
     };
 
     public static bool IsRunKey(string name) => RunKeys.Contains(name) || name is "out" or "json" or "config" or "environment";
@@ -94,6 +96,7 @@ public sealed record Experiment
             ["threads"] = engine.Threads,
             ["validation-fraction"] = ValidationFraction,
             ["split-seed"] = SplitSeed,
+            ["input-scaling"] = InputScaling,
         };
         if (Net is null) o.Remove("net");
         foreach (var (name, value) in method.Arguments.Values)
@@ -164,10 +167,21 @@ public sealed record Experiment
             "threads" => this with { Threads = PositiveInt(flag, value) },
             "validation-fraction" => this with { ValidationFraction = Fraction(flag, value) },
             "split-seed" => this with { SplitSeed = Int(flag, value) },
+            "input-scaling" => this with { InputScaling = Scaling(flag, value) },
             "out" => this with { Out = value },
             _ => WithParameter(name, value),
         };
     }
+
+    private static string Scaling(string flag, string value) => value.Trim().ToLowerInvariant() switch
+    {
+        "standardise" or "standardize" => "standardise",
+        "unit" => "unit",
+        _ => throw new UsageException($"{flag}: '{value}' is not standardise or unit"),
+    };
+
+    /// The data loader's scaling for `InputScaling`.
+    public Lifting.Data.InputScaling Scaling() => InputScaling == "unit" ? Lifting.Data.InputScaling.UnitRange : Lifting.Data.InputScaling.Standardise;
 
     private static bool IsNumber(string s) => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _);
 

@@ -139,6 +139,15 @@ let tests =
             Expect.floatClose Accuracy.medium (split.Train.Inputs.std().ToDouble()) 1.0 "std 1"
             Expect.equal split.Train.ClassCount 10 "ten classes"
         }
+        test "unit-range scaling keeps inputs in [0, 1], unstandardised, on every split" {
+            use split = DatasetCatalog.Load("mnist-10k", DataOptions(Scaling = InputScaling.UnitRange))
+            Expect.equal split.Normalisation (Normalisation(0.0, 1.0)) "no standardisation"
+            for d in [ split.Train; split.Validation; split.Test ] do
+                Expect.equal (d.Inputs.min().ToDouble()) 0.0 $"{d.Name}: black pixels are 0"
+                Expect.equal (d.Inputs.max().ToDouble()) 1.0 $"{d.Name}: white pixels are 1"
+            use standardised = DatasetCatalog.Load "mnist-10k"
+            Expect.isLessThan (standardised.Train.Inputs.min().ToDouble()) -0.1 "the default standardises"
+        }
         test "embedded mnist-10k: 7200 train / 800 validation / 2000 test images of 1×28×28" {
             let split = DatasetCatalog.Load "mnist-10k"
             Expect.equal (split.Train.Count, split.Validation.Count, split.Test.Count) (7200, 800, 2000) "sizes"

@@ -79,6 +79,7 @@ and RecordingProblem(owner: IFormulation, inner: ILiftedProblem, log: Log) =
         member _.Formulation = owner
         member _.Weights = inner.Weights
         member _.Store = inner.Store
+        member _.StateBytes = inner.StateBytes
         member _.Batch(batch) =
             log.Batches.Add((log.Epoch, batch.Indices.data<int64>().ToArray()))
             new RecordingGame(inner.Batch(batch), log) :> IBatchGame

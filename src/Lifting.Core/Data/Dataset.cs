@@ -43,7 +43,8 @@ public sealed class Dataset : IDisposable
     }
 }
 
-/// Scalar standardisation x ← (x − Mean) / Std, with Mean and Std taken from the training split.
+/// Scalar standardisation x ← (x − Mean) / Std, with Mean and Std taken from the training split
+/// (Mean 0 and Std 1 when the inputs are kept in [0, 1]).
 public sealed record Normalisation(double Mean, double Std);
 
 /// The three splits of a dataset and the normalisation applied to all of them (taken from `Train`).
@@ -62,7 +63,18 @@ public sealed record DataSplit(Dataset Train, Dataset Validation, Dataset Test, 
     }
 }
 
-/// How a dataset is loaded: the device its tensors live on and the validation split.
+/// How input values are scaled after loading.
+public enum InputScaling
+{
+    /// Values in [0, 1] (pixels / 255, digits / 16), then standardised with the training split's
+    /// scalar mean and std (the default).
+    Standardise,
+    /// Values in [0, 1], not standardised (seed 002's Fenchel back-propagation experiment feeds
+    /// MNIST this way: with standardised inputs its all-negative initialisation is no dead zone).
+    UnitRange,
+}
+
+/// How a dataset is loaded: the device its tensors live on, the input scaling and the validation split.
 public sealed record DataOptions
 {
     /// The seed of the validation split unless another is given: fixed, so that every run, seed and
@@ -78,6 +90,9 @@ public sealed record DataOptions
 
     /// The seed of the shuffle that picks the validation examples.
     public int SplitSeed { get; init; } = DefaultSplitSeed;
+
+    /// Standardised inputs (default) or raw values in [0, 1].
+    public InputScaling Scaling { get; init; } = InputScaling.Standardise;
 
     public void Validate()
     {

@@ -14,7 +14,8 @@ namespace Lifting.Data;
 /// - a folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte
 ///   and t10k-labels-idx1-ubyte (each optionally .gz), or a digits-format .csv / .csv.gz file.
 ///
-/// Inputs are scaled to [0, 1] and standardised with the training split's mean and std. A
+/// Inputs are scaled to [0, 1] and, unless `DataOptions.Scaling` says otherwise, standardised with
+/// the training split's mean and std. A
 /// validation split is carved from the training set (`DataOptions`) before the statistics are
 /// taken, so nothing about the validation or test examples reaches training.
 public static class DatasetCatalog
@@ -46,7 +47,7 @@ public static class DatasetCatalog
         if (!train.Shape.Skip(1).SequenceEqual(test.Shape.Skip(1)))
             throw new DataFormatException($"{train.Name}: training examples are {Show(train.Shape)} but test examples are {Show(test.Shape)}");
         var (fit, validation) = CarveValidation(train, options);
-        return Normalise(fit, validation, test, options.Device);
+        return Normalise(fit, validation, test, options);
     }
 
     private sealed record Raw(string Name, float[] Values, long[] Shape, long[] Labels, int Classes)
@@ -81,11 +82,16 @@ public static class DatasetCatalog
         return (train.Take(kept, $"{baseName}/train"), train.Take(held, $"{baseName}/validation"));
     }
 
-    private static DataSplit Normalise(Raw train, Raw validation, Raw test, Device device)
+    private static DataSplit Normalise(Raw train, Raw validation, Raw test, DataOptions options)
     {
-        double mean = train.Values.Average(v => (double)v);
-        double std = Math.Sqrt(train.Values.Average(v => (v - mean) * (v - mean)));
-        if (!(std > 0)) std = 1;
+        var device = options.Device;
+        double mean = 0, std = 1;
+        if (options.Scaling == InputScaling.Standardise)
+        {
+            mean = train.Values.Average(v => (double)v);
+            std = Math.Sqrt(train.Values.Average(v => (v - mean) * (v - mean)));
+            if (!(std > 0)) std = 1;
+        }
         var classes = Math.Max(train.Classes, test.Classes);
         Dataset Make(Raw raw)
         {

@@ -85,6 +85,12 @@ public interface ILiftedProblem : IDisposable
     /// The per-example variables and their optimiser state (empty when nothing is per example).
     ExampleStore Store { get; }
 
+    /// Bytes of every auxiliary tensor the formulation keeps for the run, beyond the network's
+    /// weights and their optimiser state: the per-example store (with its optimiser state) plus
+    /// shared auxiliary variables (e.g. DistProp's per-class means, scales and multipliers). Per-batch
+    /// variables, which die with the batch game, do not count.
+    long StateBytes { get; }
+
     /// Gathers the mini-batch's rows of every per-example variable into a game. The solver
     /// updates the game's variables; `Commit` scatters the rows (and their optimiser state) back.
     IBatchGame Batch(MiniBatch batch);

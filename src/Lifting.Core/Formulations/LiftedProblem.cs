@@ -33,6 +33,9 @@ public abstract class LiftedProblem : ILiftedProblem
 
     public abstract IBatchGame Batch(MiniBatch batch);
 
+    /// The per-example store's bytes; formulations with shared auxiliary variables add theirs.
+    public virtual long StateBytes => Store.Bytes;
+
     public virtual IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => Array.Empty<double>();
 
     /// Mean |state_l − f_l(state_{l−1})| over the examples at `rows` (all when null), where

@@ -4,10 +4,13 @@ using Lifting.Solvers;
 namespace Lifting;
 
 /// The methods Lifting ships: back-propagation, the multiple-shooting Lagrangian family (seed 001)
-/// and the quadratic-penalty family (MAC, "Regularized").
+/// and the quadratic-penalty family (MAC, "Regularized"). Other families live in their own files
+/// (`XxxMethods.All`) and are appended to `All`.
 internal static class BuiltinMethods
 {
-    public static IEnumerable<MethodDefinition> All => new[]
+    public static IEnumerable<MethodDefinition> All => Core;
+
+    private static IEnumerable<MethodDefinition> Core => new[]
     {
         Backprop,
         // Per-example players take constant steps: AdaGrad's first step on a fresh row is ±α

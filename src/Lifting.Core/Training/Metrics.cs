@@ -76,6 +76,10 @@ public sealed record TrainingResult(
     /// The thread count, LibTorch version and device the run used.
     public required EngineInfo Engine { get; init; }
 
+    /// Bytes of the formulation's auxiliary state for the whole run (`ILiftedProblem.StateBytes`);
+    /// `PerExampleBytes` is the per-example store's share divided by the training set's size.
+    public long StateBytes { get; init; }
+
     /// The metrics of the selected epoch.
     public EpochMetrics Selected => Epochs[SelectedEpoch - 1];
 

@@ -145,6 +145,7 @@ public static class Trainer
                 Weights = problem.Weights.Clone(),
                 SelectedWeights = selectedWeights!,
                 Engine = EngineInfo.Current(options.Device),
+                StateBytes = problem.StateBytes,
             };
         }
         catch
