@@ -10,6 +10,8 @@ namespace Lifting.Formulations;
 /// per-example store. Subclasses add per-example players and build the batch game.
 public abstract class LiftedProblem : ILiftedProblem
 {
+    private readonly Dictionary<string, Tensor> shared = new();
+
     protected LiftedProblem(IFormulation formulation, LiftContext context, Weights weights)
     {
         Formulation = formulation;
@@ -33,8 +35,34 @@ public abstract class LiftedProblem : ILiftedProblem
 
     public abstract IBatchGame Batch(MiniBatch batch);
 
-    /// The per-example store's bytes; formulations with shared auxiliary variables add theirs.
-    public virtual long StateBytes => Store.Bytes;
+    /// The per-example store's bytes plus every shared auxiliary tensor's (`AddShared`).
+    public virtual long StateBytes => Store.Bytes + shared.Values.Sum(t => t.NumberOfElements * t.ElementSize);
+
+    /// The shared auxiliary tensors by name (variables, their step-rule state and solver memory).
+    public IReadOnlyDictionary<string, Tensor> SharedState => shared;
+
+    /// Registers a shared auxiliary tensor: one kept for the run but not per example (e.g.
+    /// DistProp's per-class means and scales). The problem owns it: it counts in `StateBytes` and
+    /// is disposed with the problem.
+    protected Tensor AddShared(string name, Tensor value)
+    {
+        if (shared.ContainsKey(name)) throw new ArgumentException($"Shared variable '{name}' is already registered.");
+        var t = value.DetachFromDisposeScope();
+        shared[name] = t;
+        return t;
+    }
+
+    /// A shared variable of player `player` (a leaf that requires grad) with its step-rule state,
+    /// all registered with `AddShared` under `name`, `name#slotK` and `name#memoryK`.
+    protected (Tensor Variable, StepState State) AddSharedVariable(string player, string name, Tensor initial)
+    {
+        Tensor variable;
+        using (no_grad()) variable = AddShared(name, initial.detach().clone().requires_grad_(true));
+        var state = Context.NewState(player, variable, rowIndexed: false);
+        for (int s = 0; s < state.Slots.Count; s++) AddShared($"{name}#slot{s}", state.Slots[s]);
+        for (int m = 0; m < state.Memory.Count; m++) AddShared($"{name}#memory{m}", state.Memory[m]);
+        return (variable, state);
+    }
 
     public virtual IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => Array.Empty<double>();
 
@@ -76,6 +104,8 @@ public abstract class LiftedProblem : ILiftedProblem
 
     public virtual void Dispose()
     {
+        foreach (var t in shared.Values) t.Dispose();
+        shared.Clear();
         Store.Dispose();
         foreach (var s in WeightStates) s.Dispose();
     }
