@@ -46,8 +46,8 @@ public sealed record MultipleShootingOptions
         if (!(Epsilon >= 0) || double.IsInfinity(Epsilon)) throw new ArgumentOutOfRangeException(nameof(Epsilon), $"Invalid epsilon: {Epsilon} (expected a finite value >= 0).");
         if (!(Augmentation >= 0) || double.IsInfinity(Augmentation)) throw new ArgumentOutOfRangeException(nameof(Augmentation), $"Invalid augmentation c: {Augmentation} (expected a finite value >= 0).");
         if (ReparametriseStates && ProjectStates) throw new ArgumentException("States are either reparametrised or projected onto the activation's range, not both.");
-        if (Inequality && !ReducedConstraint) throw new ArgumentException("The inequality form is that of the reduced constraint ‖g‖₁ − ε ≤ 0; set the reduced constraint too.");
-        if (Inequality && Augmentation > 0) throw new ArgumentException("The augmentation (c/2)‖g‖² is for equality constraints; the inequality form takes none.");
+        if (Inequality && !ReducedConstraint) throw new ArgumentException("Invalid inequality: true without the reduced constraint (the inequality form is the reduced ‖g‖₁ − ε ≤ 0; set reduced too).");
+        if (Inequality && Augmentation > 0) throw new ArgumentException($"Invalid augmentation c: {Augmentation} with the inequality form (expected 0: (c/2)‖g‖² is for equality constraints).");
     }
 }
 
