@@ -29,6 +29,9 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     "multiple-shooting reparametrised", (fun () -> MultipleShooting(MultipleShootingOptions(ReparametriseStates = true))), 0.05, true
     // ε must leave the reduced constraint satisfiable, or its multiplier grows without bound.
     "multiple-shooting reduced", (fun () -> MultipleShooting(MultipleShootingOptions(ReducedConstraint = true, Epsilon = 0.5))), 0.02, true
+    // The same feasible set as the inequality ‖g‖₁ − ε ≤ 0, multipliers projected onto λ ≥ 0.
+    "multiple-shooting reduced inequality", (fun () -> MultipleShooting(MultipleShootingOptions(ReducedConstraint = true, Inequality = true, Epsilon = 0.5))), 0.02, true
+    "multiple-shooting projected states", (fun () -> MultipleShooting(MultipleShootingOptions(ProjectStates = true))), 0.05, true
     "augmented Lagrangian", (fun () -> MultipleShooting(MultipleShootingOptions(Augmentation = 1.0))), 0.05, false
     "quadratic penalty", (fun () -> QuadraticPenalty(PenaltySchedule(1.0, 2.0, 100.0), 3)), 0.05, false
     "regularized", (fun () -> QuadraticPenalty(PenaltySchedule.Fixed 5.0)), 0.05, false

@@ -33,6 +33,25 @@ let activationOf i = [| Activations.Tanh; Activations.Sigmoid; Activations.ReLU;
 
 let config = { FsCheckConfig.defaultConfig with maxTest = 25; arbitrary = [] }
 
+/// The game with every player's projections removed: the same variables, step rules and operator.
+let withoutProjections (game: IGame) =
+    let players = [| for p in game.Players -> Player(p.Name, p.Role, p.Variables, p.StepRule, p.StepStates, p.RowIndexed, geometry = p.Geometry) |]
+    { new IGame with
+        member _.Players = players :> _
+        member _.Operator(requested) = game.Operator(requested)
+        member _.Objective() = game.Objective() }
+
+/// An identity layer that counts its evaluations (to see when a block is evaluated).
+let countingLayer (calls: int ref) (shape: int64[]) =
+    { new ILayer with
+        member _.Name = "count"
+        member _.InputShape = shape
+        member _.OutputShape = shape
+        member _.Parameters = Array.empty<ParameterSpec> :> _
+        member _.Forward(input, _) =
+            calls.Value <- calls.Value + 1
+            input }
+
 /// LeCun 1988: with forward states and adjoint multipliers, ∂L/∂h = 0, λ = −∂ℓ/∂h and ∇_w L = backprop.
 let lecunHolds (m: SmallMlp) =
     let program = mlp m.Inputs m.Hidden m.Classes (activationOf m.Activation) Losses.CrossEntropy
@@ -94,25 +113,33 @@ let tests =
             Expect.isLessThan (List.last errors) 0.01 $"mu = 1000 is within 1%%: %A{errors}"
         }
 
-        test "epsilon-insensitive defect is seed 001 eq. 3 (soft thresholding)" {
+        test "constraint functions: the ε-insensitive defect is seed 001 eq. 3 (soft thresholding); reduced, ReLU(‖g‖₁ − ε), or ‖g‖₁ − ε as an inequality" {
             let g = torch.tensor([| -0.5; -0.05; 0.0; 0.05; 0.3 |], dtype = f64)
             let shrunk = MultipleShooting.Constraint(g, MultipleShootingOptions(Epsilon = 0.1))
             let expected = torch.tensor([| -0.4; 0.0; 0.0; 0.0; 0.2 |], dtype = f64)
             Expect.isLessThan ((shrunk - expected).abs().max().ToDouble()) 1e-12 "g − ε, 0, g + ε"
-            let reduced = MultipleShooting.Constraint(g.reshape(1L, 5L), MultipleShootingOptions(Epsilon = 0.1, ReducedConstraint = true))
-            Expect.floatClose Accuracy.veryHigh (reduced.ToDouble()) 0.8 "ReLU(‖g‖₁ − ε)"
+            let rows = torch.stack([| g; 0.1 * g |]) // ‖g‖₁ = 0.9 and 0.09
+            let reduced = MultipleShooting.Constraint(rows, MultipleShootingOptions(Epsilon = 0.1, ReducedConstraint = true))
+            Expect.isLessThan ((reduced - torch.tensor([| 0.8; 0.0 |], dtype = f64)).abs().max().ToDouble()) 1e-12 "ReLU(‖g‖₁ − ε) per row"
+            let inequality = MultipleShooting.Constraint(rows, MultipleShootingOptions(Epsilon = 0.1, ReducedConstraint = true, Inequality = true))
+            Expect.isLessThan ((inequality - torch.tensor([| 0.8; -0.01 |], dtype = f64)).abs().max().ToDouble()) 1e-12 "‖g‖₁ − ε per row, negative inside"
+            Expect.throwsT<ArgumentException> (fun () -> MultipleShooting(MultipleShootingOptions(Inequality = true)) |> ignore) "the inequality form needs the reduced constraint"
+            Expect.throwsT<ArgumentException> (fun () -> MultipleShooting(MultipleShootingOptions(Inequality = true, ReducedConstraint = true, Augmentation = 1.0)) |> ignore) "and takes no augmentation"
         }
 
-        test "holding the weights fixed during inner iterations reuses the first block without changing the iterates" {
+        test "holding the weights fixed during inner iterations evaluates the first block once per hold and leaves the iterates unchanged" {
             // The same solver on the same game, once through a view that lets the game hold the
             // weights (and reuse f_1(x)), once through a plain view that does not: equal iterates.
+            // A counting layer inside the first block shows how often f_1 is evaluated.
             let run (hideHolding: bool) (formulation: IFormulation) =
-                let program = mlp 4L [ 5L; 3L ] 3L Activations.Tanh Losses.CrossEntropy
+                let calls = ref 0
+                let program = Net.Input(4L).Dense(5L).Layer(fun s -> countingLayer calls s).Tanh().Dense(3L).Tanh().Dense(3L).CrossEntropy()
                 let x, y = randomBatch 4 6L 4L 3L
                 use w = program.Initialise(2, torch.CPU, f64)
                 let problem, game, _ = liftAll formulation program w x y 3 0 (constantRules 0.2)
                 use _p = problem
                 use _g = game
+                calls.Value <- 0 // lifting's forward pass over the training set counted too
                 let view =
                     if hideHolding then
                         { new IGame with
@@ -123,10 +150,12 @@ let tests =
                 let perExample = formulation.PlayerNames |> Seq.filter ((<>) PlayerNames.Weights) |> Array.ofSeq
                 let solver = WithInnerIterations(Solvers.Extragradient(), perExample, 3, Solvers.Extragradient())
                 for _ in 1 .. 4 do solver.Step(view)
-                game.Players |> Seq.collect (fun p -> p.Variables) |> Seq.map (fun t -> t.detach().clone()) |> Array.ofSeq
+                game.Players |> Seq.collect (fun p -> p.Variables) |> Seq.map (fun t -> t.detach().clone()) |> Array.ofSeq, calls.Value
             for formulation in [ MultipleShooting() :> IFormulation; QuadraticPenalty(PenaltySchedule.Fixed 3.0) ] do
-                let held, plain = run false formulation, run true formulation
+                let (held, heldCalls), (plain, plainCalls) = run false formulation, run true formulation
                 Expect.isLessThan (relativeError held plain) 1e-14 $"{formulation.Name}: identical iterates"
+                Expect.equal plainCalls (4 * 8) $"{formulation.Name}: without holding, f_1 at every evaluation (3 inner iterations × 2, outer × 2)"
+                Expect.equal heldCalls (4 * 2) $"{formulation.Name}: holding, f_1 once for the inner iterations (the first outer evaluation reuses it) and once at the extrapolated weights"
         }
 
         test "augmented Lagrangian: the objective is (1/B) Σ_i [ℓ_i + ⟨λ_i, g_i⟩ + (c/2)‖g_i‖²]" {
@@ -213,26 +242,34 @@ let tests =
                 Expect.isTrue (lo < lower || hi > upper) $"{act.Name} unprojected: states leave the range, [{lo}, {hi}]"
         }
 
-        test "extraprop extrapolates every player; extraprop-rows evaluates the weights' operator once per step" {
-            // Count, per outer solver step, the operator evaluations that include the weights.
-            let weightEvaluations (methodName: string) =
+        test "extraprop extrapolates every player; extraprop-rows extrapolates only the rows and evaluates the weights' operator once per step" {
+            // One step of each method's solver on a recorded game: which players each operator
+            // evaluation asks for, and the values of every player at each evaluation.
+            let step (methodName: string) =
                 let m = Lifting.Methods.Resolve methodName
                 let program = mlp 3L [ 4L ] 2L Activations.ReLU Losses.CrossEntropy
                 let x, y = randomBatch 25 6L 3L 2L
                 use w = program.Initialise(1, torch.CPU, f64)
-                let log = Log()
+                let log = Log(KeepValues = true)
                 let problem, game, _ = liftAll (Recording(m.Formulation, log)) program w x y 2 m.Solver.MemorySlots m.StepRules
                 use _p = problem
                 use _g = game
+                let start = [| for v in (player game PlayerNames.Weights).Variables -> v.detach().clone() |]
                 m.Solver.Step(game)
-                let requests = [ for (_, players) in log.Requests -> Set.ofArray players ]
-                requests |> List.filter (Set.contains PlayerNames.Weights) |> List.length, requests
-            let full, _ = weightEvaluations "extraprop"
-            Expect.equal full 2 "extragradient evaluates the weights' operator at the start and at the extrapolated point"
-            let rowsOnly, requests = weightEvaluations "extraprop-rows"
-            Expect.equal rowsOnly 1 "only the update evaluates the weights' operator"
+                [ for (_, players) in log.Requests -> Set.ofArray players ], List.ofSeq log.Values, start
+            let same (a: Tensor[]) (b: Tensor[]) = Array.forall2 (fun (u: Tensor) (v: Tensor) -> (u - v).abs().max().ToDouble() = 0.0) a b
             let rows = Set.ofList [ PlayerNames.States; PlayerNames.Multipliers ]
-            Expect.equal requests.[requests.Length - 2] rows "the extrapolation evaluates the rows alone"
+            let all = Set.add PlayerNames.Weights rows
+            let requests, values, start = step "extraprop"
+            // One inner extragradient iteration on the rows (2 evaluations), then the outer one.
+            Expect.equal requests [ rows; rows; all; all ] "extraprop: the outer extragradient evaluates every player at the start and at the extrapolated point"
+            Expect.isFalse (same values.[3].[PlayerNames.Weights] start) "extraprop: the update's evaluation sees extrapolated weights"
+            Expect.isFalse (same values.[3].[PlayerNames.States] values.[2].[PlayerNames.States]) "extraprop: and extrapolated states"
+            let requests, values, start = step "extraprop-rows"
+            Expect.equal requests [ rows; rows; rows; all ] "extraprop-rows: the extrapolation evaluates the rows alone, the update every player"
+            Expect.isTrue (same values.[3].[PlayerNames.Weights] start) "extraprop-rows: the update's evaluation sees the weights unextrapolated"
+            for name in rows do
+                Expect.isFalse (same values.[3].[name] values.[2].[name]) $"extraprop-rows: the update's evaluation sees extrapolated {name}"
         }
 
         test "the cosine to backprop is +1 for back-propagation and for the Lagrangian at adjoint multipliers" {
@@ -252,6 +289,52 @@ let tests =
             Expect.floatClose Accuracy.high (Lifting.Training.Trainer.CosineToBackprop(program, w, game2, batchOf ())) 1.0 "the Lagrangian's weight direction at the adjoints is backprop's"
             using (torch.no_grad()) (fun _ -> Seq.iter2 (fun (v: Tensor) (a: Tensor) -> v.copy_(-a) |> ignore) (player game2 PlayerNames.Multipliers).Variables adjoints)
             Expect.isLessThan (Lifting.Training.Trainer.CosineToBackprop(program, w, game2, batchOf ())) 0.99 "negated multipliers point elsewhere"
+        }
+
+        test "reduced inequality ‖g‖₁ − ε ≤ 0: multipliers projected onto λ ≥ 0 never go negative and stay 0 on rows kept strictly feasible; unprojected they go negative" {
+            // From perturbed states some rows violate ‖g‖₁ ≤ ε and some satisfy it strictly. On the
+            // latter ∂L/∂λ = ‖g‖₁ − ε < 0, so ascent lowers λ; the projection stops it at 0.
+            let eps = 2.0
+            let run (options: MultipleShootingOptions) (project: bool) =
+                let program = mlp 4L [ 6L ] 3L Activations.Tanh Losses.CrossEntropy
+                let x, y = randomBatch 27 16L 4L 3L
+                use w = program.Initialise(5, torch.CPU, f64)
+                let problem, game, _ = liftAll (MultipleShooting(options)) program w x y 3 0 (constantRules 0.05)
+                use _p = problem
+                use _g = game
+                use g = new torch.Generator(8UL)
+                let h = (player game PlayerNames.States).Variables.[0]
+                using (torch.no_grad()) (fun _ -> h.add_(0.5 * torch.randn(h.shape, dtype = f64, generator = g)) |> ignore)
+                let lambda = (player game PlayerNames.Multipliers).Variables.[0]
+                let zero = torch.tensor(0.0, dtype = f64)
+                let excess () : Tensor = using (torch.no_grad()) (fun _ -> (h - program.ForwardBlock(0, x, w.Block(0))).abs().sum(1L) - eps)
+                let initial = excess ()
+                let mutable inside = initial.lt(zero)
+                use view = new Restricted((if project then game :> IGame else withoutProjections game), [| PlayerNames.States; PlayerNames.Multipliers |])
+                let mutable lowest, decreased = 0.0, false
+                for _ in 1 .. 60 do
+                    let before = lambda.detach().clone()
+                    Solvers.Extragradient().Step(view)
+                    lowest <- min lowest (lambda.min().ToDouble())
+                    decreased <- decreased || (lambda - before).min().ToDouble() < 0.0
+                    inside <- inside.logical_and(excess().lt(zero))
+                initial, excess (), lambda.detach().clone(), inside, lowest, decreased
+            let inequality = MultipleShootingOptions(ReducedConstraint = true, Inequality = true, Epsilon = eps)
+            let initial, final, lambda, inside, lowest, _ = run inequality true
+            Expect.isTrue (initial.min().ToDouble() < 0.0 && initial.max().ToDouble() > 0.0) $"some rows start inside, some outside: {initial}"
+            Expect.equal lowest 0.0 "projected: λ ≥ 0 at every iteration"
+            Expect.isGreaterThan (lambda.max().ToDouble()) 0.0 "violated rows raise their multiplier"
+            Expect.isTrue (inside.any().ToBoolean()) "some rows stay strictly feasible throughout"
+            Expect.equal (lambda.masked_select(inside).abs().max().ToDouble()) 0.0 "complementary slackness: λ = 0 on them"
+            Expect.isLessThan (final.max().ToDouble()) (initial.max().ToDouble()) "the worst violation shrinks"
+            let _, _, lambda, _, lowest, _ = run inequality false
+            Expect.isLessThan lowest 0.0 "without the projection λ goes negative"
+            // Under the ReLU form ∂L/∂λ = ReLU(‖g‖₁ − ε) ≥ 0: the multipliers never decrease, so
+            // λ ≥ 0 holds without any projection (which is why that form carries none).
+            let _, _, lambda, _, lowest, decreased = run (MultipleShootingOptions(ReducedConstraint = true, Epsilon = eps)) true
+            Expect.isFalse decreased "ReLU form: no multiplier ever decreases"
+            Expect.equal lowest 0.0 "ReLU form: λ ≥ 0 unprojected"
+            Expect.isGreaterThan (lambda.max().ToDouble()) 0.0 "ReLU form: violated rows raise their multiplier"
         }
 
         test "the operator refuses a player that is held fixed" {

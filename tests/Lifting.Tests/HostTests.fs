@@ -53,8 +53,9 @@ let tests =
             Expect.equal code 0 "exit 0"
             for name in [ "backprop"; "extraprop"; "gda"; "auglag"; "penalty"; "regularized"; "extragradient"; "adagrad" ] do
                 Expect.stringContains out name $"lists {name}"
+            let lines = out.Split('\n')
             for parameter in Methods.Find("extraprop").Parameters do
-                Expect.stringContains out $"--{parameter.Name}" $"lists extraprop's parameter {parameter.Name}"
+                Expect.isTrue (lines |> Array.exists (fun l -> l.Contains($"--{parameter.Name} ") && l.Contains($" {parameter.Default} "))) $"lists extraprop's parameter {parameter.Name} with its default {parameter.Default}"
         }
         test "train on digits with --json ends with a JSON summary and writes a run folder" {
             let dir = tempDir ()

@@ -51,9 +51,11 @@ let tests =
         }
         test "shape mismatches are reported with the shapes" {
             let ex = Expect.throwsC (fun () -> Net.Input(1L, 8L, 8L).Dense(3L) |> ignore) id
+            Expect.stringContains ex.Message "1×8×8" "the message names the shape received"
             Expect.stringContains ex.Message "Flatten" "the message says what to do"
             let ex2 = Expect.throwsC (fun () -> Net.Mlp([| 64L |], [| 784L; 10L |], Activations.ReLU, Losses.CrossEntropy) |> ignore) id
             Expect.stringContains ex2.Message "784" "the message names the bad size"
+            Expect.stringContains ex2.Message "64" "and the data's size"
         }
         test "NetSpec builds MLPs by sizes, zoo networks by name and conv nets from a layer list" {
             let mlp = NetSpec.Build("784-256-10", [| 1L; 28L; 28L |], 10, Activations.Tanh, Losses.CrossEntropy)

@@ -56,12 +56,18 @@ let liftAll (formulation: Lifting.Formulations.IFormulation) (program: NestedPro
 open Lifting.Formulations
 open Lifting.Solvers
 
-/// What a `Recording` formulation saw: the example indices of every mini-batch, by epoch, and
-/// the players named in every operator evaluation.
+/// What a `Recording` formulation saw: the example indices of every mini-batch, by epoch; the
+/// players named in every operator evaluation; per mini-batch (in the order of `Batches`), how many
+/// operator evaluations its game made and whether it was committed; and, when `KeepValues` is set,
+/// a copy of every player's variables at each evaluation (in the order of `Requests`).
 type Log() =
     member val Epoch = 1 with get, set
     member val Batches = ResizeArray<int * int64[]>()
     member val Requests = ResizeArray<int * string[]>()
+    member val Evaluations = ResizeArray<int>()
+    member val Committed = ResizeArray<bool>()
+    member val KeepValues = false with get, set
+    member val Values = ResizeArray<Map<string, Tensor[]>>()
 
 /// Wraps a formulation and logs what the trainer and the solver ask of it, changing nothing.
 type Recording(inner: IFormulation, log: Log) =
@@ -82,7 +88,9 @@ and RecordingProblem(owner: IFormulation, inner: ILiftedProblem, log: Log) =
         member _.StateBytes = inner.StateBytes
         member _.Batch(batch) =
             log.Batches.Add((log.Epoch, batch.Indices.data<int64>().ToArray()))
-            new RecordingGame(inner.Batch(batch), log) :> IBatchGame
+            log.Evaluations.Add 0
+            log.Committed.Add false
+            new RecordingGame(inner.Batch(batch), log, log.Batches.Count - 1) :> IBatchGame
         member _.EndEpoch(epoch) =
             inner.EndEpoch(epoch)
             log.Epoch <- epoch + 1
@@ -91,18 +99,24 @@ and RecordingProblem(owner: IFormulation, inner: ILiftedProblem, log: Log) =
         member _.Diagnostics = inner.Diagnostics
         member _.Dispose() = inner.Dispose()
 
-and RecordingGame(inner: IBatchGame, log: Log) =
+and RecordingGame(inner: IBatchGame, log: Log, index: int) =
     interface IBatchGame with
         member _.Players = inner.Players
         member _.Operator(players) =
             log.Requests.Add((log.Epoch, [| for p in players -> p.Name |]))
+            log.Evaluations.[index] <- log.Evaluations.[index] + 1
+            if log.KeepValues then
+                // Outlives the solver's dispose scope: the test reads it after the step.
+                log.Values.Add(Map.ofSeq [ for p in inner.Players -> p.Name, [| for v in p.Variables -> v.detach().clone().DetachFromDisposeScope() |] ])
             inner.Operator(players)
         member _.Objective() = inner.Objective()
         member _.Defects = inner.Defects
         member _.MultiplierNorms = inner.MultiplierNorms
         member _.Loss = inner.Loss
         member _.LiftedObjective = inner.LiftedObjective
-        member _.Commit() = inner.Commit()
+        member _.Commit() =
+            log.Committed.[index] <- true
+            inner.Commit()
         member _.Dispose() = inner.Dispose()
     interface IHoldFixed with
         member _.HoldFixed(players) =

@@ -98,7 +98,7 @@ let tests =
                 result.Dispose()
                 Expect.equal (live ()) before $"{methodName}: no tensor outlives the run"
         }
-        test "every epoch visits every training example exactly once, the last mini-batch holding the remainder" {
+        test "every epoch visits every training example exactly once; every mini-batch, the last smaller one included, is stepped alike and committed" {
             let n = digits.Force().Train.Count
             let result, log = record (MethodSettings "extraprop") (digitsMlp 16L) (TrainingOptions(Epochs = 2, BatchSize = 100))
             use _ = result
@@ -107,6 +107,9 @@ let tests =
                 Expect.equal batches.Length ((n + 99) / 100) $"epoch {epoch}: ceil(N / B) mini-batches"
                 Expect.equal (List.last batches).Length (n % 100) $"epoch {epoch}: the last mini-batch holds the remainder"
                 Expect.sequenceEqual (batches |> Array.concat |> Array.sort) [| 0L .. int64 n - 1L |] $"epoch {epoch}: a permutation of the training examples"
+            // ExtraProp: one inner extragradient iteration on the rows and one outer one, 4 evaluations.
+            Expect.sequenceEqual log.Evaluations (Array.create log.Batches.Count 4) "every mini-batch's game is stepped with the same evaluations"
+            Expect.isTrue (Seq.forall id log.Committed) "every mini-batch's rows are written back"
         }
         test "while a schedule holds the weights, the trainer restricts the game to the moving players" {
             // 5 epochs, the last 2 settling: no operator evaluation asks for the weights then.

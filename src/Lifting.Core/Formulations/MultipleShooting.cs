@@ -30,6 +30,14 @@ public sealed record MultipleShootingOptions
     /// example (seed 001 §5, the ImageNet memory reduction).
     public bool ReducedConstraint { get; init; }
 
+    /// With `ReducedConstraint`: the inequality c = ‖g‖₁ − ε ≤ 0 (the feasible set of
+    /// ReLU(‖g‖₁ − ε) = 0) with multipliers projected onto λ ≥ 0 after every step, the KKT
+    /// multipliers of an inequality (projected extragradient; seed 000 §5). A row strictly inside
+    /// has ∂L/∂λ = ‖g‖₁ − ε < 0: its multiplier falls to 0 (complementary slackness) and would go
+    /// negative without the projection. Under the ReLU form ∂L/∂λ ≥ 0, so its multipliers never
+    /// decrease and need no projection.
+    public bool Inequality { get; init; }
+
     /// Coefficient c of the augmented Lagrangian term (c/2)‖g‖² (seed 001 §2.1); 0 = plain Lagrangian.
     public double Augmentation { get; init; }
 
@@ -38,6 +46,8 @@ public sealed record MultipleShootingOptions
         if (!(Epsilon >= 0) || double.IsInfinity(Epsilon)) throw new ArgumentOutOfRangeException(nameof(Epsilon), $"Invalid epsilon: {Epsilon} (expected a finite value >= 0).");
         if (!(Augmentation >= 0) || double.IsInfinity(Augmentation)) throw new ArgumentOutOfRangeException(nameof(Augmentation), $"Invalid augmentation c: {Augmentation} (expected a finite value >= 0).");
         if (ReparametriseStates && ProjectStates) throw new ArgumentException("States are either reparametrised or projected onto the activation's range, not both.");
+        if (Inequality && !ReducedConstraint) throw new ArgumentException("Invalid inequality: true without the reduced constraint (the inequality form is the reduced ‖g‖₁ − ε ≤ 0; set reduced too).");
+        if (Inequality && Augmentation > 0) throw new ArgumentException($"Invalid augmentation c: {Augmentation} with the inequality form (expected 0: (c/2)‖g‖² is for equality constraints).");
     }
 }
 
@@ -161,7 +171,8 @@ public sealed class MultipleShooting : IFormulation
                 {
                     problem.WeightsPlayer(),
                     new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true, projections: problem.stateProjections),
-                    new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, lambda, problem.multipliers.StepRule, lambdaStates, rowIndexed: true),
+                    new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, lambda, problem.multipliers.StepRule, lambdaStates, rowIndexed: true,
+                        projection: problem.options.Inequality ? Projections.NonNegative : null),
                 };
             }
 
@@ -208,11 +219,14 @@ public sealed class MultipleShooting : IFormulation
     }
 
     /// The constraint function of one block: the ε-insensitive defect (eq. 3) or, reduced, the
-    /// per-example scalar ReLU(‖g‖₁ − ε).
+    /// per-example scalar ReLU(‖g‖₁ − ε) (= 0), or ‖g‖₁ − ε (≤ 0) in the inequality form.
     public static Tensor Constraint(Tensor g, MultipleShootingOptions options)
     {
         if (options.ReducedConstraint)
-            return F.relu(g.abs().reshape(g.shape[0], -1).sum(1) - options.Epsilon);
+        {
+            var excess = g.abs().reshape(g.shape[0], -1).sum(1) - options.Epsilon;
+            return options.Inequality ? excess : F.relu(excess);
+        }
         return options.Epsilon > 0 ? F.softshrink(g, options.Epsilon) : g;
     }
 }

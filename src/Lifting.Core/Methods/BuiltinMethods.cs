@@ -65,6 +65,7 @@ internal static class BuiltinMethods
         parameters.Add(MethodParameter.Flag("reparametrise", false, "states reparametrised through the block's output activation, h = act(u)"));
         parameters.Add(MethodParameter.Flag("project-states", false, "states projected onto the block's output activation's range after every step"));
         parameters.Add(MethodParameter.Flag("reduced", false, "one constraint ReLU(|g|_1 - eps) per example and block (seed 001 §5)"));
+        parameters.Add(MethodParameter.Flag("inequality", false, "with reduced: the inequality |g|_1 - eps <= 0, multipliers projected onto lambda >= 0"));
         return new MethodDefinition(name, description, parameters, a =>
         {
             var formulation = new MultipleShooting(new MultipleShootingOptions
@@ -74,6 +75,7 @@ internal static class BuiltinMethods
                 ReparametriseStates = a.Flag("reparametrise"),
                 ProjectStates = a.Flag("project-states"),
                 ReducedConstraint = a.Flag("reduced"),
+                Inequality = a.Flag("inequality"),
             }, name);
             ISolver? named = null;
             if (!a.Flag("extrapolate-weights"))

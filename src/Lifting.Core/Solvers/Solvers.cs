@@ -18,8 +18,10 @@ public static class Solvers
     public static ISolver Extragradient(Func<string, double> extrapolationScale) => new ExtragradientSolver(extrapolationScale);
     public static ISolver ExtragradientFromThePast() => new PastExtragradientSolver();
     public static ISolver MirrorProx() => new MirrorProxSolver();
-    /// Stampacchia's projection method: the simultaneous projected step, i.e. GDA whose players
-    /// carry projections.
+    /// Stampacchia's projection method: the simultaneous projected step. Every solver applies each
+    /// player's projection, so this is simultaneous GDA under another name, and plain GDA for
+    /// players without a projection (shipped players with one: states under `ProjectStates`,
+    /// multipliers of the reduced inequality constraint).
     public static ISolver Projection() => new GradientDescentAscentSolver(alternating: false, name: "projection");
     public static ISolver Alternating(IReadOnlyList<SubProblem> schedule) => new AlternatingSolver(schedule);
 
@@ -184,6 +186,8 @@ internal sealed class PastExtragradientSolver : ISolver
 ///
 /// With the Euclidean map the prox step is x_k − d, so the iterates are extragradient's; the
 /// entropic map gives x_k ⊙ exp(−d) (multiplicative weights) for positive or simplex players.
+/// Every shipped method's players are Euclidean, so for them this is extragradient; the entropic
+/// and simplex maps are building blocks that no shipped method uses yet.
 internal sealed class MirrorProxSolver : ISolver
 {
     public string Name => "mirror-prox";
@@ -265,8 +269,8 @@ public static class SolverCatalog
         new SolverInfo("gda-alternating", "gradient descent-ascent, minimising players first, then maximising ones"),
         new SolverInfo("extragradient", "Korpelevich extragradient: extrapolate, then update from the start point (2 evaluations)"),
         new SolverInfo("optimistic", "extragradient from the past / optimistic gradient (1 evaluation, remembers the last direction)"),
-        new SolverInfo("mirror-prox", "extragradient in each player's Bregman geometry (Euclidean = extragradient, entropic)"),
-        new SolverInfo("projection", "Stampacchia projection method x <- P(x - d(F(x)))"),
+        new SolverInfo("mirror-prox", "extragradient in each player's Bregman geometry; every shipped method's players are Euclidean, so it equals extragradient (entropic and simplex maps are library building blocks)"),
+        new SolverInfo("projection", "Stampacchia projection method x <- P(x - d(F(x))): simultaneous gda (every solver applies the players' projections); plain gda for players without one (projected: --project-states, --reduced --inequality)"),
         new SolverInfo("alternating", "block-coordinate descent over the formulation's schedule of sub-problems"),
     };
 
