@@ -1,0 +1,189 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using TorchSharp;
+using Lifting.Data;
+using Lifting.Formulations;
+using Lifting.Programs;
+using Lifting.Training;
+using static TorchSharp.torch;
+
+namespace Lifting.Examples;
+
+/// Seed 002's Fenchel back-propagation experiment (§5, Fig. 1; its appendix C code) on MNIST-10k,
+/// beside back-propagation in one process: a 784-256-128-64-10 ReLU MLP, softmax cross-entropy,
+/// Adam at lr 1e-3, batch 50, Glorot-uniform weights and zero biases, pixel values in [0, 1] (not
+/// standardised).
+///
+/// (a) Glorot start: back-propagation and Fenchel BP at small β. (b) The first layer all-negative,
+/// U(−√(6/(fan_in + fan_out)), 0): with inputs ≥ 0 and zero biases every ReLU starts dead, so
+/// back-propagation's gradient is zero below the output bias; Fenchel BP over a sweep of β. For
+/// each seed the runs go one after another (a round) and each run's seconds per learning epoch is
+/// divided by back-propagation's in the same part of the same round. Then a step timing: one
+/// back-propagation step and one Fenchel BP step per mini-batch, alternating, median per step.
+/// Every figure is taken at the epoch with the best validation accuracy (validation carved from
+/// the training set); the test split is only reported.
+///
+/// β here scales one example's loss gradient; seed 002's code scales the gradient of the batch
+/// mean, so its β is 50 × the β here at batch 50.
+///
+///   fenchel-bp [seeds=0,1,2] [epochs=20] [small=0.0002,0.01,0.1] [sweep=0.01,0.1,1,10,100,1000]
+///              [timing-epochs=3] [threads=1] [out=docs/results/fenchel-bp.md]
+public static class FenchelBackpropExperiment
+{
+    private sealed record Trial(string Method, double Beta, int Seed, double Validation, double Test, int Epoch,
+        double FinalTest, double FinalTrainLoss, double Seconds, double Ratio, double? Cosine, double ActiveUnits, int? EpochTo85);
+
+    public static int Run(IReadOnlyDictionary<string, string> settings)
+    {
+        string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
+        double[] Reals(string key, string fallback) => Get(key, fallback).Split(',').Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        var seeds = Get("seeds", "0,1,2").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        int epochs = int.Parse(Get("epochs", "20"), CultureInfo.InvariantCulture);
+        int timingEpochs = int.Parse(Get("timing-epochs", "3"), CultureInfo.InvariantCulture);
+        var small = Reals("small", "0.0002,0.01,0.1");
+        var sweep = Reals("sweep", "0.01,0.1,1,10,100,1000");
+        var output = Get("out", "docs/results/fenchel-bp.md");
+        const int batch = 50;
+
+        using var data = DatasetCatalog.Load("mnist-10k", new DataOptions { Scaling = InputScaling.UnitRange });
+        var mlp = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 128, 64, 10 }, Activations.ReLU, Losses.CrossEntropy);
+        var glorot = mlp.Apply(InitialisationScheme.Glorot);
+        var negative = mlp.Apply(InitialisationScheme.NegativeFirstLayer);
+
+        var partA = new List<Trial>();
+        var partB = new List<Trial>();
+        foreach (var seed in seeds)
+        {
+            foreach (var (program, part, betas, tag) in new[] { (glorot, partA, small, "glorot"), (negative, partB, sweep, "negative first layer") })
+            {
+                double? reference = null;
+                foreach (var beta in betas.Prepend(0))
+                {
+                    var settingsFor = beta == 0 ? new MethodSettings("backprop") : new MethodSettings("fenchel-bp").With("beta", beta);
+                    var method = Methods.Resolve(settingsFor);
+                    var name = beta == 0 ? "backprop" : "fenchel-bp";
+                    Console.WriteLine($"== seed {seed}, {tag}, {name}{(beta == 0 ? "" : $" β={Show(beta)}")}");
+                    using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
+                        new TrainingOptions { Epochs = epochs, BatchSize = batch, Seed = seed, CosineToBackprop = beta != 0 && part == partA },
+                        Observers.OnEpoch(e => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"   epoch {e.Epoch,2} val {e.ValidationAccuracy:F4} test {e.TestAccuracy:F4} train loss {e.TrainLoss:F4} {e.Seconds:F2}s{(e.CosineToBackprop is { } c ? $" cos {c:F4}" : "")}"))));
+                    reference ??= result.SecondsPerLearningEpoch;
+                    var cosines = result.Epochs.Where(e => e.CosineToBackprop.HasValue).Select(e => e.CosineToBackprop!.Value).ToArray();
+                    var to85 = result.Epochs.FirstOrDefault(e => e.ValidationAccuracy >= 0.85)?.Epoch;
+                    part.Add(new Trial(name, beta, seed, result.Selected.ValidationAccuracy ?? double.NaN, result.Selected.TestAccuracy, result.SelectedEpoch,
+                        result.Final.TestAccuracy, result.Final.TrainLoss, result.SecondsPerLearningEpoch, result.SecondsPerLearningEpoch / reference.Value,
+                        cosines.Length > 0 ? cosines.Average() : null, ActiveFirstLayerUnits(program, result.SelectedWeights, data.Validation), to85));
+                }
+            }
+        }
+
+        var steps = StepTiming(glorot, data.Train, timingEpochs, batch, small.Length > 1 ? small[1] : small[0]);
+
+        var md = new StringBuilder();
+        md.AppendLine($"<!-- produced by: dotnet run --project src/Lifting.Examples -c Release -- fenchel-bp {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))} -->");
+        md.AppendLine("# Fenchel back-propagation beside back-propagation (seed 002 §5, appendix C)");
+        md.AppendLine();
+        md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+            $"MNIST-10k ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test; validation carved from the training set with a fixed seed), " +
+            $"pixels in [0, 1] (not standardised), 784-256-128-64-10 ReLU MLP, softmax cross-entropy, Adam lr 1e-3, batch {batch}, {epochs} epochs, seeds {string.Join(", ", seeds)}, " +
+            $"{Threads.Count} LibTorch thread(s), {Environment.ProcessorCount} cores (CPU, shared). Figures at the epoch with the best validation accuracy. " +
+            $"β scales one example's loss gradient: seed 002's code scales the batch-mean gradient, so its β is {batch} × the β here (column \"seed-code β\"). " +
+            $"Seconds count training only; the ratio is taken within each seed's round against back-propagation of the same part; median (range) over seeds."));
+        md.AppendLine();
+        md.AppendLine("## (a) Glorot-uniform weights, zero biases");
+        md.AppendLine();
+        Table(md, partA, showCosine: true);
+        md.AppendLine("## (b) First layer all-negative, U(−√(6/(fan_in+fan_out)), 0); the other layers Glorot, zero biases");
+        md.AppendLine();
+        Table(md, partB, showCosine: false);
+        md.AppendLine("\"active first-layer units\": the fraction of the 256 first-layer ReLUs positive on at least one validation example, at the selected weights. " +
+                      "\"epoch to val ≥ 0.85\": the first epoch whose validation accuracy reaches 0.85, per seed (– = never).");
+        md.AppendLine();
+        md.AppendLine("## Step timing (interleaved)");
+        md.AppendLine();
+        md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+            $"One back-propagation step and one Fenchel BP step (β = {Show(steps.Beta)}) on each mini-batch of {batch}, alternating, {steps.Count} batches per method over {timingEpochs} epochs (Glorot start, seed 0): " +
+            $"median {steps.Backprop:F3} ms vs {steps.Fenchel:F3} ms per step, **× {steps.Fenchel / steps.Backprop:F2}** backprop (each step: operator, Adam update)."));
+        Console.WriteLine(md.ToString());
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(output))!);
+        File.WriteAllText(output + ".tmp", md.ToString());
+        File.Move(output + ".tmp", output, overwrite: true);
+        Console.WriteLine($"wrote {output}");
+        return 0;
+    }
+
+    private static void Table(StringBuilder md, List<Trial> runs, bool showCosine)
+    {
+        md.AppendLine($"| method | β | seed-code β | test acc. at selected epoch, mean ± sd | per seed: test (epoch, val) | final test acc. per seed | final train loss per seed |{(showCosine ? " mean cos to backprop |" : " active first-layer units | epoch to val ≥ 0.85 |")} s/epoch | × backprop |");
+        md.AppendLine($"|---|---|---|---|---|---|---|---|{(showCosine ? "" : "---|")}---|---|");
+        foreach (var group in runs.GroupBy(r => (r.Method, r.Beta)))
+        {
+            var rs = group.OrderBy(r => r.Seed).ToArray();
+            var (mean, sd) = ResultsTable.MeanSd(rs.Select(r => r.Test).ToArray());
+            var ratios = rs.Select(r => r.Ratio).OrderBy(r => r).ToArray();
+            var seconds = rs.Select(r => r.Seconds).OrderBy(r => r).ToArray();
+            string Each(Func<Trial, string> f) => string.Join(" / ", rs.Select(f));
+            var extra = showCosine
+                ? (rs[0].Cosine is null ? "–" : Each(r => r.Cosine!.Value.ToString("F4", CultureInfo.InvariantCulture)))
+                : $"{Each(r => r.ActiveUnits.ToString("F3", CultureInfo.InvariantCulture))} | {Each(r => r.EpochTo85?.ToString(CultureInfo.InvariantCulture) ?? "–")}";
+            md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {group.Key.Method} | {(group.Key.Beta == 0 ? "–" : Show(group.Key.Beta))} | {(group.Key.Beta == 0 ? "–" : Show(50 * group.Key.Beta))} | " +
+                $"{mean:F4} ± {sd:F4} | {Each(r => $"{r.Test:F4} ({r.Epoch}, {r.Validation:F4})")} | {Each(r => r.FinalTest.ToString("F4", CultureInfo.InvariantCulture))} | " +
+                $"{Each(r => r.FinalTrainLoss.ToString("F4", CultureInfo.InvariantCulture))} | {extra} | {seconds[seconds.Length / 2]:F3} | " +
+                $"{ratios[ratios.Length / 2]:F2} ({ratios[0]:F2}–{ratios[^1]:F2}) |"));
+        }
+        md.AppendLine();
+    }
+
+    /// The fraction of first-layer units positive on at least one example of `data`.
+    private static double ActiveFirstLayerUnits(NestedProgram program, Weights weights, Dataset data)
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var z = program.ForwardBlock(0, data.Inputs, weights.Block(0));
+        return (z > 0).any(0).to_type(ScalarType.Float64).mean().ToDouble();
+    }
+
+    private sealed record Steps(double Backprop, double Fenchel, int Count, double Beta);
+
+    /// Median milliseconds of a back-propagation step and a Fenchel BP step on the same mini-batches,
+    /// alternating batch by batch so that the machine's drift falls on both alike.
+    private static Steps StepTiming(NestedProgram program, Dataset train, int epochs, int batch, double beta)
+    {
+        var backprop = Methods.Resolve("backprop");
+        var fenchel = Methods.Resolve(new MethodSettings("fenchel-bp").With("beta", beta));
+        using var w1 = program.Initialise(0);
+        using var w2 = program.Initialise(0);
+        using var p1 = backprop.Formulation.Lift(new LiftContext(program, train, CPU, ScalarType.Float32, 0, backprop.StepRules, 0), w1);
+        using var p2 = fenchel.Formulation.Lift(new LiftContext(program, train, CPU, ScalarType.Float32, 0, fenchel.StepRules, 0), w2);
+        var times = new[] { new List<double>(), new List<double>() };
+        var clock = new Stopwatch();
+        for (int epoch = 1; epoch <= epochs; epoch++)
+        {
+            int b = 0;
+            foreach (var mb in MiniBatches.Epoch(train, batch, 0, epoch))
+            {
+                using var scope = NewDisposeScope();
+                using var owned = mb;
+                var order = b++ % 2 == 0 ? new[] { 0, 1 } : new[] { 1, 0 };
+                foreach (var k in order)
+                {
+                    var (problem, method) = k == 0 ? (p1, backprop) : (p2, fenchel);
+                    clock.Restart();
+                    using (var game = problem.Batch(mb))
+                    {
+                        method.Solver.Step(game);
+                        game.Commit();
+                        _ = game.Loss;
+                    }
+                    times[k].Add(clock.Elapsed.TotalMilliseconds);
+                }
+            }
+        }
+        double Median(List<double> v) { var s = v.OrderBy(x => x).ToArray(); return s[s.Length / 2]; }
+        return new Steps(Median(times[0]), Median(times[1]), times[0].Count, beta);
+    }
+
+    private static string Show(double v) => v.ToString("G4", CultureInfo.InvariantCulture);
+}
