@@ -247,9 +247,13 @@ let tests =
             Expect.sequenceEqual (formulation (resolve "0.5, 1,1,2")).Beta [ 0.5; 1.0; 1.0; 2.0 ] "a list"
             Expect.sequenceEqual (formulation (resolve "1e-2")).Beta [ 0.01 ] "one value"
             Expect.equal ((resolve "0.5,1").Arguments.Text "beta") "0.5,1" "canonical text"
+            let parameter = match (Methods.Find "fenchel-bp").Parameter "beta" with null -> failtest "no beta" | p -> p
+            Expect.equal parameter.Domain "> 0, or a comma-separated list of such values" "listed domain"
             for bad in [ "-1"; "0"; "0.5,,1"; "1,abc"; "1,nan"; "" ] do
-                let e = Expect.throwsC (fun () -> resolve bad |> ignore) id
-                Expect.isTrue (e :? ArgumentException && e.Message.StartsWith "Invalid beta:" && not (e.Message.Contains "\n")) $"'{bad}': {e.Message}"
+                // The parameter itself refuses the value, before any formulation sees it.
+                let e = Expect.throwsC (fun () -> parameter.Normalise bad |> ignore) id
+                Expect.isTrue (e :? ArgumentException && e.Message = $"Invalid beta: '{bad}' (expected > 0, or a comma-separated list of such values).") $"'{bad}': {e.Message}"
+                Expect.throwsT<ArgumentException> (fun () -> resolve bad |> ignore) $"'{bad}' refused when resolving"
             let program = mlp 4L [ 5L; 6L ] 3L Activations.ReLU Losses.CrossEntropy
             let e = Expect.throwsC (fun () -> FenchelBackprop.BetaPerBlock(program, [| 1.0; 2.0 |]) |> ignore) id
             Expect.stringContains e.Message "2 values for a program of 3 blocks" "the count is checked against the blocks"
