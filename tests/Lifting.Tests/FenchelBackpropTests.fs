@@ -150,6 +150,22 @@ let tests =
                 let got = delta.data<float>().ToArray()
                 Array.forall2 (fun (u: float) v -> abs (u - v) <= 1e-9 * (1.0 + abs v)) got expected)
 
+        test "in float32 the finite difference does not cancel: at beta |g| ~ 1e-8 |a| the signal is sigma'(a) g to 1e-4 for relu, tanh and sigmoid" {
+            use gen = new torch.Generator(3UL)
+            let a = torch.randn([| 200L |], dtype = torch.float32, generator = gen)
+            let g = 1e-4f * torch.randn([| 200L |], dtype = torch.float32, generator = gen)
+            let beta = 1e-4
+            for activation, derivative in
+                    [ Activations.ReLU, (fun (t: Tensor) -> t.relu().sign().to_type(f64))
+                      Activations.Tanh, (fun (t: Tensor) -> 1.0 - t.tanh().square())
+                      Activations.Sigmoid, (fun (t: Tensor) -> t.sigmoid() * (1.0 - t.sigmoid())) ] do
+                let delta = FenchelBackprop.Signal(activation, a, g, beta)
+                Expect.equal delta.dtype torch.float32 "float32 in, float32 out"
+                let expected = derivative (a.to_type f64) * g.to_type f64
+                let err = relativeError [ delta.to_type f64 ] [ expected ]
+                Expect.isLessThan err 1e-4 $"{activation.Name}: relative error {err}"
+        }
+
         test "every activation's target is the argmin of its linearly perturbed forward problem: delta is the gradient of (G*(a) - G*(a - beta g)) / beta, and the Fenchel-Young gap at the target is 0" {
             use gen = new torch.Generator(7UL)
             for activation in Activations.All do
