@@ -264,11 +264,11 @@ let tests =
             Expect.sequenceEqual (formulation (resolve "1e-2")).Beta [ 0.01 ] "one value"
             Expect.equal ((resolve "0.5,1").Arguments.Text "beta") "0.5,1" "canonical text"
             let parameter = match (Methods.Find "fenchel-bp").Parameter "beta" with null -> failtest "no beta" | p -> p
-            Expect.equal parameter.Domain "> 0, or a comma-separated list of such values" "listed domain"
+            Expect.equal parameter.Domain "> 0, or a list x,y,…" "listed domain"
             for bad in [ "-1"; "0"; "0.5,,1"; "1,abc"; "1,nan"; "" ] do
                 // The parameter itself refuses the value, before any formulation sees it.
                 let e = Expect.throwsC (fun () -> parameter.Normalise bad |> ignore) id
-                Expect.isTrue (e :? ArgumentException && e.Message = $"Invalid beta: '{bad}' (expected > 0, or a comma-separated list of such values).") $"'{bad}': {e.Message}"
+                Expect.isTrue (e :? ArgumentException && e.Message = $"Invalid beta: '{bad}' (expected > 0, or a list x,y,…).") $"'{bad}': {e.Message}"
                 Expect.throwsT<ArgumentException> (fun () -> resolve bad |> ignore) $"'{bad}' refused when resolving"
             let program = mlp 4L [ 5L; 6L ] 3L Activations.ReLU Losses.CrossEntropy
             let e = Expect.throwsC (fun () -> FenchelBackprop.BetaPerBlock(program, [| 1.0; 2.0 |]) |> ignore) id

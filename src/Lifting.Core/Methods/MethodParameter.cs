@@ -87,7 +87,7 @@ public sealed record MethodParameter
         ParameterKind.Flag => "true | false",
         ParameterKind.Choice => string.Join(" | ", Choices),
         ParameterKind.Name => "name",
-        ParameterKind.RealList => $"{NumberDomain}, or a comma-separated list of such values",
+        ParameterKind.RealList => $"{NumberDomain}, or a list x,y,…",
         _ => NumberDomain,
     };
 
