@@ -29,7 +29,8 @@ public static class Cli
                                       dense:N, activations, cut)
           --activation relu           hidden activation: relu, tanh, sigmoid, hardtanh, identity, sign, step
           --loss cross-entropy        cross-entropy or mse
-          --method backprop           backprop, extraprop, extraprop-rows, gda, auglag, penalty, regularized
+          --method backprop           backprop, extraprop, extraprop-rows, gda, auglag, penalty, regularized,
+                                      fenchel-bp (--beta 0.01 or one per block: --beta 0.5,1,1,2)
           --PARAMETER VALUE           any parameter of the method, e.g. --lr 1e-3 --solver gda --settle 0.2;
                                       `lifting methods` lists each method's parameters and defaults
           --epochs N (20)  --batch N (64)  --seed N (0)
@@ -38,6 +39,9 @@ public static class Cli
           --split-seed N              seed of the validation split (fixed by default)
           --input-scaling standardise|unit  standardise inputs with the training split's mean and std
                                       (default), or keep them in [0, 1] (seed 002's Fenchel BP setting)
+          --init default|glorot|glorot-negative-first  each layer's own initialisers (default),
+                                      Glorot-uniform weights and zero biases, or those with the first
+                                      layer all-negative (seed 002's dead-ReLU start)
           --patience N                stop after N epochs without a better validation accuracy (0 = off)
           --iterations N              solver iterations per mini-batch (1)
           --cosine                    log the cosine between the weight update and backprop's gradient
@@ -276,7 +280,7 @@ public static class Cli
     /// inputs-128-classes, with the chosen hidden activation and loss.
     public static NestedProgram BuildProgram(Experiment e, Dataset train)
     {
-        try { return NetSpec.Build(e.Net, train.ExampleShape, train.ClassCount, Activations.ByName(e.Activation), Losses.ByName(e.Loss)); }
+        try { return NetSpec.Build(e.Net, train.ExampleShape, train.ClassCount, Activations.ByName(e.Activation), Losses.ByName(e.Loss)).Apply(Initialisation.Parse(e.Init)); }
         catch (ArgumentException x) when (e.Net is not null && !x.Message.StartsWith("--net", StringComparison.Ordinal))
         {
             throw new UsageException($"--net {e.Net}: {x.Message}");

@@ -29,6 +29,9 @@ public sealed record Experiment
     public int SplitSeed { get; init; } = Lifting.Data.DataOptions.DefaultSplitSeed;
     /// "standardise" (default) or "unit": inputs kept in [0, 1].
     public string InputScaling { get; init; } = "standardise";
+    /// The parameters' initialisation: "default" (each layer's own), "glorot" (Glorot-uniform
+    /// weights, zero biases) or "glorot-negative-first" (and the first layer all-negative; seed 002).
+    public string Init { get; init; } = "default";
     /// The method's parameters that differ from its defaults (invariant text).
     public IReadOnlyDictionary<string, string> Parameters { get; init; } = new Dictionary<string, string>();
     public string? Out { get; init; }
@@ -43,7 +46,7 @@ public sealed record Experiment
     private static readonly string[] RunKeys =
     {
         "data", "net", "activation", "loss", "method", "epochs", "batch", "seed", "patience", "iterations",
-        "cosine", "device", "threads", "validation-fraction", "split-seed", "input-scaling",
+        "cosine", "device", "threads", "validation-fraction", "split-seed", "input-scaling", "init",
     };
 
     public static bool IsRunKey(string name) => RunKeys.Contains(name) || name is "out" or "json" or "config" or "environment";
@@ -97,6 +100,7 @@ public sealed record Experiment
             ["validation-fraction"] = ValidationFraction,
             ["split-seed"] = SplitSeed,
             ["input-scaling"] = InputScaling,
+            ["init"] = Init,
         };
         if (Net is null) o.Remove("net");
         foreach (var (name, value) in method.Arguments.Values)
@@ -168,6 +172,7 @@ public sealed record Experiment
             "validation-fraction" => this with { ValidationFraction = Fraction(flag, value) },
             "split-seed" => this with { SplitSeed = Int(flag, value) },
             "input-scaling" => this with { InputScaling = Scaling(flag, value) },
+            "init" => this with { Init = InitName(flag, value) },
             "out" => this with { Out = value },
             _ => WithParameter(name, value),
         };
@@ -179,6 +184,12 @@ public sealed record Experiment
         "unit" => "unit",
         _ => throw new UsageException($"{flag}: '{value}' is not standardise or unit"),
     };
+
+    private static string InitName(string flag, string value)
+    {
+        try { return Lifting.Programs.Initialisation.Name(Lifting.Programs.Initialisation.Parse(value)); }
+        catch (ArgumentException x) { throw new UsageException($"{flag}: {x.Message}"); }
+    }
 
     /// The data loader's scaling for `InputScaling`.
     public Lifting.Data.InputScaling Scaling() => InputScaling == "unit" ? Lifting.Data.InputScaling.UnitRange : Lifting.Data.InputScaling.Standardise;

@@ -37,6 +37,7 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     "regularized", (fun () -> QuadraticPenalty(PenaltySchedule.Fixed 5.0)), 0.05, false
     // Defined in F# in FormulationTests.fs: a new formulation joins with one row.
     "l1-penalty (F#)", (fun () -> FormulationTests.L1Penalty(1.0)), 0.02, false
+    "fenchel back-propagation", (fun () -> FenchelBackprop([| 0.5 |])), 0.1, false
 ]
 
 /// Solver rows: name, factory from the formulation's schedule, whether it solves saddle points,

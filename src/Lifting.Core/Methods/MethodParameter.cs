@@ -3,7 +3,7 @@ using System.Globalization;
 namespace Lifting;
 
 /// The kind of value a method parameter takes.
-public enum ParameterKind { Real, Integer, Flag, Choice, Name }
+public enum ParameterKind { Real, Integer, Flag, Choice, Name, RealList }
 
 /// One hyperparameter of a method: its name (the host's flag `--name`), kind, default, a one-line
 /// description and the values it accepts. Values are carried as invariant text ("0.001", "true",
@@ -66,6 +66,17 @@ public sealed record MethodParameter
     public static MethodParameter Choice(string name, string @default, string description, params string[] choices) =>
         new(name, ParameterKind.Choice, @default, description) { Choices = choices };
 
+    /// One real number or a comma-separated list of them ("1", "0.5,1,1,2"), each in
+    /// [minimum, maximum] (either end exclusive on request) and finite; e.g. one β per layer.
+    /// Whoever uses the list checks its length (`MethodArguments.RealList`).
+    public static MethodParameter RealList(string name, double @default, string description,
+        double minimum = double.NegativeInfinity, bool minimumExclusive = false,
+        double maximum = double.PositiveInfinity, bool maximumExclusive = false) =>
+        new(name, ParameterKind.RealList, Format(@default), description)
+        {
+            Minimum = minimum, MinimumExclusive = minimumExclusive, Maximum = maximum, MaximumExclusive = maximumExclusive,
+        };
+
     /// A name checked by whoever uses it (e.g. a solver of the solver catalog).
     public static MethodParameter Named(string name, string @default, string description) =>
         new(name, ParameterKind.Name, @default, description);
@@ -76,13 +87,16 @@ public sealed record MethodParameter
         ParameterKind.Flag => "true | false",
         ParameterKind.Choice => string.Join(" | ", Choices),
         ParameterKind.Name => "name",
-        _ => (double.IsNegativeInfinity(Minimum), double.IsPositiveInfinity(Maximum)) switch
-        {
-            (true, true) => Kind == ParameterKind.Integer ? "integer" : "real",
-            (false, true) => $"{(Kind == ParameterKind.Integer ? "integer " : "")}{(MinimumExclusive ? ">" : ">=")} {Format(Minimum)}",
-            (true, false) => $"{(MaximumExclusive ? "<" : "<=")} {Format(Maximum)}",
-            _ => $"{Format(Minimum)} {(MinimumExclusive ? "<" : "<=")} x {(MaximumExclusive ? "<" : "<=")} {Format(Maximum)}",
-        },
+        ParameterKind.RealList => $"{NumberDomain}, or a list x,y,…",
+        _ => NumberDomain,
+    };
+
+    private string NumberDomain => (double.IsNegativeInfinity(Minimum), double.IsPositiveInfinity(Maximum)) switch
+    {
+        (true, true) => Kind == ParameterKind.Integer ? "integer" : "real",
+        (false, true) => $"{(Kind == ParameterKind.Integer ? "integer " : "")}{(MinimumExclusive ? ">" : ">=")} {Format(Minimum)}",
+        (true, false) => $"{(MaximumExclusive ? "<" : "<=")} {Format(Maximum)}",
+        _ => $"{Format(Minimum)} {(MinimumExclusive ? "<" : "<=")} x {(MaximumExclusive ? "<" : "<=")} {Format(Maximum)}",
     };
 
     /// The canonical text of `text`, or an ArgumentException naming the parameter, the value and
@@ -97,6 +111,13 @@ public sealed record MethodParameter
                 if (!double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out var real) || !double.IsFinite(real) || !InRange(real))
                     throw new ArgumentException(Bad());
                 return Format(real);
+            case ParameterKind.RealList:
+                var items = value.Split(',');
+                var reals = new double[items.Length];
+                for (int i = 0; i < items.Length; i++)
+                    if (!double.TryParse(items[i].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out reals[i]) || !double.IsFinite(reals[i]) || !InRange(reals[i]))
+                        throw new ArgumentException(Bad());
+                return string.Join(",", reals.Select(r => Format(r)));
             case ParameterKind.Integer:
                 if (!int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var integer) || !InRange(integer))
                     throw new ArgumentException(Bad());

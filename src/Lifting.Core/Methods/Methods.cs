@@ -47,6 +47,9 @@ public sealed class MethodArguments
     public double Real(string name) => double.Parse(Text(name), CultureInfo.InvariantCulture);
     public int Integer(string name) => int.Parse(Text(name), CultureInfo.InvariantCulture);
     public bool Flag(string name) => Text(name) == "true";
+    /// A `RealList` parameter's values, in the order given.
+    public IReadOnlyList<double> RealList(string name) =>
+        Text(name).Split(',').Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray();
     public bool Has(string name) => values.ContainsKey(name);
 
     private string Check(string name) => values.ContainsKey(name) ? name

@@ -32,6 +32,38 @@ public static class Initialisers
     };
 
     public static Initialiser Zeros { get; } = (shape, _, dtype, device) => zeros(shape, dtype: dtype, device: device);
+
+    /// Glorot-uniform (Glorot & Bengio 2010): U(−b, b) with b = √(6 / (fan_in + fan_out)).
+    public static Initialiser GlorotUniform(long fanIn, long fanOut) => (shape, generator, dtype, device) =>
+    {
+        var bound = GlorotBound(fanIn, fanOut);
+        return (rand(shape, dtype: dtype, generator: generator) * (2 * bound) - bound).to(device);
+    };
+
+    /// All-negative Glorot-uniform: U(−b, 0) with b = √(6 / (fan_in + fan_out)), the first layer of
+    /// seed 002's Fenchel back-propagation experiment (appendix C, `glorot_neg_uniform` = −|U(−b, b)|):
+    /// with non-negative inputs and zero biases every first-layer pre-activation is ≤ 0, so every
+    /// ReLU unit starts dead and back-propagation's gradient is zero below the output bias.
+    public static Initialiser NegativeGlorotUniform(long fanIn, long fanOut) => (shape, generator, dtype, device) =>
+    {
+        var bound = GlorotBound(fanIn, fanOut);
+        return (rand(shape, dtype: dtype, generator: generator) * -bound).to(device);
+    };
+
+    /// (fan_in, fan_out) of a weight tensor laid out [out, in, …kernel] (Dense [out, in], Conv2d
+    /// [out, in, k, k]): in·∏kernel and out·∏kernel, PyTorch's and Flux's convention.
+    public static (long FanIn, long FanOut) Fans(long[] shape)
+    {
+        if (shape.Length < 2) throw new ArgumentException($"Fans need a weight of rank >= 2 laid out [out, in, …], got [{Shapes.Show(shape)}].");
+        var receptive = shape.Skip(2).Aggregate(1L, (a, b) => a * b);
+        return (shape[1] * receptive, shape[0] * receptive);
+    }
+
+    private static double GlorotBound(long fanIn, long fanOut)
+    {
+        if (fanIn <= 0 || fanOut <= 0) throw new ArgumentOutOfRangeException(nameof(fanIn), $"Invalid fans: {fanIn}, {fanOut} (expected > 0).");
+        return Math.Sqrt(6.0 / (fanIn + fanOut));
+    }
 }
 
 internal static class Shapes

@@ -65,12 +65,18 @@ public sealed class NestedProgram
     public ILoss Loss { get; }
     public long[] OutputShape => Blocks[^1].OutputShape;
     /// Every parameter of the program, block by block, layer by layer.
-    public IReadOnlyList<ParameterSpec> ParameterSpecs { get; }
+    public IReadOnlyList<ParameterSpec> ParameterSpecs { get; private init; }
     public IReadOnlyList<string> ParameterNames { get; }
     public long ParameterCount => ParameterSpecs.Sum(s => Shapes.Size(s.Shape));
 
     /// Positions of block l's parameters in the flat parameter list.
     public Range BlockParameters(int block) => parameterIndex[block][0]..parameterIndex[block][^1];
+
+    /// This program with each parameter's initialiser chosen by `choose`, given the parameter's
+    /// position in the flat parameter list and its spec (e.g. `Initialisation.Apply`); the blocks,
+    /// layers and loss are shared.
+    public NestedProgram WithInitialisers(Func<int, ParameterSpec, Initialiser> choose) =>
+        new(InputShape, Blocks, Loss) { ParameterSpecs = ParameterSpecs.Select((spec, i) => spec with { Init = choose(i, spec) }).ToArray() };
 
     /// Fresh parameters from a seed; the same seed gives the same values on every device.
     public Weights Initialise(int seed, Device? device = null, ScalarType dtype = ScalarType.Float32)
