@@ -60,10 +60,13 @@ public static class Cli
 
     internal static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 
-    private static RootCommand Root(string[] args, CliContext context)
+    /// The root is named "lifting" whatever the executable (tests run it in-process), with --help on
+    /// every command.
+    private static Command Root(string[] args, CliContext context)
     {
-        var root = new RootCommand("lifting — train neural networks by lifting them (multiple shooting, penalties, saddle-point solvers). " +
-                                   "Exit codes: 0 done, 2 bad input, 3 diverged, 130 interrupted.");
+        var root = new Command("lifting", "lifting — train neural networks by lifting them (multiple shooting, penalties, saddle-point solvers). " +
+                                          "Exit codes: 0 done, 2 bad input, 3 diverged, 130 interrupted.");
+        root.Add(new HelpOption { Recursive = true });
         root.Add(TrainCommand.Create(args, context));
         root.Add(TrainCommand.Resume(context));
         root.Add(Demo.Create(context));

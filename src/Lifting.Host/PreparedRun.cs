@@ -39,7 +39,9 @@ public sealed class PreparedRun : IDisposable
     {
         if (e.Patience > 0 && e.ValidationFraction == 0)
             throw new UsageException("--patience needs a validation split; --validation-fraction 0 leaves none");
-        if (e.Threads is { } threads) Threads.Set(threads);
+        // Set only when it changes: LibTorch's pool is process-wide, and resizing it while another
+        // run in the process computes is not safe.
+        if (e.Threads is { } threads && threads != Threads.Count) Threads.Set(threads);
         var device = Devices.Resolve(e.Device);
         ResolvedMethod method;
         try { method = Methods.Resolve(e.ToMethodSettings()); }

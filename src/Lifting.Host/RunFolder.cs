@@ -75,7 +75,7 @@ public sealed class RunFolder
     public void WriteJson(string name, JsonNode node) => WriteText(name, node.ToJsonString(Cli.IndentedJson));
 
     /// Starts metrics.jsonl with `lines` (those a checkpoint carries over on resume).
-    public void ResetMetrics(IEnumerable<string> lines) => WriteText(Metrics, string.Concat(lines.Select(l => l + "\n")));
+    public void ResetMetrics(IEnumerable<string> lines) => WriteAtomically(Metrics, Encoding.UTF8.GetBytes(string.Concat(lines.Select(l => l + "\n"))));
 
     /// Appends one line and flushes it to disk, so a crash loses nothing already reported.
     public void AppendMetrics(string jsonLine)
