@@ -66,7 +66,7 @@ let tests =
             Expect.equal metadata.["format"] "lifting-weights" "format"
             Expect.equal metadata.["net"] "64-16-10" "the caller's metadata"
             let other = Net.Mlp([| 64L |], [| 64L; 32L; 10L |], Activations.ReLU, Losses.CrossEntropy)
-            expectFormatError (fun () -> WeightsFile.Load(path, other) |> ignore) [ "w.safetensors"; "block1.dense(64→32).weight" ]
+            expectFormatError (fun () -> WeightsFile.Load(path, other) |> ignore) [ "w.safetensors"; "block1.dense(64→16).weight"; "is not a parameter" ]
         }
         test "a checkpoint restores a lifted problem's complete state in place and refuses another problem's" {
             use data = DatasetCatalog.Load "digits"
