@@ -48,6 +48,7 @@ let cases () : (string * string list * string) list =
       "a CSV too small to leave examples for every split", [ "train"; "--data"; file "tiny.csv" "a,b,y\n1,2,x\n3,4,z\n" ], "leave none for training"
       "/dev/zero as data (never ends)", [ "train"; "--data"; "/dev/zero" ], "not a text (CSV) file"
       "an invalid --config with --force into the earlier folder", [ "train"; "--config"; file "bad.json" "{ \"epochs\": \"many\" }"; "--out"; e; "--force" ], "'many' is not an integer"
+      "a network that does not fit the data, with --force into the earlier folder", [ "train"; "--net"; "784-256-10"; "--out"; e; "--force" ], "784 inputs"
       "a truncated --config", [ "train"; "--config"; file "cut.json" "{ \"epochs\": 3" ], "malformed JSON"
       "a run's own config back into its own folder", [ "train"; "--config"; Path.Combine(e, "config.json"); "--out"; e ], "not empty"
       "reusing a non-empty run folder", [ "train"; "--out"; e ], "--force"
