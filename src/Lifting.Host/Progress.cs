@@ -111,7 +111,10 @@ public abstract class Progress
 
         public override void Epoch(EpochMetrics m, int epochs)
         {
-            if (epochLines) console.WriteLine(FormatEpoch(m, epochs), Style.Plain);
+            // A short line: a line wider than the terminal would break the bars' redraw (the full
+            // record is in metrics.jsonl).
+            if (epochLines) console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"epoch {m.Epoch,3}/{epochs}  train loss {m.TrainLoss:F4}  val acc {Show(m.ValidationAccuracy)}  test acc {m.TestAccuracy:F4}{(m.Defects.Count > 0 ? $"  defect {m.MeanDefect:E2}" : "")}  {m.Seconds:F2} s{(m.Held.Count > 0 ? "  (settling)" : "")}"), Style.Plain);
             if (epochTask is null) return;
             epochTask.Value = m.Epoch;
             var defect = m.Defects.Count > 0 ? string.Create(CultureInfo.InvariantCulture, $" defect {m.MeanDefect:E1}") : "";
