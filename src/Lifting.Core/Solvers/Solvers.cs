@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Lifting.Solvers;
@@ -30,7 +31,11 @@ public static class Solvers
         for (int i = 0; i < player.Variables.Count; i++)
         {
             var d = player.StepRule.Displacement(directions[i], player.StepStates[i]);
-            if (scale != 1.0) d = d * scale;
+            if (scale != 1.0)
+            {
+                using var factor = scale.ToScalar(); // kept alive while LibTorch reads it (see StepRules)
+                d = d.mul(factor);
+            }
             player.Variables[i].sub_(d);
             player.Projections[i].ProjectInPlace(player.Variables[i]);
         }
