@@ -1,4 +1,3 @@
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Lifting.Solvers;
@@ -31,11 +30,7 @@ public static class Solvers
         for (int i = 0; i < player.Variables.Count; i++)
         {
             var d = player.StepRule.Displacement(directions[i], player.StepStates[i]);
-            if (scale != 1.0)
-            {
-                using var factor = scale.ToScalar(); // kept alive while LibTorch reads it (see StepRules)
-                d = d.mul(factor);
-            }
+            if (scale != 1.0) d = d * scale;
             player.Variables[i].sub_(d);
             player.Projections[i].ProjectInPlace(player.Variables[i]);
         }

@@ -46,18 +46,13 @@ public static class StepRules
 
     private static string Show(double v) => v.ToString("G4", System.Globalization.CultureInfo.InvariantCulture);
 
-    // The rules hold their constants as Scalar fields and create per-step ones with `using`: a
-    // Scalar made implicitly from a double is freed by its finaliser, which the GC may run while
-    // LibTorch still reads it (TorchSharp 0.107); seen as "Unknown scalar type" or a failed
-    // toLong/toFloat check under heavy machine load.
     private sealed class ConstantRule : IStepRule
     {
         private readonly double lr;
-        private readonly Scalar rate;
-        public ConstantRule(double lr) { this.lr = lr; rate = lr.ToScalar(); }
+        public ConstantRule(double lr) => this.lr = lr;
         public string Name => $"constant(lr={Show(lr)})";
         public StepState Init(Tensor variable, bool rowIndexed) => new(Array.Empty<Tensor>());
-        public Tensor Displacement(Tensor direction, StepState state) => direction.mul(rate);
+        public Tensor Displacement(Tensor direction, StepState state) => direction * lr;
     }
 
     private sealed class AdaGradRule : IStepRule
@@ -77,11 +72,8 @@ public static class StepRules
         public Tensor Displacement(Tensor direction, StepState state)
         {
             var accumulator = state.Slots[0];
-            using var one = 1.0.ToScalar();
-            using var rate = lr.ToScalar();
-            using var epsilon = eps.ToScalar();
-            if (!frozen) accumulator.addcmul_(direction, direction, value: one);
-            return direction.mul(rate).div_(accumulator.sqrt().add_(epsilon));
+            if (!frozen) accumulator.addcmul_(direction, direction, value: 1);
+            return direction * lr / (accumulator.sqrt() + eps);
         }
     }
 
@@ -110,33 +102,22 @@ public static class StepRules
         public Tensor Displacement(Tensor direction, StepState state)
         {
             Tensor m = state.Slots[0], v = state.Slots[1], t = state.Slots[2];
-            using var one = 1.ToScalar();
-            using var oneMinusBeta1 = (1 - beta1).ToScalar();
-            using var b2 = beta2.ToScalar();
-            using var oneMinusBeta2 = (1 - beta2).ToScalar();
-            using var epsilon = eps.ToScalar();
-            m.lerp_(direction, oneMinusBeta1);
-            v.mul_(b2).addcmul_(direction, direction, value: oneMinusBeta2);
-            t.add_(one);
+            m.lerp_(direction, 1 - beta1);
+            v.mul_(beta2).addcmul_(direction, direction, value: 1 - beta2);
+            t.add_(1);
             if (t.NumberOfElements == 1)
             {
                 // One count for the whole variable: the bias corrections are plain numbers.
                 var steps = t.ToDouble();
                 var c1 = 1 - Math.Pow(beta1, steps);
                 var c2 = 1 - Math.Pow(beta2, steps);
-                using var sqrtC2 = Math.Sqrt(c2).ToScalar();
-                using var scale = (lr / c1).ToScalar();
-                var denominator = v.sqrt().div_(sqrtC2).add_(epsilon);
-                return m.div(denominator).mul_(scale);
+                var denominator = v.sqrt().div_(Math.Sqrt(c2)).add_(eps);
+                return m.div(denominator).mul_(lr / c1);
             }
-            // Per-row counts: β^t via exp(t ln β), broadcast over each row; 1 − x as −x + 1.
-            using var logBeta1 = Math.Log(beta1).ToScalar();
-            using var logBeta2 = Math.Log(beta2).ToScalar();
-            using var oneReal = 1.0.ToScalar();
-            using var rate = lr.ToScalar();
-            var mHat = m.div(t.mul(logBeta1).exp_().neg_().add_(oneReal));
-            var vHat = v.div(t.mul(logBeta2).exp_().neg_().add_(oneReal));
-            return mHat.div_(vHat.sqrt_().add_(epsilon)).mul_(rate);
+            // Per-row counts: β^t via exp(t ln β), broadcast over each row.
+            var mHat = m / (1 - (t * Math.Log(beta1)).exp());
+            var vHat = v / (1 - (t * Math.Log(beta2)).exp());
+            return mHat.div_(vHat.sqrt_().add_(eps)).mul_(lr);
         }
     }
 }
@@ -188,12 +169,7 @@ public static class Schedules
         public void Advance(int epoch, int epochs) => factor = epoch > ActiveEpochs(epochs, settle) ? scale : 1.0;
         public bool Holding => factor == 0;
         public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state)
-        {
-            if (factor == 1.0) return inner.Displacement(direction, state);
-            using var scale = factor.ToScalar();
-            return inner.Displacement(direction, state).mul(scale);
-        }
+        public Tensor Displacement(Tensor direction, StepState state) => factor == 1.0 ? inner.Displacement(direction, state) : inner.Displacement(direction, state) * factor;
     }
 
     private sealed class CosineRule : IScheduledStepRule
@@ -213,11 +189,7 @@ public static class Schedules
         public bool Holding => factor == 0;
 
         public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state)
-        {
-            using var scale = factor.ToScalar();
-            return inner.Displacement(direction, state).mul(scale);
-        }
+        public Tensor Displacement(Tensor direction, StepState state) => inner.Displacement(direction, state) * factor;
     }
 }
 
