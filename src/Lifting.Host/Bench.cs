@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using Lifting.Data;
@@ -14,39 +15,49 @@ namespace Lifting.Host;
 /// /proc/self/clear_refs). Reported per method: the medians over the rounds.
 public static class Bench
 {
-    public const string Usage = """
-        lifting bench [--methods backprop,extraprop,...] [--repeats 3] [--data NAME] [--net 784-256-10]
-                      [--epochs 4] [--batch 128] [--seed 0] [--device auto|cpu|cuda] [--json]
-        """;
-
-    public static int Run(string[] args, TextWriter output)
+    public static Command Create(CliContext context)
     {
-        var methods = new[] { "backprop", "extraprop" };
-        int repeats = 3;
-        var experiment = new Experiment { Data = "mnist-10k", Net = "784-256-10", Epochs = 4, Batch = 128 };
-        var rest = new List<string>();
-        for (int i = 0; i < args.Length; i++)
+        var command = new Command("bench", "Methods side by side in interleaved rounds: s/epoch, ratio to the first, per-example memory, peak RSS.");
+        var methods = new Option<string>("--methods") { Description = "comma-separated methods [default: backprop,extraprop]", HelpName = "A,B,..." };
+        var repeats = new Option<string>("--repeats") { Description = "interleaved rounds [default: 3]", HelpName = "N" };
+        var json = new Option<bool>("--json") { Description = "make the last line of output the rows as JSON" };
+        var keys = new[] { "data", "net", "activation", "epochs", "batch", "seed", "device", "threads" };
+        var defaults = new Experiment { Data = "mnist-10k", Net = "784-256-10", Epochs = 4, Batch = 128 };
+        var options = keys.Select(k => (Key: k, Option: new Option<string>("--" + k)
         {
-            if (args[i] is "--methods" or "--repeats")
-            {
-                if (i + 1 >= args.Length) throw new UsageException($"{args[i]} needs a value");
-                if (args[i] == "--methods") methods = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-                else repeats = int.TryParse(args[++i], NumberStyles.Integer, CultureInfo.InvariantCulture, out var r) && r > 0 ? r
-                    : throw new UsageException($"--repeats: {args[i]} must be a positive integer");
-            }
-            else rest.Add(args[i]);
-        }
-        foreach (var flag in rest.Where(a => a.StartsWith("--", StringComparison.Ordinal)))
-            if (flag is not ("--data" or "--net" or "--activation" or "--epochs" or "--batch" or "--seed" or "--device" or "--threads" or "--json"))
-                throw new UsageException($"unknown option '{flag}' for bench (see lifting --help)");
-        experiment = Experiment.Parse(rest, experiment);
+            Description = Experiment.Keys.First(x => x.Name == k).Description + $" [default: {k switch { "data" => defaults.Data, "net" => defaults.Net, "epochs" => "4", "batch" => "128", _ => Experiment.Keys.First(x => x.Name == k).Default }}]",
+            HelpName = Experiment.Keys.First(x => x.Name == k).HelpName,
+        })).ToArray();
+        command.Add(methods);
+        command.Add(repeats);
+        command.Add(json);
+        foreach (var (_, o) in options) command.Add(o);
+        command.SetAction(parsed =>
+        {
+            var names = (parsed.GetValue(methods) ?? "backprop,extraprop").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            if (names.Length == 0) throw new UsageException("--methods: give at least one method");
+            int rounds = parsed.GetValue(repeats) is not { } r ? 3
+                : int.TryParse(r, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n > 0 ? n : throw new UsageException($"--repeats: {r} must be a positive integer");
+            var experiment = defaults;
+            foreach (var (key, option) in options)
+                if (parsed.GetValue(option) is { } value) experiment = experiment.Set(key, value, fromFlag: true);
+            return Run(experiment, names, rounds, parsed.GetValue(json), context.Output);
+        });
+        return command;
+    }
 
-        Cli.ApplyThreads(experiment);
-        var device = Devices.Resolve(experiment.Device);
-        var resolved = methods.Select(Methods.Resolve).ToArray();
-        using var data = DatasetCatalog.Load(experiment.Data, Cli.DataOptions(experiment, device));
-        var program = Cli.BuildProgram(experiment, data.Train);
-        output.WriteLine($"bench on {experiment.Data}, {experiment.Net ?? "default net"}, batch {experiment.Batch}, {experiment.Epochs} epochs, " +
+    private static int Run(Experiment experiment, string[] methods, int repeats, bool json, TextWriter output)
+    {
+        var resolved = methods.Select(m =>
+        {
+            try { return Methods.Resolve(m); }
+            catch (ArgumentException x) { throw new UsageException($"--methods: {x.Message.TrimEnd('.')}"); }
+        }).ToArray();
+        using var prepared = PreparedRun.Prepare(experiment with { Method = resolved[0].Name });
+        var data = prepared.Data;
+        var program = prepared.Program;
+        var device = prepared.Options.Device;
+        output.WriteLine($"bench on {experiment.Data}, {prepared.Experiment.Net}, batch {experiment.Batch}, {experiment.Epochs} epochs, " +
                          $"{repeats} rounds, device {device.type}, {Threads.Count} threads, {Environment.ProcessorCount} cores");
 
         var runs = resolved.Select(_ => new List<(double Seconds, double Ratio, double PeakMiB, long Bytes, double Accuracy)>()).ToArray();
@@ -55,7 +66,8 @@ public static class Bench
             double? reference = null;
             for (int m = 0; m < resolved.Length; m++)
             {
-                var method = resolved[m];
+                // Fresh step rules every run: scheduled rules carry per-run state.
+                var method = round == 0 ? resolved[m] : Methods.Resolve(methods[m]);
                 ResetPeakMemory();
                 using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
                     new TrainingOptions { Epochs = experiment.Epochs, BatchSize = experiment.Batch, Seed = experiment.Seed, Device = device });
@@ -88,7 +100,7 @@ public static class Bench
                 $"  {resolved[m].Name,-15} {row["seconds_per_epoch"],8:F3} s/epoch  ×{row["ratio"],5:F2} (rounds {row["ratio_min"]:F2}–{row["ratio_max"]:F2})  " +
                 $"per-example state {row["per_example_bytes"]} B  peak RSS {row["peak_rss_mib"]} MiB  test acc {row["test_accuracy"]:F4}"));
         }
-        if (experiment.Json) output.WriteLine(JsonSerializer.Serialize(rows));
+        if (json) output.WriteLine(JsonSerializer.Serialize(rows));
         return 0;
     }
 

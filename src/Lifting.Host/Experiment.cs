@@ -4,14 +4,24 @@ using System.Text.Json.Nodes;
 
 namespace Lifting.Host;
 
-/// An experiment as data: everything `lifting train` needs. Comes from CLI flags, a JSON file
-/// (`--config FILE`), or both (flags override the file). The run's own settings are fixed fields;
+/// One setting of a run: its key (the flag `--key` and the JSON key), what it means and its
+/// default as shown in help.
+public sealed record RunKey(string Name, string HelpName, string Description, string Default, bool IsFlag = false);
+
+/// An experiment as data: every setting a run needs. Comes from flags, a JSON file (`--config`,
+/// a sweep's base) or both (flags override the file). The run's own settings are fixed fields;
 /// every other key is a parameter of the chosen method (`lifting methods` lists them), checked
-/// against the method's declaration when the method is resolved.
+/// against the method's declaration when the method is resolved. A run folder's config.json holds
+/// every resolved value (`Resolved.ToJson`), method defaults included, and nothing about where it
+/// was written, so `train --config RUN/config.json` repeats the run into a new folder.
 public sealed record Experiment
 {
     public string Data { get; init; } = "digits";
-    /// Layer sizes, e.g. "64-128-10"; null = input size, 128 hidden units, classes.
+    /// CSV data: the label column (name or index); null = the last column.
+    public string? Label { get; init; }
+    /// CSV data: the test fraction; null = 0.2.
+    public double? TestFraction { get; init; }
+    /// MLP sizes, a zoo name or a layer list (`NetSpec`); null = inputs-128-classes.
     public string? Net { get; init; }
     public string Activation { get; init; } = "relu";
     public string Loss { get; init; } = "cross-entropy";
@@ -27,155 +37,136 @@ public sealed record Experiment
     public int? Threads { get; init; }
     public double ValidationFraction { get; init; } = 0.1;
     public int SplitSeed { get; init; } = Lifting.Data.DataOptions.DefaultSplitSeed;
-    /// "standardise" (default) or "unit": inputs kept in [0, 1].
+    /// "standardise" (default) or "unit": inputs kept in [0, 1] (raw values for CSV data).
     public string InputScaling { get; init; } = "standardise";
     /// The parameters' initialisation: "default" (each layer's own), "glorot" (Glorot-uniform
     /// weights, zero biases) or "glorot-negative-first" (and the first layer all-negative; seed 002).
     public string Init { get; init; } = "default";
+    /// A run whose training loss exceeds this many times its start has diverged.
+    public double MaxLossRatio { get; init; } = 100;
     /// The method's parameters that differ from its defaults (invariant text).
     public IReadOnlyDictionary<string, string> Parameters { get; init; } = new Dictionary<string, string>();
-    public string? Out { get; init; }
-    public bool Json { get; init; }
+
+    /// The run's own settings, in the order of help and config files.
+    public static IReadOnlyList<RunKey> Keys { get; } = new RunKey[]
+    {
+        new("data", "NAME|PATH", "digits and mnist-10k (embedded), fashion-mnist, a folder of IDX files, or a .csv[.gz] file of your own", "digits"),
+        new("label", "NAME|INDEX", "CSV: the label column by header name or 0-based index (-1 = last)", "last column"),
+        new("test-fraction", "F", "CSV: fraction of the rows held out for testing (other data has its own test split)", "0.2"),
+        new("net", "SPEC", "784-256-10 (MLP sizes), lenet5, seed001-conv, or layers \"conv:6:5:1:2,relu,maxpool:2,cut,dense:120,relu,dense:10\"", "inputs-128-classes"),
+        new("activation", "NAME", "hidden activation of an MLP: relu, tanh, sigmoid, hardtanh, identity, sign, step", "relu"),
+        new("loss", "NAME", "cross-entropy or mse", "cross-entropy"),
+        new("method", "NAME", "training method (lifting methods lists them with their parameters)", "backprop"),
+        new("epochs", "N", "training epochs", "20"),
+        new("batch", "N", "mini-batch size", "64"),
+        new("seed", "N", "seed of the initial weights and the mini-batch order", "0"),
+        new("patience", "N", "stop after N epochs without a better validation accuracy (0 = off)", "0"),
+        new("iterations", "N", "solver iterations per mini-batch", "1"),
+        new("cosine", "", "log the cosine between the weight update and backprop's gradient", "false", IsFlag: true),
+        new("device", "auto|cpu|cuda", "where tensors live", "auto"),
+        new("threads", "N", "LibTorch threads (results are bit-identical for a seed and a thread count)", "LibTorch's choice"),
+        new("validation-fraction", "F", "training examples held out for validation; selection (best epoch, early stopping) uses them", "0.1"),
+        new("split-seed", "N", "seed of the validation (and CSV test) split", MethodParameter.Format(Lifting.Data.DataOptions.DefaultSplitSeed)),
+        new("input-scaling", "standardise|unit", "standardise inputs with the training split's statistics (per feature for CSV), or keep them raw", "standardise"),
+        new("init", "default|glorot|glorot-negative-first", "initialisation: each layer's own, Glorot-uniform weights with zero biases, or those with the first layer all-negative (seed 002's dead-ReLU start)", "default"),
+        new("max-loss-ratio", "R", "stop as diverged when the training loss exceeds R times its start", "100"),
+    };
+
+    public static bool IsRunKey(string name) => Keys.Any(k => k.Name == name);
 
     public MethodSettings ToMethodSettings() => new(Method) { Values = Parameters };
 
     public Experiment WithParameter(string name, string value) =>
         this with { Parameters = new Dictionary<string, string>(Parameters) { [name] = value } };
 
-    /// The run's own settings by their JSON/flag names; the other keys are method parameters.
-    private static readonly string[] RunKeys =
-    {
-        "data", "net", "activation", "loss", "method", "epochs", "batch", "seed", "patience", "iterations",
-        "cosine", "device", "threads", "validation-fraction", "split-seed", "input-scaling", "init",
-    };
-
-    public static bool IsRunKey(string name) => RunKeys.Contains(name) || name is "out" or "json" or "config" or "environment";
-
-    /// Reads an experiment: the run's settings by name, every other key a method parameter. The
-    /// `environment` block a run folder's config carries is informational and skipped.
+    /// Reads an experiment from a JSON file: the run's settings by name, every other key a method
+    /// parameter. The `environment` block of a run folder's config is informational and skipped.
     public static Experiment FromJsonFile(string path)
     {
+        if (Directory.Exists(path)) throw new UsageException($"{path}: is a folder; give a JSON file (a run's config is RUN/config.json)");
         if (!File.Exists(path)) throw new UsageException($"config file not found: {path}");
         JsonNode? root;
         try { root = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException x) { throw new UsageException($"{path}: malformed config: {x.Message.Split('\n')[0]}"); }
+        catch (JsonException x) { throw new UsageException($"{path}: malformed JSON: {x.Message.Split('\n')[0]}"); }
         if (root is not JsonObject obj) throw new UsageException($"{path}: the config must be a JSON object");
-        var e = new Experiment();
-        foreach (var (key, node) in obj)
-        {
-            if (key is "environment" or "out" or "json") continue;
-            var text = node switch
-            {
-                null => throw new UsageException($"{path}: '{key}' is null"),
-                JsonValue v when v.TryGetValue<string>(out var s) => s,
-                JsonValue v when v.TryGetValue<bool>(out var b) => b ? "true" : "false",
-                JsonValue v => v.ToJsonString(),
-                _ => throw new UsageException($"{path}: '{key}' must be a number, a string or a boolean"),
-            };
-            try { e = e.Set(key, text, fromFlag: false); }
-            catch (UsageException u) { throw new UsageException($"{path}: {u.Message}"); }
-        }
-        return e;
+        try { return FromJson(obj, new Experiment()); }
+        catch (UsageException u) { throw new UsageException($"{path}: {u.Message}"); }
     }
 
-    /// Every setting of the run, method defaults included, and the environment it ran in: enough
-    /// to repeat the run (`--config`), and nothing that names where it was written.
-    public string ToJson(ResolvedMethod method, EngineInfo engine)
-    {
-        var o = new JsonObject
-        {
-            ["data"] = Data,
-            ["net"] = Net,
-            ["activation"] = Activation,
-            ["loss"] = Loss,
-            ["method"] = method.Name,
-            ["epochs"] = Epochs,
-            ["batch"] = Batch,
-            ["seed"] = Seed,
-            ["patience"] = Patience,
-            ["iterations"] = Iterations,
-            ["cosine"] = Cosine,
-            ["device"] = Device,
-            ["threads"] = engine.Threads,
-            ["validation-fraction"] = ValidationFraction,
-            ["split-seed"] = SplitSeed,
-            ["input-scaling"] = InputScaling,
-            ["init"] = Init,
-        };
-        if (Net is null) o.Remove("net");
-        foreach (var (name, value) in method.Arguments.Values)
-            o[name] = method.Arguments.Method.Parameter(name)!.Kind switch
-            {
-                ParameterKind.Real => JsonValue.Create(double.Parse(value, CultureInfo.InvariantCulture)),
-                ParameterKind.Integer => JsonValue.Create(int.Parse(value, CultureInfo.InvariantCulture)),
-                ParameterKind.Flag => JsonValue.Create(value == "true"),
-                _ => JsonValue.Create(value),
-            };
-        o["environment"] = new JsonObject
-        {
-            ["libtorch"] = engine.LibTorch,
-            ["torchsharp"] = engine.TorchSharp,
-            ["threads"] = engine.Threads,
-            ["device"] = engine.Device,
-            ["cpu"] = engine.Cpu,
-            ["vector-instructions"] = engine.VectorInstructions,
-        };
-        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
-    }
-
-    /// Parses `train` flags on top of `start`. `--name value` for the run's settings and the method's
-    /// parameters; a method flag without a value (`--reparametrise`) means true.
-    public static Experiment Parse(IReadOnlyList<string> args, Experiment start)
+    /// `start` with the settings of a JSON object applied.
+    public static Experiment FromJson(JsonObject obj, Experiment start)
     {
         var e = start;
-        for (int i = 0; i < args.Count; i++)
+        // The method first: its parameters are read against it.
+        if (obj.TryGetPropertyValue("method", out var m) && m is not null) e = e.Set("method", Text("method", m), fromFlag: false);
+        foreach (var (key, node) in obj)
         {
-            var flag = args[i];
-            if (!flag.StartsWith("--", StringComparison.Ordinal) || flag.Length == 2)
-                throw new UsageException($"unexpected argument '{flag}' (options start with --; see lifting --help)");
-            var name = flag[2..];
-            bool hasValue = i + 1 < args.Count && (!args[i + 1].StartsWith("--", StringComparison.Ordinal) || IsNumber(args[i + 1]));
-            switch (name)
-            {
-                case "json": e = e with { Json = true }; continue;
-                case "cosine": e = e with { Cosine = true }; continue;
-                case "config": if (!hasValue) throw new UsageException("--config needs a value"); i++; continue; // read before parsing
-            }
-            if (IsRunKey(name) || name == "out")
-            {
-                if (!hasValue) throw new UsageException($"{flag} needs a value");
-                e = e.Set(name, args[++i], fromFlag: true);
-            }
-            else e = e.WithParameter(name, hasValue ? args[++i] : "true");
+            if (key is "environment" or "method") continue;
+            e = node is null ? e.Reset(key) : e.Set(key, Text(key, node), fromFlag: false);
         }
         return e;
     }
 
-    private Experiment Set(string name, string value, bool fromFlag)
+    /// A JSON value as setting text.
+    public static string Text(string key, JsonNode node) => node switch
+    {
+        JsonValue v when v.TryGetValue<string>(out var s) => s,
+        JsonValue v when v.TryGetValue<bool>(out var b) => b ? "true" : "false",
+        JsonValue v => v.ToJsonString(),
+        _ => throw new UsageException($"'{key}' must be a number, a string or a boolean"),
+    };
+
+    /// This experiment with `name` set from `value` (text, as on the command line), validated.
+    /// Names that are not run settings are method parameters (checked when the method resolves).
+    public Experiment Set(string name, string value, bool fromFlag)
     {
         var flag = fromFlag ? "--" + name : name;
         return name switch
         {
-            "data" => this with { Data = value },
-            "net" => this with { Net = value },
-            "activation" => this with { Activation = value },
-            "loss" => this with { Loss = value },
-            "method" => this with { Method = value },
+            "data" => this with { Data = NonEmpty(flag, value) },
+            "label" => this with { Label = NonEmpty(flag, value) },
+            "test-fraction" => this with { TestFraction = OpenFraction(flag, value) },
+            "net" => this with { Net = NonEmpty(flag, value) },
+            "activation" => this with { Activation = Known(flag, value, () => Programs.Activations.ByName(value)) },
+            "loss" => this with { Loss = Known(flag, value, () => Programs.Losses.ByName(value)) },
+            "method" => this with { Method = Known(flag, value, () => Methods.Find(value)).Trim().ToLowerInvariant() },
             "epochs" => this with { Epochs = PositiveInt(flag, value) },
             "batch" => this with { Batch = PositiveInt(flag, value) },
             "seed" => this with { Seed = Int(flag, value) },
             "patience" => this with { Patience = NonNegativeInt(flag, value) },
             "iterations" => this with { Iterations = PositiveInt(flag, value) },
             "cosine" => this with { Cosine = Bool(flag, value) },
-            "device" => this with { Device = value },
+            "device" => this with { Device = Known(flag, value, () => Devices.Parse(value)).Trim().ToLowerInvariant() },
             "threads" => this with { Threads = PositiveInt(flag, value) },
             "validation-fraction" => this with { ValidationFraction = Fraction(flag, value) },
             "split-seed" => this with { SplitSeed = Int(flag, value) },
             "input-scaling" => this with { InputScaling = Scaling(flag, value) },
             "init" => this with { Init = InitName(flag, value) },
-            "out" => this with { Out = value },
+            "max-loss-ratio" => this with { MaxLossRatio = Number(flag, value) is var r and > 1 ? r : throw new UsageException($"{flag}: {value} must be > 1") },
+            "out" or "json" or "force" or "config" or "plain" => throw new UsageException($"'{name}' is not a setting of the experiment; give it on the command line"),
             _ => WithParameter(name, value),
         };
+    }
+
+    /// A null in a JSON file: the setting's default.
+    private Experiment Reset(string name) => name switch
+    {
+        "label" => this with { Label = null },
+        "test-fraction" => this with { TestFraction = null },
+        "net" => this with { Net = null },
+        "threads" => this with { Threads = null },
+        _ when IsRunKey(name) => throw new UsageException($"'{name}' is null; only label, test-fraction, net and threads may be null"),
+        _ => throw new UsageException($"'{name}' is null; give the parameter a value or leave it out"),
+    };
+
+    private static string NonEmpty(string flag, string value) =>
+        string.IsNullOrWhiteSpace(value) ? throw new UsageException($"{flag}: an empty value") : value.Trim();
+
+    private static string Known(string flag, string value, Func<object> check)
+    {
+        try { check(); }
+        catch (ArgumentException e) { throw new UsageException($"{flag}: {e.Message.TrimEnd('.')}"); }
+        return value.Trim();
     }
 
     private static string Scaling(string flag, string value) => value.Trim().ToLowerInvariant() switch
@@ -191,10 +182,11 @@ public sealed record Experiment
         catch (ArgumentException x) { throw new UsageException($"{flag}: {x.Message}"); }
     }
 
+    /// The program's initialisation scheme for `Init`.
+    public Lifting.Programs.InitialisationScheme InitScheme() => Lifting.Programs.Initialisation.Parse(Init);
+
     /// The data loader's scaling for `InputScaling`.
     public Lifting.Data.InputScaling Scaling() => InputScaling == "unit" ? Lifting.Data.InputScaling.UnitRange : Lifting.Data.InputScaling.Standardise;
-
-    private static bool IsNumber(string s) => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out _);
 
     private static double Number(string flag, string value) =>
         double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v) ? v
@@ -203,10 +195,13 @@ public sealed record Experiment
     private static double Fraction(string flag, string value) =>
         Number(flag, value) is var v and >= 0 and < 1 ? v : throw new UsageException($"{flag}: {value} must be >= 0 and < 1");
 
-    private static bool Bool(string flag, string value) => value.ToLowerInvariant() switch
+    private static double OpenFraction(string flag, string value) =>
+        Number(flag, value) is var v and > 0 and < 1 ? v : throw new UsageException($"{flag}: {value} must be > 0 and < 1");
+
+    private static bool Bool(string flag, string value) => value.Trim().ToLowerInvariant() switch
     {
-        "true" => true,
-        "false" => false,
+        "true" or "on" or "yes" or "1" => true,
+        "false" or "off" or "no" or "0" => false,
         _ => throw new UsageException($"{flag}: '{value}' is not true or false"),
     };
 

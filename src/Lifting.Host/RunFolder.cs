@@ -1,71 +1,132 @@
 using System.Text;
 using System.Text.Json;
-using Lifting.Programs;
-using TorchSharp;
-using static TorchSharp.torch;
+using System.Text.Json.Nodes;
+using Lifting.Storage;
 
 namespace Lifting.Host;
 
-/// A run folder: config.json (every setting and the environment), metrics.jsonl (one line per
-/// epoch), summary.json (what the run reached), timing.json (seconds per epoch), weights.bin (the
-/// final weights) and weights-selected.bin (the weights of the epoch selected on validation). All
-/// but timing.json are a pure function of the config and the machine: two runs of one config
-/// write them byte for byte alike. Every file is written to a temporary sibling and renamed into
-/// place, so an interrupted run never leaves a half-written file and never damages what an
-/// earlier write produced.
+/// A run folder (docs/host.md):
+///
+///   config.json                   every resolved setting and the environment (`train --config` repeats it)
+///   summary.json                  status (running, completed, interrupted, diverged, failed) and results
+///   metrics.jsonl                 one JSON line per epoch, appended and flushed as each epoch ends
+///   timing.json                   seconds per epoch (the only file that differs between repeats)
+///   checkpoint.safetensors        the complete training state after the last epoch (or at Ctrl-C)
+///   weights.safetensors           the final weights (`WeightsFile`)
+///   weights-selected.safetensors  the weights of the epoch selected on validation
+///   plots/*.png                   loss, accuracies, defect, multiplier norms
+///
+/// A folder is created only once every input has been checked, and a non-empty folder is never
+/// written into unless `--force` clears it first, so results of different runs never mix. Every
+/// file but metrics.jsonl is written to a temporary sibling and renamed into place.
 public sealed class RunFolder
 {
-    private readonly List<string> metricLines = new();
+    public const string Config = "config.json";
+    public const string Summary = "summary.json";
+    public const string Metrics = "metrics.jsonl";
+    public const string Timing = "timing.json";
+    public const string CheckpointFile = "checkpoint.safetensors";
+    public const string Weights = "weights.safetensors";
+    public const string SelectedWeights = "weights-selected.safetensors";
+    public const string Plots = "plots";
 
-    public RunFolder(string path)
-    {
-        Path = System.IO.Path.GetFullPath(path);
-        if (File.Exists(Path)) throw new UsageException($"--out {path}: a file of that name exists; give a folder");
-        Directory.CreateDirectory(Path);
-    }
+    private RunFolder(string path) => Path = System.IO.Path.GetFullPath(path);
 
     public string Path { get; }
 
-    public void WriteConfig(string json) => WriteAtomically("config.json", json + "\n");
+    public string File(string name) => System.IO.Path.Combine(Path, name);
 
+    /// A folder to create: refused (before anything is written) when it is a file, or a non-empty
+    /// folder and `force` is off.
+    public static RunFolder ForNewRun(string path, bool force, string flag = "--out")
+    {
+        var folder = new RunFolder(path);
+        if (System.IO.File.Exists(folder.Path)) throw new UsageException($"{flag} {path}: a file of that name exists; give a folder");
+        if (Directory.Exists(folder.Path) && Directory.EnumerateFileSystemEntries(folder.Path).Any() && !force)
+            throw new UsageException($"{flag} {path}: the folder is not empty; choose a new folder or add --force to replace its contents");
+        var parent = System.IO.Path.GetDirectoryName(folder.Path);
+        if (parent is not null && System.IO.File.Exists(parent)) throw new UsageException($"{flag} {path}: {parent} is a file");
+        return folder;
+    }
+
+    /// An existing run folder (for resume, plot, eval, compare).
+    public static RunFolder Existing(string path)
+    {
+        var folder = new RunFolder(path);
+        if (!Directory.Exists(folder.Path)) throw new UsageException($"{path}: no such run folder");
+        if (!System.IO.File.Exists(folder.File(Config))) throw new UsageException($"{path}: not a run folder (no {Config})");
+        return folder;
+    }
+
+    /// Creates the folder, clearing what a forced run replaces.
+    public void Create()
+    {
+        if (Directory.Exists(Path))
+            foreach (var entry in Directory.EnumerateFileSystemEntries(Path))
+            {
+                if (Directory.Exists(entry)) Directory.Delete(entry, recursive: true);
+                else System.IO.File.Delete(entry);
+            }
+        Directory.CreateDirectory(Path);
+    }
+
+    public void WriteText(string name, string text) => WriteAtomically(name, Encoding.UTF8.GetBytes(text.EndsWith('\n') ? text : text + "\n"));
+
+    public void WriteJson(string name, JsonNode node) => WriteText(name, node.ToJsonString(Cli.IndentedJson));
+
+    /// Starts metrics.jsonl with `lines` (those a checkpoint carries over on resume).
+    public void ResetMetrics(IEnumerable<string> lines) => WriteAtomically(Metrics, Encoding.UTF8.GetBytes(string.Concat(lines.Select(l => l + "\n"))));
+
+    /// Appends one line and flushes it to disk, so a crash loses nothing already reported.
     public void AppendMetrics(string jsonLine)
     {
-        metricLines.Add(jsonLine);
-        WriteAtomically("metrics.jsonl", string.Join("\n", metricLines) + "\n");
+        using var stream = new FileStream(File(Metrics), FileMode.Append, FileAccess.Write, FileShare.Read);
+        var bytes = Encoding.UTF8.GetBytes(jsonLine + "\n");
+        stream.Write(bytes);
+        stream.Flush(flushToDisk: true);
     }
 
-    public void WriteSummary(string json) => WriteAtomically("summary.json", json + "\n");
-
-    public void WriteTiming(string json) => WriteAtomically("timing.json", json + "\n");
-
-    /// Weights as a small self-describing binary file: count, then per tensor its name, rank,
-    /// shape and float32 values (little-endian).
-    public void WriteWeights(string name, NestedProgram program, Weights weights)
+    public JsonObject ReadJson(string name)
     {
-        using var memory = new MemoryStream();
-        using (var writer = new BinaryWriter(memory, Encoding.UTF8, leaveOpen: true))
-        {
-            writer.Write("lifting-weights-v1");
-            writer.Write(weights.Tensors.Count);
-            for (int i = 0; i < weights.Tensors.Count; i++)
-            {
-                var t = weights.Tensors[i].detach().cpu().to_type(ScalarType.Float32).contiguous();
-                writer.Write(program.ParameterNames[i]);
-                writer.Write(t.shape.Length);
-                foreach (var d in t.shape) writer.Write(d);
-                foreach (var v in t.data<float>()) writer.Write(v);
-            }
-        }
-        WriteAtomically(name, memory.ToArray());
+        var path = File(name);
+        if (!System.IO.File.Exists(path)) throw new UsageException($"{Path}: no {name}");
+        try { return JsonNode.Parse(System.IO.File.ReadAllText(path)) as JsonObject ?? throw new UsageException($"{path}: not a JSON object"); }
+        catch (JsonException e) { throw new UsageException($"{path}: malformed JSON: {e.Message.Split('\n')[0]}"); }
     }
 
-    private void WriteAtomically(string name, string text) => WriteAtomically(name, Encoding.UTF8.GetBytes(text));
+    public IReadOnlyList<JsonObject> ReadMetrics()
+    {
+        var path = File(Metrics);
+        if (!System.IO.File.Exists(path)) return Array.Empty<JsonObject>();
+        var lines = new List<JsonObject>();
+        int number = 0;
+        foreach (var line in System.IO.File.ReadLines(path))
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(line)) continue;
+            try { lines.Add(JsonNode.Parse(line) as JsonObject ?? throw new UsageException($"{path}: line {number} is not a JSON object")); }
+            catch (JsonException) { throw new UsageException($"{path}: line {number} is not valid JSON"); }
+        }
+        return lines;
+    }
+
+    public void SaveCheckpoint(TrainingSnapshot snapshot) => Checkpoint.Save(File(CheckpointFile), snapshot);
+
+    public string PlotsFolder
+    {
+        get
+        {
+            var plots = File(Plots);
+            Directory.CreateDirectory(plots);
+            return plots;
+        }
+    }
 
     private void WriteAtomically(string name, byte[] bytes)
     {
-        var target = System.IO.Path.Combine(Path, name);
+        var target = File(name);
         var temp = target + ".tmp";
-        File.WriteAllBytes(temp, bytes);
-        File.Move(temp, target, overwrite: true);
+        System.IO.File.WriteAllBytes(temp, bytes);
+        System.IO.File.Move(temp, target, overwrite: true);
     }
 }

@@ -119,13 +119,13 @@ let tests =
             Idx.WriteLabels(Path.Combine(dir, "t10k-labels-idx1-ubyte"), Array.create 5 1uy, false)
             expectFormatError (fun () -> DatasetCatalog.Load dir |> ignore) [ "1×4×4"; "1×3×3" ]
         }
-        test "digits CSV errors name the file, line and problem" {
+        test "CSV errors name the file, line and problem" {
             let dir = tempDir ()
             let row = String.Join(",", Array.create 64 "3") + ",7"
             let write name (text: string) = let p = Path.Combine(dir, name) in File.WriteAllText(p, text); p
             expectFormatError (fun () -> DatasetCatalog.Load(write "cols.csv" (row + "\n1,2,3\n")) |> ignore) [ "cols.csv"; "line 2"; "fields" ]
             expectFormatError (fun () -> DatasetCatalog.Load(write "nan.csv" (row + "\n" + row.Replace("3,3,3", "3,NaN,3") + "\n")) |> ignore) [ "nan.csv"; "NaN" ]
-            expectFormatError (fun () -> DatasetCatalog.Load(write "label.csv" (row + "\n" + row.Substring(0, row.Length - 1) + "11\n")) |> ignore) [ "label.csv"; "11" ]
+            expectFormatError (fun () -> DatasetCatalog.Load(write "label.csv" (row + "\n" + row.Substring(0, row.Length - 1) + "\n")) |> ignore) [ "label.csv"; "line 2"; "empty label" ]
             expectFormatError (fun () -> DatasetCatalog.Load "no-such-dataset" |> ignore) [ "no-such-dataset"; "digits" ]
         }
         test "embedded digits: 1797 rows split 1294 train / 144 validation / 359 test, finite, standardised on train" {

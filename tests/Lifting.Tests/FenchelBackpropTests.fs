@@ -246,15 +246,15 @@ let tests =
         }
 
         test "the host's --init picks the initialisation scheme of the program it builds, and refuses unknown names" {
-            let e = Lifting.Host.Experiment.Parse([| "--init"; "glorot-negative-first"; "--method"; "fenchel-bp"; "--beta"; "0.5,1" |], Lifting.Host.Experiment())
+            let set (e: Lifting.Host.Experiment) (k: string) (v: string) = e.Set(k, v, true)
+            let e = set (set (set (set (Lifting.Host.Experiment()) "init" "glorot-negative-first") "method" "fenchel-bp") "beta" "0.5,1") "net" "64-32-10"
             Expect.equal e.Init "glorot-negative-first" "the run key"
             Expect.equal (e.Parameters.["beta"]) "0.5,1" "beta stays a method parameter"
-            let train = TrainingTests.digits.Force().Train
-            let program = Lifting.Host.Cli.BuildProgram(e, train)
-            use w = program.Initialise(0)
+            use run = Lifting.Host.PreparedRun.Prepare(e)
+            use w = run.Program.Initialise(0)
             Expect.isLessThanOrEqual (w.Tensors.[0].max().ToDouble()) 0.0 "the first layer is all-negative"
             Expect.equal (w.Tensors.[1].abs().max().ToDouble()) 0.0 "zero biases"
-            Expect.throwsT<Lifting.Host.UsageException> (fun () -> Lifting.Host.Experiment.Parse([| "--init"; "he" |], Lifting.Host.Experiment()) |> ignore) "unknown scheme"
+            Expect.throwsT<Lifting.Host.UsageException> (fun () -> set (Lifting.Host.Experiment()) "init" "he" |> ignore) "unknown scheme"
         }
 
         test "fenchel-bp's beta takes one value or a comma-separated list; bad values and a wrong count are refused with one-line errors" {

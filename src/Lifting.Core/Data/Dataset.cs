@@ -44,8 +44,14 @@ public sealed class Dataset : IDisposable
 }
 
 /// Scalar standardisation x ← (x − Mean) / Std, with Mean and Std taken from the training split
-/// (Mean 0 and Std 1 when the inputs are kept in [0, 1]).
-public sealed record Normalisation(double Mean, double Std);
+/// (Mean 0 and Std 1 when the inputs are kept in [0, 1]); for tabular data (CSV) per feature j,
+/// x_j ← (x_j − FeatureMeans[j]) / FeatureStds[j], with Mean 0 and Std 1.
+public sealed record Normalisation(double Mean, double Std)
+{
+    public IReadOnlyList<double> FeatureMeans { get; init; } = Array.Empty<double>();
+    public IReadOnlyList<double> FeatureStds { get; init; } = Array.Empty<double>();
+    public bool PerFeature => FeatureMeans.Count > 0;
+}
 
 /// The three splits of a dataset and the normalisation applied to all of them (taken from `Train`).
 /// `Validation` is carved from the original training set (`DataOptions.ValidationFraction`); it
@@ -54,6 +60,9 @@ public sealed record Normalisation(double Mean, double Std);
 public sealed record DataSplit(Dataset Train, Dataset Validation, Dataset Test, Normalisation Normalisation) : IDisposable
 {
     public bool HasValidation => Validation.Count > 0;
+
+    /// The name of each class (CSV labels as written); empty when the classes are 0 … K−1.
+    public IReadOnlyList<string> ClassNames { get; init; } = Array.Empty<string>();
 
     public void Dispose()
     {
@@ -94,9 +103,28 @@ public sealed record DataOptions
     /// Standardised inputs (default) or raw values in [0, 1].
     public InputScaling Scaling { get; init; } = InputScaling.Standardise;
 
+    /// CSV data: the label column, by header name or 0-based index (negative from the end); null =
+    /// the last column. Refused for other data.
+    public string? Label { get; init; }
+
+    /// CSV data: the fraction of the rows held out as the test split (picked by a shuffle with
+    /// `SplitSeed`); null = `DefaultTestFraction`. Refused for data that comes with a test split.
+    public double? TestFraction { get; init; }
+
+    public const double DefaultTestFraction = 0.2;
+
+    /// Statistics to standardise with instead of the training split's (evaluating a trained
+    /// network on new data uses the statistics it was trained with).
+    public Normalisation? FixedNormalisation { get; init; }
+
+    /// CSV data: the class names to map labels with instead of those found in the file.
+    public IReadOnlyList<string>? ClassNames { get; init; }
+
     public void Validate()
     {
         if (!(ValidationFraction >= 0 && ValidationFraction < 1))
             throw new ArgumentOutOfRangeException(nameof(ValidationFraction), $"Invalid validation fraction: {ValidationFraction} (expected 0 <= fraction < 1).");
+        if (TestFraction is { } t && !(t > 0 && t < 1))
+            throw new ArgumentOutOfRangeException(nameof(TestFraction), $"Invalid test fraction: {t} (expected 0 < fraction < 1).");
     }
 }

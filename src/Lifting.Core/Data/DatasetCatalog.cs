@@ -34,6 +34,12 @@ public static class DatasetCatalog
     public static DataSplit Load(string nameOrPath, DataOptions options)
     {
         options.Validate();
+        bool csv = !Directory.Exists(nameOrPath) && File.Exists(nameOrPath) && !Names.Contains(nameOrPath.ToLowerInvariant());
+        if (!csv && options.Label is not null)
+            throw new DataFormatException($"{nameOrPath}: a label column ('{options.Label}') applies to CSV data only");
+        if (!csv && options.TestFraction is not null)
+            throw new DataFormatException($"{nameOrPath}: a test fraction applies to CSV data only; this data comes with its own test split");
+        IReadOnlyList<string> classNames = Array.Empty<string>();
         var (train, test) = nameOrPath.ToLowerInvariant() switch
         {
             "digits" => Digits(),
@@ -41,16 +47,18 @@ public static class DatasetCatalog
             "fashion-mnist" => Directory.Exists(FashionMnistFolder) ? IdxFolder(FashionMnistFolder, "fashion-mnist")
                 : throw new DataFormatException($"fashion-mnist: not found at {FashionMnistFolder}; install it with `apt-get install -y dataset-fashion-mnist` or pass --data FOLDER"),
             _ when Directory.Exists(nameOrPath) => IdxFolder(nameOrPath, Path.GetFileName(Path.GetFullPath(nameOrPath).TrimEnd('/'))),
-            _ when File.Exists(nameOrPath) => Csv(nameOrPath),
+            _ when File.Exists(nameOrPath) => Csv(nameOrPath, options, out classNames),
             _ => throw new DataFormatException($"unknown dataset '{nameOrPath}' (known: {string.Join(", ", Names)}, or a folder of IDX files, or a .csv file)"),
         };
         if (!train.Shape.Skip(1).SequenceEqual(test.Shape.Skip(1)))
             throw new DataFormatException($"{train.Name}: training examples are {Show(train.Shape)} but test examples are {Show(test.Shape)}");
+        if (test.Count == 0) throw new DataFormatException($"{test.Name}: no test examples");
+        if (train.Count == 0) throw new DataFormatException($"{train.Name}: no training examples");
         var (fit, validation) = CarveValidation(train, options);
-        return Normalise(fit, validation, test, options);
+        return Normalise(fit, validation, test, options, perFeature: csv) with { ClassNames = classNames };
     }
 
-    private sealed record Raw(string Name, float[] Values, long[] Shape, long[] Labels, int Classes)
+    internal sealed record Raw(string Name, float[] Values, long[] Shape, long[] Labels, int Classes)
     {
         public int Count => Labels.Length;
         public long ExampleSize => Shape.Skip(1).Aggregate(1L, (a, b) => a * b);
@@ -82,25 +90,55 @@ public static class DatasetCatalog
         return (train.Take(kept, $"{baseName}/train"), train.Take(held, $"{baseName}/validation"));
     }
 
-    private static DataSplit Normalise(Raw train, Raw validation, Raw test, DataOptions options)
+    private static DataSplit Normalise(Raw train, Raw validation, Raw test, DataOptions options, bool perFeature)
     {
         var device = options.Device;
         double mean = 0, std = 1;
-        if (options.Scaling == InputScaling.Standardise)
+        var normalisation = new Normalisation(0, 1);
+        if (options.FixedNormalisation is { } fixedStats)
+        {
+            if (fixedStats.PerFeature && fixedStats.FeatureMeans.Count != train.ExampleSize)
+                throw new DataFormatException($"{train.Name}: {train.ExampleSize} features, but the network was trained on {fixedStats.FeatureMeans.Count}");
+            normalisation = fixedStats;
+        }
+        else if (options.Scaling == InputScaling.Standardise && perFeature)
+        {
+            int f = (int)train.ExampleSize;
+            var means = new double[f];
+            var stds = new double[f];
+            for (int i = 0; i < train.Count; i++)
+                for (int j = 0; j < f; j++) means[j] += train.Values[i * f + j];
+            for (int j = 0; j < f; j++) means[j] /= Math.Max(1, train.Count);
+            for (int i = 0; i < train.Count; i++)
+                for (int j = 0; j < f; j++) { var d = train.Values[i * f + j] - means[j]; stds[j] += d * d; }
+            for (int j = 0; j < f; j++) { stds[j] = Math.Sqrt(stds[j] / Math.Max(1, train.Count)); if (!(stds[j] > 0)) stds[j] = 1; }
+            normalisation = new Normalisation(0, 1) { FeatureMeans = means, FeatureStds = stds };
+        }
+        else if (options.Scaling == InputScaling.Standardise)
         {
             mean = train.Values.Average(v => (double)v);
             std = Math.Sqrt(train.Values.Average(v => (v - mean) * (v - mean)));
             if (!(std > 0)) std = 1;
+            normalisation = new Normalisation(mean, std);
         }
+        mean = normalisation.Mean;
+        std = normalisation.Std;
         var classes = Math.Max(train.Classes, test.Classes);
         Dataset Make(Raw raw)
         {
             using var scope = NewDisposeScope();
-            var x = ((tensor(raw.Values).reshape(raw.Shape) - mean) / std).to(device);
+            var values = tensor(raw.Values).reshape(raw.Shape);
+            if (normalisation.PerFeature)
+            {
+                var featureShape = new long[] { 1 }.Concat(raw.Shape.Skip(1)).ToArray();
+                values = (values - tensor(normalisation.FeatureMeans.Select(v => (float)v).ToArray()).reshape(featureShape))
+                         / tensor(normalisation.FeatureStds.Select(v => (float)v).ToArray()).reshape(featureShape);
+            }
+            var x = ((values - mean) / std).to(device);
             var y = tensor(raw.Labels).to(device);
             return new Dataset(raw.Name, x.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope(), classes);
         }
-        return new DataSplit(Make(train), Make(validation), Make(test), new Normalisation(mean, std));
+        return new DataSplit(Make(train), Make(validation), Make(test), normalisation);
     }
 
     // ---- UCI digits -------------------------------------------------------------------------
@@ -113,10 +151,23 @@ public static class DatasetCatalog
         return SplitRows(rows, "digits");
     }
 
-    private static (Raw, Raw) Csv(string path)
+    /// A user's CSV file (`CsvData`): the test split is carved by a shuffle with the split seed
+    /// (`DataOptions.TestFraction` of the rows, at least one), each part keeping the file's order.
+    private static (Raw, Raw) Csv(string path, DataOptions options, out IReadOnlyList<string> classNames)
     {
-        var rows = ParseDigitsCsv(Idx.ReadAll(path), Path.GetFileName(path));
-        return SplitRows(rows, Path.GetFileNameWithoutExtension(path));
+        var table = CsvData.Read(path, options.Label, options.ClassNames);
+        classNames = table.ClassNames;
+        var name = Path.GetFileName(path);
+        var stem = name.Split('.')[0];
+        var fraction = options.TestFraction ?? DataOptions.DefaultTestFraction;
+        int testCount = Math.Max(1, (int)Math.Round(table.Count * fraction));
+        if (testCount >= table.Count)
+            throw new DataFormatException($"{name}: {table.Count} rows leave none for training after a test split of {fraction}");
+        var all = new Raw(stem, table.Features, new long[] { table.Count, table.FeatureCount }, table.Labels, table.ClassNames.Count);
+        var order = MiniBatches.Permutation(table.Count, options.SplitSeed, 1);
+        var test = order.Take(testCount).OrderBy(i => i).ToArray();
+        var train = order.Skip(testCount).OrderBy(i => i).ToArray();
+        return (all.Take(train, $"{stem}/train"), all.Take(test, $"{stem}/test"));
     }
 
     /// Rows of 64 pixel values (0 … 16) then a label (0 … 9), comma separated.

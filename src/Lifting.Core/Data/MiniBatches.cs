@@ -31,11 +31,14 @@ public sealed class MiniBatch : IDisposable
 /// the last batch may be smaller.
 public static class MiniBatches
 {
-    public static IEnumerable<MiniBatch> Epoch(Dataset data, int batchSize, int seed, int epoch)
+    /// The mini-batches of epoch `epoch`, from the `firstBatch`-th (0-based) on: a run continued
+    /// from the middle of an epoch sees the rest of that epoch's order.
+    public static IEnumerable<MiniBatch> Epoch(Dataset data, int batchSize, int seed, int epoch, int firstBatch = 0)
     {
         if (batchSize < 1) throw new ArgumentOutOfRangeException(nameof(batchSize), $"Invalid batch size: {batchSize} (expected >= 1).");
+        if (firstBatch < 0) throw new ArgumentOutOfRangeException(nameof(firstBatch), $"Invalid first batch: {firstBatch} (expected >= 0).");
         var order = Permutation(data.Count, seed, epoch);
-        for (int start = 0; start < order.Length; start += batchSize)
+        for (int start = firstBatch * batchSize; start < order.Length; start += batchSize)
         {
             var rows = order.AsSpan(start, Math.Min(batchSize, order.Length - start)).ToArray();
             yield return Gather(data, tensor(rows, device: data.Inputs.device));

@@ -8,7 +8,12 @@ namespace Lifting.Formulations;
 
 /// Base of lifted problems: owns the weights with their (persistent) step-rule state and a
 /// per-example store. Subclasses add per-example players and build the batch game.
-public abstract class LiftedProblem : ILiftedProblem
+///
+/// Checkpoints come for free: `StateTensors` names every tensor the problem keeps for the run (the
+/// weights and their step states, the per-example store, the shared variables registered with
+/// `AddShared`), and a formulation with scalar state of its own (e.g. the penalty's μ) overrides
+/// `StateScalars` and `RestoreScalars`. Anything a subclass keeps elsewhere is not saved.
+public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
 {
     private readonly Dictionary<string, Tensor> shared = new();
 
@@ -62,6 +67,40 @@ public abstract class LiftedProblem : ILiftedProblem
         for (int s = 0; s < state.Slots.Count; s++) AddShared($"{name}#slot{s}", state.Slots[s]);
         for (int m = 0; m < state.Memory.Count; m++) AddShared($"{name}#memory{m}", state.Memory[m]);
         return (variable, state);
+    }
+
+    /// Every tensor of the run's state by a stable name: `weights/P`, `weights/P#slotK` and
+    /// `weights/P#memoryK` for parameter P, `store/K` for the per-example store's entries and
+    /// `shared/K` for the shared ones.
+    public IReadOnlyDictionary<string, Tensor> StateTensors
+    {
+        get
+        {
+            var all = new Dictionary<string, Tensor>();
+            var names = Program.ParameterNames;
+            for (int i = 0; i < Weights.Tensors.Count; i++)
+            {
+                all[$"weights/{names[i]}"] = Weights.Tensors[i];
+                for (int s = 0; s < WeightStates[i].Slots.Count; s++) all[$"weights/{names[i]}#slot{s}"] = WeightStates[i].Slots[s];
+                for (int m = 0; m < WeightStates[i].Memory.Count; m++) all[$"weights/{names[i]}#memory{m}"] = WeightStates[i].Memory[m];
+            }
+            foreach (var key in Store.Names) all[$"store/{key}"] = Store[key];
+            foreach (var (key, t) in shared) all[$"shared/{key}"] = t;
+            return all;
+        }
+    }
+
+    /// The formulation's scalar state (none here); override together with `RestoreScalars`.
+    public virtual IReadOnlyDictionary<string, double> StateScalars => new Dictionary<string, double>();
+
+    /// Restores what `StateScalars` returned.
+    public virtual void RestoreScalars(IReadOnlyDictionary<string, double> scalars)
+    {
+        var expected = StateScalars.Keys.ToHashSet();
+        var unknown = scalars.Keys.FirstOrDefault(k => !expected.Contains(k));
+        if (unknown is not null) throw new ArgumentException($"The checkpoint holds scalar '{unknown}', which {Formulation.Name} does not keep.");
+        var missing = expected.FirstOrDefault(k => !scalars.ContainsKey(k));
+        if (missing is not null) throw new ArgumentException($"The checkpoint lacks scalar '{missing}' of {Formulation.Name}.");
     }
 
     public virtual IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => Array.Empty<double>();

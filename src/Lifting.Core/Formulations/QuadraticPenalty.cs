@@ -91,6 +91,14 @@ public sealed class QuadraticPenalty : IFormulation
 
         public override IReadOnlyDictionary<string, double> Diagnostics => new Dictionary<string, double> { ["mu"] = mu };
 
+        public override IReadOnlyDictionary<string, double> StateScalars => new Dictionary<string, double> { ["mu"] = mu };
+
+        public override void RestoreScalars(IReadOnlyDictionary<string, double> scalars)
+        {
+            base.RestoreScalars(scalars);
+            mu = scalars["mu"];
+        }
+
         /// The feasibility pass: h_l ← f_l(h_{l−1}) for every example.
         public override void Finish()
         {

@@ -12,7 +12,7 @@ internal static class BuiltinMethods
 
     private static IEnumerable<MethodDefinition> Core => new[]
     {
-        Backprop,
+        Backprop with { Family = "backprop", Representative = true },
         // Per-example players take constant steps: AdaGrad's first step on a fresh row is ±α
         // whatever the gradient, and each row is visited once per epoch. One inner extragradient
         // iteration on the rows (weights held, so it is cheap) before each full iteration lets them
@@ -21,7 +21,7 @@ internal static class BuiltinMethods
         // the state step ×0.3 and the multiplier step ÷0.3: at (0.5, 1) extragradient has spurious
         // fixed points on the row problems once the loss curvature grows (docs/methods.md).
         Lagrangian("extraprop", "multiple-shooting Lagrangian, extragradient with one inner per-example iteration, ExtraAdam weights on a cosine schedule, rows settle at the end (seed 001 ExtraProp)",
-            new("extragradient", 2e-3, "cosine", 0.5, 1.0, Inner: 1, Settle: 0.2, SettleStates: 0.3)),
+            new("extragradient", 2e-3, "cosine", 0.5, 1.0, Inner: 1, Settle: 0.2, SettleStates: 0.3)) with { Representative = true },
         // ExtraProp whose outer extragradient extrapolates only the per-example rows: the weights
         // take one step with the operator at the extrapolated rows. One full operator evaluation per
         // step instead of two, the first block evaluated once (docs/methods.md, "Speed").
@@ -36,7 +36,7 @@ internal static class BuiltinMethods
         Lagrangian("auglag", "augmented Lagrangian + (c/2)|g|^2, extragradient with one inner per-example iteration, c = 1",
             new("extragradient", 1e-3, "constant", 1.0, 1.0, Inner: 1, Settle: 0, SettleStates: 1, Augmentation: 1.0)),
         Penalty("penalty", "quadratic penalty with a growing μ, alternating states/weights, final feasibility pass (MAC/BlockProp)",
-            "alternating", growing: true, mu: 1.0, stateSteps: 5),
+            "alternating", growing: true, mu: 1.0, stateSteps: 5) with { Representative = true },
         Penalty("regularized", "fixed quadratic penalty, all variables by gradient descent (seed 001 \"Regularized\")",
             "gda", growing: false, mu: 10.0, stateSteps: 1),
     };
@@ -83,7 +83,7 @@ internal static class BuiltinMethods
                     ? Solvers.Solvers.Extragradient(p => p == PlayerNames.Weights ? 0 : 1)
                     : throw new ArgumentException($"extrapolate-weights=false applies to the extragradient solver, not '{a.Text("solver")}'.");
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation, named), PlayerRules.Build(a, formulation));
-        });
+        }) { Family = "lagrangian" };
     }
 
     private static MethodDefinition Penalty(string name, string description, string solver, bool growing, double mu, int stateSteps)
@@ -104,6 +104,6 @@ internal static class BuiltinMethods
             var schedule = growing ? new PenaltySchedule(a.Real("mu"), a.Real("mu-growth"), a.Real("mu-max")) : PenaltySchedule.Fixed(a.Real("mu"));
             var formulation = new QuadraticPenalty(schedule, a.Integer("state-steps"), name);
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation), PlayerRules.Build(a, formulation));
-        });
+        }) { Family = "penalty" };
     }
 }

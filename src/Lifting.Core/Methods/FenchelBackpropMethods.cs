@@ -22,5 +22,5 @@ internal static class FenchelBackpropMethods
         {
             var formulation = new FenchelBackprop(a.RealList("beta"));
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation), PlayerRules.Build(a, formulation));
-        });
+        }) { Family = "contrastive", Representative = true };
 }

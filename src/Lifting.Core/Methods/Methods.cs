@@ -17,7 +17,17 @@ public sealed record MethodDefinition(
     IReadOnlyList<MethodParameter> Parameters,
     Func<MethodArguments, MethodParts> Build)
 {
+    private readonly string? family;
+
     public MethodParameter? Parameter(string name) => Parameters.FirstOrDefault(p => p.Name == name);
+
+    /// The family the method belongs to (e.g. "backprop", "lagrangian", "penalty", "distprop",
+    /// "alternating-minimisation", "contrastive"); a method without one is its own family.
+    public string Family { get => family ?? Name; init => family = value; }
+
+    /// Marks the method that stands for its family where one method per family is run (the host's
+    /// `demo`); without a mark, the family's first method in the catalog stands for it.
+    public bool Representative { get; init; }
 }
 
 /// The arguments of one method: every parameter's value, defaults included, as canonical text,
@@ -93,6 +103,11 @@ public static class Methods
     {
         get { lock (gate) return registry.ToArray(); }
     }
+
+    /// One method per family, in catalog order of the families: the one marked `Representative`,
+    /// else the family's first method.
+    public static IReadOnlyList<MethodDefinition> Representatives =>
+        All.GroupBy(m => m.Family).Select(g => g.FirstOrDefault(m => m.Representative) ?? g.First()).ToArray();
 
     /// Adds a method; its name must be new.
     public static void Register(MethodDefinition method)

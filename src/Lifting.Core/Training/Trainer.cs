@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Globalization;
+using Lifting.Storage;
 using Lifting.Data;
 using Lifting.Formulations;
 using Lifting.Programs;
@@ -24,32 +26,73 @@ public static class Trainer
         Func<string, IStepRule> stepRules,
         TrainingOptions options,
         ITrainingObserver? observer = null,
-        Weights? initialWeights = null)
+        Weights? initialWeights = null) =>
+        Train(program, data, formulation, solver, stepRules, options, observer, initialWeights, null);
+
+    /// Trains as above under `control`: interrupted through its cancellation token (a checkpoint
+    /// of the state at the next mini-batch boundary is handed to `OnCheckpoint`, then
+    /// `TrainingInterruptedException`), checkpointed after every epoch, or continued from a
+    /// checkpoint (`ResumeFrom`) of the same program, data, method and options, ending exactly as
+    /// the uninterrupted run. A non-finite value or a blow-up past `TrainingOptions.MaxLossRatio`
+    /// stops the run with `TrainingDivergedException` naming the variable, before the epoch's
+    /// checkpoint is taken, so the last one saved is the last good state.
+    public static TrainingResult Train(
+        NestedProgram program,
+        DataSplit data,
+        IFormulation formulation,
+        ISolver solver,
+        Func<string, IStepRule> stepRules,
+        TrainingOptions options,
+        ITrainingObserver? observer,
+        Weights? initialWeights,
+        TrainingControl? control)
     {
         options.Validate();
         if (options.Patience > 0 && !data.HasValidation)
             throw new ArgumentException($"Early stopping (patience {options.Patience}) needs a validation split; this data has none.");
         observer ??= Observers.None;
+        control ??= new TrainingControl();
+        var resume = control.ResumeFrom;
+        if (resume is not null && resume.State.Epochs != options.Epochs)
+            throw new ArgumentException($"The checkpoint plans {resume.State.Epochs} epochs, these options {options.Epochs}.");
         random.manual_seed(options.Seed);
         var train = data.Train;
         var weights = initialWeights ?? program.Initialise(options.Seed, options.Device, options.DType);
         using var ownWeights = initialWeights is null ? weights : null; // the caller's weights stay the caller's
         var context = new LiftContext(program, train, options.Device, options.DType, options.Seed, stepRules, solver.MemorySlots);
         using var problem = formulation.Lift(context, weights);
+        var checkpointable = problem as ICheckpointable;
+        if ((resume is not null || control.OnCheckpoint is not null) && checkpointable is null)
+            throw new ArgumentException($"The lifted problem of {formulation.Name} cannot be checkpointed (derive it from LiftedProblem or implement ICheckpointable).");
 
         int batches = (train.Count + options.BatchSize - 1) / options.BatchSize;
-        observer.OnStart(options.Epochs, batches);
-        var history = new List<EpochMetrics>();
-        var selection = data.HasValidation ? Selection.ValidationAccuracy : Selection.LastEpoch;
-        double bestValidation = double.NegativeInfinity;
-        int selectedEpoch = 0;
+        var state = new TrainerState { Epochs = options.Epochs };
         Weights? selectedWeights = null;
+        if (resume is not null)
+        {
+            resume.RestoreInto(checkpointable!);
+            state = resume.State;
+            selectedWeights = resume.SelectedWeights(program, options.Device);
+        }
+        else state = state with { InitialLoss = Evaluate(program, problem.Weights.Tensors, train, options.DType).Loss };
+        observer.OnStart(options.Epochs, batches);
+        var history = new List<EpochMetrics>(state.History);
+        var selection = data.HasValidation ? Selection.ValidationAccuracy : Selection.LastEpoch;
+        double bestValidation = state.BestValidation;
+        int selectedEpoch = state.SelectedEpoch;
         bool stoppedEarly = false;
         var timer = new Stopwatch();
 
+        TrainingSnapshot Snapshot(TrainerState s) => new(s with { History = history.ToArray(), BestValidation = bestValidation, SelectedEpoch = selectedEpoch },
+            checkpointable!, selectedWeights, program);
+
         try
         {
-            for (int epoch = 1; epoch <= options.Epochs; epoch++)
+            // A run stopped early by patience has nothing left to do.
+            bool alreadyStopped = options.Patience > 0 && state.CompletedEpochs > 0 && state.BatchesDone == 0
+                && state.CompletedEpochs - selectedEpoch >= options.Patience;
+            stoppedEarly = alreadyStopped;
+            for (int epoch = state.CompletedEpochs + 1; epoch <= options.Epochs && !alreadyStopped; epoch++)
             {
                 foreach (var player in formulation.PlayerNames)
                     if (stepRules(player) is IScheduledStepRule scheduled) scheduled.Advance(epoch, options.Epochs);
@@ -59,13 +102,15 @@ public static class Trainer
                 if (moving.Length == 0)
                     throw new ArgumentException($"Every player is held at epoch {epoch}; nothing would be trained.");
                 bool holding = moving.Length < formulation.PlayerNames.Count;
-                double objectiveSum = 0, lossSum = 0;
-                double? cosine = null;
+                bool continuing = epoch == state.CompletedEpochs + 1 && state.BatchesDone > 0;
+                double objectiveSum = continuing ? state.ObjectiveSum : 0, lossSum = continuing ? state.LossSum : 0;
+                double? cosine = continuing ? state.Cosine : null;
+                double earlierSeconds = continuing ? state.Seconds : 0;
                 var multiplierNorms = Array.Empty<double>();
                 double batchDefect = 0;
                 timer.Restart();
-                int b = 0;
-                foreach (var batch in MiniBatches.Epoch(train, options.BatchSize, options.Seed, epoch))
+                int b = continuing ? state.BatchesDone : 0;
+                foreach (var batch in MiniBatches.Epoch(train, options.BatchSize, options.Seed, epoch, firstBatch: b))
                 {
                     using var scope = NewDisposeScope();
                     using var owned = batch;
@@ -81,7 +126,10 @@ public static class Trainer
                         for (int k = 0; k < options.IterationsPerBatch; k++) solver.Step(view ?? (IGame)game);
                     game.Commit();
                     // Reading the recorded scalars synchronises with the device; cheap on CPU.
-                    objectiveSum += game.LiftedObjective;
+                    var objective = game.LiftedObjective;
+                    if (!double.IsFinite(objective))
+                        throw Diverged(epoch, b + 1, $"the lifted objective is {Show(objective)}", checkpointable, program, nonFinite: true);
+                    objectiveSum += objective;
                     lossSum += game.Loss;
                     if (b == batches - 1)
                     {
@@ -93,6 +141,16 @@ public static class Trainer
                     }
                     b++;
                     observer.OnBatch(epoch, b, batches);
+                    if (control.Cancellation.IsCancellationRequested && b < batches)
+                    {
+                        timer.Stop();
+                        control.OnCheckpoint?.Invoke(Snapshot(state with
+                        {
+                            CompletedEpochs = epoch - 1, BatchesDone = b, ObjectiveSum = objectiveSum, LossSum = lossSum,
+                            Seconds = earlierSeconds + timer.Elapsed.TotalSeconds, Cosine = cosine,
+                        }));
+                        throw new TrainingInterruptedException(epoch - 1, b);
+                    }
                 }
                 timer.Stop();
                 problem.EndEpoch(epoch);
@@ -103,14 +161,19 @@ public static class Trainer
                 var test = Evaluate(program, problem.Weights.Tensors, data.Test, options.DType);
                 NativeMemory.ReleaseFreePages();
                 var metrics = new EpochMetrics(epoch, trainLoss, objectiveSum / b, lossSum / b, validation, test,
-                    timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics)
+                    earlierSeconds + timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics)
                 {
                     Held = formulation.PlayerNames.Except(moving).ToArray(),
                 };
-                history.Add(metrics);
-                observer.OnEpoch(metrics);
                 if (!double.IsFinite(trainLoss))
-                    throw new TrainingDivergedException($"Training diverged at epoch {epoch}: the training loss is {trainLoss}.");
+                    throw Diverged(epoch, null, $"the training loss is {Show(trainLoss)}", checkpointable, program, nonFinite: true);
+                var nonFinite = defects.Concat(multiplierNorms).Any(v => !double.IsFinite(v));
+                if (nonFinite)
+                    throw Diverged(epoch, null, "a defect or multiplier norm is not finite", checkpointable, program, nonFinite: true);
+                if (trainLoss > options.MaxLossRatio * Math.Max(state.InitialLoss, 1e-12))
+                    throw Diverged(epoch, null, string.Create(CultureInfo.InvariantCulture,
+                        $"the training loss {trainLoss:G4} is more than {options.MaxLossRatio:G4} times its start {state.InitialLoss:G4}"), checkpointable, program, nonFinite: false);
+                history.Add(metrics);
                 if (validation is not null && validation.Accuracy > bestValidation)
                 {
                     bestValidation = validation.Accuracy;
@@ -119,10 +182,13 @@ public static class Trainer
                     selectedWeights = problem.Weights.Clone();
                 }
                 else if (options.Patience > 0 && epoch - selectedEpoch >= options.Patience)
-                {
                     stoppedEarly = true;
-                    break;
-                }
+                state = state with { CompletedEpochs = epoch, BatchesDone = 0, ObjectiveSum = 0, LossSum = 0, Seconds = 0, Cosine = null };
+                control.OnCheckpoint?.Invoke(Snapshot(state));
+                observer.OnEpoch(metrics);
+                if (stoppedEarly) break;
+                if (control.Cancellation.IsCancellationRequested && epoch < options.Epochs)
+                    throw new TrainingInterruptedException(epoch, 0);
             }
 
             // The formulation's end-of-training pass (e.g. MAC's feasibility pass) comes before the
@@ -153,6 +219,54 @@ public static class Trainer
             selectedWeights?.Dispose();
             throw;
         }
+    }
+
+    private static string Show(double v) => v.ToString("G4", CultureInfo.InvariantCulture);
+
+    /// The divergence at `epoch` (and mini-batch), naming where it shows: the first variable of
+    /// the problem's state holding a non-finite value, or else the one of largest magnitude.
+    private static TrainingDivergedException Diverged(int epoch, int? batch, string what, ICheckpointable? problem, NestedProgram program, bool nonFinite)
+    {
+        string? culprit = null;
+        if (problem is not null)
+        {
+            using var _ = no_grad();
+            double largest = -1;
+            foreach (var (name, t) in problem.StateTensors)
+            {
+                if (name.Contains('#') || t.NumberOfElements == 0 || !t.is_floating_point()) continue; // step-rule state follows its variable
+                using var scope = NewDisposeScope();
+                if (!t.isfinite().all().ToBoolean())
+                {
+                    culprit = $"{Describe(name, program)} holds non-finite values";
+                    break;
+                }
+                var magnitude = t.abs().max().ToDouble();
+                if (!nonFinite && magnitude > largest)
+                {
+                    largest = magnitude;
+                    culprit = string.Create(CultureInfo.InvariantCulture, $"largest magnitude in {Describe(name, program)}: {magnitude:G4}");
+                }
+            }
+        }
+        var where = batch is { } b ? $"epoch {epoch}, mini-batch {b}" : $"epoch {epoch}";
+        return new TrainingDivergedException($"Training diverged at {where}: {what}{(culprit is null ? "" : $"; {culprit}")}.", epoch, culprit);
+    }
+
+    /// "block 2 weight dense(128→10).weight" or "block 1 per-example variable h1".
+    private static string Describe(string name, NestedProgram program)
+    {
+        var slash = name.IndexOf('/');
+        var kind = slash < 0 ? "" : name[..slash];
+        var rest = slash < 0 ? name : name[(slash + 1)..];
+        if (kind == "weights" && rest.StartsWith("block", StringComparison.Ordinal))
+        {
+            var dot = rest.IndexOf('.');
+            return $"block {rest[5..dot]} weight {rest[(dot + 1)..]}";
+        }
+        var digits = new string(rest.Reverse().TakeWhile(char.IsDigit).Reverse().ToArray());
+        var what = kind == "store" ? "per-example variable" : kind == "shared" ? "shared variable" : "variable";
+        return digits.Length > 0 && digits.Length < rest.Length ? $"block {digits} {what} {rest}" : $"{what} {rest}";
     }
 
     private static MiniBatch Cast(MiniBatch batch, ScalarType dtype) =>
@@ -196,8 +310,48 @@ public static class Trainer
     }
 }
 
-/// Training produced a non-finite loss.
+/// Training produced a non-finite value or a blow-up; the message names where it shows.
 public sealed class TrainingDivergedException : Exception
 {
     public TrainingDivergedException(string message) : base(message) { }
+
+    public TrainingDivergedException(string message, int epoch, string? variable) : base(message)
+    {
+        Epoch = epoch;
+        Variable = variable;
+    }
+
+    /// The epoch in which it was detected (0 when unknown).
+    public int Epoch { get; }
+    /// Where it shows (block and variable), when found.
+    public string? Variable { get; }
+}
+
+/// Training stopped at a mini-batch boundary because `TrainingControl.Cancellation` was signalled,
+/// after a checkpoint of that state was handed out.
+public sealed class TrainingInterruptedException : OperationCanceledException
+{
+    public TrainingInterruptedException(int completedEpochs, int batchesDone)
+        : base($"Training interrupted after {completedEpochs} epochs{(batchesDone > 0 ? $" and {batchesDone} mini-batches" : "")}.")
+    {
+        CompletedEpochs = completedEpochs;
+        BatchesDone = batchesDone;
+    }
+
+    public int CompletedEpochs { get; }
+    public int BatchesDone { get; }
+}
+
+/// How a run is steered from outside: interruption, checkpoints and resumption.
+public sealed record TrainingControl
+{
+    /// Signalled to stop at the next mini-batch boundary (e.g. on Ctrl-C).
+    public CancellationToken Cancellation { get; init; }
+
+    /// Receives the state after every epoch (before the observer's `OnEpoch`), and on
+    /// interruption; save it with `Checkpoint.Save` during the call.
+    public Action<TrainingSnapshot>? OnCheckpoint { get; init; }
+
+    /// A checkpoint of this run to continue from.
+    public Checkpoint? ResumeFrom { get; init; }
 }

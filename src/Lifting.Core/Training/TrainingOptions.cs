@@ -18,12 +18,16 @@ public sealed record TrainingOptions
     /// Measure, on the first mini-batch of each epoch, the cosine between the method's weight
     /// direction and the back-propagation gradient.
     public bool CosineToBackprop { get; init; }
+    /// Stop as diverged when the plain training loss after an epoch exceeds this many times the
+    /// loss of the initial weights (a blow-up); infinity = only non-finite values stop a run.
+    public double MaxLossRatio { get; init; } = double.PositiveInfinity;
 
     public void Validate()
     {
         if (Epochs < 1) throw new ArgumentOutOfRangeException(nameof(Epochs), $"Invalid epochs: {Epochs} (expected >= 1).");
         if (BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(BatchSize), $"Invalid batch size: {BatchSize} (expected >= 1).");
         if (IterationsPerBatch < 1) throw new ArgumentOutOfRangeException(nameof(IterationsPerBatch), $"Invalid iterations per batch: {IterationsPerBatch} (expected >= 1).");
+        if (!(MaxLossRatio > 1)) throw new ArgumentOutOfRangeException(nameof(MaxLossRatio), $"Invalid max loss ratio: {MaxLossRatio} (expected > 1).");
         if (Patience < 0) throw new ArgumentOutOfRangeException(nameof(Patience), $"Invalid patience: {Patience} (expected >= 0).");
     }
 }

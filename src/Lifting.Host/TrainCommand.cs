@@ -1,0 +1,163 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Lifting.Storage;
+
+namespace Lifting.Host;
+
+/// `lifting train` and `lifting resume RUN`.
+///
+/// The train command's options are the run's settings (`Experiment.Keys`) and the chosen method's
+/// parameters: the method is read from the command line (or the --config file) before parsing,
+/// and its parameters are added as options, so `train --method extraprop --help` lists them and
+/// the method catalog validates their values. A flag that is neither is refused naming both.
+public static class TrainCommand
+{
+    private static readonly string[] HostOptions = { "config", "out", "force", "json", "plain" };
+
+    public static Command Create(string[] args, CliContext context)
+    {
+        var command = new Command("train", "Train a network into a run folder (config.json, metrics.jsonl, summary.json, checkpoint, weights, plots).")
+        {
+            TreatUnmatchedTokensAsErrors = false,
+        };
+        var config = new Option<string>("--config") { Description = "read the experiment from a JSON file (a run's config.json repeats that run); flags override it", HelpName = "FILE" };
+        var output = new Option<string>("--out") { Description = "the run folder (default runs/DATE-TIME-METHOD); never overwritten unless --force", HelpName = "DIR" };
+        var force = new Option<bool>("--force") { Description = "replace the contents of a non-empty --out folder" };
+        var json = new Option<bool>("--json") { Description = "make the last line of output a JSON summary" };
+        var plain = new Option<bool>("--plain") { Description = "plain lines instead of live progress bars" };
+        foreach (var o in new Option[] { config, output, force, json, plain }) command.Add(o);
+
+        var runOptions = new List<(RunKey Key, Option Option)>();
+        foreach (var key in Experiment.Keys)
+        {
+            Option option = key.IsFlag
+                ? new Option<bool>("--" + key.Name) { Description = $"{key.Description}" }
+                : new Option<string>("--" + key.Name) { Description = $"{key.Description} [default: {key.Default}]", HelpName = key.HelpName };
+            runOptions.Add((key, option));
+            command.Add(option);
+        }
+
+        var method = MethodOf(args);
+        var methodOptions = new List<(MethodParameter Parameter, Option<string> Option)>();
+        foreach (var p in method.Parameters)
+        {
+            if (Experiment.IsRunKey(p.Name) || HostOptions.Contains(p.Name)) continue; // unreachable as a flag; set it in a config file
+            var option = new Option<string>("--" + p.Name)
+            {
+                Description = $"[{method.Name}] {p.Description} ({p.Domain}) [default: {p.Default}]",
+                HelpName = p.Kind == ParameterKind.Flag ? "true|false" : "VALUE",
+                Arity = p.Kind == ParameterKind.Flag ? ArgumentArity.ZeroOrOne : ArgumentArity.ExactlyOne,
+            };
+            methodOptions.Add((p, option));
+            command.Add(option);
+        }
+
+        command.SetAction(parsed =>
+        {
+            var e = parsed.GetValue(config) is { } file ? Experiment.FromJsonFile(file) : new Experiment();
+            foreach (var (key, option) in runOptions)
+            {
+                if (parsed.GetResult(option) is null) continue;
+                var value = option is Option<bool> flag ? (parsed.GetValue(flag) ? "true" : "false") : parsed.GetValue((Option<string>)option)!;
+                e = e.Set(key.Name, value, fromFlag: true);
+            }
+            if (!string.Equals(e.Method, method.Name, StringComparison.OrdinalIgnoreCase))
+                throw new UsageException($"--method {e.Method}: the method changed while reading the options; give it once");
+            foreach (var (p, option) in methodOptions)
+                if (parsed.GetResult(option) is not null) e = e.WithParameter(p.Name, parsed.GetValue(option) ?? "true");
+            var unmatched = parsed.UnmatchedTokens;
+            if (unmatched.Count > 0)
+            {
+                var token = unmatched[0];
+                if (token.StartsWith("--", StringComparison.Ordinal))
+                    throw new UsageException($"unknown option {token}: not a train option, and method '{method.Name}' has no parameter '{token[2..].Split('=')[0]}' " +
+                                             $"(its parameters: {string.Join(", ", method.Parameters.Select(p => p.Name))}; see lifting train --method {method.Name} --help)");
+                throw new UsageException($"unexpected argument '{token}' (train takes options only; see lifting train --help)");
+            }
+            var folder = RunFolder.ForNewRun(parsed.GetValue(output) ?? Cli.DefaultFolder(e.Method), parsed.GetValue(force));
+            using var run = PreparedRun.Prepare(e);
+            return Train(run, folder, context, parsed.GetValue(json), parsed.GetValue(plain), resume: null);
+        });
+        return command;
+    }
+
+    /// The method named by --method (or by the --config file), before the options are parsed.
+    private static MethodDefinition MethodOf(string[] args)
+    {
+        if (args.Length == 0 || args[0] != "train") return Methods.Find("backprop");
+        string? name = null;
+        for (int i = 1; i < args.Length; i++)
+        {
+            if (args[i] == "--method" && i + 1 < args.Length) name = args[i + 1];
+            else if (args[i].StartsWith("--method=", StringComparison.Ordinal) || args[i].StartsWith("--method:", StringComparison.Ordinal)) name = args[i][9..];
+        }
+        if (name is null)
+            for (int i = 1; i + 1 < args.Length; i++)
+                if (args[i] == "--config")
+                {
+                    name = Experiment.FromJsonFile(args[i + 1]).Method;
+                    break;
+                }
+        try { return Methods.Find(name ?? "backprop"); }
+        catch (ArgumentException x) { throw new UsageException($"--method: {x.Message.TrimEnd('.')}"); }
+    }
+
+    public static Command Resume(CliContext context)
+    {
+        var command = new Command("resume", "Continue an interrupted run from its checkpoint, in its folder; it ends exactly as the uninterrupted run would.");
+        var run = new Argument<string>("RUN") { Description = "the run folder" };
+        var json = new Option<bool>("--json") { Description = "make the last line of output a JSON summary" };
+        var plain = new Option<bool>("--plain") { Description = "plain lines instead of live progress bars" };
+        command.Add(run);
+        command.Add(json);
+        command.Add(plain);
+        command.SetAction(parsed =>
+        {
+            var path = parsed.GetValue(run)!;
+            var folder = RunFolder.Existing(path);
+            var status = folder.ReadJson(RunFolder.Summary)["status"]?.GetValue<string>() ?? "";
+            if (status == RunOutcome.Completed) throw new UsageException($"{path}: the run is completed; nothing to resume");
+            if (status == RunOutcome.Diverged) throw new UsageException($"{path}: the run diverged; resuming would diverge again (train anew with other settings)");
+            if (!File.Exists(folder.File(RunFolder.CheckpointFile))) throw new UsageException($"{path}: no checkpoint (the run stopped before its first epoch ended); train anew");
+            var experiment = Experiment.FromJsonFile(folder.File(RunFolder.Config));
+            using var prepared = PreparedRun.Prepare(experiment);
+            using var checkpoint = LoadCheckpoint(folder);
+            return Train(prepared, folder, context, parsed.GetValue(json), parsed.GetValue(plain), checkpoint);
+        });
+        return command;
+    }
+
+    private static Checkpoint LoadCheckpoint(RunFolder folder)
+    {
+        try { return Checkpoint.Load(folder.File(RunFolder.CheckpointFile)); }
+        catch (Lifting.Data.DataFormatException x) { throw new UsageException($"{folder.Path}: {x.Message}"); }
+    }
+
+    private static int Train(PreparedRun run, RunFolder folder, CliContext context, bool json, bool plain, Checkpoint? resume)
+    {
+        var output = context.Output;
+        var progress = Progress.Create(output, context.Live && !plain);
+        var data = run.Data;
+        output.WriteLine($"{run.Method.Name} on {run.Experiment.Data} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), " +
+                         $"device {run.Engine.Device}, {run.Engine.Threads} threads, LibTorch {run.Engine.LibTorch}");
+        output.WriteLine($"  program   {run.Program}");
+        foreach (var (key, value) in run.Method.Summary) output.WriteLine($"  {key,-18}{value}");
+        output.WriteLine($"  run folder {folder.Path}{(resume is null ? "" : $" (resuming: {resume})")}");
+        var outcome = Runner.Execute(run, folder, progress, context.Cancellation, resume);
+        var s = outcome.Summary;
+        if (outcome.Status == RunOutcome.Completed)
+            output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"selected epoch {s["selected_epoch"]} by {(s["selected_by"]?.GetValue<string>() == "validation_accuracy" ? "validation accuracy" : "last epoch (no validation split)")}: " +
+                $"validation {s["validation_accuracy"]?.ToJsonString() ?? "–"}, test {s["test_accuracy"]}; last epoch: test {s["final_test_accuracy"]}" +
+                $"{(s["defect"] is { } d ? $"; defect {d}" : "")}; run folder {folder.Path}"));
+        else context.Error.WriteLine($"lifting: run {outcome.Status}: {s["message"]}");
+        if (json)
+        {
+            var line = (JsonObject)s.DeepClone();
+            foreach (var (k, v) in Runner.Timing(outcome.History)) if (v is not JsonArray) line[k] = v?.DeepClone();
+            output.WriteLine(line.ToJsonString(Cli.Json));
+        }
+        return outcome.ExitCode;
+    }
+}
