@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using System.Text.Json;
 using Lifting.Data;
 using Lifting.Programs;
 using Lifting.Training;
@@ -19,7 +20,9 @@ namespace Lifting.Examples;
 ///   distprop-table preset=table1 data=mnist-10k epochs=20      seed 001 Table 1 MNIST rows, conv net
 ///   distprop-table preset=table1 data=fashion-mnist epochs=10
 ///   distprop-table preset=mlp data=fashion-mnist epochs=20     784-256-10: backprop, ExtraProp, DistProp
-///   distprop-table rows=... [seeds=0,1,2] [batch=128] [patience=5] [threads=1] [out=FILE] [title=TEXT]
+///   distprop-table rows=... [seeds=0,1,2] [batch=128] [patience=5] [threads=1] [out=FILE]
+///   distprop-table preset=... merge=A.json,B.json,... out=FILE     one table from rounds run apart
+/// (every run also writes its outcomes to FILE.json).
 public static class DistPropTable
 {
     /// seed001-conv with its single cut moved before the last dense layer (the cut of the authors'
@@ -32,6 +35,15 @@ public static class DistPropTable
         ["table1"] = string.Join(",",
             "SGD (backprop)=backprop:optimizer=sgd;lr=0.05@seed001-conv",
             "Adam (backprop)=backprop@seed001-conv",
+            "Regularized=regularized@seed001-conv",
+            "GDA=gda@seed001-conv",
+            "ExtraProp=extraprop@seed001-conv",
+            "DistProp (cut after the convolutions)=distprop@seed001-conv-distprop",
+            $"DistProp (cut before the last layer)=distprop@{Seed001ConvLateCut}",
+            $"DistProp with multipliers per class (cut before the last layer)=distprop:multipliers=class@{Seed001ConvLateCut}",
+            $"DistProp without extrapolating the weights (cut before the last layer)=distprop:extrapolate-weights=false@{Seed001ConvLateCut}"),
+        ["table1-fashion"] = string.Join(",",
+            "SGD (backprop)=backprop:optimizer=sgd;lr=0.05@seed001-conv",
             "Regularized=regularized@seed001-conv",
             "GDA=gda@seed001-conv",
             "ExtraProp=extraprop@seed001-conv",
@@ -70,6 +82,10 @@ public static class DistPropTable
         public string Settings => Method.Values.Count == 0 ? Method.Method
             : $"{Method.Method} ({string.Join(", ", Method.Values.Select(kv => $"{kv.Key}={kv.Value}"))})";
     }
+
+    private static readonly JsonSerializerOptions Json = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
+    private sealed record Saved(string Split, List<Outcome>[] Outcomes);
 
     /// What a table keeps of one run.
     public sealed record Outcome(int Seed, double Validation, double Test, int Epoch, double FinalTest, double Defect,
@@ -129,8 +145,23 @@ public static class DistPropTable
         int epochs = Int("epochs", "20"), batch = Int("batch", "128"), patience = Int("patience", "5");
         var output = Get("out", $"docs/results/distprop-{preset}-{dataName}.md");
 
-        using var data = DatasetCatalog.Load(dataName);
-        var outcomes = RunRows(rows, data, seeds, epochs, batch, patience);
+        List<Outcome>[] outcomes;
+        string splitText;
+        if (settings.TryGetValue("merge", out var parts))
+        {
+            // Rounds run in separate processes (one per seed), merged row by row.
+            var saved = parts.Split(',', StringSplitOptions.TrimEntries).Select(f => JsonSerializer.Deserialize<Saved>(File.ReadAllText(f), Json)!).ToArray();
+            outcomes = rows.Select((_, r) => saved.SelectMany(x => x.Outcomes[r]).OrderBy(o => o.Seed).ToList()).ToArray();
+            seeds = outcomes[0].Select(o => o.Seed).ToArray();
+            splitText = saved[0].Split;
+        }
+        else
+        {
+            using var data = DatasetCatalog.Load(dataName);
+            outcomes = RunRows(rows, data, seeds, epochs, batch, patience);
+            splitText = $"{data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test";
+            File.WriteAllText(output + ".json", JsonSerializer.Serialize(new Saved(splitText, outcomes), Json));
+        }
 
         var md = new StringBuilder();
         md.AppendLine("| row | method and settings | network | test acc. at the selected epoch, mean ± sd | per seed: test acc. (selected epoch, its validation acc.) | final defect per seed | s per learning epoch | × first row (per round) | state bytes | per-example bytes |");
@@ -139,7 +170,7 @@ public static class DistPropTable
         Console.WriteLine(md.ToString());
         var command = $"dotnet run --project src/Lifting.Examples -c Release -- distprop-table {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))}";
         var header = $"<!-- produced by: {command} -->\n" +
-                     $"Data {dataName} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test; validation carved from the training set " +
+                     $"Data {dataName} ({splitText}; validation carved from the training set " +
                      $"with a fixed seed), batch {batch}, seeds {string.Join(", ", seeds)}, at most {epochs} epochs, {Threads.Count} LibTorch thread(s), " +
                      $"{Environment.ProcessorCount} cores shared with other jobs. Test accuracy at the epoch with the best validation accuracy. Constant-step " +
                      $"methods stop after {patience} epochs without a better validation accuracy; scheduled ones run the budget. Final defect: the mean over cuts " +

@@ -142,7 +142,7 @@ let tests =
             Expect.equal problem.Store.Bytes 0L "nothing per example with per-class multipliers"
         }
 
-        test "state bytes: flat in N with per-class multipliers, linear in N (one multiplier row per example) with per-example ones" {
+        test "state bytes: DistProp flat in N with per-class multipliers, linear in N (one multiplier row per example) with per-example ones; ExtraProp linear with four rows per example" {
             let program = mlp 6L [ 8L ] 3L Activations.Tanh Losses.CrossEntropy
             let bytes (n: int64) placement =
                 let x, y = randomBatch 5 n 6L 3L
@@ -162,6 +162,14 @@ let tests =
             // Each example: λ_1[i] ∈ ℝ⁸ and its AdaGrad accumulator, float64.
             Expect.equal (s400 - s100) (300L * 2L * 8L * 8L) "the store grows by one multiplier row (and its step state) per example"
             Expect.equal (t800 - t400) (s800 - s400) "only the store grows"
+            // ExtraProp for comparison: a state and a multiplier row per example, each with its accumulator.
+            let extraprop (n: int64) =
+                let x, y = randomBatch 5 n 6L 3L
+                use w = program.Initialise(1, CPU, f64)
+                let context = LiftContext(program, dataset x y 3, CPU, f64, 0, Func<string, IStepRule>(fun _ -> StepRules.AdaGrad(0.1)), 0)
+                use problem = MultipleShooting().Lift(context, w)
+                problem.StateBytes
+            Expect.equal (extraprop 800L - extraprop 400L) (400L * 4L * 8L * 8L) "ExtraProp grows by h, λ and their accumulators per example"
         }
 
         test "the variates are drawn once from the run's seed and stay fixed while training; resampling draws fresh ones per batch" {
