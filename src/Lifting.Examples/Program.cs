@@ -10,6 +10,8 @@ using Lifting.Training;
 //   dotnet run --project src/Lifting.Examples -c Release -- probe KEY=VALUE ...   ExtraProp's rows, batch by batch
 //   dotnet run --project src/Lifting.Examples -c Release -- steptime              where an ExtraProp step's time goes
 //   dotnet run --project src/Lifting.Examples -c Release -- fenchel-bp KEY=VALUE  seed 002's Fenchel BP experiment (docs/results)
+//   dotnet run --project src/Lifting.Examples -c Release -- distprop-table|distprop-memory|distprop-carry|distprop-sweep KEY=VALUE ...
+//                                                                                   seed 001 Table 1 side by side, memory, defaults, robustness
 // sweep's keys are data, net, activation, epochs, batch, seed, patience, iterations, cosine, threads and
 // method; every other key is a parameter of the method (`lifting methods` lists them), e.g.
 //   sweep method=extraprop lr=1e-3 optimizer=adam optimizer-states=constant lr-states=0.5 epochs=10
@@ -20,6 +22,10 @@ if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(s
 if (args.FirstOrDefault() == "probe") return Lifting.Examples.Probe.Run(settings);
 if (args.FirstOrDefault() == "steptime") return Lifting.Examples.StepTime.Run(settings);
 if (args.FirstOrDefault() == "fenchel-bp") return Lifting.Examples.FenchelBackpropExperiment.Run(settings);
+if (args.FirstOrDefault() == "distprop-table") return Lifting.Examples.DistPropTable.Run(settings);
+if (args.FirstOrDefault() == "distprop-memory") return Lifting.Examples.DistPropMemory.Run(settings);
+if (args.FirstOrDefault() == "distprop-carry") return Lifting.Examples.DistPropCarryOver.Run(settings);
+if (args.FirstOrDefault() == "distprop-sweep") return Lifting.Examples.DistPropSweep.Run(settings);
 
 var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
 string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;

@@ -1,0 +1,404 @@
+using Lifting.Data;
+using Lifting.Programs;
+using Lifting.Solvers;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Lifting.Formulations;
+
+/// Where DistProp keeps the Lagrange multipliers of its constraints.
+public enum MultiplierPlacement
+{
+    /// One multiplier per class and cut, λ_l(c) (seed 001 Algorithm 1 writes λ_{y⁽ⁱ⁾}): shared
+    /// variables whose size does not depend on the dataset.
+    Class,
+    /// One multiplier per constraint: per training example for the first cut (in the per-example
+    /// store, so it grows with the dataset), per synthetic sample (class, s) for deeper cuts.
+    Example,
+}
+
+/// Options of DistProp (seed 001 §3, §3.1, §5).
+public sealed record DistPropOptions
+{
+    /// ε of the ε-insensitive z-score constraint g_ε(z) (seed 001 eq. 3: soft thresholding, 0
+    /// inside [−ε, ε]), in standard deviations; with `ReducedConstraint`, the threshold of
+    /// ReLU(‖z‖₁ − ε). The authors' code uses 1; at σ = 1 that leaves the first cut feasible from
+    /// the start, so nothing trains f_1 (docs/methods.md), hence 0.1 here.
+    public double Epsilon { get; init; } = 0.1;
+
+    /// S: synthetic samples per class and cut, h̃_l(c, s) = μ_l(c) + e_l(c, s) ⊙ σ_l(c).
+    public int SamplesPerClass { get; init; } = 16;
+
+    /// Multipliers per constraint (per example for the first cut, as seed 001 §5's |D| × H
+    /// multipliers and the authors' code) or per class (Algorithm 1).
+    public MultiplierPlacement Multipliers { get; init; } = MultiplierPlacement.Example;
+
+    /// Replace each constraint vector by the scalar ReLU(‖z‖₁ − ε), one multiplier per example
+    /// (or class, or sample) instead of one per feature: seed 001 §5's ImageNet memory reduction.
+    public bool ReducedConstraint { get; init; }
+
+    /// A hidden block that ends in an activation keeps its state before that activation, which
+    /// moves to the start of the next block: the network computes the same function, and the
+    /// Gaussian states live in the unbounded range of the pre-activation (seed 001 §5: "for
+    /// DistProp, we remove the ReLU non-linearity" at the cut).
+    public bool PreActivationStates { get; init; } = true;
+
+    /// Diagnostic, not seed 001 §3.1: draw fresh variates e for every mini-batch (as the authors'
+    /// code does with `rsample`) instead of the fixed snapshot drawn at initialisation.
+    public bool ResampleVariates { get; init; }
+
+    public void Validate()
+    {
+        if (!(Epsilon >= 0) || double.IsInfinity(Epsilon)) throw new ArgumentOutOfRangeException(nameof(Epsilon), $"Invalid epsilon: {Epsilon} (expected a finite value >= 0).");
+        if (SamplesPerClass < 1) throw new ArgumentOutOfRangeException(nameof(SamplesPerClass), $"Invalid samples per class: {SamplesPerClass} (expected >= 1).");
+        if (!Enum.IsDefined(Multipliers)) throw new ArgumentOutOfRangeException(nameof(Multipliers), $"Invalid multiplier placement: {Multipliers} (expected Class or Example).");
+    }
+}
+
+/// DistProp (seed 001 §3, §3.1 and Algorithm 1): a multiple-shooting Lagrangian whose auxiliary
+/// variables do not grow with the dataset. Per cut l = 1 … L−1 and class c a Gaussian with mean
+/// and scale linear in the one-hot label,
+///
+///     μ_l(c) = W_μ,lᵀ onehot(c),    σ_l(c) = softplus(W_σ,lᵀ onehot(c))
+///
+/// (stored as the M rows of W_μ,l and W_σ,l; means initialised at random points on the unit
+/// sphere, σ = 1). The first block's output of every example is held within ε standard deviations
+/// of its class's mean by the ε-insensitive z-score constraint; deeper blocks and the loss see
+/// only synthetic states h̃_l(c, s) = μ_l(c) + e_l(c, s) ⊙ σ_l(c), with S Normal variates e per
+/// class drawn once at initialisation and fixed (derandomisation by reparametrisation, §3.1):
+///
+///     z_1(i)    = (f_1(x_i; w_1) − μ_1(y_i)) / σ_1(y_i)
+///     z_l(c, s) = (f_l(h̃_{l−1}(c, s); w_l) − μ_l(c)) / σ_l(c),           l = 2 … L−1
+///     L_i = ⟨λ_1, g_ε(z_1(i))⟩ + (1/S) Σ_s [ Σ_{l≥2} ⟨λ_l, g_ε(z_l(y_i, s))⟩ + ℓ(f_L(h̃_{L−1}(y_i, s)), y_i) ]
+///
+/// with λ_1 = λ_1(y_i) or λ_1[i] and λ_l = λ_l(y_i) or λ_l(y_i, s) by `MultiplierPlacement`, and
+/// g_ε the soft threshold (eq. 3) or the reduced ReLU(‖z‖₁ − ε) (§5). L_i is Algorithm 1's
+/// per-example Lagrangian ℓ_i(y_i, f(h̃(y_i))) + λ_{y_i} g⁽ⁱ⁾ extended to S samples and deeper cuts.
+///
+/// The mini-batch game is Σ_i L_i over the batch, so the class-conditional terms of class c enter
+/// with weight n_c, the number of the batch's examples of class c: every batch evaluates the M·S
+/// synthetic samples once (cheap: M·S rows against B examples) and weights each class's terms by
+/// its count. Classes absent from the batch contribute nothing; over an epoch each class is
+/// weighted by its frequency in the training set, which makes the batch game an unbiased estimate
+/// of (1/|D|) Σ_i L_i. As everywhere in the engine, shared players (weights, the Gaussians'
+/// parameters, per-class multipliers) receive the batch mean (1/B) Σ_i ∂L_i/∂v, per-example
+/// multipliers their own example's ∂L_i/∂λ_1[i].
+///
+/// Players: weights (min), states (min: W_μ,l and W_σ,l of every cut), multipliers (max). Memory
+/// beyond the weights: M·H_l means and scales and M·S·H_l fixed variates per cut, and the
+/// multipliers (M·H_l per cut, or N·H_1 for per-example placement). Evaluation is the plain
+/// forward pass through the real blocks.
+public sealed class DistProp : IFormulation
+{
+    public DistProp(DistPropOptions? options = null, string name = "distprop")
+    {
+        Options = options ?? new DistPropOptions();
+        Options.Validate();
+        Name = name;
+    }
+
+    public DistPropOptions Options { get; }
+    public string Name { get; }
+    public string Description =>
+        $"class-conditional Gaussian states μ_l(c), σ_l(c), {(Options.ReducedConstraint ? "reduced ReLU(‖z‖₁ − ε)" : "ε-insensitive z-score")} constraints " +
+        $"(ε = {Options.Epsilon:G3}), {Options.SamplesPerClass} fixed sample(s) per class, multipliers per {(Options.Multipliers == MultiplierPlacement.Class ? "class" : "example")}";
+    public IReadOnlyList<string> PlayerNames { get; } =
+        new[] { Formulations.PlayerNames.Weights, Formulations.PlayerNames.States, Formulations.PlayerNames.Multipliers };
+    public IReadOnlyList<SubProblem> DefaultSchedule => PlayerNames.Select(p => new SubProblem(new[] { p }, 1)).ToArray();
+    public bool HasMaximisingPlayers => true;
+
+    public ILiftedProblem Lift(LiftContext context, Weights weights)
+    {
+        if (context.Program.Blocks.Count < 2)
+            throw new ArgumentException("DistProp needs a program with at least two blocks; add a Cut().");
+        return new Problem(this, context, weights);
+    }
+
+    /// The constraint function of a z-score: the soft threshold g_ε(z) (seed 001 eq. 3) elementwise,
+    /// or, reduced, ReLU(‖z‖₁ − ε) per row (the leading dimension).
+    public static Tensor Constraint(Tensor z, DistPropOptions options)
+    {
+        if (options.ReducedConstraint) return F.relu(z.abs().reshape(z.shape[0], -1).sum(1) - options.Epsilon);
+        return options.Epsilon > 0 ? F.softshrink(z, options.Epsilon) : z;
+    }
+
+    /// The program DistProp lifts: with `PreActivationStates`, every hidden block's trailing
+    /// activation moved to the start of the next block (the same function, the same weights).
+    public static NestedProgram LiftedProgram(NestedProgram program, DistPropOptions options)
+    {
+        if (!options.PreActivationStates) return program;
+        var layers = program.Blocks.Select(b => b.Layers.ToList()).ToArray();
+        bool moved = false;
+        for (int l = 0; l < layers.Length - 1; l++)
+        {
+            if (layers[l].Count < 2 || layers[l][^1] is not ActivationLayer activation) continue;
+            layers[l].RemoveAt(layers[l].Count - 1);
+            layers[l + 1].Insert(0, activation);
+            moved = true;
+        }
+        return moved ? new NestedProgram(program.InputShape, layers.Select(ls => new Block(ls)).ToArray(), program.Loss) : program;
+    }
+
+    private static long[] Shape(long rows, long[] example) => new[] { rows }.Concat(example).ToArray();
+    private static long[] Shape(long a, long b, long[] example) => new[] { a, b }.Concat(example).ToArray();
+
+    /// `v` with its gradient scaled by `factor` and its value unchanged (v + (v − v)·factor is v).
+    private static Tensor ScaleGradient(Tensor v, double factor)
+    {
+        var frozen = v.detach();
+        return frozen + (v - frozen) * factor;
+    }
+
+    private sealed class Problem : LiftedProblem
+    {
+        private readonly DistPropOptions options;
+        private readonly NestedProgram lifted;
+        private readonly int classes, samples, hidden;
+        private readonly long[][] stateShapes;
+        private readonly Tensor[] meanWeights, scaleWeights, variates;
+        private readonly StepState[] gaussianStates;
+        /// The first cut's multipliers per example (in the store), or null when per class.
+        private readonly RowGroup? exampleMultipliers;
+        /// Shared multipliers: every cut's when per class, the deeper cuts' when per example.
+        private readonly Tensor[] sharedMultipliers;
+        private readonly StepState[] sharedMultiplierStates;
+
+        public Problem(DistProp formulation, LiftContext context, Weights weights) : base(formulation, context, weights)
+        {
+            using var scope = NewDisposeScope(); // temporaries; long-lived tensors are registered below
+            options = formulation.Options;
+            lifted = LiftedProgram(Program, options);
+            classes = context.Train.ClassCount;
+            samples = options.SamplesPerClass;
+            hidden = lifted.Blocks.Count - 1;
+            stateShapes = Enumerable.Range(0, hidden).Select(l => lifted.Blocks[l].OutputShape).ToArray();
+
+            // Means on the unit sphere, σ = softplus(log(e − 1)) = 1, variates e ~ N(0, 1): drawn
+            // once, from a generator seeded by the run's seed, on the CPU so every device agrees.
+            using var generator = new Generator(unchecked((ulong)(context.Seed * 1_000_003L + 77)));
+            var inverseSoftplusOne = Math.Log(Math.E - 1);
+            meanWeights = new Tensor[hidden];
+            scaleWeights = new Tensor[hidden];
+            variates = new Tensor[hidden];
+            var states = new List<StepState>();
+            for (int l = 0; l < hidden; l++)
+            {
+                var direction = randn(new[] { (long)classes, stateShapes[l].Aggregate(1L, (a, b) => a * b) }, dtype: context.DType, generator: generator);
+                var unit = (direction / direction.square().sum(1, keepdim: true).sqrt()).reshape(Shape(classes, stateShapes[l]));
+                var (mean, meanState) = AddSharedVariable(Formulations.PlayerNames.States, $"mu{l + 1}", unit.to(context.Device));
+                var (scale, scaleState) = AddSharedVariable(Formulations.PlayerNames.States, $"sigma{l + 1}",
+                    full(Shape(classes, stateShapes[l]), inverseSoftplusOne, dtype: context.DType, device: context.Device));
+                meanWeights[l] = mean;
+                scaleWeights[l] = scale;
+                states.Add(meanState);
+                states.Add(scaleState);
+                variates[l] = AddShared($"variates{l + 1}", randn(Shape(classes, samples, stateShapes[l]), dtype: context.DType, generator: generator).to(context.Device));
+            }
+            gaussianStates = states.ToArray();
+
+            long[] MultiplierShape(long rows, long[] state) => options.ReducedConstraint ? new[] { rows } : Shape(rows, state);
+            long[] SampleMultiplierShape(long[] state) => options.ReducedConstraint ? new long[] { classes, samples } : Shape(classes, samples, state);
+            var shared = new List<(Tensor, StepState)>();
+            if (options.Multipliers == MultiplierPlacement.Example)
+            {
+                exampleMultipliers = new RowGroup(Store, context, Formulations.PlayerNames.Multipliers, new[]
+                {
+                    ("lambda1", zeros(MultiplierShape(context.ExampleCount, stateShapes[0]), dtype: context.DType, device: context.Device)),
+                });
+            }
+            else shared.Add(AddSharedVariable(Formulations.PlayerNames.Multipliers, "lambda1",
+                zeros(MultiplierShape(classes, stateShapes[0]), dtype: context.DType, device: context.Device)));
+            for (int l = 1; l < hidden; l++)
+            {
+                var shape = options.Multipliers == MultiplierPlacement.Example ? SampleMultiplierShape(stateShapes[l]) : MultiplierShape(classes, stateShapes[l]);
+                shared.Add(AddSharedVariable(Formulations.PlayerNames.Multipliers, $"lambda{l + 1}", zeros(shape, dtype: context.DType, device: context.Device)));
+            }
+            sharedMultipliers = shared.Select(s => s.Item1).ToArray();
+            sharedMultiplierStates = shared.Select(s => s.Item2).ToArray();
+        }
+
+        /// The Gaussians' parameters, the fixed variates and the multipliers (for tests and diagnostics).
+        public IReadOnlyList<Tensor> MeanWeights => meanWeights;
+        public IReadOnlyList<Tensor> ScaleWeights => scaleWeights;
+        public IReadOnlyList<Tensor> Variates => variates;
+
+        public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
+
+        private Tensor Forward(int block, Tensor h) => lifted.ForwardBlock(block, h, Weights.Block(block));
+
+        /// μ_l(c), σ_l(c) for every class: [M, …].
+        private (Tensor Mean, Tensor Scale) Gaussian(int l) => (meanWeights[l], F.softplus(scaleWeights[l]));
+
+        /// h̃_l(c, s) = μ_l(c) + e_l(c, s) ⊙ σ_l(c): [M, S, …].
+        private Tensor Samples(int l, Tensor mean, Tensor scale, IReadOnlyList<Tensor>? fresh = null) =>
+            mean.unsqueeze(1) + (fresh?[l] ?? variates[l]) * scale.unsqueeze(1);
+
+        /// The first cut's z-scores of the examples with inputs `x` and labels `y`.
+        private Tensor FirstZ(Tensor f1, Tensor labels, Tensor mean, Tensor scale) =>
+            (f1 - mean.index_select(0, labels)) / scale.index_select(0, labels);
+
+        /// z_l(c, s) for a deeper cut l ≥ 1 (0-based) given the previous cut's samples: [M, S, …].
+        private Tensor DeeperZ(int l, Tensor previousSamples, Tensor mean, Tensor scale)
+        {
+            var f = Forward(l, previousSamples.reshape(Shape(classes * samples, stateShapes[l - 1])));
+            return (f.reshape(Shape(classes, samples, stateShapes[l])) - mean.unsqueeze(1)) / scale.unsqueeze(1);
+        }
+
+        /// DistProp's defect per cut: the mean violation |g_ε(z)| of its constraints, 0 when they all
+        /// hold. The first cut over the training examples at `rows` (every example when null), per
+        /// feature; deeper cuts over the M·S synthetic samples (they involve no example). With the
+        /// reduced constraint, ReLU(‖z‖₁ − ε) divided by the feature count. Unlike ExtraProp's
+        /// |h − f(h_prev)|, this is in units of the class's standard deviation.
+        public override IReadOnlyList<double> MeasureDefects(Tensor? rows = null)
+        {
+            using var _ = no_grad();
+            using var scope = NewDisposeScope();
+            var result = new double[hidden];
+            var perExample = stateShapes.Select(s => s.Aggregate(1L, (a, b) => a * b)).ToArray();
+            var (mean1, scale1) = Gaussian(0);
+            var x = Context.Train.Inputs;
+            var labels = Context.Train.Labels;
+            var all = rows ?? arange(x.shape[0], dtype: ScalarType.Int64, device: x.device);
+            double sum = 0;
+            long n = all.shape[0];
+            for (long start = 0; start < n; start += 2048)
+            {
+                using var chunkScope = NewDisposeScope();
+                var idx = all.narrow(0, start, Math.Min(2048, n - start));
+                var z = FirstZ(Forward(0, x.index_select(0, idx).to(Context.DType)), labels.index_select(0, idx), mean1, scale1);
+                sum += Constraint(z, options).abs().sum().ToDouble();
+            }
+            result[0] = sum / (Math.Max(1, n) * perExample[0]);
+            var previous = Samples(0, mean1, scale1);
+            for (int l = 1; l < hidden; l++)
+            {
+                var (mean, scale) = Gaussian(l);
+                var z = DeeperZ(l, previous, mean, scale);
+                result[l] = Constraint(z.reshape(Shape(classes * samples, stateShapes[l])), options).abs().sum().ToDouble() / (classes * samples * perExample[l]);
+                previous = Samples(l, mean, scale);
+            }
+            return result;
+        }
+
+        /// Per cut: the mean σ, the mean distance between two classes' means, and the mean |λ|.
+        public override IReadOnlyDictionary<string, double> Diagnostics
+        {
+            get
+            {
+                using var _ = no_grad();
+                using var scope = NewDisposeScope();
+                var d = new Dictionary<string, double>();
+                for (int l = 0; l < hidden; l++)
+                {
+                    var (mean, scale) = Gaussian(l);
+                    d[$"sigma{l + 1}"] = scale.mean().ToDouble();
+                    var flat = mean.reshape(classes, -1);
+                    d[$"mean-distance{l + 1}"] = classes > 1 ? cdist(flat, flat).sum().ToDouble() / (classes * (classes - 1)) : 0;
+                }
+                for (int l = 0; l < hidden; l++)
+                {
+                    var lambda = l == 0 && exampleMultipliers is not null ? Store[exampleMultipliers.Keys[0]] : sharedMultipliers[exampleMultipliers is null ? l : l - 1];
+                    d[$"multiplier{l + 1}"] = lambda.abs().mean().ToDouble();
+                }
+                return d;
+            }
+        }
+
+        private sealed class Game : BatchGame
+        {
+            private readonly Problem problem;
+            private readonly Tensor[] rows = Array.Empty<Tensor>();
+            private readonly StepState[] rowStates = Array.Empty<StepState>();
+            private readonly Tensor[] multipliers;
+            private readonly Tensor[]? fresh;
+
+            public Game(Problem problem, MiniBatch batch) : base(batch)
+            {
+                this.problem = problem;
+                if (problem.options.ResampleVariates)
+                    fresh = problem.variates.Select(e => randn_like(e).DetachFromDisposeScope()).ToArray();
+                var states = problem.meanWeights.Zip(problem.scaleWeights).SelectMany(p => new[] { p.First, p.Second }).ToArray();
+                var stateRules = problem.gaussianStates;
+                StepState[] multiplierStates;
+                if (problem.exampleMultipliers is { } group)
+                {
+                    (rows, rowStates) = group.Gather(batch.Indices);
+                    multipliers = rows.Concat(problem.sharedMultipliers).ToArray();
+                    multiplierStates = rowStates.Concat(problem.sharedMultiplierStates).ToArray();
+                }
+                else
+                {
+                    multipliers = problem.sharedMultipliers;
+                    multiplierStates = problem.sharedMultiplierStates;
+                }
+                var ctx = problem.Context;
+                Players = new[]
+                {
+                    problem.WeightsPlayer(),
+                    new Player(Formulations.PlayerNames.States, Role.Minimise, states, ctx.StepRuleFor(Formulations.PlayerNames.States), stateRules),
+                    new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, multipliers, ctx.StepRuleFor(Formulations.PlayerNames.Multipliers),
+                        multiplierStates, rowIndexed: problem.exampleMultipliers is not null),
+                };
+            }
+
+            public override IReadOnlyList<Player> Players { get; }
+
+            protected override Tensor EvaluateSum()
+            {
+                var p = problem;
+                var options = p.options;
+                var labels = Batch.Labels;
+                bool perExample = p.exampleMultipliers is not null;
+                // n_c: how many of the batch's examples belong to class c, the weight of c's terms.
+                var counts = bincount(labels, minlength: p.classes).to_type(p.Context.DType);
+                var defects = new Tensor[p.hidden];
+                var recorded = new Tensor[p.hidden];
+
+                // First cut: every example's z-score against its class's Gaussian.
+                var (mean1, scale1) = p.Gaussian(0);
+                var f1 = Reuse("f1", Formulations.PlayerNames.Weights, p.Weights.Block(0), () => p.Forward(0, Batch.Inputs));
+                var z1 = p.FirstZ(f1, labels, mean1, scale1);
+                var lambda1 = perExample ? multipliers[0] : multipliers[0].index_select(0, labels);
+                defects[0] = z1;
+                recorded[0] = lambda1;
+                var total = (lambda1 * Constraint(z1, options)).sum();
+
+                // Deeper cuts and the loss: the M·S synthetic samples, class c's terms weighted by n_c.
+                var previous = p.Samples(0, mean1, scale1, fresh);
+                for (int l = 1; l < p.hidden; l++)
+                {
+                    var (mean, scale) = p.Gaussian(l);
+                    var z = p.DeeperZ(l, previous, mean, scale);
+                    defects[l] = z;
+                    var g = Constraint(z.reshape(Shape(p.classes * p.samples, p.stateShapes[l])), options);
+                    Tensor lambda = perExample
+                        // Shared inside a row-indexed player: scale its operator to the batch mean.
+                        ? ScaleGradient(multipliers[l], 1.0 / BatchSize)
+                        : multipliers[l].unsqueeze(1).expand(Shape(p.classes, p.samples, options.ReducedConstraint ? Array.Empty<long>() : p.stateShapes[l]));
+                    recorded[l] = multipliers[l];
+                    var perClass = (lambda.reshape(p.classes * p.samples, -1) * g.reshape(p.classes * p.samples, -1)).sum(1).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
+                    total = total + (counts * perClass).sum();
+                    previous = p.Samples(l, mean, scale, fresh);
+                }
+                var output = p.Forward(p.hidden, previous.reshape(Shape(p.classes * p.samples, p.stateShapes[p.hidden - 1])));
+                var sampleLabels = arange(p.classes, dtype: ScalarType.Int64, device: labels.device).repeat_interleave(p.samples);
+                var perClassLoss = p.Program.Loss.PerExample(output, sampleLabels).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
+                var loss = (counts * perClassLoss).sum();
+                Record(loss, defects, recorded);
+                return total + loss;
+            }
+
+            public override void Commit()
+            {
+                if (problem.exampleMultipliers is { } group) group.Scatter(Batch.Indices, rows, rowStates);
+            }
+
+            public override void Dispose()
+            {
+                base.Dispose();
+                foreach (var e in fresh ?? Array.Empty<Tensor>()) e.Dispose();
+            }
+        }
+    }
+}
