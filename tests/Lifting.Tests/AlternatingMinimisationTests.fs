@@ -182,6 +182,27 @@ let tests =
             Expect.isLessThan (objective once) (objective (torch.zeros(4L, 7L, dtype = f64))) "one sweep lowers the surrogate"
         }
 
+        test "one block-coordinate sweep as a triangular solve gives the column-by-column updates; a dead input's column stays" {
+            use g = new torch.Generator(9UL)
+            let a = torch.randn([| 40L; 5L |], dtype = f64, generator = g)
+            a.select(1L, 2L).zero_() |> ignore // an input that never fires
+            let augmented = torch.cat([| a; torch.ones(40L, 1L, dtype = f64) |], 1L)
+            let codes = torch.randn([| 40L; 3L |], dtype = f64, generator = g)
+            let memory = CoActivationMemory(augmented.t().mm(augmented), codes.t().mm(augmented))
+            let start = torch.randn([| 3L; 6L |], dtype = f64, generator = g)
+            let loop = start.clone()
+            for _ in 1 .. 2 do
+                for j in 0L .. 5L do
+                    let ajj = memory.A.[j, j].ToDouble()
+                    if ajj > 0.0 then
+                        let delta = (memory.B.select(1L, j) - loop.mv(memory.A.select(1L, j))) / ajj
+                        loop.select(1L, j).add_(delta) |> ignore
+            let weight, bias = start.narrow(1L, 0L, 5L).clone(), start.select(1L, 5L).clone()
+            AlternatingMinimisationSolver.CoordinateDescent([| weight; bias |], memory, 2)
+            Expect.isLessThan (relativeError [ weight; bias ] [ loop.narrow(1L, 0L, 5L); loop.select(1L, 5L) ]) 1e-12 "two sweeps, same iterates"
+            Expect.isTrue (weight.select(1L, 2L).eq(start.select(1L, 2L)).all().ToBoolean()) "the dead input's column is untouched"
+        }
+
         test "offline AM is one iteration per epoch over the whole training set, whatever the trainer's mini-batch size" {
             let program = digitsMlp [ 24L; 16L ] Activations.ReLU
             for name in [ "am-adam-off"; "am-mem-off" ] do

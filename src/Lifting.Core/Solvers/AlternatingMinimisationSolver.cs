@@ -180,9 +180,14 @@ public sealed class AlternatingMinimisationSolver : ISolver
     }
 
     /// Block-coordinate descent on ½ tr(W̃ A W̃ᵀ) − tr(W̃ Bᵀ) over the columns of W̃ = [W | b]
-    /// (Mairal et al. 2009, Algorithm 2, without the projection onto the unit ball): column j is set
-    /// to its exact minimiser with the others fixed, w̃_j ← w̃_j + (b_j − W̃ a_j) / A_jj. A column
-    /// whose input never fired (A_jj = 0) is left as it is.
+    /// (Mairal et al. 2009, Algorithm 2, without the projection onto the unit ball): column j, in
+    /// order j = 1 … n, is set to its exact minimiser with the others fixed,
+    ///     w̃_j ← (b_j − Σ_{i<j} w̃_i⁺ A_ij − Σ_{i>j} w̃_i A_ij) / A_jj,
+    /// where w̃_i⁺ are the columns already updated in this sweep. Writing A = L + D + U (strictly
+    /// lower, diagonal, strictly upper), a whole sweep is W̃⁺ (D + U) = B − W̃ L: one triangular solve
+    /// (a Gauss–Seidel sweep for every row of W̃ at once) instead of n dependent column updates; the
+    /// iterates are the column loop's up to rounding (tested). A column whose input never fired
+    /// (A_jj = 0, hence A's row and column j and B's column j are 0) is left as it is.
     public static void CoordinateDescent(IReadOnlyList<Tensor> variables, CoActivationMemory memory, int sweeps)
     {
         if (variables.Count is < 1 or > 2 || variables[0].dim() != 2)
@@ -195,15 +200,18 @@ public sealed class AlternatingMinimisationSolver : ISolver
         long columns = augmented.shape[1];
         if (memory.A.shape[0] != columns || memory.B.shape[1] != columns)
             throw new ArgumentException($"Co-activation memories of {memory.A.shape[0]} inputs for a layer with {columns} columns.");
-        var diagonal = memory.A.diagonal().to_type(ScalarType.Float64).cpu().data<double>().ToArray();
+        var a = memory.A;
+        var dead = a.diagonal() <= 0;
+        var keep = dead.to_type(a.dtype);
+        // D + U with a unit diagonal for dead columns; L; the right-hand side keeps dead columns.
+        var upper = a.triu().add_(diag(keep));
+        var lower = a.tril(-1);
         for (int sweep = 0; sweep < sweeps; sweep++)
-            for (long j = 0; j < columns; j++)
-            {
-                if (!(diagonal[j] > 0)) continue;
-                using var column = NewDisposeScope();
-                var delta = (memory.B.select(1, j) - augmented.mv(memory.A.select(1, j))).div_(diagonal[j]);
-                augmented.select(1, j).add_(delta);
-            }
+        {
+            using var step = NewDisposeScope();
+            var rhs = memory.B - augmented.mm(lower) + augmented * keep;
+            augmented.copy_(linalg.solve_triangular(upper, rhs, upper: true, left: false));
+        }
         weight.copy_(augmented.narrow(1, 0, inputs));
         if (variables.Count == 2) variables[1].copy_(augmented.select(1, inputs));
     }
