@@ -77,6 +77,7 @@ let tests =
             let x = torch.tensor([| -2.0; -0.7; -0.0; 0.3; 1.0; 1.5 |], dtype = f64).requires_grad_(true)
             let y = Activations.SignSte.Apply(x)
             Expect.isTrue (y.detach().eq(x.detach().sign()).all().ToBoolean()) "values of sign"
+            Expect.isTrue y.requires_grad "back-propagation reaches x through the surrogate"
             let g = torch.autograd.grad([| y.sum() |], [| x |]).[0]
             Expect.sequenceEqual (g.data<float>().ToArray()) [| 0.0; 1.0; 1.0; 1.0; 1.0; 0.0 |] "1[|x| ≤ 1]"
             let step = Activations.StepSte.Apply(x)
@@ -136,7 +137,31 @@ let tests =
                 Expect.isTrue (sameWeights sequential.Weights concurrent.Weights) $"{name} on {program}: bit-identical weights"
         }
 
-        test "mu schedule: + increment after every mini-batch, × multiplier after every epoch, capped; offline increments once per epoch" {
+        test "mu schedule: + increment after every mini-batch, capped; × multiplier after every epoch, capped" {
+            let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
+            let x, y = randomBatch 32 4L 3L 2L
+            use w = program.Initialise(1, torch.CPU, f64)
+            let options = OnlineAlternatingMinimisationOptions(Mu = MuSchedule(0.5, 0.25, 1.5, 1.25))
+            let problem, game, _ = amGame options program w x y 2 0.1
+            use _p = problem
+            game.Dispose()
+            let batch () = new MiniBatch(torch.arange(4L, dtype = torch.ScalarType.Int64), x, y)
+            let mu () = problem.Diagnostics.["mu"]
+            let seen = ResizeArray [ mu () ]
+            for epoch in 1 .. 2 do
+                for _ in 1 .. 2 do
+                    use g = problem.Batch(batch ())
+                    g.Commit()
+                    seen.Add(mu ())
+                problem.EndEpoch(epoch)
+                seen.Add(mu ())
+            // 0.5 → +0.25 → 1.0 (epoch: ×1.5 → 1.5, capped at 1.25) → +0.25 capped … exact binary fractions
+            Expect.equal (List.ofSeq seen) [ 0.5; 0.75; 1.0; 1.25; 1.25; 1.25; 1.25 ] "batch-wise increments and the epoch multiplier, both capped at 1.25"
+            let uncapped = OnlineAlternatingMinimisationOptions(Mu = MuSchedule(0.125, 0.125, 2.0)).Mu
+            Expect.equal (uncapped.AfterEpoch(uncapped.AfterBatch 0.125)) 0.5 "(0.125 + 0.125) × 2"
+        }
+
+        test "mu schedule in training: the trainer's epochs see + increment per mini-batch, × multiplier per epoch; offline increments once per epoch" {
             // digits: 1294 training examples after the validation split, batch 500 → 3 mini-batches
             // per epoch; exact binary fractions.
             let settings (name: string) = MethodSettings(name).With("mu", 0.125).With("mu-increment", 0.0625).With("mu-multiplier", 2.0).With("mu-max", 1.0)
