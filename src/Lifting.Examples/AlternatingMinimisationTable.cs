@@ -6,6 +6,7 @@ using Lifting.Data;
 using Lifting.Programs;
 using Lifting.Solvers;
 using Lifting.Training;
+using TorchSharp;
 
 namespace Lifting.Examples;
 
@@ -24,6 +25,8 @@ namespace Lifting.Examples;
 ///   am speed     Fashion-MNIST, 784-500-500-10, batch 200: seconds per epoch of backprop and AM-Adam with
 ///                sequential and layer-parallel weight updates, interleaved rounds; the weight phase alone
 ///   am tune      validation accuracy over a grid of AM-Adam settings (the defaults' provenance)
+///   am limit     the μ → ∞ limit on small random MLPs: code displacement and each block's cosine between
+///                the AM weight direction and backprop's gradient, for several code steps
 ///   am run       one run: data=, net=, method=, epochs=, batch=, seed=, and any method parameter
 ///
 /// Keys: seeds=0,1,2 epochs=N batch=N threads=N (LibTorch threads; Program.cs sets them), and
@@ -45,8 +48,9 @@ public static class AlternatingMinimisationTable
             "variants" => Variants(settings, command),
             "speed" => Speed(settings, command),
             "tune" => Tune(settings, command),
+            "limit" => Limit(settings, command),
             "run" => Single(settings),
-            _ => throw new ArgumentException($"Unknown experiment '{experiment}' (known: lenet, mlp, binary, variants, speed, tune, run)."),
+            _ => throw new ArgumentException($"Unknown experiment '{experiment}' (known: lenet, mlp, binary, variants, speed, tune, limit, run)."),
         };
     }
 
@@ -104,10 +108,10 @@ public static class AlternatingMinimisationTable
         return $"{F(mean, format)} ± {F(sd, format)}";
     }
 
-    private static string Header(string command, string what) =>
+    private static string Header(string command, string what, bool accuracies = true) =>
         $"<!-- produced by: {command} -->\n" +
-        $"{what} Machine: {Environment.ProcessorCount} cores (CPU, shared with other jobs), {Threads.Count} LibTorch thread(s), {EngineInfo.Current(TorchSharp.torch.CPU).Cpu}. " +
-        "Test accuracies are at the epoch with the best validation accuracy (validation: 10 % of the training set, fixed split) unless a column says otherwise.\n\n";
+        $"{what} Machine: {Environment.ProcessorCount} cores (CPU, shared with other jobs), {Threads.Count} LibTorch thread(s), {EngineInfo.Current(TorchSharp.torch.CPU).Cpu}." +
+        (accuracies ? " Test accuracies are at the epoch with the best validation accuracy (validation: 10 % of the training set, fixed split) unless a column says otherwise." : "") + "\n\n";
 
     private static void Write(string file, string text)
     {
@@ -343,6 +347,64 @@ public static class AlternatingMinimisationTable
         md.AppendLine($"Other parameters: {Describe(Settings(method, s))}.");
         Write(Get(s, "out", $"am-tuning-{method}-{net}.md"), md.ToString());
         return 0;
+    }
+
+    /// After one top-down code pass at μ: the largest code displacement from the forward values and,
+    /// per block, the cosine between the AM weight direction and the backprop gradient (float64,
+    /// one batch of 5 examples, 6-8-7-3 MLPs).
+    private static int Limit(IReadOnlyDictionary<string, string> s, string command)
+    {
+        var mus = new[] { 0.01, 1.0, 100.0, 1e4 };
+        var md = new StringBuilder(Header(command, "The μ → ∞ limit on random 6-8-7-3 MLPs (float64, a batch of 5, seeds 1–3): after one top-down code pass, the largest |c − c⁰| and, for blocks 1, 2, 3, the cosine between the AM weight direction and the back-propagation gradient.", accuracies: false));
+        md.AppendLine("| activation | code step, steps | seed | " + string.Join(" | ", mus.Select(m => $"μ = {m:G3}: max abs(c − c⁰); cosines")) + " |");
+        md.AppendLine("|---|---|---|" + string.Concat(mus.Select(_ => "---|")));
+        foreach (var activation in new[] { Activations.Tanh, Activations.ReLU })
+            foreach (var (step, steps) in new[] { (0.05, 1), (0.3, 1), (0.05, 5), (0.3, 5) })
+                foreach (var seed in new[] { 1, 2, 3 })
+                {
+                    var cells = mus.Select(mu =>
+                    {
+                        var (moved, cosines) = AfterCodes(activation, step, steps, seed, mu);
+                        return $"{F(moved, "E1")}; {string.Join(" ", cosines.Select(c => F(c)))}";
+                    });
+                    md.AppendLine($"| {activation.Name} | {step}, {steps} | {seed} | {string.Join(" | ", cells)} |");
+                }
+        Write(Get(s, "out", "am-limit.md"), md.ToString());
+        return 0;
+    }
+
+    private static (double Moved, double[] Cosines) AfterCodes(IActivation activation, double step, int steps, int seed, double mu)
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var f64 = TorchSharp.torch.ScalarType.Float64;
+        var program = Net.Mlp(new long[] { 6 }, new long[] { 6, 8, 7, 3 }, activation, Losses.CrossEntropy);
+        using var generator = new TorchSharp.torch.Generator((ulong)seed);
+        var x = TorchSharp.torch.randn(new long[] { 5, 6 }, dtype: f64, generator: generator);
+        var y = TorchSharp.torch.randint(3, new long[] { 5 }, generator: generator);
+        using var weights = program.Initialise(seed, TorchSharp.torch.CPU, f64);
+        TorchSharp.torch.Tensor[] reference;
+        using (TorchSharp.torch.enable_grad())
+        {
+            var loss = program.Loss.PerExample(program.Forward(x, weights.Tensors), y).mean();
+            reference = TorchSharp.torch.autograd.grad(new[] { loss }, weights.Tensors.ToArray()).ToArray();
+        }
+        var formulation = new Lifting.Formulations.OnlineAlternatingMinimisation(new Lifting.Formulations.OnlineAlternatingMinimisationOptions { Mu = new Lifting.Formulations.MuSchedule(mu) });
+        var rules = new Func<string, IStepRule>(p => p == "codes" ? StepRules.Momentum(step, 0.9, true) : StepRules.Constant(0.1));
+        var context = new Lifting.Formulations.LiftContext(program, new Dataset("limit", x, y, 3), TorchSharp.torch.CPU, f64, 0, rules, 0);
+        using var problem = formulation.Lift(context, weights);
+        using var batchGame = problem.Batch(new MiniBatch(TorchSharp.torch.arange(5L), x, y));
+        var game = (IAlternatingMinimisationGame)batchGame;
+        var codes = batchGame.Players[1].Variables;
+        var forward = codes.Select(c => c.detach().clone()).ToArray();
+        new AlternatingMinimisationSolver(new AlternatingMinimisationSolverOptions { CodeSteps = steps }).UpdateCodes(game);
+        var moved = codes.Zip(forward).Max(p => (p.First - p.Second).abs().max().ToDouble());
+        var cosines = game.WeightProblems().Select((problemOfBlock, l) =>
+        {
+            var a = TorchSharp.torch.cat(problemOfBlock.Direction().Select(t => t.flatten()).ToArray());
+            var b = TorchSharp.torch.cat(program.BlockWeights(reference, l).Select(t => t.flatten()).ToArray());
+            return (a.dot(b) / (a.norm() * b.norm())).ToDouble();
+        }).ToArray();
+        return (moved, cosines);
     }
 
     private static int Single(IReadOnlyDictionary<string, string> s)
