@@ -198,7 +198,7 @@ public static class AlternatingMinimisationTable
         md.Append(summary);
         md.AppendLine();
         md.Append(Settings(all.Take(2)));
-        Write(Get(s, "out", "am-mlp-fashion.md"), md.ToString());
+        Write(Get(s, "out", $"am-mlp-fashion-{string.Join("+", nets)}.md"), md.ToString());
         return 0;
     }
 
