@@ -61,14 +61,14 @@ public static class AlternatingMinimisationTable
     private static int[] Seeds(IReadOnlyDictionary<string, string> s) => Get(s, "seeds", "0,1,2").Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
     private static string F(double v, string format = "F4") => v.ToString(format, CultureInfo.InvariantCulture);
 
-    /// The method's settings: its defaults, then am.KEY=VALUE (AM methods) or adam.KEY=VALUE
-    /// (backprop) from the command line, then `extra`.
+    /// The method's settings: its defaults, then the experiment's `extra`, then am.KEY=VALUE (AM
+    /// methods) or adam.KEY=VALUE (backprop) from the command line.
     private static MethodSettings Settings(string method, IReadOnlyDictionary<string, string> s, params (string Key, object Value)[] extra)
     {
         var prefix = method == "backprop" ? "adam." : "am.";
         var settings = new MethodSettings(method);
-        foreach (var (k, v) in s.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))) settings = settings.With(k[prefix.Length..], v);
         foreach (var (k, v) in extra) settings = settings.With(k, v);
+        foreach (var (k, v) in s.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))) settings = settings.With(k[prefix.Length..], v);
         return settings;
     }
 
