@@ -12,6 +12,7 @@ using Lifting.Training;
 //   dotnet run --project src/Lifting.Examples -c Release -- fenchel-bp KEY=VALUE  seed 002's Fenchel BP experiment (docs/results)
 //   dotnet run --project src/Lifting.Examples -c Release -- distprop-table|distprop-memory|distprop-carry|distprop-sweep KEY=VALUE ...
 //                                                                                   seed 001 Table 1 side by side, memory, defaults, robustness
+//   dotnet run --project src/Lifting.Examples -c Release -- am EXPERIMENT KEY=VALUE ...  seed 004's experiments (docs/results/am-*.md)
 // sweep's keys are data, net, activation, epochs, batch, seed, patience, iterations, cosine, threads and
 // method; every other key is a parameter of the method (`lifting methods` lists them), e.g.
 //   sweep method=extraprop lr=1e-3 optimizer=adam optimizer-states=constant lr-states=0.5 epochs=10
@@ -20,6 +21,7 @@ var settings = args.Skip(1).Select(a => a.Split('=', 2)).ToDictionary(p => p[0],
 if (settings.TryGetValue("threads", out var threadCount)) Threads.Set(int.Parse(threadCount, CultureInfo.InvariantCulture));
 if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(settings);
 if (args.FirstOrDefault() == "probe") return Lifting.Examples.Probe.Run(settings);
+if (args.FirstOrDefault() == "am") return Lifting.Examples.AlternatingMinimisationTable.Run(args.ElementAtOrDefault(1) ?? "", settings);
 if (args.FirstOrDefault() == "steptime") return Lifting.Examples.StepTime.Run(settings);
 if (args.FirstOrDefault() == "fenchel-bp") return Lifting.Examples.FenchelBackpropExperiment.Run(settings);
 if (args.FirstOrDefault() == "distprop-table") return Lifting.Examples.DistPropTable.Run(settings);

@@ -47,6 +47,9 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     // Defined in F# in FormulationTests.fs: a new formulation joins with one row.
     "l1-penalty (F#)", (fun () -> FormulationTests.L1Penalty(1.0)), 0.02, false
     "fenchel back-propagation", (fun () -> FenchelBackprop([| 0.5 |])), 0.1, false
+    // Seed 004: codes live for one mini-batch; generic solvers see the gradient of Q_μ.
+    "online alternating minimisation", (fun () -> OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions(Mu = MuSchedule(1.0)))), 0.05, false
+    "online alternating minimisation, memories", (fun () -> OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions(Mu = MuSchedule(1.0), Memory = true))), 0.05, false
 ]
 
 /// Solver rows: name, factory from the formulation's schedule, whether it solves saddle points,
@@ -68,6 +71,9 @@ let solvers : (string * (IReadOnlyList<SubProblem> -> ISolver) * bool * bool) li
         let perExample = schedule |> Seq.collect (fun s -> s.PlayerNames) |> Seq.filter ((<>) PlayerNames.Weights) |> Seq.distinct |> Array.ofSeq
         if perExample.Length = 0 then Solvers.Extragradient()
         else WithInnerIterations(Solvers.Extragradient(), perExample, 1, Solvers.Extragradient()) :> ISolver), true, true
+    // Seed 004 Algorithms 1–3 on an alternating-minimisation game (layers in parallel); plain
+    // block-coordinate descent over the players of any other minimisation.
+    "alternating minimisation", (fun _ -> AlternatingMinimisationSolver(AlternatingMinimisationSolverOptions(CodeSteps = 2, Parallel = true)) :> ISolver), false, true
 ]
 
 let forwardLoss (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) =

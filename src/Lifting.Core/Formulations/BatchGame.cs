@@ -45,6 +45,15 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
         lastMultipliers = (multipliers ?? Array.Empty<Tensor>()).Select(m => m.detach().DetachFromDisposeScope()).ToArray();
     }
 
+    /// `Record` for a game that evaluates its lifted objective itself rather than through
+    /// `Operator` (e.g. one whose solver visits local sub-problems): also keeps that objective.
+    protected void RecordWithObjective(Tensor lossSum, IReadOnlyList<Tensor> defects, Tensor objectiveSum)
+    {
+        Record(lossSum, defects);
+        lastObjective?.Dispose();
+        lastObjective = objectiveSum.detach().DetachFromDisposeScope();
+    }
+
     private void DisposeRecords()
     {
         lastLoss?.Dispose();

@@ -8,7 +8,8 @@ namespace Lifting;
 /// (`XxxMethods.All`) and are appended to `All`.
 internal static class BuiltinMethods
 {
-    public static IEnumerable<MethodDefinition> All => Core.Concat(FenchelBackpropMethods.All).Concat(DistPropMethods.All);
+    public static IEnumerable<MethodDefinition> All =>
+        Core.Concat(FenchelBackpropMethods.All).Concat(DistPropMethods.All).Concat(AlternatingMinimisationMethods.All);
 
     private static IEnumerable<MethodDefinition> Core => new[]
     {

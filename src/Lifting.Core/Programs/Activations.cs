@@ -82,7 +82,35 @@ public static class Activations
         x => (x > 0).to_type(x.dtype), u => u.clamp(0, 1), h => h.clone(),
         new Potential(z => zeros(z.shape[0], dtype: z.dtype, device: z.device), a => PerExample(F.relu(a))));
 
-    public static IReadOnlyList<IActivation> All { get; } = new[] { ReLU, Tanh, Sigmoid, HardTanh, Identity, Softmax, Sign, Step };
+    /// sign with the straight-through estimator (Bengio et al. 2013; seed 004 §4, binary nets): the
+    /// same values as `Sign`, but back-propagation passes the derivative of hard-tanh, 1[|x| ≤ 1].
+    public static IActivation SignSte { get; } = StraightThrough(Sign);
+
+    /// step with the straight-through estimator: the values of `Step`, the derivative of the hard
+    /// sigmoid clamp((1 + x)/2, 0, 1), i.e. ½·1[|x| ≤ 1].
+    public static IActivation StepSte { get; } = StraightThrough(Step);
+
+    public static IReadOnlyList<IActivation> All { get; } = new[] { ReLU, Tanh, Sigmoid, HardTanh, Identity, Softmax, Sign, Step, SignSte, StepSte };
+
+    /// The straight-through version of a step-like activation σ (one that is not `Differentiable`):
+    /// its values are σ(x) exactly, and its derivative is that of the surrogate
+    /// s(x) = clamp(m + r·x, lo, hi) with [lo, hi] σ's range, m its midpoint and r its half-width
+    /// (hard-tanh for sign, the hard sigmoid for step): the value is computed as
+    /// (s(x) − s(x).detach()) + σ(x), which is σ(x) bit for bit. Backprop through it is the
+    /// straight-through estimator seed 004 compares against; online alternating minimisation
+    /// uses the same surrogate derivative in its code steps. A differentiable activation, an
+    /// activation with an unbounded range, or one that is already straight-through is returned as is.
+    public static IActivation StraightThrough(IActivation activation)
+    {
+        if (activation.Differentiable || activation is StraightThroughActivation) return activation;
+        var range = activation.Range;
+        if (double.IsInfinity(range.Lower) || double.IsInfinity(range.Upper)) return activation;
+        return new StraightThroughActivation(activation);
+    }
+
+    /// True when `activation`'s derivative is zero almost everywhere (a step), whether or not
+    /// back-propagation through it uses a straight-through surrogate.
+    public static bool IsStep(IActivation activation) => !activation.Differentiable;
 
     /// Looks an activation up by name; the error lists the known names.
     public static IActivation ByName(string name) =>
@@ -97,6 +125,37 @@ public static class Activations
         public Potential(Func<Tensor, Tensor> g, Func<Tensor, Tensor> conjugate) { this.g = g; this.conjugate = conjugate; }
         public Tensor G(Tensor z) => g(z);
         public Tensor Conjugate(Tensor a) => conjugate(a);
+    }
+
+    private sealed class StraightThroughActivation : IActivation
+    {
+        private readonly IActivation step;
+        private readonly double middle, halfWidth;
+
+        public StraightThroughActivation(IActivation step)
+        {
+            this.step = step;
+            middle = 0.5 * (step.Range.Lower + step.Range.Upper);
+            halfWidth = 0.5 * (step.Range.Upper - step.Range.Lower);
+        }
+
+        public string Name => step.Name + "-ste";
+        public ActivationRange Range => step.Range;
+        /// Still a step: only back-propagation sees the surrogate.
+        public bool Differentiable => false;
+        public IConvexPotential? Potential => step.Potential;
+
+        public Tensor Apply(Tensor x)
+        {
+            var exact = step.Apply(x.detach());
+            if (!x.requires_grad) return exact;
+            var surrogate = (x * halfWidth + middle).clamp(step.Range.Lower, step.Range.Upper);
+            return surrogate - surrogate.detach() + exact;
+        }
+
+        public Tensor Reparametrise(Tensor free) => step.Reparametrise(free);
+        public Tensor Preimage(Tensor h) => step.Preimage(h);
+        public override string ToString() => Name;
     }
 
     private sealed class Builtin : IActivation

@@ -9,6 +9,8 @@ namespace Lifting.Solvers;
 ///   AdaGrad   A ← A + g²,  d = α g / (√A + ε)                       (Duchi et al. 2011)
 ///   Adam      m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  t ← t + 1,
 ///             d = α (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)              (Kingma & Ba 2015)
+///   momentum  b ← ρb + g,  d = α b   (heavy ball; Polyak 1964), or d = α (g + ρb) (Nesterov, in
+///             the form of Sutskever et al. 2013 that PyTorch's SGD uses); b starts at zero
 ///
 /// Inside extragradient the state is updated at both half-steps, which makes AdaGrad
 /// "ExtraAdagrad" (seed 001 §3.1) and Adam "ExtraAdam" (Gidel et al. 2019). For per-example
@@ -17,6 +19,15 @@ namespace Lifting.Solvers;
 public static class StepRules
 {
     public static IStepRule Constant(double lr) => new ConstantRule(CheckRate(lr));
+
+    /// SGD with (Nesterov) momentum ρ; the buffer b lives in the variable's step state, so a
+    /// per-batch variable (seed 004's codes) starts every mini-batch from b = 0.
+    public static IStepRule Momentum(double lr, double momentum, bool nesterov)
+    {
+        CheckRate(lr);
+        if (!(momentum >= 0 && momentum < 1)) throw new ArgumentOutOfRangeException(nameof(momentum), $"Invalid momentum: {momentum} (expected 0 <= momentum < 1).");
+        return new MomentumRule(lr, momentum, nesterov);
+    }
 
     public static IStepRule AdaGrad(double lr, double initialAccumulator = 0.0, double eps = 1e-10, bool frozen = false)
     {
@@ -53,6 +64,27 @@ public static class StepRules
         public string Name => $"constant(lr={Show(lr)})";
         public StepState Init(Tensor variable, bool rowIndexed) => new(Array.Empty<Tensor>());
         public Tensor Displacement(Tensor direction, StepState state) => direction * lr;
+    }
+
+    private sealed class MomentumRule : IStepRule
+    {
+        private readonly double lr, momentum;
+        private readonly bool nesterov;
+        public MomentumRule(double lr, double momentum, bool nesterov) { this.lr = lr; this.momentum = momentum; this.nesterov = nesterov; }
+        public string Name => $"{(nesterov ? "nesterov" : "momentum")}(lr={Show(lr)}, ρ={Show(momentum)})";
+
+        public StepState Init(Tensor variable, bool rowIndexed)
+        {
+            using var _ = no_grad();
+            using var scope = NewDisposeScope();
+            return new StepState(new[] { zeros_like(variable).DetachFromDisposeScope() });
+        }
+
+        public Tensor Displacement(Tensor direction, StepState state)
+        {
+            var buffer = state.Slots[0].mul_(momentum).add_(direction);
+            return nesterov ? direction.add(buffer, alpha: momentum).mul_(lr) : buffer.mul(lr);
+        }
     }
 
     private sealed class AdaGradRule : IStepRule

@@ -1,0 +1,575 @@
+using Lifting.Data;
+using Lifting.Programs;
+using Lifting.Solvers;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Lifting.Formulations;
+
+/// The μ schedule of seed 004 appendix B: μ starts at `Initial`, grows by `Increment` after every
+/// mini-batch (batch-wise increment) and is multiplied by `Multiplier` after every epoch (epoch-wise
+/// multiplier), never above `Maximum`. Offline AM (one iteration per epoch) increments once per epoch,
+/// before the multiplier.
+public sealed record MuSchedule(double Initial = 0.01, double Increment = 0, double Multiplier = 1, double Maximum = double.PositiveInfinity)
+{
+    public void Validate()
+    {
+        if (!(Initial > 0) || double.IsInfinity(Initial)) throw new ArgumentOutOfRangeException(nameof(Initial), $"Invalid mu: {Initial} (expected a finite value > 0).");
+        if (!(Increment >= 0) || double.IsInfinity(Increment)) throw new ArgumentOutOfRangeException(nameof(Increment), $"Invalid mu increment: {Increment} (expected a finite value >= 0).");
+        if (!(Multiplier >= 1) || double.IsInfinity(Multiplier)) throw new ArgumentOutOfRangeException(nameof(Multiplier), $"Invalid mu multiplier: {Multiplier} (expected a finite value >= 1).");
+        if (!(Maximum >= Initial)) throw new ArgumentOutOfRangeException(nameof(Maximum), $"Invalid mu maximum: {Maximum} (expected >= the initial mu {Initial}).");
+    }
+
+    public double AfterBatch(double mu) => Math.Min(Maximum, mu + Increment);
+    public double AfterEpoch(double mu) => Math.Min(Maximum, mu * Multiplier);
+}
+
+/// The weight sub-problem of a hidden block whose activation is a step (sign, step): the squared
+/// distance to the code, as for every other block (seed 004's binary-net experiment), or the hinge
+/// Σ relu(−sign(c) ⊙ f^lin(a)) that only asks the pre-activation to have the code's sign (the
+/// perceptron criterion the authors' code offers for non-differentiable networks).
+public enum StepBlockLoss { Squared, Hinge }
+
+/// Options of online alternating minimisation.
+public sealed record OnlineAlternatingMinimisationOptions
+{
+    public MuSchedule Mu { get; init; } = new();
+    /// AM-mem: hidden blocks solve the co-activation-memory surrogate (seed 004 eq. 7) instead of
+    /// the current mini-batch's squared distance (AM-Adam). Needs one fully connected layer per block.
+    public bool Memory { get; init; }
+    /// AM-Adam-off / AM-mem-off: the training set is one mini-batch; one AM iteration per epoch.
+    public bool Offline { get; init; }
+    public StepBlockLoss StepBlocks { get; init; } = StepBlockLoss.Squared;
+
+    public void Validate() => Mu.Validate();
+}
+
+/// How a block splits for alternating minimisation: `Linear` is every layer up to and including
+/// the block's last parameterised layer (parameter-free layers before it, such as pooling and
+/// flattening, belong to it), `Activation` the parameter-free layers after it. The code of the
+/// block is the output of `Linear` (the pre-activation; for a convolutional block, the convolution's
+/// output). Layers whose activation is a step are replaced by their straight-through versions, which
+/// compute the same values and give the code steps a surrogate derivative.
+public sealed class BlockSplit
+{
+    internal BlockSplit(Block block, int index)
+    {
+        int last = -1;
+        for (int j = 0; j < block.Layers.Count; j++) if (block.Layers[j].Parameters.Count > 0) last = j;
+        if (last < 0)
+            throw new ArgumentException($"Online alternating minimisation needs a parameterised layer in every block; block {index + 1} ({block}) has none.");
+        Linear = block.Layers.Take(last + 1).Select(Surrogate).ToArray();
+        Activation = block.Layers.Skip(last + 1).Select(Surrogate).ToArray();
+        // Co-activation memories need the linear part to be one fully connected layer after
+        // parameter-free ones.
+        Dense = Linear[^1] is Dense d && Linear.Count(x => x.Parameters.Count > 0) == 1 ? d : null;
+        StepActivation = block.Layers.Skip(last + 1).OfType<ActivationLayer>().Any(a => !a.Activation.Differentiable);
+    }
+
+    public IReadOnlyList<ILayer> Linear { get; }
+    public IReadOnlyList<ILayer> Activation { get; }
+    /// The shape of the code (without the batch dimension).
+    public long[] CodeShape => Linear[^1].OutputShape;
+    /// True when the activation part contains a step (sign, step).
+    public bool StepActivation { get; }
+    /// The block's fully connected layer when `Linear` ends in one (co-activation memories need it).
+    internal Dense? Dense { get; }
+
+    private static ILayer Surrogate(ILayer layer) =>
+        layer is ActivationLayer { Activation.Differentiable: false } a ? new ActivationLayer(Activations.StraightThrough(a.Activation), a.InputShape) : layer;
+
+    /// f^lin(h; w) given the block's parameters.
+    public Tensor ApplyLinear(Tensor input, IReadOnlyList<Tensor> weights) => Apply(Linear, input, weights, 0);
+
+    /// σ(c): the activation part (straight-through for steps).
+    public Tensor ApplyActivation(Tensor code) => Apply(Activation, code, Array.Empty<Tensor>(), 0);
+
+    /// The input of the fully connected layer: the parameter-free layers before it applied to `input`.
+    internal Tensor DenseInput(Tensor input) => Apply(Linear.Take(Linear.Count - 1).ToArray(), input, Array.Empty<Tensor>(), 0);
+
+    private static Tensor Apply(IReadOnlyList<ILayer> layers, Tensor h, IReadOnlyList<Tensor> weights, int from)
+    {
+        foreach (var layer in layers)
+        {
+            int count = layer.Parameters.Count;
+            var own = new Tensor[count];
+            for (int i = 0; i < count; i++) own[i] = weights[from + i];
+            from += count;
+            h = layer.Forward(h, own);
+        }
+        return h;
+    }
+}
+
+/// Online alternating minimisation with auxiliary variables (Choromanska et al. 2019; seed 004 §2,
+/// Algorithms 1–3; AM-Adam, AM-mem and their offline variants).
+///
+/// Codes c_l are the pre-activations of the hidden blocks l = 1 … L−1, the outputs of each block's
+/// linear part (`BlockSplit`): c_l = f_l^lin(σ_{l−1}(c_{l−1})), with σ_0(c_0) = x and σ_l the block's
+/// activation part. On a mini-batch, seed 004 eq. 3 reads
+///
+///     Q_μ(W, c) = Σ_i [ ℓ(f_L(σ_{L−1}(c_{L−1,i})), y_i) + μ Σ_l ‖c_{l,i} − f_l^lin(σ_{l−1}(c_{l−1,i}))‖² ].
+///
+/// The codes are created from the mini-batch's forward pass inside the batch game and die with it:
+/// nothing is stored per example. AM alternates over blocks of Q_μ (`AlternatingMinimisationSolver`):
+///
+/// - code sub-problems (eqs. 4–5), top-down. Because the codes below c_l are still at their forward
+///   values when c_l is visited, c_l's own penalty is the distance to its forward value c_l⁰, and
+///   each code descends its part of Q_μ divided by μ (the authors' scaling: same minimiser, a step
+///   size whose stability does not depend on μ):
+///       E_{L−1}(c) = (1/μ) ℓ(f_L(σ(c)), y) + ‖c − c_{L−1}⁰‖²,
+///       E_l(c)     = ‖c_{l+1} − f_{l+1}^lin(σ(c))‖² + ‖c − c_l⁰‖²   (c_{l+1} already updated);
+///   the gradient through a step σ is that of its straight-through surrogate (hard-tanh for sign);
+/// - weight sub-problems (eq. 6), independent once the codes are fixed: the output block on the loss,
+///   (1/B) Σ_i ℓ(f_L(σ(c_{L−1,i}); W_L), y_i); a hidden block on (1/B) Σ_i ‖c_{l,i} − f_l^lin(σ(c_{l−1,i}); W_l)‖²
+///   (μ is a constant factor of it), the current mini-batch's codes (AM-Adam), or, with `Memory`,
+///   on the surrogate of all codes seen so far, ½ tr(W̃ A W̃ᵀ) − tr(W̃ Bᵀ) with co-activation
+///   memories (eq. 7) A ← β_t A + Σ_i ã_i ã_iᵀ, B ← β_t B + Σ_i c_i ã_iᵀ, ã = [a; 1], kept for the run
+///   (`StateBytes`), with Mairal et al. (2009)'s mini-batch forgetting factor β_t = (θ + 1 − η)/(θ + 1),
+///   θ = tη for t < η and η² + t − η after (η the mini-batch size, t the update count).
+///   A hidden block whose activation is a step may use the hinge of `StepBlockLoss` instead.
+///
+/// Norms are summed over a code's units (seed 004 eq. 3), and the codes take per-example gradients
+/// (the engine's convention for per-example players): the authors' code averages over the batch
+/// and the units, so its code step η with batch B and μ on units of width n corresponds to η/B here
+/// and μ/n. Offline (`Offline`): the training set is one mini-batch, one AM iteration per epoch. The
+/// trainer's mini-batches are chunks of it: each chunk's codes are encoded and updated (they are
+/// independent across examples), the weight sub-problems' gradients (and memories) are summed over
+/// the chunks, and the last chunk of the epoch takes the weight step, one gradient step per block
+/// (more would need the epoch's codes again) or BCD sweeps on the epoch's memories.
+///
+/// For solvers other than the alternating-minimisation solver the game is the gradient of Q_μ
+/// (players: weights, codes per example), a quadratic penalty whose states live for one mini-batch.
+/// Players: weights (min), codes (min, per example of the mini-batch).
+public sealed class OnlineAlternatingMinimisation : IFormulation
+{
+    public const string CodesPlayer = "codes";
+
+    public OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions? options = null, string name = "online-alternating-minimisation")
+    {
+        Options = options ?? new OnlineAlternatingMinimisationOptions();
+        Options.Validate();
+        Name = name;
+    }
+
+    public OnlineAlternatingMinimisationOptions Options { get; }
+    public string Name { get; }
+    public string Description =>
+        $"{(Options.Offline ? "offline" : "online")} alternating minimisation over per-batch codes (pre-activations), μ‖c_l − W_l σ(c_(l−1))‖², " +
+        $"μ from {Options.Mu.Initial} +{Options.Mu.Increment}/batch ×{Options.Mu.Multiplier}/epoch ≤ {Options.Mu.Maximum}; hidden weights on " +
+        (Options.Memory ? "co-activation memories (AM-mem)" : "the mini-batch's codes (AM-Adam)");
+    public IReadOnlyList<string> PlayerNames { get; } = new[] { Formulations.PlayerNames.Weights, CodesPlayer };
+    public bool HasMaximisingPlayers => false;
+
+    /// For the generic alternating solver: the codes, then the weights.
+    public IReadOnlyList<SubProblem> DefaultSchedule => new[]
+    {
+        new SubProblem(new[] { CodesPlayer }, 1),
+        new SubProblem(new[] { Formulations.PlayerNames.Weights }, 1),
+    };
+
+    /// How each block of `program` splits into its linear part (whose output is the code) and its
+    /// activation part.
+    public static IReadOnlyList<BlockSplit> Split(NestedProgram program) =>
+        program.Blocks.Select((b, l) => new BlockSplit(b, l)).ToArray();
+
+    public ILiftedProblem Lift(LiftContext context, Weights weights)
+    {
+        if (context.Program.Blocks.Count < 2)
+            throw new ArgumentException("Alternating minimisation needs a program with at least two blocks (one code); add a Cut().");
+        var splits = Split(context.Program);
+        if (Options.Memory)
+            for (int l = 0; l < splits.Count - 1; l++)
+                if (splits[l].Dense is null)
+                    throw new ArgumentException($"AM-mem needs every hidden block's linear part to be one fully connected layer (after parameter-free layers); block {l + 1}'s is {string.Join(" → ", splits[l].Linear.Select(x => x.Name))}.");
+        return new Problem(this, context, weights, splits);
+    }
+
+    private sealed class Problem : LiftedProblem
+    {
+        private readonly OnlineAlternatingMinimisationOptions options;
+        private readonly Tensor[] memoryA, memoryB;
+        private readonly long[] memoryUpdates;
+        // Offline: sums over the epoch's chunks of every weight gradient (and of the memories).
+        private readonly Tensor[] gradientSums;
+        private long seen;
+
+        public Problem(OnlineAlternatingMinimisation formulation, LiftContext context, Weights weights, IReadOnlyList<BlockSplit> splits)
+            : base(formulation, context, weights)
+        {
+            options = formulation.Options;
+            Splits = splits;
+            Mu = options.Mu.Initial;
+            CodeRule = context.StepRuleFor(CodesPlayer);
+            int hidden = splits.Count - 1;
+            memoryA = new Tensor[options.Memory ? hidden : 0];
+            memoryB = new Tensor[memoryA.Length];
+            memoryUpdates = new long[memoryA.Length];
+            for (int l = 0; l < memoryA.Length; l++)
+            {
+                var dense = splits[l].Dense!;
+                var zerosLike = (long rows, long cols) => zeros(rows, cols, dtype: context.DType, device: context.Device);
+                memoryA[l] = AddShared($"A{l + 1}", zerosLike(dense.Inputs + 1, dense.Inputs + 1));
+                memoryB[l] = AddShared($"B{l + 1}", zerosLike(dense.Outputs, dense.Inputs + 1));
+            }
+            gradientSums = options.Offline
+                ? weights.Tensors.Select((w, k) => AddShared($"offline.gradient{k}", zeros_like(w))).ToArray()
+                : Array.Empty<Tensor>();
+        }
+
+        public IReadOnlyList<BlockSplit> Splits { get; }
+        public double Mu { get; private set; }
+        public IStepRule CodeRule { get; }
+        public OnlineAlternatingMinimisationOptions Options => options;
+
+        public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
+
+        public override void EndEpoch(int epoch) => Mu = options.Mu.AfterEpoch(Mu);
+
+        public override IReadOnlyDictionary<string, double> Diagnostics => new Dictionary<string, double> { ["mu"] = Mu };
+
+        /// After a mini-batch (online) or the last chunk of the training set (offline).
+        public void AfterIteration() => Mu = options.Mu.AfterBatch(Mu);
+
+        /// Updates block l's memories with a mini-batch of inputs ã (with the ones column) and codes.
+        public CoActivationMemory UpdateMemory(int l, Tensor augmentedInputs, Tensor codes)
+        {
+            using var _ = no_grad();
+            double eta = augmentedInputs.shape[0], t = ++memoryUpdates[l];
+            double theta = t < eta ? t * eta : eta * eta + t - eta;
+            double beta = (theta + 1 - eta) / (theta + 1);
+            memoryA[l].mul_(beta).addmm_(augmentedInputs.t(), augmentedInputs);
+            memoryB[l].mul_(beta).addmm_(codes.t(), augmentedInputs);
+            return new CoActivationMemory(memoryA[l], memoryB[l]);
+        }
+
+        /// Offline: adds a chunk to block l's memories of the epoch (no forgetting: the epoch's codes only).
+        public void AccumulateMemory(int l, Tensor augmentedInputs, Tensor codes)
+        {
+            using var _ = no_grad();
+            memoryA[l].addmm_(augmentedInputs.t(), augmentedInputs);
+            memoryB[l].addmm_(codes.t(), augmentedInputs);
+        }
+
+        public CoActivationMemory Memory(int l) => new(memoryA[l], memoryB[l]);
+
+        /// Offline: adds a chunk's gradient sums; true when the chunk completes the training set.
+        public bool Accumulate(IReadOnlyList<(int Index, Tensor Sum)> gradients, long examples)
+        {
+            using var _ = no_grad();
+            foreach (var (k, sum) in gradients) gradientSums[k].add_(sum);
+            seen += examples;
+            if (seen > Context.ExampleCount)
+                throw new InvalidOperationException($"Offline alternating minimisation saw {seen} examples in an epoch of {Context.ExampleCount}: one AM iteration per mini-batch, every example once per epoch.");
+            return seen == Context.ExampleCount;
+        }
+
+        public Tensor GradientSum(int k) => gradientSums[k];
+
+        /// Offline: clears the epoch's sums once the weights have moved.
+        public void ResetOffline()
+        {
+            using var _ = no_grad();
+            foreach (var g in gradientSums) g.zero_();
+            foreach (var a in memoryA) a.zero_();
+            foreach (var b in memoryB) b.zero_();
+            seen = 0;
+        }
+    }
+
+    private sealed class Game : BatchGame, IAlternatingMinimisationGame
+    {
+        private readonly Problem problem;
+        private readonly NestedProgram program;
+        private readonly IReadOnlyList<BlockSplit> splits;
+        private readonly int hidden;
+        private readonly double mu;
+        private readonly Tensor[] codes;
+        private readonly StepState[] codeStates;
+        private readonly Player[] codePlayers, blockPlayers;
+        private readonly int[] blockFirstTensor;
+        // The last encoding: forward values c⁰, the block outputs with their graphs (f_l^lin of the
+        // previous code, block 1 from x) and the loss sum, kept to reuse for the first step of each
+        // sub-problem whose variables are still where the forward pass left them.
+        private readonly List<Tensor> owned = new();
+        private Tensor[] forward = Array.Empty<Tensor>(), outputs = Array.Empty<Tensor>();
+        private Tensor? lossGraph;
+        private bool encoded, graphsValid, stepped;
+        private bool[] graphUsed = Array.Empty<bool>();
+        // What the weight sub-problems saw, for the iteration's record.
+        private readonly double[] penalties, meanDefects;
+        private double lossSum;
+        private bool completesEpoch;
+
+        public Game(Problem problem, MiniBatch batch) : base(batch)
+        {
+            this.problem = problem;
+            program = problem.Program;
+            splits = problem.Splits;
+            hidden = splits.Count - 1;
+            mu = problem.Mu;
+            codes = new Tensor[hidden];
+            codeStates = new StepState[hidden];
+            penalties = new double[hidden];
+            meanDefects = new double[hidden];
+            for (int l = 0; l < hidden; l++)
+            {
+                var shape = new[] { BatchSize }.Concat(splits[l].CodeShape).ToArray();
+                codes[l] = zeros(shape, dtype: Batch.Inputs.dtype, device: Batch.Inputs.device).requires_grad_(true);
+                codeStates[l] = problem.Context.NewState(CodesPlayer, codes[l], rowIndexed: true);
+            }
+            codePlayers = Enumerable.Range(0, hidden)
+                .Select(l => new Player($"{CodesPlayer}{l + 1}", Role.Minimise, new[] { codes[l] }, problem.CodeRule, new[] { codeStates[l] }, rowIndexed: true))
+                .ToArray();
+            var weightsPlayer = problem.WeightsPlayer();
+            blockFirstTensor = new int[splits.Count];
+            blockPlayers = new Player[splits.Count];
+            for (int l = 0; l < splits.Count; l++)
+            {
+                var range = program.BlockParameters(l);
+                var (start, length) = range.GetOffsetAndLength(weightsPlayer.Variables.Count);
+                blockFirstTensor[l] = start;
+                blockPlayers[l] = new Player($"{Formulations.PlayerNames.Weights}{l + 1}", Role.Minimise,
+                    weightsPlayer.Variables.Skip(start).Take(length).ToArray(), weightsPlayer.StepRule, weightsPlayer.StepStates.Skip(start).Take(length).ToArray());
+            }
+            Players = new[]
+            {
+                weightsPlayer,
+                new Player(CodesPlayer, Role.Minimise, codes, problem.CodeRule, codeStates, rowIndexed: true),
+            };
+            Encode();
+        }
+
+        public override IReadOnlyList<Player> Players { get; }
+
+        private IReadOnlyList<Tensor> BlockWeights(int l) => blockPlayers[l].Variables;
+        private Tensor Input(int l) => l == 0 ? Batch.Inputs : splits[l - 1].ApplyActivation(codes[l - 1].detach());
+        /// The output block: its linear part and its activation part (e.g. a softmax before an MSE loss).
+        private Tensor Output(Tensor input) => splits[hidden].ApplyActivation(splits[hidden].ApplyLinear(input, BlockWeights(hidden)));
+
+        /// Q_μ on the batch, for solvers that take the gradient of the whole game.
+        protected override Tensor EvaluateSum()
+        {
+            graphsValid = false; // a generic solver may move the weights: the next AM iteration re-encodes
+            var defects = new Tensor[hidden];
+            Tensor penalty = zeros(1, dtype: codes[0].dtype, device: codes[0].device).squeeze();
+            var previous = Batch.Inputs;
+            for (int l = 0; l < hidden; l++)
+            {
+                var g = codes[l] - splits[l].ApplyLinear(previous, BlockWeights(l));
+                defects[l] = g;
+                penalty = penalty + g.square().sum();
+                previous = splits[l].ApplyActivation(codes[l]);
+            }
+            var loss = program.Loss.PerExample(Output(previous), Batch.Labels).sum();
+            Record(loss, defects);
+            return loss + mu * penalty;
+        }
+
+        public void Encode()
+        {
+            if (encoded && graphsValid) return;
+            if (stepped && problem.Options.Offline)
+                throw new InvalidOperationException("Offline alternating minimisation takes one iteration per chunk of the training set (iterations per batch = 1).");
+            DisposeEncoding();
+            using var _ = enable_grad();
+            forward = new Tensor[hidden];
+            outputs = new Tensor[splits.Count];
+            Tensor input = Batch.Inputs;
+            for (int l = 0; l < hidden; l++)
+            {
+                outputs[l] = Keep(splits[l].ApplyLinear(input, BlockWeights(l)));
+                forward[l] = Keep(outputs[l].detach());
+                using (no_grad()) codes[l].copy_(forward[l]);
+                input = splits[l].ApplyActivation(codes[l]);
+            }
+            outputs[hidden] = Keep(Output(input));
+            lossGraph = Keep(program.Loss.PerExample(outputs[hidden], Batch.Labels).sum());
+            using (no_grad())
+                foreach (var s in codeStates) foreach (var t in s.Tensors) t.zero_();
+            graphUsed = new bool[splits.Count];
+            encoded = graphsValid = true;
+        }
+
+        private Tensor Keep(Tensor t)
+        {
+            owned.Add(t.DetachFromDisposeScope());
+            return t;
+        }
+
+        private void DisposeEncoding()
+        {
+            foreach (var t in owned) t.Dispose();
+            owned.Clear();
+            lossGraph = null;
+        }
+
+        /// The graph of block `l`'s output (or of the loss, for the output block), if the forward pass
+        /// left it usable for the current variables: valid, unused, and `code` still equal to its
+        /// forward value. Each such graph serves one gradient.
+        private Tensor? Reusable(int l, Tensor? code, int codeIndex)
+        {
+            if (!graphsValid || graphUsed[l]) return null;
+            if (code is not null)
+            {
+                using var __ = no_grad();
+                using var same = code.eq(forward[codeIndex]).all();
+                if (!same.ToBoolean()) return null;
+            }
+            graphUsed[l] = true;
+            return l == hidden ? lossGraph : outputs[l];
+        }
+
+        public IReadOnlyList<CodeProblem> CodeProblems =>
+            Enumerable.Range(0, hidden).Reverse().Select(l => new CodeProblem(codePlayers[l], () => CodeDirection(l))).ToArray();
+
+        /// ∇E_l at the current code, per example (see the class comment).
+        private IReadOnlyList<Tensor> CodeDirection(int l)
+        {
+            if (!encoded) Encode();
+            using var _ = enable_grad();
+            var c = codes[l];
+            Tensor objective;
+            if (l == hidden - 1)
+            {
+                var loss = Reusable(hidden, c, l) ?? program.Loss.PerExample(Output(splits[l].ApplyActivation(c)), Batch.Labels).sum();
+                objective = loss / mu;
+            }
+            else
+            {
+                var prediction = Reusable(l + 1, c, l) ?? splits[l + 1].ApplyLinear(splits[l].ApplyActivation(c), BlockWeights(l + 1));
+                objective = (codes[l + 1].detach() - prediction).square().sum();
+            }
+            objective = objective + (c - forward[l]).square().sum();
+            return new[] { autograd.grad(new[] { objective }, new[] { c }).Single().detach() };
+        }
+
+        public IReadOnlyList<WeightProblem> WeightProblems()
+        {
+            if (!encoded) Encode();
+            var problems = Enumerable.Range(0, splits.Count).Select(l => new WeightProblem(blockPlayers[l], () => LocalGradient(l), MemoryOf(l))).ToArray();
+            if (!problem.Options.Offline) return problems;
+            // Offline: this chunk's share of every block's gradient (and memory), summed over the epoch.
+            var sums = new List<(int, Tensor)>();
+            for (int l = 0; l < splits.Count; l++)
+            {
+                using var scope = NewDisposeScope();
+                if (problem.Options.Memory && l < hidden)
+                {
+                    var (inputs, target) = MemoryInputs(l);
+                    RecordPenalty(l, target, l == 0 ? forward[0] : splits[l].ApplyLinear(Input(l), BlockWeights(l)));
+                    problem.AccumulateMemory(l, inputs, target);
+                    continue;
+                }
+                var gradients = LocalGradient(l);
+                for (int i = 0; i < gradients.Count; i++)
+                    sums.Add((blockFirstTensor[l] + i, (gradients[i] * BatchSize).MoveToOuterDisposeScope()));
+            }
+            completesEpoch = problem.Accumulate(sums, BatchSize);
+            if (!completesEpoch) return Array.Empty<WeightProblem>();
+            double n = problem.Context.ExampleCount;
+            return Enumerable.Range(0, splits.Count).Select(l => new WeightProblem(blockPlayers[l], OfflineDirection(l, n),
+                () => problem.Options.Memory && l < hidden ? problem.Memory(l) : null)).ToArray();
+        }
+
+        private Func<IReadOnlyList<Tensor>> OfflineDirection(int l, double examples)
+        {
+            bool given = false;
+            return () =>
+            {
+                if (given) throw new InvalidOperationException("Offline alternating minimisation takes one gradient step per block and epoch (weight steps = 1).");
+                given = true;
+                var range = Enumerable.Range(blockFirstTensor[l], blockPlayers[l].Variables.Count);
+                return range.Select(k => problem.GradientSum(k) / examples).ToArray();
+            };
+        }
+
+        private Func<CoActivationMemory?> MemoryOf(int l)
+        {
+            if (!problem.Options.Memory || l == hidden || problem.Options.Offline) return () => null;
+            CoActivationMemory? updated = null;
+            return () =>
+            {
+                if (updated is null)
+                {
+                    var (inputs, target) = MemoryInputs(l);
+                    // Block 1's prediction at the weights of this iteration is its forward value.
+                    RecordPenalty(l, target, l == 0 ? forward[0] : splits[l].ApplyLinear(Input(l), BlockWeights(l)));
+                    updated = problem.UpdateMemory(l, inputs, target);
+                }
+                return updated;
+            };
+        }
+
+        /// ã = [a; 1] at the fully connected layer of block l, and its code.
+        private (Tensor Inputs, Tensor Codes) MemoryInputs(int l)
+        {
+            using var _ = no_grad();
+            var a = splits[l].DenseInput(Input(l));
+            var ones = torch.ones(a.shape[0], 1, dtype: a.dtype, device: a.device);
+            return (cat(new[] { a, ones }, 1), codes[l].detach());
+        }
+
+        /// ∇ of block l's local objective at the current weights: the mean loss for the output block,
+        /// the mean squared distance to the codes (or the hinge for a step block) for a hidden one.
+        private IReadOnlyList<Tensor> LocalGradient(int l)
+        {
+            using var _ = enable_grad();
+            var weights = BlockWeights(l);
+            var reuse = l == 0 ? Reusable(0, null, 0) : null; // block 1's input, x, never changes
+            Tensor objective;
+            if (l == hidden)
+            {
+                var output = Output(Input(l));
+                var loss = program.Loss.PerExample(output, Batch.Labels).sum();
+                lossSum = loss.ToDouble();
+                objective = loss / BatchSize;
+            }
+            else
+            {
+                var prediction = reuse ?? splits[l].ApplyLinear(Input(l), weights);
+                var target = codes[l].detach();
+                RecordPenalty(l, target, prediction);
+                objective = problem.Options.StepBlocks == StepBlockLoss.Hinge && splits[l].StepActivation
+                    ? F.relu(-prediction * target.sign()).sum() / BatchSize
+                    : (target - prediction).square().sum() / BatchSize;
+            }
+            return autograd.grad(new[] { objective }, weights.ToArray()).Select(g => g.detach()).ToArray();
+        }
+
+        private void RecordPenalty(int l, Tensor target, Tensor prediction)
+        {
+            using var _ = no_grad();
+            var g = target - prediction.detach();
+            penalties[l] = g.square().sum().ToDouble();
+            meanDefects[l] = g.abs().mean().ToDouble();
+        }
+
+        public void EndIteration()
+        {
+            stepped = true;
+            graphsValid = false;
+            DisposeEncoding();
+            using var _ = no_grad();
+            using var scope = NewDisposeScope();
+            var dtype = codes[0].dtype;
+            var objective = lossSum + mu * penalties.Sum();
+            RecordWithObjective(tensor(lossSum, dtype: dtype), meanDefects.Select(d => tensor(d, dtype: dtype)).ToArray(), tensor(objective, dtype: dtype));
+            if (problem.Options.Offline && completesEpoch) problem.ResetOffline();
+        }
+
+        public override void Commit()
+        {
+            if (!problem.Options.Offline || completesEpoch) problem.AfterIteration();
+        }
+
+        public override void Dispose()
+        {
+            DisposeEncoding();
+            foreach (var s in codeStates) s.Dispose();
+            foreach (var c in codes) c.Dispose();
+            base.Dispose();
+        }
+    }
+}

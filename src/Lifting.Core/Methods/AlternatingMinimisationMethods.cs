@@ -1,0 +1,62 @@
+using Lifting.Formulations;
+using Lifting.Solvers;
+
+namespace Lifting;
+
+/// Online alternating minimisation (seed 004): AM-Adam, AM-mem and their offline variants. Each
+/// is the `OnlineAlternatingMinimisation` formulation solved by the `AlternatingMinimisationSolver`;
+/// the weights take the weights' step rule (Adam), the per-batch codes SGD with Nesterov momentum.
+/// The defaults were chosen on validation accuracy (docs/results/am-tuning.md).
+internal static class AlternatingMinimisationMethods
+{
+    public static IEnumerable<MethodDefinition> All => new[]
+    {
+        Define("am-adam", "online alternating minimisation, hidden weights by Adam on the mini-batch's codes (seed 004 AM-Adam)", memory: false, offline: false),
+        Define("am-mem", "online alternating minimisation, hidden weights by block-coordinate descent on co-activation memories (seed 004 AM-mem)", memory: true, offline: false),
+        Define("am-adam-off", "offline alternating minimisation: the training set as one mini-batch, one Adam step per epoch (seed 004 AM-Adam-off)", memory: false, offline: true),
+        Define("am-mem-off", "offline alternating minimisation: the training set as one mini-batch, BCD on its memories once per epoch (seed 004 AM-mem-off)", memory: true, offline: true),
+    };
+
+    private static MethodDefinition Define(string name, string description, bool memory, bool offline)
+    {
+        var parameters = new List<MethodParameter>();
+        parameters.AddRange(PlayerRules.StepRule(PlayerNames.Weights, "adam", 2e-3));
+        parameters.Add(MethodParameter.Positive("lr-codes", 0.02, "step size of the codes (per example; SGD with momentum on each code's sub-problem)"));
+        parameters.Add(MethodParameter.Real("momentum", 0.9, "momentum of the codes' steps", 0, maximum: 1, maximumExclusive: true));
+        parameters.Add(MethodParameter.Flag("nesterov", true, "Nesterov momentum for the codes"));
+        parameters.Add(MethodParameter.Integer("code-steps", 1, "steps on each code's sub-problem per mini-batch, top-down", 1));
+        if (!offline) parameters.Add(MethodParameter.Integer("weight-steps", 1, "steps of the weights' rule on each gradient-based weight sub-problem per mini-batch", 1));
+        if (memory) parameters.Add(MethodParameter.Integer("sweeps", 1, "block-coordinate-descent sweeps over the weight columns per iteration (AM-mem)", 1));
+        parameters.Add(MethodParameter.Positive("mu", 0.01, "initial penalty weight μ"));
+        parameters.Add(MethodParameter.NonNegative("mu-increment", offline ? 0 : 1e-5, offline ? "added to μ after every iteration (epoch)" : "added to μ after every mini-batch (batch-wise increment)"));
+        parameters.Add(MethodParameter.Real("mu-multiplier", 1.1, "factor applied to μ after every epoch (epoch-wise multiplier)", 1));
+        parameters.Add(MethodParameter.Positive("mu-max", 1.5, "cap on μ"));
+        parameters.Add(MethodParameter.Choice("step-blocks", "squared", "weight sub-problem of a hidden block whose activation is a step: squared distance to the code, or hinge to its sign", "squared", "hinge"));
+        parameters.Add(MethodParameter.Flag("parallel", false, "solve the blocks' weight sub-problems concurrently, one thread per block"));
+        return new MethodDefinition(name, description, parameters, a =>
+        {
+            var formulation = new OnlineAlternatingMinimisation(new OnlineAlternatingMinimisationOptions
+            {
+                Mu = new MuSchedule(a.Real("mu"), a.Real("mu-increment"), a.Real("mu-multiplier"), a.Real("mu-max")),
+                Memory = memory,
+                Offline = offline,
+                StepBlocks = a.Text("step-blocks") == "hinge" ? StepBlockLoss.Hinge : StepBlockLoss.Squared,
+            }, name);
+            var solver = new AlternatingMinimisationSolver(new AlternatingMinimisationSolverOptions
+            {
+                CodeSteps = a.Integer("code-steps"),
+                WeightSteps = offline ? 1 : a.Integer("weight-steps"),
+                Sweeps = memory ? a.Integer("sweeps") : 1,
+                Parallel = a.Flag("parallel"),
+            });
+            var weights = StepRuleCatalog.Create(a.Text("optimizer"), a.Real("lr"));
+            var codes = StepRules.Momentum(a.Real("lr-codes"), a.Real("momentum"), a.Flag("nesterov"));
+            return new MethodParts(formulation, solver, player => player switch
+            {
+                PlayerNames.Weights => weights,
+                OnlineAlternatingMinimisation.CodesPlayer => codes,
+                _ => throw new ArgumentException($"Method '{name}' has no player '{player}'."),
+            });
+        }) { Family = "alternating-minimisation", Representative = name == "am-adam" };
+    }
+}

@@ -1,0 +1,434 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using Lifting;
+using Lifting.Data;
+using Lifting.Programs;
+using Lifting.Solvers;
+using Lifting.Training;
+using TorchSharp;
+
+namespace Lifting.Examples;
+
+/// Seed 004's experiments (online alternating minimisation) side by side with back-propagation:
+/// same data, network, budget, seeds and process; every reported accuracy is the test accuracy at
+/// the epoch with the best validation accuracy (the validation split is carved from the training
+/// set), unless a row says it is measured at a fixed point (after 50 mini-batches). Each experiment
+/// writes docs/results/am-NAME.md with the command that made it.
+///
+///   am lenet     full Fashion-MNIST, LeNet-5, batch 128, 10 epochs: Adam vs AM-Adam (seed 004 appendix B)
+///   am mlp       Fashion-MNIST, 784-100-100-10 and 784-500-500-10 ReLU, batch 200: accuracy after 50
+///                mini-batches and after 10 epochs, Adam vs AM-Adam (seed 004 §4, Fig. 2)
+///   am binary    MNIST-10k, 784-500(sign)-500(tanh)-10, batch 200, 20 epochs: AM-Adam vs straight-through
+///                backprop (and backprop without the straight-through estimator)
+///   am variants  MNIST-10k, 784-100-100-10 and 784-500-500-10: Adam, AM-Adam, AM-mem, AM-Adam-off, AM-mem-off
+///   am speed     Fashion-MNIST, 784-500-500-10, batch 200: seconds per epoch of backprop and AM-Adam with
+///                sequential and layer-parallel weight updates, interleaved rounds; the weight phase alone
+///   am tune      validation accuracy over a grid of AM-Adam settings (the defaults' provenance)
+///   am limit     the μ → ∞ limit on small random MLPs: code displacement and each block's cosine between
+///                the AM weight direction and backprop's gradient, for several code steps
+///   am run       one run: data=, net=, method=, epochs=, batch=, seed=, and any method parameter
+///
+/// Keys: seeds=0,1,2 epochs=N batch=N threads=N (LibTorch threads; Program.cs sets them), and
+/// method parameters as am.NAME=VALUE (AM methods) or adam.NAME=VALUE (backprop).
+public static class AlternatingMinimisationTable
+{
+    private sealed record Outcome(double SelectedTest, double SelectedValidation, int SelectedEpoch, double FinalTest,
+        double SecondsPerEpoch, IReadOnlyList<EpochMetrics> Epochs, Evaluation? EarlyValidation, Evaluation? EarlyTest,
+        double CodeSeconds, double WeightSeconds, long StateBytes);
+
+    public static int Run(string experiment, IReadOnlyDictionary<string, string> settings)
+    {
+        var command = "dotnet run --project src/Lifting.Examples -c Release -- am " + string.Join(" ", new[] { experiment }.Concat(settings.Where(kv => kv.Key != experiment).Select(kv => $"{kv.Key}={kv.Value}")));
+        return experiment switch
+        {
+            "lenet" => LeNet(settings, command),
+            "mlp" => Mlp(settings, command),
+            "binary" => Binary(settings, command),
+            "variants" => Variants(settings, command),
+            "speed" => Speed(settings, command),
+            "tune" => Tune(settings, command),
+            "limit" => Limit(settings, command),
+            "run" => Single(settings),
+            _ => throw new ArgumentException($"Unknown experiment '{experiment}' (known: lenet, mlp, binary, variants, speed, tune, limit, run)."),
+        };
+    }
+
+    // ---- shared ---------------------------------------------------------------------------------
+
+    private static string Get(IReadOnlyDictionary<string, string> s, string key, string fallback) => s.TryGetValue(key, out var v) ? v : fallback;
+    private static int Int(IReadOnlyDictionary<string, string> s, string key, int fallback) => int.Parse(Get(s, key, fallback.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
+    private static int[] Seeds(IReadOnlyDictionary<string, string> s) => Get(s, "seeds", "0,1,2").Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+    private static string F(double v, string format = "F4") => v.ToString(format, CultureInfo.InvariantCulture);
+
+    /// The method's settings: its defaults, then the experiment's `extra`, then am.KEY=VALUE (AM
+    /// methods) or adam.KEY=VALUE (backprop) from the command line.
+    private static MethodSettings Settings(string method, IReadOnlyDictionary<string, string> s, params (string Key, object Value)[] extra)
+    {
+        var prefix = method == "backprop" ? "adam." : "am.";
+        var settings = new MethodSettings(method);
+        foreach (var (k, v) in extra) settings = settings.With(k, v);
+        foreach (var (k, v) in s.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal))) settings = settings.With(k[prefix.Length..], v);
+        return settings;
+    }
+
+    private static string Describe(MethodSettings settings)
+    {
+        var m = Methods.Resolve(settings);
+        return $"{m.Name}: " + string.Join(", ", m.Arguments.Values.Select(kv => $"{kv.Key}={kv.Value}"));
+    }
+
+    /// Trains one run; `earlyBatch` > 0 also evaluates the weights after that many mini-batches of
+    /// the first epoch (the trainer updates the weights it is given in place).
+    private static Outcome Train(NestedProgram program, DataSplit data, MethodSettings settings, int epochs, int batch, int seed, int earlyBatch = 0, string tag = "")
+    {
+        var method = Methods.Resolve(settings);
+        using var weights = program.Initialise(seed);
+        Evaluation? earlyValidation = null, earlyTest = null;
+        var observer = Observers.Create(
+            e => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"   {tag} epoch {e.Epoch,2} val {e.ValidationAccuracy:F4} test {e.TestAccuracy:F4} loss {e.TrainLoss:F4} {e.Seconds:F1}s{(e.Diagnostics.TryGetValue("mu", out var mu) ? $" mu {mu:G4}" : "")}")),
+            (epoch, b, _) =>
+            {
+                if (epoch != 1 || b != earlyBatch) return;
+                earlyValidation = Trainer.Evaluate(program, weights.Tensors, data.Validation);
+                earlyTest = Trainer.Evaluate(program, weights.Tensors, data.Test);
+                Console.WriteLine($"   {tag} after {b} mini-batches: val {F(earlyValidation.Accuracy)} test {F(earlyTest.Accuracy)}");
+            });
+        using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
+            new TrainingOptions { Epochs = epochs, BatchSize = batch, Seed = seed }, observer, weights);
+        var am = method.Solver as AlternatingMinimisationSolver;
+        return new Outcome(result.Selected.TestAccuracy, result.Selected.ValidationAccuracy ?? double.NaN, result.SelectedEpoch, result.Final.TestAccuracy,
+            result.SecondsPerEpoch, result.Epochs, earlyValidation, earlyTest, am?.CodePhaseSeconds ?? 0, am?.WeightPhaseSeconds ?? 0, result.StateBytes);
+    }
+
+    private static string MeanSd(IEnumerable<double> values, string format = "F4")
+    {
+        var (mean, sd) = ResultsTable.MeanSd(values.ToArray());
+        return $"{F(mean, format)} ± {F(sd, format)}";
+    }
+
+    private static string Header(string command, string what, bool accuracies = true) =>
+        $"<!-- produced by: {command} -->\n" +
+        $"{what} Machine: {Environment.ProcessorCount} cores (CPU, shared with other jobs), {Threads.Count} LibTorch thread(s), {EngineInfo.Current(TorchSharp.torch.CPU).Cpu}." +
+        (accuracies ? " Test accuracies are at the epoch with the best validation accuracy (validation: 10 % of the training set, fixed split) unless a column says otherwise." : "") + "\n\n";
+
+    private static void Write(string file, string text)
+    {
+        var path = Path.Combine("docs", "results", file);
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        File.WriteAllText(path + ".tmp", text);
+        File.Move(path + ".tmp", path, overwrite: true);
+        Console.WriteLine(text);
+        Console.WriteLine($"wrote {path}");
+    }
+
+    private static string Settings(IEnumerable<MethodSettings> methods) =>
+        "Settings (every parameter, defaults included):\n\n" + string.Join("\n", methods.Select(m => $"- {Describe(m)}")) + "\n";
+
+    // ---- experiments ----------------------------------------------------------------------------
+
+    /// Seed 004 appendix B: LeNet-5 on full Fashion-MNIST, batch 128, 10 epochs; AM-Adam within one
+    /// point of Adam-backprop.
+    private static int LeNet(IReadOnlyDictionary<string, string> s, string command)
+    {
+        int epochs = Int(s, "epochs", 10), batch = Int(s, "batch", 128);
+        using var data = DatasetCatalog.Load(Get(s, "data", "fashion-mnist"));
+        var program = Zoo.LeNet5(data.Train.ExampleShape, data.Train.ClassCount);
+        var methods = new[] { Settings("backprop", s, ("lr", 2e-3)), Settings("am-adam", s) };
+        var runs = methods.Select(_ => new List<Outcome>()).ToArray();
+        foreach (var seed in Seeds(s))
+            for (int m = 0; m < methods.Length; m++)
+            {
+                Console.WriteLine($"== seed {seed} {Describe(methods[m])}");
+                runs[m].Add(Train(program, data, methods[m], epochs, batch, seed, tag: methods[m].Method));
+            }
+        var md = new StringBuilder(Header(command, $"Full Fashion-MNIST ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), LeNet-5 ({program.Blocks.Count} blocks: codes after conv1, conv2, dense120, dense84), batch {batch}, {epochs} epochs, seeds {string.Join(", ", Seeds(s))}; the two methods run one after the other for each seed."));
+        md.AppendLine("| method | test acc., mean ± sd | per seed: test (epoch, validation) | final test per seed | s/epoch (median) | × backprop |");
+        md.AppendLine("|---|---|---|---|---|---|");
+        var reference = runs[0].Select(r => r.SecondsPerEpoch).ToArray();
+        for (int m = 0; m < methods.Length; m++)
+        {
+            var ratios = runs[m].Select((r, i) => r.SecondsPerEpoch / reference[i]).OrderBy(x => x).ToArray();
+            md.AppendLine($"| {methods[m].Method} | {MeanSd(runs[m].Select(r => r.SelectedTest))} | {string.Join(" / ", runs[m].Select(r => $"{F(r.SelectedTest)} ({r.SelectedEpoch}, {F(r.SelectedValidation)})"))} | " +
+                $"{string.Join(" / ", runs[m].Select(r => F(r.FinalTest)))} | {F(Median(runs[m].Select(r => r.SecondsPerEpoch)), "F1")} | {F(ratios[ratios.Length / 2], "F2")} |");
+        }
+        var gaps = runs[0].Zip(runs[1]).Select(p => p.First.SelectedTest - p.Second.SelectedTest).ToArray();
+        md.AppendLine();
+        md.AppendLine($"Gap Adam − AM-Adam per seed: {string.Join(", ", gaps.Select(g => F(100 * g, "F2")))} points (mean {F(100 * gaps.Average(), "F2")}; target ≤ 1 point).");
+        md.AppendLine();
+        md.Append(Settings(methods));
+        Write(Get(s, "out", "am-lenet5-fashion.md"), md.ToString());
+        return 0;
+    }
+
+    /// Seed 004 §4 (Fig. 2) on Fashion-MNIST without BatchNorm: after 50 mini-batches and after 10
+    /// epochs, AM-Adam against Adam on 784-100-100-10 and 784-500-500-10.
+    private static int Mlp(IReadOnlyDictionary<string, string> s, string command)
+    {
+        int epochs = Int(s, "epochs", 10), batch = Int(s, "batch", 200), early = Int(s, "early", 50);
+        using var data = DatasetCatalog.Load(Get(s, "data", "fashion-mnist"));
+        var nets = Get(s, "nets", "784-100-100-10,784-500-500-10").Split(',');
+        var md = new StringBuilder(Header(command, $"Fashion-MNIST ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), ReLU MLPs without BatchNorm, batch {batch}, {epochs} epochs, seeds {string.Join(", ", Seeds(s))}; Adam and AM-Adam run one after the other for each seed. \"After {early} mini-batches\" is measured at that point of the first epoch (no selection)."));
+        md.AppendLine($"| network | method | test acc. after {early} mini-batches | its validation acc. | test acc. after {epochs} epochs (selected) | per seed (epoch) | final test | s/epoch (median) |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|");
+        var summary = new StringBuilder();
+        var all = new List<MethodSettings>();
+        foreach (var net in nets)
+        {
+            var program = NetSpec.Build(net, data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
+            var methods = new[] { Settings("backprop", s, ("lr", 1e-3)), Settings("am-adam", s) };
+            all.AddRange(methods);
+            var runs = methods.Select(_ => new List<Outcome>()).ToArray();
+            foreach (var seed in Seeds(s))
+                for (int m = 0; m < methods.Length; m++)
+                {
+                    Console.WriteLine($"== {net} seed {seed} {Describe(methods[m])}");
+                    runs[m].Add(Train(program, data, methods[m], epochs, batch, seed, early, $"{net} {methods[m].Method}"));
+                }
+            for (int m = 0; m < methods.Length; m++)
+                md.AppendLine($"| {net} | {methods[m].Method} | {MeanSd(runs[m].Select(r => r.EarlyTest!.Accuracy))} | {MeanSd(runs[m].Select(r => r.EarlyValidation!.Accuracy))} | " +
+                    $"{MeanSd(runs[m].Select(r => r.SelectedTest))} | {string.Join(" / ", runs[m].Select(r => $"{F(r.SelectedTest)} ({r.SelectedEpoch})"))} | " +
+                    $"{MeanSd(runs[m].Select(r => r.FinalTest))} | {F(Median(runs[m].Select(r => r.SecondsPerEpoch)), "F1")} |");
+            double Ratio(Func<Outcome, double> pick) => runs[1].Select(pick).Average() / runs[0].Select(pick).Average();
+            summary.AppendLine($"- {net}: AM-Adam / Adam = {F(Ratio(r => r.EarlyTest!.Accuracy), "F3")} after {early} mini-batches, {F(Ratio(r => r.SelectedTest), "F3")} after {epochs} epochs (target ≥ 0.98 both)" +
+                (net == "784-100-100-10" ? $"; AM-Adam {F(runs[1].Average(r => r.SelectedTest))} against the authors' code without BatchNorm, 0.851 (issue 9)." : "."));
+        }
+        md.AppendLine();
+        md.Append(summary);
+        md.AppendLine();
+        md.Append(Settings(all.Take(2)));
+        Write(Get(s, "out", $"am-mlp-fashion-{string.Join("+", nets)}.md"), md.ToString());
+        return 0;
+    }
+
+    /// Seed 004 §4, binary nets: 784-500-500-10 with a sign first hidden layer and a tanh second on
+    /// MNIST-10k, against backprop through the straight-through estimator (Lee et al. 2015's baseline).
+    private static int Binary(IReadOnlyDictionary<string, string> s, string command)
+    {
+        int epochs = Int(s, "epochs", 20), batch = Int(s, "batch", 200);
+        using var data = DatasetCatalog.Load(Get(s, "data", "mnist-10k"));
+        NestedProgram Net(string first) => NetSpec.Build($"dense:500, {first}, dense:500, tanh, dense:10", data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
+        var rows = new (string Label, NestedProgram Program, MethodSettings Method)[]
+        {
+            ("AM-Adam (squared distance to the codes)", Net("sign"), Settings("am-adam", s)),
+            ("AM-Adam (hinge to the codes' signs)", Net("sign"), Settings("am-adam", s, ("step-blocks", "hinge"))),
+            ("backprop, straight-through sign (STE)", Net("sign-ste"), Settings("backprop", s, ("lr", 1e-3))),
+            ("backprop through sign (no STE: the first layer gets no gradient)", Net("sign"), Settings("backprop", s, ("lr", 1e-3))),
+        };
+        var runs = rows.Select(_ => new List<Outcome>()).ToArray();
+        foreach (var seed in Seeds(s))
+            for (int m = 0; m < rows.Length; m++)
+            {
+                Console.WriteLine($"== seed {seed} {rows[m].Label}: {Describe(rows[m].Method)}");
+                runs[m].Add(Train(rows[m].Program, data, rows[m].Method, epochs, batch, seed, tag: rows[m].Method.Method));
+            }
+        var md = new StringBuilder(Header(command, $"MNIST-10k ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), 784-500-500-10 with sign on the first hidden layer and tanh on the second (no dropout), batch {batch}, {epochs} epochs, seeds {string.Join(", ", Seeds(s))}."));
+        md.AppendLine("| method | test error at the selected epoch, mean ± sd | per seed (epoch) | first epoch with test error ≤ 0.2, per seed | test error after epoch 1, 5, 20 (mean) | s/epoch (median) |");
+        md.AppendLine("|---|---|---|---|---|---|");
+        for (int m = 0; m < rows.Length; m++)
+        {
+            string At(int e) => e <= epochs ? F(runs[m].Average(r => 1 - r.Epochs[e - 1].TestAccuracy)) : "–";
+            md.AppendLine($"| {rows[m].Label} | {MeanSd(runs[m].Select(r => 1 - r.SelectedTest))} | {string.Join(" / ", runs[m].Select(r => $"{F(1 - r.SelectedTest)} ({r.SelectedEpoch})"))} | " +
+                $"{string.Join(" / ", runs[m].Select(r => r.Epochs.FirstOrDefault(e => 1 - e.TestAccuracy <= 0.2)?.Epoch.ToString(CultureInfo.InvariantCulture) ?? "never"))} | " +
+                $"{At(1)}, {At(5)}, {At(epochs)} | {F(Median(runs[m].Select(r => r.SecondsPerEpoch)), "F1")} |");
+        }
+        md.AppendLine();
+        md.Append(Settings(rows.Select(r => r.Method)));
+        Write(Get(s, "out", "am-binary-mnist10k.md"), md.ToString());
+        return 0;
+    }
+
+    /// AM-mem and the offline variants next to AM-Adam and Adam (seed 004 §4: AM-mem 0.91 / 0.96 on
+    /// MNIST with 100 / 500 units after 50 epochs; offline far below online).
+    private static int Variants(IReadOnlyDictionary<string, string> s, string command)
+    {
+        int epochs = Int(s, "epochs", 50), batch = Int(s, "batch", 200);
+        using var data = DatasetCatalog.Load(Get(s, "data", "mnist-10k"));
+        var nets = Get(s, "nets", "784-100-100-10,784-500-500-10").Split(',');
+        var names = Get(s, "methods", "backprop,am-adam,am-mem,am-adam-off,am-mem-off").Split(',');
+        var md = new StringBuilder(Header(command, $"MNIST-10k ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), ReLU MLPs, batch {batch} (the offline variants take one iteration per epoch over the whole training set; the batch is only their chunk size), {epochs} epochs, seeds {string.Join(", ", Seeds(s))}."));
+        md.AppendLine("| network | method | test acc., mean ± sd | per seed (epoch) | final test | auxiliary state kept | s/epoch (median) |");
+        md.AppendLine("|---|---|---|---|---|---|---|");
+        var described = new List<MethodSettings>();
+        foreach (var net in nets)
+        {
+            var program = NetSpec.Build(net, data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
+            var methods = names.Select(n => n == "backprop" ? Settings(n, s, ("lr", 1e-3)) : Settings(n, s)).ToArray();
+            if (described.Count == 0) described.AddRange(methods);
+            var runs = methods.Select(_ => new List<Outcome>()).ToArray();
+            foreach (var seed in Seeds(s))
+                for (int m = 0; m < methods.Length; m++)
+                {
+                    Console.WriteLine($"== {net} seed {seed} {Describe(methods[m])}");
+                    runs[m].Add(Train(program, data, methods[m], epochs, batch, seed, tag: $"{net} {methods[m].Method}"));
+                }
+            for (int m = 0; m < methods.Length; m++)
+                md.AppendLine($"| {net} | {methods[m].Method} | {MeanSd(runs[m].Select(r => r.SelectedTest))} | {string.Join(" / ", runs[m].Select(r => $"{F(r.SelectedTest)} ({r.SelectedEpoch})"))} | " +
+                    $"{MeanSd(runs[m].Select(r => r.FinalTest))} | {Bytes(runs[m][0].StateBytes)} | {F(Median(runs[m].Select(r => r.SecondsPerEpoch)), "F1")} |");
+        }
+        md.AppendLine();
+        md.Append(Settings(described));
+        Write(Get(s, "out", "am-variants-mnist10k.md"), md.ToString());
+        return 0;
+    }
+
+    /// Seconds per epoch of backprop and AM-Adam (sequential and layer-parallel weight updates),
+    /// interleaved: each round trains one epoch of each, so a drift of the machine's speed hits all
+    /// three alike; the ratio is taken within each round. The weight phase is timed on its own.
+    private static int Speed(IReadOnlyDictionary<string, string> s, string command)
+    {
+        int rounds = Int(s, "rounds", 3), batch = Int(s, "batch", 200);
+        var net = Get(s, "net", "784-500-500-10");
+        using var data = DatasetCatalog.Load(Get(s, "data", "fashion-mnist"));
+        var program = NetSpec.Build(net, data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
+        var methods = new[] { Settings("backprop", s, ("lr", 1e-3)), Settings("am-adam", s, ("parallel", false)), Settings("am-adam", s, ("parallel", true)) };
+        var labels = new[] { "backprop (Adam)", "AM-Adam, weights layer by layer", "AM-Adam, weights of the layers in parallel" };
+        var seconds = methods.Select(_ => new List<double>()).ToArray();
+        var codePhase = methods.Select(_ => new List<double>()).ToArray();
+        var weightPhase = methods.Select(_ => new List<double>()).ToArray();
+        for (int r = 0; r < rounds; r++)
+            for (int m = 0; m < methods.Length; m++)
+            {
+                Console.WriteLine($"== round {r + 1} {labels[m]}");
+                var o = Train(program, data, methods[m], 1, batch, r, tag: labels[m]);
+                seconds[m].Add(o.SecondsPerEpoch);
+                codePhase[m].Add(o.CodeSeconds);
+                weightPhase[m].Add(o.WeightSeconds);
+            }
+        var md = new StringBuilder(Header(command, $"Fashion-MNIST ({data.Train.Count} training examples per epoch), {net} ReLU, batch {batch}, {rounds} interleaved rounds of one epoch per method (seed = round)."));
+        md.AppendLine("| method | s/epoch (median, min–max) | × backprop, within a round (median, min–max) | code phase s/epoch (median) | weight phase s/epoch (median, min–max) |");
+        md.AppendLine("|---|---|---|---|---|");
+        for (int m = 0; m < methods.Length; m++)
+        {
+            var ratios = seconds[m].Zip(seconds[0], (a, b) => a / b).ToArray();
+            md.AppendLine($"| {labels[m]} | {F(Median(seconds[m]), "F2")} ({F(seconds[m].Min(), "F2")}–{F(seconds[m].Max(), "F2")}) | " +
+                $"{F(Median(ratios), "F2")} ({F(ratios.Min(), "F2")}–{F(ratios.Max(), "F2")}) | " +
+                (m == 0 ? "– | – |" : $"{F(Median(codePhase[m]), "F2")} | {F(Median(weightPhase[m]), "F2")} ({F(weightPhase[m].Min(), "F2")}–{F(weightPhase[m].Max(), "F2")}) |"));
+        }
+        var parallelRatios = weightPhase[2].Zip(weightPhase[1], (p, q) => p / q).ToArray();
+        md.AppendLine();
+        md.AppendLine($"Weight phase, parallel / sequential within a round: {string.Join(", ", parallelRatios.Select(x => F(x, "F2")))} (median {F(Median(parallelRatios), "F2")}).");
+        md.AppendLine();
+        md.Append(Settings(methods));
+        Write(Get(s, "out", $"am-speed-threads{Threads.Count}.md"), md.ToString());
+        return 0;
+    }
+
+    /// The grid the AM-Adam defaults were chosen from, on validation accuracy only.
+    private static int Tune(IReadOnlyDictionary<string, string> s, string command)
+    {
+        int epochs = Int(s, "epochs", 3), batch = Int(s, "batch", 200), seed = Int(s, "seed", 0);
+        var net = Get(s, "net", "784-100-100-10");
+        using var data = DatasetCatalog.Load(Get(s, "data", "fashion-mnist"));
+        var program = NetSpec.Build(net, data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
+        var method = Get(s, "method", "am-adam");
+        // grid=KEY:V1|V2;KEY:V1|V2 — every combination.
+        var axes = Get(s, "grid", "lr:0.001|0.002|0.005;lr-codes:0.005|0.02|0.1;code-steps:1|3")
+            .Split(';').Select(a => a.Split(':')).Select(a => (Key: a[0], Values: a[1].Split('|'))).ToArray();
+        IEnumerable<(string Key, string Value)[]> Combinations(int i) => i == axes.Length
+            ? new[] { Array.Empty<(string, string)>() }
+            : axes[i].Values.SelectMany(v => Combinations(i + 1).Select(rest => new[] { (axes[i].Key, v) }.Concat(rest).ToArray()));
+        var rows = new List<(string Setting, Outcome Outcome)>();
+        foreach (var combination in Combinations(0))
+        {
+            var settings = Settings(method, s, combination.Select(c => (c.Key, (object)c.Value)).ToArray());
+            var label = string.Join(", ", combination.Select(c => $"{c.Key}={c.Value}"));
+            Console.WriteLine($"== {label}");
+            try { rows.Add((label, Train(program, data, settings, epochs, batch, seed, tag: label))); }
+            catch (TrainingDivergedException e) { Console.WriteLine($"   {e.Message}"); }
+        }
+        var md = new StringBuilder(Header(command, $"Validation accuracy of {method} over a grid, {Get(s, "data", "fashion-mnist")}, {net}, batch {batch}, {epochs} epochs, seed {seed}. Only the validation column was used to choose; the test column is shown for completeness, not selection."));
+        md.AppendLine("| setting | best validation acc. (epoch) | test acc. there |");
+        md.AppendLine("|---|---|---|");
+        foreach (var (setting, o) in rows.OrderByDescending(r => r.Outcome.SelectedValidation))
+            md.AppendLine($"| {setting} | {F(o.SelectedValidation)} ({o.SelectedEpoch}) | {F(o.SelectedTest)} |");
+        md.AppendLine();
+        md.AppendLine($"Other parameters: {Describe(Settings(method, s))}.");
+        Write(Get(s, "out", $"am-tuning-{method}-{net}.md"), md.ToString());
+        return 0;
+    }
+
+    /// After one top-down code pass at μ: the largest code displacement from the forward values and,
+    /// per block, the cosine between the AM weight direction and the backprop gradient (float64,
+    /// one batch of 5 examples, 6-8-7-3 MLPs).
+    private static int Limit(IReadOnlyDictionary<string, string> s, string command)
+    {
+        var mus = new[] { 0.01, 1.0, 100.0, 1e4 };
+        var md = new StringBuilder(Header(command, "The μ → ∞ limit on random 6-8-7-3 MLPs (float64, a batch of 5, seeds 1–3): after one top-down code pass, the largest |c − c⁰| and, for blocks 1, 2, 3, the cosine between the AM weight direction and the back-propagation gradient.", accuracies: false));
+        md.AppendLine("| activation | code step, steps | seed | " + string.Join(" | ", mus.Select(m => $"μ = {m:G3}: max abs(c − c⁰); cosines")) + " |");
+        md.AppendLine("|---|---|---|" + string.Concat(mus.Select(_ => "---|")));
+        foreach (var activation in new[] { Activations.Tanh, Activations.ReLU })
+            foreach (var (step, steps) in new[] { (0.05, 1), (0.3, 1), (0.05, 5), (0.3, 5) })
+                foreach (var seed in new[] { 1, 2, 3 })
+                {
+                    var cells = mus.Select(mu =>
+                    {
+                        var (moved, cosines) = AfterCodes(activation, step, steps, seed, mu);
+                        return $"{F(moved, "E1")}; {string.Join(" ", cosines.Select(c => F(c)))}";
+                    });
+                    md.AppendLine($"| {activation.Name} | {step}, {steps} | {seed} | {string.Join(" | ", cells)} |");
+                }
+        Write(Get(s, "out", "am-limit.md"), md.ToString());
+        return 0;
+    }
+
+    private static (double Moved, double[] Cosines) AfterCodes(IActivation activation, double step, int steps, int seed, double mu)
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var f64 = TorchSharp.torch.ScalarType.Float64;
+        var program = Net.Mlp(new long[] { 6 }, new long[] { 6, 8, 7, 3 }, activation, Losses.CrossEntropy);
+        using var generator = new TorchSharp.torch.Generator((ulong)seed);
+        var x = TorchSharp.torch.randn(new long[] { 5, 6 }, dtype: f64, generator: generator);
+        var y = TorchSharp.torch.randint(3, new long[] { 5 }, generator: generator);
+        using var weights = program.Initialise(seed, TorchSharp.torch.CPU, f64);
+        TorchSharp.torch.Tensor[] reference;
+        using (TorchSharp.torch.enable_grad())
+        {
+            var loss = program.Loss.PerExample(program.Forward(x, weights.Tensors), y).mean();
+            reference = TorchSharp.torch.autograd.grad(new[] { loss }, weights.Tensors.ToArray()).ToArray();
+        }
+        var formulation = new Lifting.Formulations.OnlineAlternatingMinimisation(new Lifting.Formulations.OnlineAlternatingMinimisationOptions { Mu = new Lifting.Formulations.MuSchedule(mu) });
+        var rules = new Func<string, IStepRule>(p => p == "codes" ? StepRules.Momentum(step, 0.9, true) : StepRules.Constant(0.1));
+        var context = new Lifting.Formulations.LiftContext(program, new Dataset("limit", x, y, 3), TorchSharp.torch.CPU, f64, 0, rules, 0);
+        using var problem = formulation.Lift(context, weights);
+        using var batchGame = problem.Batch(new MiniBatch(TorchSharp.torch.arange(5L), x, y));
+        var game = (IAlternatingMinimisationGame)batchGame;
+        var codes = batchGame.Players[1].Variables;
+        var forward = codes.Select(c => c.detach().clone()).ToArray();
+        new AlternatingMinimisationSolver(new AlternatingMinimisationSolverOptions { CodeSteps = steps }).UpdateCodes(game);
+        var moved = codes.Zip(forward).Max(p => (p.First - p.Second).abs().max().ToDouble());
+        var cosines = game.WeightProblems().Select((problemOfBlock, l) =>
+        {
+            var a = TorchSharp.torch.cat(problemOfBlock.Direction().Select(t => t.flatten()).ToArray());
+            var b = TorchSharp.torch.cat(program.BlockWeights(reference, l).Select(t => t.flatten()).ToArray());
+            return (a.dot(b) / (a.norm() * b.norm())).ToDouble();
+        }).ToArray();
+        return (moved, cosines);
+    }
+
+    private static int Single(IReadOnlyDictionary<string, string> s)
+    {
+        using var data = DatasetCatalog.Load(Get(s, "data", "mnist-10k"));
+        var program = NetSpec.Build(Get(s, "net", "784-100-100-10"), data.Train.ExampleShape, data.Train.ClassCount, Activations.ByName(Get(s, "activation", "relu")), Losses.CrossEntropy);
+        var run = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "threads", "method", "early", "run" };
+        var settings = new MethodSettings(Get(s, "method", "am-adam"))
+        {
+            Values = s.Where(kv => !run.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value),
+        };
+        Console.WriteLine(Describe(settings));
+        var watch = Stopwatch.StartNew();
+        var o = Train(program, data, settings, Int(s, "epochs", 5), Int(s, "batch", 200), Int(s, "seed", 0), Int(s, "early", 0), settings.Method);
+        Console.WriteLine($"RESULT selected epoch {o.SelectedEpoch} validation {F(o.SelectedValidation)} test {F(o.SelectedTest)}; final test {F(o.FinalTest)}; " +
+            $"s/epoch {F(o.SecondsPerEpoch, "F2")} (code phase {F(o.CodeSeconds, "F1")} s, weight phase {F(o.WeightSeconds, "F1")} s in all); {F(watch.Elapsed.TotalSeconds, "F0")} s");
+        return 0;
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.OrderBy(v => v).ToArray();
+        return sorted.Length == 0 ? double.NaN : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : 0.5 * (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]);
+    }
+
+    private static string Bytes(long bytes) => bytes == 0 ? "0 B" : bytes < 1 << 20 ? $"{F(bytes / 1024.0, "F0")} KiB" : $"{F(bytes / 1048576.0, "F1")} MiB";
+}
