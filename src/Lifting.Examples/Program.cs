@@ -18,6 +18,8 @@ if (settings.TryGetValue("threads", out var threadCount)) Threads.Set(int.Parse(
 if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(settings);
 if (args.FirstOrDefault() == "probe") return Lifting.Examples.Probe.Run(settings);
 if (args.FirstOrDefault() == "steptime") return Lifting.Examples.StepTime.Run(settings);
+if (args.FirstOrDefault() == "contrastive-probe") return Lifting.Examples.ContrastiveProbe.Run(settings);
+if (args.FirstOrDefault() == "contrastive") return Lifting.Examples.ContrastiveTable.Run(settings, args);
 
 var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
 string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;

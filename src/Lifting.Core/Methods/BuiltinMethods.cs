@@ -8,7 +8,7 @@ namespace Lifting;
 /// (`XxxMethods.All`) and are appended to `All`.
 internal static class BuiltinMethods
 {
-    public static IEnumerable<MethodDefinition> All => Core;
+    public static IEnumerable<MethodDefinition> All => Core.Concat(ContrastiveMethods.All);
 
     private static IEnumerable<MethodDefinition> Core => new[]
     {

@@ -3,7 +3,7 @@ using System.Globalization;
 namespace Lifting;
 
 /// The kind of value a method parameter takes.
-public enum ParameterKind { Real, Integer, Flag, Choice, Name }
+public enum ParameterKind { Real, Integer, Flag, Choice, Name, RealList }
 
 /// One hyperparameter of a method: its name (the host's flag `--name`), kind, default, a one-line
 /// description and the values it accepts. Values are carried as invariant text ("0.001", "true",
@@ -58,6 +58,19 @@ public sealed record MethodParameter
     public static MethodParameter Integer(string name, int @default, string description, int minimum = 0) =>
         new(name, ParameterKind.Integer, Format(@default), description) { Minimum = minimum };
 
+    /// One real number or several, comma-separated ("0.1" or "0.5,0.5,0.1"), each finite and in
+    /// [minimum, maximum] (either end exclusive on request). Read with `MethodArguments.Reals`.
+    public static MethodParameter RealList(string name, IReadOnlyList<double> @default, string description,
+        double minimum = double.NegativeInfinity, bool minimumExclusive = false,
+        double maximum = double.PositiveInfinity, bool maximumExclusive = false)
+    {
+        if (@default.Count == 0) throw new ArgumentException($"Parameter '{name}' needs at least one default value.");
+        return new(name, ParameterKind.RealList, Format(@default), description)
+        {
+            Minimum = minimum, MinimumExclusive = minimumExclusive, Maximum = maximum, MaximumExclusive = maximumExclusive,
+        };
+    }
+
     /// On or off; on the command line a flag without a value means on.
     public static MethodParameter Flag(string name, bool @default, string description) =>
         new(name, ParameterKind.Flag, Format(@default), description);
@@ -76,13 +89,16 @@ public sealed record MethodParameter
         ParameterKind.Flag => "true | false",
         ParameterKind.Choice => string.Join(" | ", Choices),
         ParameterKind.Name => "name",
-        _ => (double.IsNegativeInfinity(Minimum), double.IsPositiveInfinity(Maximum)) switch
-        {
-            (true, true) => Kind == ParameterKind.Integer ? "integer" : "real",
-            (false, true) => $"{(Kind == ParameterKind.Integer ? "integer " : "")}{(MinimumExclusive ? ">" : ">=")} {Format(Minimum)}",
-            (true, false) => $"{(MaximumExclusive ? "<" : "<=")} {Format(Maximum)}",
-            _ => $"{Format(Minimum)} {(MinimumExclusive ? "<" : "<=")} x {(MaximumExclusive ? "<" : "<=")} {Format(Maximum)}",
-        },
+        ParameterKind.RealList => "x[,x…] each " + Bounds(),
+        _ => Bounds(),
+    };
+
+    private string Bounds() => (double.IsNegativeInfinity(Minimum), double.IsPositiveInfinity(Maximum)) switch
+    {
+        (true, true) => Kind == ParameterKind.Integer ? "integer" : "real",
+        (false, true) => $"{(Kind == ParameterKind.Integer ? "integer " : "")}{(MinimumExclusive ? ">" : ">=")} {Format(Minimum)}",
+        (true, false) => $"{(MaximumExclusive ? "<" : "<=")} {Format(Maximum)}",
+        _ => $"{Format(Minimum)} {(MinimumExclusive ? "<" : "<=")} x {(MaximumExclusive ? "<" : "<=")} {Format(Maximum)}",
     };
 
     /// The canonical text of `text`, or an ArgumentException naming the parameter, the value and
@@ -108,6 +124,13 @@ public sealed record MethodParameter
                     "false" or "off" or "no" or "0" => "false",
                     _ => throw new ArgumentException(Bad()),
                 };
+            case ParameterKind.RealList:
+                var parts = value.Split(',');
+                var reals = new double[parts.Length];
+                for (int i = 0; i < parts.Length; i++)
+                    if (!double.TryParse(parts[i].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out reals[i]) || !double.IsFinite(reals[i]) || !InRange(reals[i]))
+                        throw new ArgumentException(Bad());
+                return Format(reals);
             case ParameterKind.Choice:
                 var lower = value.ToLowerInvariant();
                 if (Aliases.TryGetValue(lower, out var canonical)) return canonical;
@@ -130,6 +153,7 @@ public sealed record MethodParameter
         long l => l.ToString(CultureInfo.InvariantCulture),
         bool b => b ? "true" : "false",
         string s => s,
+        IEnumerable<double> list => string.Join(",", list.Select(d => d.ToString("R", CultureInfo.InvariantCulture))),
         _ => Convert.ToString(value, CultureInfo.InvariantCulture) ?? "",
     };
 }

@@ -47,6 +47,8 @@ public sealed class MethodArguments
     public double Real(string name) => double.Parse(Text(name), CultureInfo.InvariantCulture);
     public int Integer(string name) => int.Parse(Text(name), CultureInfo.InvariantCulture);
     public bool Flag(string name) => Text(name) == "true";
+    /// The values of a `RealList` parameter (one or more).
+    public IReadOnlyList<double> Reals(string name) => Text(name).Split(',').Select(v => double.Parse(v, CultureInfo.InvariantCulture)).ToArray();
     public bool Has(string name) => values.ContainsKey(name);
 
     private string Check(string name) => values.ContainsKey(name) ? name
