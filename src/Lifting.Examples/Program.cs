@@ -28,6 +28,8 @@ if (args.FirstOrDefault() == "distprop-table") return Lifting.Examples.DistPropT
 if (args.FirstOrDefault() == "distprop-memory") return Lifting.Examples.DistPropMemory.Run(settings);
 if (args.FirstOrDefault() == "distprop-carry") return Lifting.Examples.DistPropCarryOver.Run(settings);
 if (args.FirstOrDefault() == "distprop-sweep") return Lifting.Examples.DistPropSweep.Run(settings);
+if (args.FirstOrDefault() == "contrastive-probe") return Lifting.Examples.ContrastiveProbe.Run(settings);
+if (args.FirstOrDefault() == "contrastive") return Lifting.Examples.ContrastiveTable.Run(settings, args);
 
 var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
 string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;

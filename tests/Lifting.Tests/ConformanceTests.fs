@@ -50,6 +50,14 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     // Seed 004: codes live for one mini-batch; generic solvers see the gradient of Q_μ.
     "online alternating minimisation", (fun () -> OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions(Mu = MuSchedule(1.0)))), 0.05, false
     "online alternating minimisation, memories", (fun () -> OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions(Mu = MuSchedule(1.0), Memory = true))), 0.05, false
+    // The contrastive family (seed 002): per-batch activations inferred, then the weights step.
+    // Solvers that move weights and activations together evaluate the weights' direction at
+    // activations inferred for other weights; the top-down surrogates' (1/β)E_k then acts as a
+    // penalty of stiffness 1/β on the weights, so with steps of 0.1 they need β near 1.
+    "pcn", (fun () -> PredictiveCoding(ContrastiveOptions(Beta = [| 1.0 |], InferenceSteps = 10))), 0.1, false
+    "lpom", (fun () -> LiftedProximalOperatorMachine(ContrastiveOptions(Beta = [| 1.0 |], InferenceSteps = 10))), 0.1, false
+    "chl", (fun () -> ContrastiveHebbian(ContrastiveOptions(Beta = [| 0.2 |], Discount = 0.2, InferenceSteps = 10))), 0.1, false
+    "eqprop", (fun () -> ContrastiveHebbian(ContrastiveOptions(Beta = [| 0.05 |], Discount = 0.1, Symmetric = true, InferenceSteps = 10))), 0.1, false
 ]
 
 /// Solver rows: name, factory from the formulation's schedule, whether it solves saddle points,

@@ -139,4 +139,6 @@ public static class PlayerNames
     public const string Weights = "weights";
     public const string States = "states";
     public const string Multipliers = "multipliers";
+    /// Per-batch activations of an inference-learning method (the free and clamped solutions of a contrastive surrogate).
+    public const string Activations = "activations";
 }

@@ -9,7 +9,7 @@ namespace Lifting;
 internal static class BuiltinMethods
 {
     public static IEnumerable<MethodDefinition> All =>
-        Core.Concat(FenchelBackpropMethods.All).Concat(DistPropMethods.All).Concat(AlternatingMinimisationMethods.All);
+        Core.Concat(FenchelBackpropMethods.All).Concat(ContrastiveMethods.All).Concat(DistPropMethods.All).Concat(AlternatingMinimisationMethods.All);
 
     private static IEnumerable<MethodDefinition> Core => new[]
     {

@@ -151,6 +151,7 @@ public sealed record MethodParameter
         long l => l.ToString(CultureInfo.InvariantCulture),
         bool b => b ? "true" : "false",
         string s => s,
+        IEnumerable<double> list => string.Join(",", list.Select(d => d.ToString("R", CultureInfo.InvariantCulture))),
         _ => Convert.ToString(value, CultureInfo.InvariantCulture) ?? "",
     };
 }
