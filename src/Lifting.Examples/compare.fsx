@@ -22,7 +22,7 @@ let digits = Data.load "digits"
 let f1 = Layer.block (Layer.flatten --> Layer.dense 64 --> Layer.relu)
 let f2 = Layer.dense 10
 let program = Program.input [ 1; 8; 8 ] --> f1 --> f2 |> Program.crossEntropy
-let options = { Options.defaults with Epochs = epochs }
+let options = { Options.defaults with Epochs = epochs; BatchSize = 32 }
 
 let runs =
     [ for name in [ "backprop"; "extraprop" ] ->
@@ -35,7 +35,7 @@ for r in runs do
     printfn "| %s | %.3f | %d | %.1e | %.2f |" r.Method r.Selected.TestAccuracy r.Selected.Number r.FinalDefect r.SecondsPerEpoch
 for r in runs do printfn "%s: test accuracy %.3f" r.Method r.Selected.TestAccuracy
 
-let plot = ScottPlot.Plot()
+let plot = new ScottPlot.Plot()
 for r in runs do
     let xs = [| for e in r.Epochs -> float e.Number |]
     let ys = [| for e in r.Epochs -> defaultArg e.ValidationAccuracy nan |]
@@ -43,7 +43,7 @@ for r in runs do
     line.LegendText <- r.Method
 plot.XLabel "epoch"
 plot.YLabel "validation accuracy"
-plot.Title $"UCI digits, 64-64-10 ReLU, {epochs} epochs"
+plot.Title $"UCI digits, 64-64-10 ReLU, batch 32, {epochs} epochs"
 plot.ShowLegend() |> ignore
 plot.SavePng(out, 640, 400) |> ignore
 printfn "plot: %s" out

@@ -10,13 +10,13 @@ open Lifting.Tests.PackageTests
 [<Tests>]
 let tests =
     testSequenced <| testList "ScriptTests" [
-        test "compare.fsx trains backprop and ExtraProp on digits (3 epochs), prints both test accuracies (>= 0.8) and writes the plot as a PNG" {
+        test "compare.fsx trains backprop and ExtraProp on digits (5 epochs), prints both test accuracies (>= 0.8) and writes the plot as a PNG" {
             let dir = Path.Combine(Path.GetTempPath(), "lifting-script-" + Guid.NewGuid().ToString("N"))
             Directory.CreateDirectory dir |> ignore
             try
                 let png = Path.Combine(dir, "compare.png")
                 let script = Path.Combine(repository.Force(), "src", "Lifting.Examples", "compare.fsx")
-                let output = run dir [] "dotnet" [ "fsi"; script; "--epochs"; "3"; "--out"; png ]
+                let output = run dir [] "dotnet" [ "fsi"; script; "--epochs"; "5"; "--out"; png ]
                 let results = accuracies output
                 Expect.equal (List.map fst results) [ "backprop"; "extraprop" ] $"two result lines:\n{output}"
                 for (name, accuracy) in results do Expect.isGreaterThanOrEqual accuracy 0.8 $"{name}: {output}"
