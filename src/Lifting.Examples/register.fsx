@@ -23,8 +23,8 @@ Method.define
 
 let lifting (args: string list) =
     let code = Lifting.Host.Cli.Run(Array.ofList args, stdout, stderr)
-    if code <> 0 then failwith $"lifting {String.concat " " args} exited with {code}"
+    if code <> 0 then failwithf "lifting %s exited with %d" (String.concat " " args) code
 
 for p in Method.parameters "penalty-eg" do printfn "  --%-18s %-10s %s" p.Name p.Default p.Description
 lifting [ "train"; "--method"; "penalty-eg"; "--mu"; "20"; "--epochs"; "3" ]
-lifting [ "bench"; "--methods"; "backprop,penalty-eg"; "--epochs"; "2"; "--repeats"; "1" ]
+lifting [ "bench"; "--methods"; "backprop,penalty-eg"; "--data"; "digits"; "--net"; "64-64-10"; "--epochs"; "2"; "--repeats"; "1" ]

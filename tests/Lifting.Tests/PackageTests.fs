@@ -19,7 +19,9 @@ let repository =
             | d -> up d.Parent
         up (DirectoryInfo AppContext.BaseDirectory))
 
-let version = "0.1.0"
+/// A version of its own for every run: a package restored by an earlier run (or found in the
+/// machine's package folder) can never stand in for the one packed now.
+let version = "0.1.0-test." + DateTime.UtcNow.ToString("yyyyMMddHHmmss")
 
 /// The machine's NuGet package folder (where restored packages already are).
 let machinePackages =
@@ -76,8 +78,9 @@ let workspace (feed: string) =
 /// package a Linux user installs).
 let pack (projects: string list) =
     let feed = Path.Combine(Path.GetTempPath(), "lifting-feed-" + Guid.NewGuid().ToString("N"))
+    AppDomain.CurrentDomain.ProcessExit.Add(fun _ -> if Directory.Exists feed then Directory.Delete(feed, true))
     for project in projects do
-        let args = [ "pack"; Path.Combine("src", project); "-c"; "Release"; "-o"; feed; "--nologo"; "-v"; "quiet" ]
+        let args = [ "pack"; Path.Combine("src", project); "-c"; "Release"; "-o"; feed; "--nologo"; "-v"; "quiet"; $"-p:PackageVersion={version}" ]
         let extra = if project = "Lifting.Tool" then [ "-p:ToolPackageRuntimeIdentifiers=linux-x64" ] else [ "--no-build" ]
         dotnet (repository.Force()) (args @ extra) |> ignore
     feed
