@@ -214,20 +214,32 @@ public static class Conformance
             using var scope = NewDisposeScope();
             var s = solver.Create(Array.Empty<SubProblem>());
             var game = solver.SolvesSaddlePoints
-                ? RandomGames.StronglyMonotone(seed + g, () => StepRules.Constant(stepSize), s.MemorySlots)
-                : RandomGames.StronglyConvex(seed + g, () => StepRules.Constant(stepSize), s.MemorySlots);
+                ? RandomGames.StronglyMonotone(seed + g, () => new TensorStep(stepSize), s.MemorySlots)
+                : RandomGames.StronglyConvex(seed + g, () => new TensorStep(stepSize), s.MemorySlots);
             var kind = solver.SolvesSaddlePoints ? "strongly monotone game" : "strongly convex minimisation";
             var ratio = Iterate(s, game, iterations);
             if (!(ratio < 1e-4))
                 throw new ConformanceException($"{solver.Name}: on {kind} {seed + g} the distance to the solution fell only to {ratio:G3} of its start in {iterations} steps of {stepSize}");
             worst = Math.Max(worst, ratio);
             if (!solver.ConvergesOnRotations || !solver.SolvesSaddlePoints) continue;
-            var rotation = RandomGames.Bilinear(seed + g, () => StepRules.Constant(0.1), s.MemorySlots);
+            var rotation = RandomGames.Bilinear(seed + g, () => new TensorStep(0.1), s.MemorySlots);
             var spun = Iterate(solver.Create(Array.Empty<SubProblem>()), rotation, 1000);
             if (!(spun < 2))
                 throw new ConformanceException($"{solver.Name}: on bilinear game {seed + g} (a rotation) the distance to the saddle point grew to {spun:G3} times its start in 1000 steps of 0.1; a solver that spirals out on rotations must say so (ConvergesOnRotations = false)");
         }
         return worst;
+    }
+
+    /// d = α g with α a tensor: `StepRules.Constant` multiplied by a double makes a temporary Scalar
+    /// per step (see RandomGames.Objective).
+    private sealed class TensorStep : IStepRule
+    {
+        private readonly double lr;
+        private readonly Tensor rate;
+        public TensorStep(double lr) { this.lr = lr; rate = tensor(lr, dtype: ScalarType.Float64).DetachFromDisposeScope(); }
+        public string Name => $"constant(lr={lr})";
+        public StepState Init(Tensor variable, bool rowIndexed) => new(Array.Empty<Tensor>());
+        public Tensor Displacement(Tensor direction, StepState state) => direction.mul(rate);
     }
 
     private static double Iterate(ISolver solver, RandomGame game, int iterations)

@@ -42,8 +42,10 @@ public static class RandomGames
         var y0 = randn(new long[] { m }, dtype: ScalarType.Float64, generator: generator);
         var x = FunctionGame.NewPlayer("x", Role.Minimise, x0, rule(), memorySlots);
         var y = FunctionGame.NewPlayer("y", Role.Maximise, y0, rule(), memorySlots);
-        var game = new FunctionGame(new[] { x, y }, v =>
-            0.5 * v[0].dot(p.mv(v[0])) + v[0].dot(a.mv(v[1])) - 0.5 * v[1].dot(q.mv(v[1])) + bx.dot(v[0]) - cy.dot(v[1]));
+        // Written without scalar arithmetic (see Objective).
+        var (halfP, halfQ) = (p / 2, q / 2);
+        var game = new FunctionGame(new[] { x, y }, v => Objective(
+            v[0].dot(halfP.mv(v[0])), v[0].dot(a.mv(v[1])), v[1].dot(halfQ.mv(v[1])).neg(), bx.dot(v[0]), cy.dot(v[1]).neg()));
         return new RandomGame(game, x, y, solution.narrow(0, 0, n), solution.narrow(0, n, m), seed);
     }
 
@@ -58,13 +60,19 @@ public static class RandomGames
         var solution = linalg.solve(h, -c);
         var x = FunctionGame.NewPlayer("x", Role.Minimise, randn(new long[] { n }, dtype: ScalarType.Float64, generator: generator), rule(), memorySlots);
         var y = FunctionGame.NewPlayer("y", Role.Minimise, randn(new long[] { m }, dtype: ScalarType.Float64, generator: generator), rule(), memorySlots);
+        var halfH = h / 2;
         var game = new FunctionGame(new[] { x, y }, v =>
         {
             var z = cat(new[] { v[0], v[1] });
-            return 0.5 * z.dot(h.mv(z)) + c.dot(z);
+            return Objective(z.dot(halfH.mv(z)), c.dot(z));
         });
         return new RandomGame(game, x, y, solution.narrow(0, 0, n), solution.narrow(0, n, m), seed);
     }
+
+    /// The sum of the objective's terms. Games are evaluated thousands of times in a check, so they
+    /// avoid `+` and scalar factors, each of which makes a temporary TorchSharp Scalar that the
+    /// finalizer may free while the native call still reads it (a rare crash under heavy allocation).
+    private static Tensor Objective(params Tensor[] terms) => stack(terms).sum();
 
     /// The bilinear game min_x max_y xᵀAy (a pure rotation for square A, saddle at 0) from a random
     /// start: gradient descent–ascent spirals out on it, extragradient-type solvers converge.
