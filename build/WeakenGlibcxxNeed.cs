@@ -1,4 +1,9 @@
-// MSBuild inline task (RoslynCodeTaskFactory), used by Directory.Build.targets.
+// The LibTorchSharp load fix (docs/engine.md), in one file used twice:
+//   - as the source of an MSBuild inline task (RoslynCodeTaskFactory) in build/Lifting.Core.targets,
+//     which this repository imports for its own projects and the Lifting.Core package ships in its
+//     build/ and buildTransitive/ folders, so every project that references the package runs it;
+//   - compiled into Lifting.Core (LIFTING_CORE defined) for the run-time fallback of hosts with no
+//     build output of their own, such as `dotnet fsi` (NativeBackend.cs).
 //
 // Why: TorchSharp 0.107.0's libLibTorchSharp.so declares a need for GLIBCXX_3.4.32 for a single
 // symbol, std::ios_base_library_init(), a link-time marker that is never called at run time.
@@ -7,10 +12,13 @@
 // entry) lets the loader accept the library; every other version need stays strict.
 //
 // The task edits only copies under a build or publish output folder, and only when no system
-// libstdc++ provides the version. It is idempotent.
+// libstdc++ provides the version (or when asked to always do so, for a package that ships the
+// library, such as the `lifting` tool). It writes beside the file and renames, so a copy that is a
+// hard link into the NuGet cache is replaced, never written through. It is idempotent.
 using System;
 using System.IO;
 using System.Text;
+#if !LIFTING_CORE
 using Microsoft.Build.Framework;
 using Microsoft.Build.Utilities;
 
@@ -18,8 +26,43 @@ public class WeakenGlibcxxNeed : Task
 {
     [Required] public string Directory { get; set; } = "";
     [Required] public string Version { get; set; } = "";
+    /// Weaken even where the system provides the version (a package built here may run elsewhere).
+    public bool Always { get; set; }
 
-    const string Target = "libLibTorchSharp.so";
+    public override bool Execute()
+    {
+        if (!System.IO.Directory.Exists(Directory)) return true;
+        var libraries = System.IO.Directory.GetFiles(Directory, GlibcxxNeed.Library, SearchOption.AllDirectories);
+        if (libraries.Length == 0) return true;
+        if (!Always && GlibcxxNeed.SystemProvides(Version))
+        {
+            Log.LogMessage(MessageImportance.Low, $"System libstdc++ provides {Version}; {GlibcxxNeed.Library} left as shipped.");
+            return true;
+        }
+        foreach (var path in libraries)
+        {
+            try
+            {
+                var changed = GlibcxxNeed.WeakenFile(path, Version);
+                Log.LogMessage(MessageImportance.Normal,
+                    changed ? $"Marked {Version} weak in {path}" : $"{Version} already weak or absent in {path}");
+            }
+            catch (Exception e)
+            {
+                Log.LogError($"Could not patch {path}: {e.Message}");
+                return false;
+            }
+        }
+        return true;
+    }
+}
+#endif
+
+/// Reads and sets the weak flag of one version need of libLibTorchSharp.so (64-bit little-endian ELF).
+internal static class GlibcxxNeed
+{
+    public const string Library = "libLibTorchSharp.so";
+
     const ushort VerFlgWeak = 0x2;
     const uint ShtGnuVerneed = 0x6ffffffe;
 
@@ -32,34 +75,10 @@ public class WeakenGlibcxxNeed : Task
         "/lib64/libstdc++.so.6",
     };
 
-    public override bool Execute()
-    {
-        if (!System.IO.Directory.Exists(Directory)) return true;
-        var libraries = System.IO.Directory.GetFiles(Directory, Target, SearchOption.AllDirectories);
-        if (libraries.Length == 0) return true;
-        if (SystemProvides(Version))
-        {
-            Log.LogMessage(MessageImportance.Low, $"System libstdc++ provides {Version}; {Target} left as shipped.");
-            return true;
-        }
-        foreach (var path in libraries)
-        {
-            try
-            {
-                var changed = Weaken(path, Version);
-                Log.LogMessage(MessageImportance.Normal,
-                    changed ? $"Marked {Version} weak in {path}" : $"{Version} already weak or absent in {path}");
-            }
-            catch (Exception e)
-            {
-                Log.LogError($"Could not patch {path}: {e.Message}");
-                return false;
-            }
-        }
-        return true;
-    }
+    public enum Outcome { Absent, AlreadyWeak, Weakened }
 
-    static bool SystemProvides(string version)
+    /// True when a system libstdc++.so.6 defines `version` (its name appears in the file).
+    public static bool SystemProvides(string version)
     {
         var needle = Encoding.ASCII.GetBytes(version + "\0");
         foreach (var candidate in LibstdcxxCandidates)
@@ -82,10 +101,20 @@ public class WeakenGlibcxxNeed : Task
         return -1;
     }
 
-    /// Sets VER_FLG_WEAK on the Vernaux entry named `version`. Returns true when the file changed.
-    static bool Weaken(string path, string version)
+    /// Weakens the need in the file at `path` (write beside, then rename). True when it changed.
+    public static bool WeakenFile(string path, string version)
     {
         var elf = File.ReadAllBytes(path);
+        if (Weaken(elf, version) != Outcome.Weakened) return false;
+        var temp = path + ".weakening";
+        File.WriteAllBytes(temp, elf);
+        File.Replace(temp, path, null); // a rename: a hard-linked original is left untouched
+        return true;
+    }
+
+    /// Sets VER_FLG_WEAK on the Vernaux entry named `version` in the image `elf`, in memory.
+    public static Outcome Weaken(byte[] elf, string version)
+    {
         if (elf.Length < 64 || elf[0] != 0x7f || elf[1] != (byte)'E' || elf[2] != (byte)'L' || elf[3] != (byte)'F')
             throw new InvalidDataException("not an ELF file");
         if (elf[4] != 2 || elf[5] != 1)
@@ -106,7 +135,7 @@ public class WeakenGlibcxxNeed : Task
             uint count = BitConverter.ToUInt32(elf, sh + 0x2C); // sh_info: number of Verneed entries
             int strtab = checked((int)BitConverter.ToUInt64(elf, checked((int)shoff + (int)link * shentsize) + 0x18));
 
-            bool changed = false;
+            var outcome = Outcome.Absent;
             int need = offset;
             for (uint n = 0; n < count; n++)
             {
@@ -123,8 +152,9 @@ public class WeakenGlibcxxNeed : Task
                             flags |= VerFlgWeak;
                             elf[aux + 4] = (byte)(flags & 0xff);
                             elf[aux + 5] = (byte)(flags >> 8);
-                            changed = true;
+                            outcome = Outcome.Weakened;
                         }
+                        else if (outcome == Outcome.Absent) outcome = Outcome.AlreadyWeak;
                     }
                     uint next = BitConverter.ToUInt32(elf, aux + 12);
                     if (next == 0) break;
@@ -134,16 +164,9 @@ public class WeakenGlibcxxNeed : Task
                 if (nextNeed == 0) break;
                 need += (int)nextNeed;
             }
-            if (changed)
-            {
-                // Write beside and rename, so an interrupted build never leaves a half-written library.
-                var temp = path + ".weakening";
-                File.WriteAllBytes(temp, elf);
-                File.Replace(temp, path, null);
-            }
-            return changed;
+            return outcome;
         }
-        return false;
+        return Outcome.Absent;
     }
 
     static bool CStringEquals(byte[] bytes, int at, string value)

@@ -1,7 +1,8 @@
 /// The shared conformance suite: every formulation and every solver joins by adding one row.
-/// Each compatible (formulation, solver) pair runs a few steps on a tiny program from perturbed,
-/// infeasible states and must keep every tensor finite and lower both the forward-pass loss and
-/// the mean defect.
+/// The checks themselves are the conformance kit's (src/Lifting.Testing, `Conformance`), which users
+/// run on their own formulations and solvers (docs/extending.md). Each compatible (formulation,
+/// solver) pair runs a few steps on a tiny program from perturbed, infeasible states and must keep
+/// every tensor finite and lower both the forward-pass loss and the mean defect.
 ///
 /// One documented exception: plain gradient descent–ascent (and the projection method, its
 /// projected form) does not converge on a Lagrangian whose state Hessian is only semi-definite —
@@ -13,18 +14,15 @@
 /// start at random points on the unit sphere. Its defect (`MeasureDefects`) is its own constraint
 /// violation, the mean |g_ε(z)| of the z-scores (f_1(x_i) − μ_1(y_i)) / σ_1(y_i), not |h − f(h_prev)|:
 /// the suite asks it to lower that and the loss on its synthetic samples (its loss term), since the
-/// forward-pass loss is not what it minimises (see `conformance`).
+/// forward-pass loss is not what it minimises (`FormulationCase.LowersGameLoss`).
 module Lifting.Tests.ConformanceTests
 
 open System
 open System.Collections.Generic
 open Expecto
-open TorchSharp
-open Lifting.Programs
 open Lifting.Formulations
 open Lifting.Solvers
-open Lifting.Tests.Support
-type Tensor = torch.Tensor
+open Lifting.Testing
 
 /// Formulation rows: name, the formulation, the step size of its players, and whether it is an
 /// undamped Lagrangian (multipliers without augmentation).
@@ -84,53 +82,39 @@ let solvers : (string * (IReadOnlyList<SubProblem> -> ISolver) * bool * bool) li
     "alternating minimisation", (fun _ -> AlternatingMinimisationSolver(AlternatingMinimisationSolverOptions(CodeSteps = 2, Parallel = true)) :> ISolver), false, true
 ]
 
-let forwardLoss (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) =
-    use _ = torch.no_grad()
-    program.Loss.PerExample(program.Forward(x, weights.Tensors), y).mean().ToDouble()
+/// The Lagrangian's limit (LeCun 1988): at forward states, adjoint multipliers make ∇_w L the
+/// back-propagation gradient.
+let adjointMultipliers (p: LimitPoint) =
+    p.Set(PlayerNames.Multipliers, MultipleShooting.AdjointMultipliers(p.Case.Program, p.Weights.Tensors, p.Case.Inputs, p.Case.Labels))
 
-let conformance (formulation: IFormulation) (solver: ISolver) lr checkDefect =
-    let program = mlp 6L [ 8L ] 3L Activations.Tanh Losses.CrossEntropy
-    let x, y = randomBatch 17 24L 6L 3L
-    let weights = program.Initialise(3, torch.CPU, f64)
-    let rules = Func<string, IStepRule>(fun _ -> StepRules.Constant lr)
-    let context = LiftContext(program, dataset x y 3, torch.CPU, f64, 0, rules, solver.MemorySlots)
-    use problem = formulation.Lift(context, weights)
-    // Perturb the per-example states so that every lifted method starts infeasible.
-    use g = new torch.Generator(99UL)
-    for name in problem.Store.Names |> Seq.filter (fun n -> n.StartsWith "h" && not (n.Contains "#")) |> Array.ofSeq do
-        let t = problem.Store.[name]
-        use _ = torch.no_grad()
-        t.add_(0.3 * torch.randn(t.shape, dtype = f64, generator = g)) |> ignore
-    let defect () = let d = problem.MeasureDefects() in if d.Count = 0 then 0.0 else Seq.average d
-    let batch = new Lifting.Data.MiniBatch(torch.arange(24L, dtype = torch.ScalarType.Int64), x, y)
-    // DistProp's loss term is the loss of the last block on the synthetic samples, not the forward
-    // pass's: on these random labels the forward loss of a DistProp run rises (f_1 is asked to map
-    // every example onto its class mean, which a 6 → 8 linear map cannot do for random labels),
-    // so DistProp is asked to lower the loss it minimises.
-    let forwardLoss program weights x y =
-        match formulation with
-        | :? DistProp -> use game = problem.Batch(batch) in (game.Objective() |> ignore; game.Loss)
-        | _ -> forwardLoss program weights x y
-    let loss0, defect0 = forwardLoss program problem.Weights x y, defect ()
-    for _ in 1 .. 300 do
-        use game = problem.Batch(batch)
-        solver.Step game
-        game.Commit()
-    let loss1, defect1 = forwardLoss program problem.Weights x y, defect ()
-    let finite = problem.Weights.Tensors |> Seq.forall (fun t -> t.isfinite().all().ToBoolean())
-                 && problem.Store.Names |> Seq.forall (fun n -> problem.Store.[n].isfinite().all().ToBoolean())
-    Expect.isTrue finite "every tensor finite"
-    Expect.isLessThan loss1 loss0 $"forward loss lowered: {loss0} → {loss1}"
-    if checkDefect && defect0 > 0.0 then Expect.isLessThan defect1 defect0 $"defect lowered: {defect0} → {defect1}"
+/// The penalty's limit: states at their equilibrium for fixed weights (gradient steps on them alone).
+let equilibratedStates (p: LimitPoint) = p.Solve([| PlayerNames.States |], Solvers.GradientDescentAscent(), 300)
+
+/// Back-propagation limit rows: name, the formulation, how a batch game reaches the limit, the
+/// step size of its players there, and the tolerance on the relative error to back-propagation.
+let limits : (string * (unit -> IFormulation) * (LimitPoint -> unit) * float * float) list = [
+    "single-shooting", (fun () -> SingleShooting.Instance :> IFormulation), ignore, 0.1, 1e-10
+    "multiple-shooting at the adjoint multipliers", (fun () -> MultipleShooting()), adjointMultipliers, 0.1, 1e-8
+    "augmented Lagrangian at the adjoint multipliers", (fun () -> MultipleShooting(MultipleShootingOptions(Augmentation = 1.0))), adjointMultipliers, 0.1, 1e-8
+    "quadratic penalty, μ = 1000, states equilibrated", (fun () -> QuadraticPenalty(PenaltySchedule.Fixed 1000.0)), equilibratedStates, 0.5 / 1001.0, 2e-2
+]
+
+let formulationCases = [
+    for (name, make, lr, undamped) in formulations ->
+        FormulationCase(name, Func<_>(make), lr, undamped, LowersGameLoss = (make () :? DistProp)) ]
+let solverCases = [ for (name, make, saddle, rotations) in solvers -> SolverCase(name, Func<_, _>(make), saddle, rotations) ]
 
 [<Tests>]
 let tests =
     testList "ConformanceTests" [
-        for (fname, make, lr, undamped) in formulations do
-            for (sname, makeSolver, saddle, rotationSafe) in solvers do
-                let formulation = make ()
-                if saddle || not formulation.HasMaximisingPlayers then
-                    test $"{fname} × {sname}" {
-                        conformance formulation (makeSolver formulation.DefaultSchedule) lr (rotationSafe || not undamped)
-                    }
+        for pair in Conformance.Pairs(formulationCases, solverCases) do
+            test pair.Name { pair.Check() |> ignore }
+        for (name, make, reach, lr, tolerance) in limits do
+            test $"{name}: the weights' direction at the limit is back-propagation's on 10 random programs" {
+                Conformance.CheckLimit(LimitCase(name, Func<_>(make), Action<_>(reach), tolerance, lr)) |> ignore
+            }
+        for solver in solverCases do
+            let rotations = if solver.ConvergesOnRotations && solver.SolvesSaddlePoints then ", stays bounded on rotations" else ""
+            let games = if solver.SolvesSaddlePoints then "strongly monotone games" else "strongly convex minimisations"
+            test $"{solver.Name} converges on random {games}{rotations}" { Conformance.CheckSolver(solver) |> ignore }
     ]

@@ -323,7 +323,7 @@ let tests =
             let problem, first, batch = liftAll (LiftedProximalOperatorMachine(ContrastiveOptions(Beta = [| 0.1 |]))) program w x y 3 0 (constantRules 0.5)
             use _p = problem
             first.Dispose()
-            let loss () = ConformanceTests.forwardLoss program problem.Weights x y
+            let loss () = forwardLoss program problem.Weights x y
             let before = loss ()
             let solver = InnerSolve(Solvers.GradientDescentAscent(), [| PlayerNames.Activations |], 20, 0.0, Solvers.GradientDescentAscent())
             for _ in 1 .. 200 do

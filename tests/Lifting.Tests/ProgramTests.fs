@@ -5,6 +5,7 @@ open Expecto
 open TorchSharp
 open type TorchSharp.torch
 open Lifting.Programs
+open Lifting.FSharp
 open Lifting.Tests.Support
 
 /// Central finite differences of the mean loss in every parameter coordinate (float64).
@@ -142,7 +143,7 @@ let tests =
                     member _.Parameters =
                         [| ParameterSpec("s", shape, Initialiser(fun sh _ dtype device -> ones(sh, dtype = dtype, device = device))) |] :> _
                     member _.Forward(input, parameters) = input * parameters.[0] }
-            let program = Net.Input(4L).Dense(5L).Tanh().Layer(fun s -> scale s).Cut().Dense(3L).CrossEntropy()
+            let program = Program.input [ 4 ] --> Layer.dense 5 --> Layer.tanh --> Layer.custom "scale" scale --> Layer.cut --> Layer.dense 3 |> Program.crossEntropy
             Expect.equal program.Blocks.Count 2 "explicit cut"
             use w = program.Initialise(2, CPU, f64)
             Expect.equal w.Tensors.Count 5 "dense (2) + scale (1) + dense (2)"
@@ -170,7 +171,7 @@ let tests =
                     member _.Apply(x) = x / (x.abs() + 1.0)
                     member _.Reparametrise(u) = u / (u.abs() + 1.0)
                     member _.Preimage(h) = h / (1.0 - h.abs()) }
-            let program = Net.Input(3L).Dense(4L).Activation(softsign).Dense(2L).CrossEntropy()
+            let program = Program.input [ 3 ] --> Layer.dense 4 --> Layer.activation softsign --> Layer.dense 2 |> Program.crossEntropy
             use w = program.Initialise(1)
             let out = program.Forward(ones(5L, 3L), w.Tensors)
             Expect.sequenceEqual out.shape [| 5L; 2L |] "output shape"

@@ -31,6 +31,11 @@ let mlp (inputs: int64) (hidden: int64 list) (classes: int64) (activation: IActi
     Net.Mlp([| inputs |], sizes, activation, loss)
 
 /// Back-propagation gradient of the mean loss.
+/// The mean loss of the plain forward pass.
+let forwardLoss (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) =
+    use _ = torch.no_grad()
+    program.Loss.PerExample(program.Forward(x, weights.Tensors), y).mean().ToDouble()
+
 let backpropGradient (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) =
     use _ = enable_grad()
     let loss = program.Loss.PerExample(program.Forward(x, weights.Tensors), y).mean()

@@ -29,8 +29,12 @@ public sealed record MethodParameter
     public bool MinimumExclusive { get; init; }
     public double Maximum { get; init; } = double.PositiveInfinity;
     public bool MaximumExclusive { get; init; }
-    /// For `Choice`: the accepted values (canonical spelling).
-    public IReadOnlyList<string> Choices { get; init; } = Array.Empty<string>();
+    private readonly IReadOnlyList<string> choices = Array.Empty<string>();
+    private (Func<IReadOnlyList<string>> Names, Func<string, string?> Canonical)? catalog { get; init; }
+
+    /// For `Choice`: the accepted values (canonical spelling); for a catalog's names, those
+    /// registered when asked.
+    public IReadOnlyList<string> Choices { get => catalog?.Names() ?? choices; init => choices = value; }
     /// For `Choice`: other spellings and the value each stands for (e.g. sgd → constant).
     public IReadOnlyDictionary<string, string> Aliases { get; init; } = new Dictionary<string, string>();
     /// A default that depends on parameters declared before this one (given their resolved
@@ -76,6 +80,12 @@ public sealed record MethodParameter
         {
             Minimum = minimum, MinimumExclusive = minimumExclusive, Maximum = maximum, MaximumExclusive = maximumExclusive,
         };
+
+    /// One of the names of a catalog that users extend (e.g. the step rules): `names` lists them
+    /// when asked, `canonical` maps a name or alias to its canonical spelling (null if unknown).
+    public static MethodParameter CatalogName(string name, string @default, string description,
+        Func<IReadOnlyList<string>> names, Func<string, string?> canonical) =>
+        new(name, ParameterKind.Choice, @default, description) { catalog = (names, canonical) };
 
     /// A name checked by whoever uses it (e.g. a solver of the solver catalog).
     public static MethodParameter Named(string name, string @default, string description) =>
@@ -131,6 +141,7 @@ public sealed record MethodParameter
                 };
             case ParameterKind.Choice:
                 var lower = value.ToLowerInvariant();
+                if (catalog is { } names) return names.Canonical(lower) ?? throw new ArgumentException(Bad());
                 if (Aliases.TryGetValue(lower, out var canonical)) return canonical;
                 return Choices.FirstOrDefault(c => c == lower) ?? throw new ArgumentException(Bad());
             default:

@@ -92,10 +92,32 @@ public sealed record ResolvedMethod(string Name, IFormulation Formulation, ISolv
         }.Concat(Formulation.PlayerNames.Select(p => new KeyValuePair<string, string>($"step.{p}", StepRules(p).Name))).ToArray();
 }
 
+/// A player's default step rule and step size, for `Methods.ForFormulation`.
+public sealed record PlayerDefault(string Player, string StepRule, double StepSize);
+
 /// The catalog of named methods. The built-in ones are registered on first use; users add theirs
 /// with `Register`.
 public static class Methods
 {
+    /// A method for `formulation` with the parameters every method shares, so that the host's flags
+    /// and the settings work for it as for the built-in ones: `solver` (default `solver`), each
+    /// player's `optimizer[-player]` and `lr[-player]` (defaults from `players`, which must name
+    /// every player of the formulation), and the weights' `schedule`; then its own `parameters`,
+    /// read by `formulation` from the resolved arguments. Register the result with `Register`.
+    public static MethodDefinition ForFormulation(string name, string description, string solver,
+        IEnumerable<PlayerDefault> players, IEnumerable<MethodParameter> parameters, Func<MethodArguments, IFormulation> formulation)
+    {
+        var all = new List<MethodParameter> { PlayerRules.Solver(solver) };
+        foreach (var p in players) all.AddRange(PlayerRules.StepRule(p.Player, p.StepRule, p.StepSize));
+        all.Add(PlayerRules.Schedule("constant"));
+        all.AddRange(parameters);
+        return new MethodDefinition(name, description, all, a =>
+        {
+            var f = formulation(a);
+            return new MethodParts(f, PlayerRules.Solver(a, f), PlayerRules.Build(a, f));
+        });
+    }
+
     private static readonly object gate = new();
     private static readonly List<MethodDefinition> registry = new(BuiltinMethods.All);
 

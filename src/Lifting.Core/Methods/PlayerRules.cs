@@ -18,8 +18,7 @@ public static class PlayerRules
     {
         var suffix = player == PlayerNames.Weights ? "" : "-" + player;
         var what = player == PlayerNames.Weights ? "the weights" : $"the {player}";
-        var rule = MethodParameter.Choice("optimizer" + suffix, defaultRule, $"step rule of {what}", StepRuleCatalog.Names.ToArray())
-            with { Aliases = new Dictionary<string, string> { ["sgd"] = "constant" } };
+        var rule = MethodParameter.CatalogName("optimizer" + suffix, defaultRule, $"step rule of {what}", () => StepRuleCatalog.Names, StepRuleCatalog.Canonical);
         var rate = MethodParameter.Positive("lr" + suffix, defaultRate, $"step size of {what}")
             with { DefaultFrom = value => value("optimizer" + suffix) == defaultRule ? MethodParameter.Format(defaultRate) : MethodParameter.Format(StepRuleCatalog.DefaultRate(value("optimizer" + suffix))) };
         return new[] { rule, rate };

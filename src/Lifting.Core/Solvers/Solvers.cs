@@ -256,33 +256,3 @@ internal sealed class AlternatingSolver : ISolver
         }
     }
 }
-
-/// One row of `lifting methods` for a solver.
-public sealed record SolverInfo(string Name, string Description);
-
-/// Solvers by name.
-public static class SolverCatalog
-{
-    public static IReadOnlyList<SolverInfo> All { get; } = new[]
-    {
-        new SolverInfo("gda", "simultaneous gradient descent-ascent (Arrow-Hurwicz-Uzawa); plain gradient descent for minimisations"),
-        new SolverInfo("gda-alternating", "gradient descent-ascent, minimising players first, then maximising ones"),
-        new SolverInfo("extragradient", "Korpelevich extragradient: extrapolate, then update from the start point (2 evaluations)"),
-        new SolverInfo("optimistic", "extragradient from the past / optimistic gradient (1 evaluation, remembers the last direction)"),
-        new SolverInfo("mirror-prox", "extragradient in each player's Bregman geometry; every shipped method's players are Euclidean, so it equals extragradient (entropic and simplex maps are library building blocks)"),
-        new SolverInfo("projection", "Stampacchia projection method x <- P(x - d(F(x))): simultaneous gda (every solver applies the players' projections); plain gda for players without one (projected: --project-states, --reduced --inequality)"),
-        new SolverInfo("alternating", "block-coordinate descent over the formulation's schedule of sub-problems"),
-    };
-
-    public static ISolver Create(string name, IReadOnlyList<SubProblem> schedule) => name.Trim().ToLowerInvariant() switch
-    {
-        "gda" => Solvers.GradientDescentAscent(),
-        "gda-alternating" => Solvers.AlternatingGradientDescentAscent(),
-        "extragradient" or "eg" => Solvers.Extragradient(),
-        "optimistic" or "past-extragradient" => Solvers.ExtragradientFromThePast(),
-        "mirror-prox" => Solvers.MirrorProx(),
-        "projection" => Solvers.Projection(),
-        "alternating" => Solvers.Alternating(schedule),
-        _ => throw new ArgumentException($"Unknown solver '{name}' (known: {string.Join(", ", All.Select(s => s.Name))})."),
-    };
-}

@@ -224,35 +224,3 @@ public static class Schedules
         public Tensor Displacement(Tensor direction, StepState state) => inner.Displacement(direction, state) * factor;
     }
 }
-
-/// One row of `lifting methods` for a step rule.
-public sealed record StepRuleInfo(string Name, string Description);
-
-/// Step rules by name.
-public static class StepRuleCatalog
-{
-    public static IReadOnlyList<StepRuleInfo> All { get; } = new[]
-    {
-        new StepRuleInfo("constant", "d = α g (alias sgd)"),
-        new StepRuleInfo("adagrad", "d = α g / (√A + ε), A accumulates g² at every half-step (ExtraAdagrad)"),
-        new StepRuleInfo("adam", "bias-corrected moments, per-row step counts for per-example variables (ExtraAdam)"),
-    };
-
-    public static IReadOnlyList<string> Names { get; } = new[] { "constant", "adagrad", "adam" };
-
-    public static IStepRule Create(string name, double lr) => name.Trim().ToLowerInvariant() switch
-    {
-        "constant" or "sgd" => StepRules.Constant(lr),
-        "adagrad" => StepRules.AdaGrad(lr),
-        "adam" => StepRules.Adam(lr),
-        _ => throw new ArgumentException($"Unknown step rule '{name}' (known: constant/sgd, adagrad, adam)."),
-    };
-
-    /// The usual step size of a rule: 1e-3 for Adam, 1e-2 for AdaGrad, 0.1 for constant steps.
-    public static double DefaultRate(string name) => name.Trim().ToLowerInvariant() switch
-    {
-        "adam" => 1e-3,
-        "adagrad" => 1e-2,
-        _ => 0.1,
-    };
-}

@@ -269,6 +269,11 @@ public static class Trainer
         return digits.Length > 0 && digits.Length < rest.Length ? $"block {digits} {what} {rest}" : $"{what} {rest}";
     }
 
+    /// Trains with a resolved method (`Methods.Resolve`): its formulation, solver and step rules.
+    public static TrainingResult Train(NestedProgram program, DataSplit data, ResolvedMethod method,
+        TrainingOptions options, ITrainingObserver? observer = null, Weights? initialWeights = null) =>
+        Train(program, data, method.Formulation, method.Solver, method.StepRules, options, observer, initialWeights);
+
     private static MiniBatch Cast(MiniBatch batch, ScalarType dtype) =>
         batch.Inputs.dtype == dtype ? batch
         : new MiniBatch(batch.Indices, batch.Inputs.to_type(dtype), batch.Labels);
