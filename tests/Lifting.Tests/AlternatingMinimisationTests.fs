@@ -26,13 +26,6 @@ let digitsMlp (hidden: int64 list) (activation: IActivation) =
 let sameWeights (a: Weights) (b: Weights) =
     Seq.forall2 (fun (u: Tensor) (v: Tensor) -> u.eq(v).all().ToBoolean()) a.Tensors b.Tensors
 
-/// The cosine between two directions; 1 when both vanish (e.g. a block of dead ReLU units).
-let cosine (a: Tensor seq) (b: Tensor seq) =
-    let a = torch.cat(a |> Seq.map (fun t -> t.flatten()) |> Array.ofSeq, 0L)
-    let b = torch.cat(b |> Seq.map (fun t -> t.flatten()) |> Array.ofSeq, 0L)
-    let na, nb = a.norm().ToDouble(), b.norm().ToDouble()
-    if na < 1e-12 && nb < 1e-12 then 1.0 else a.dot(b).ToDouble() / (na * nb + 1e-300)
-
 /// The AM game of a whole batch, with constant weight steps and Nesterov code steps of `codeLr`.
 let amGame (options: OnlineAlternatingMinimisationOptions) (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) classes codeLr =
     let rules = Func<string, IStepRule>(fun p -> if p = OnlineAlternatingMinimisation.CodesPlayer then StepRules.Momentum(codeLr, 0.9, true) else StepRules.Constant 0.1)

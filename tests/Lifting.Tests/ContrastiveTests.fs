@@ -17,11 +17,6 @@ open Lifting.Tests.Support
 
 let player (game: IBatchGame) name = game.Players |> Seq.find (fun (p: Player) -> p.Name = name)
 
-let cosine (a: Tensor seq) (b: Tensor seq) =
-    let flat (ts: Tensor seq) = torch.cat(ts |> Seq.map (fun t -> t.flatten()) |> Array.ofSeq, 0L)
-    let fa, fb = flat a, flat b
-    (fa.dot(fb) / (fa.norm() * fb.norm())).ToDouble()
-
 /// Options with a single β (and for contrastive Hebbian learning the common feedback β, eq. 25).
 let options (beta: float) symmetric = ContrastiveOptions(Beta = [| beta |], Symmetric = symmetric)
 
@@ -67,23 +62,6 @@ let surrogateDirection formulation program weights x y classes lr =
     | Some (true, d) -> d
     | _ -> failwith "the inner problem did not converge"
 
-/// Random small ReLU or tanh MLPs.
-type SmallMlp = { Inputs: int64; Hidden: int64 list; Classes: int64; Relu: bool; Seed: int; Batch: int64 }
-
-let genSmallMlp =
-    gen {
-        let! inputs = Gen.choose (2, 6)
-        let! depth = Gen.choose (1, 3)
-        let! hidden = Gen.listOfLength depth (Gen.choose (2, 6))
-        let! classes = Gen.choose (2, 4)
-        let! relu = Gen.elements [ true; false ]
-        let! seed = Gen.choose (0, 10000)
-        let! batch = Gen.choose (1, 5)
-        return { Inputs = int64 inputs; Hidden = hidden |> List.map int64; Classes = int64 classes; Relu = relu; Seed = seed; Batch = int64 batch }
-    }
-
-let programOf (m: SmallMlp) = mlp m.Inputs m.Hidden m.Classes (if m.Relu then Activations.ReLU else Activations.Tanh) Losses.CrossEntropy
-
 let betas = [ 1.0; 0.1; 0.01; 0.001 ]
 
 /// For every limit method, the cosine to back-propagation at β = 1, 0.1, 0.01, 0.001, and whether
@@ -92,8 +70,8 @@ let betas = [ 1.0; 0.1; 0.01; 0.001 ]
 /// non-smooth at ReLU kinks, where gradient steps may oscillate. So at β >= 0.1 an inner problem
 /// still moving after 2000 iterations gives the cosine at its last iterate (−1 if it diverged);
 /// at β <= 0.01 it must converge.
-let limitCosines (m: SmallMlp) =
-    let program = programOf m
+let limitCosines (m: ReluTanhMlp) =
+    let program = m.Program
     let x, y = randomBatch m.Seed m.Batch m.Inputs m.Classes
     use w = program.Initialise(m.Seed, torch.CPU, f64)
     let reference = backpropGradient program w x y
@@ -168,7 +146,7 @@ let config = { FsCheckConfig.defaultConfig with maxTest = 10; arbitrary = [] }
 let tests =
     testList "ContrastiveTests" [
         testPropertyWithConfig config "CHL, PCN and LPOM: as beta goes 1, 0.1, 0.01, 0.001 the cosine to backprop rises and reaches 0.999 (random ReLU and tanh MLPs, float64)" <|
-            Prop.forAll (Arb.fromGen genSmallMlp) (fun m ->
+            Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
                 for (name, results) in limitCosines m do
                     let cosines = List.map fst results
                     let e = cosines |> List.map (fun c -> 1.0 - c) |> Array.ofList

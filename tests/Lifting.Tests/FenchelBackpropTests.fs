@@ -15,34 +15,11 @@ open Lifting.Formulations
 open Lifting.Training
 open Lifting.Tests.Support
 
-/// Random small ReLU or tanh MLPs.
-type Mlp = { Inputs: int64; Hidden: int64 list; Classes: int64; Relu: bool; Seed: int; Batch: int64 }
-
-let genMlp =
-    gen {
-        let! inputs = Gen.choose (2, 7)
-        let! depth = Gen.choose (1, 3)
-        let! hidden = Gen.listOfLength depth (Gen.choose (2, 7))
-        let! classes = Gen.choose (2, 4)
-        let! relu = Gen.elements [ true; false ]
-        let! seed = Gen.choose (0, 100000)
-        let! batch = Gen.choose (1, 6)
-        return { Inputs = int64 inputs; Hidden = hidden |> List.map int64; Classes = int64 classes
-                 Relu = relu; Seed = seed; Batch = int64 batch }
-    }
-
 let config = { FsCheckConfig.defaultConfig with maxTest = 40; arbitrary = [] }
-
-let programOf (m: Mlp) = mlp m.Inputs m.Hidden m.Classes (if m.Relu then Activations.ReLU else Activations.Tanh) Losses.CrossEntropy
 
 /// The Fenchel-BP direction of the batch's mean loss with one β for every block.
 let fenchel (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) (beta: float) =
     FenchelBackprop.Backward(program, weights.Tensors, x, y, FenchelBackprop.BetaPerBlock(program, [| beta |])).Gradients |> Array.ofSeq
-
-let cosine (a: Tensor seq) (b: Tensor seq) =
-    let flat (ts: Tensor seq) = torch.cat(ts |> Seq.map (fun t -> t.flatten()) |> Array.ofSeq, 0L)
-    let u, v = flat a, flat b
-    (u.dot(v) / (u.norm() * v.norm())).ToDouble()
 
 /// The input a of every ReLU layer in the forward pass.
 let reluInputs (program: NestedProgram) (weights: Weights) (x: Tensor) =
@@ -112,8 +89,8 @@ let reluSignalClosedForm (a: float) (g: float) (beta: float) =
 let tests =
     testList "FenchelBackpropTests" [
         testPropertyWithConfig config "Fenchel BP at beta = 1e-6 equals back-propagation (relative error < 1e-4) on random ReLU and tanh MLPs away from ReLU kinks" <|
-            Prop.forAll (Arb.fromGen genMlp) (fun m ->
-                let program = programOf m
+            Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
+                let program = m.Program
                 let x, y = randomBatch m.Seed m.Batch m.Inputs m.Classes
                 use weights = program.Initialise(m.Seed, torch.CPU, f64)
                 // Away from kinks: every ReLU pre-activation farther from 0 than the shift β|g|.
@@ -122,8 +99,8 @@ let tests =
                 awayFromKinks ==> (err < 1e-4 |> Prop.label $"relative error {err}"))
 
         testPropertyWithConfig config "the cosine between Fenchel BP and back-propagation rises as beta goes 1, 0.1, 0.01, 0.001 and is >= 0.999 at 0.001 (random ReLU and tanh MLPs)" <|
-            Prop.forAll (Arb.fromGen genMlp) (fun m ->
-                let program = programOf m
+            Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
+                let program = m.Program
                 let x, y = randomBatch m.Seed (m.Batch + 2L) m.Inputs m.Classes
                 use weights = program.Initialise(m.Seed, torch.CPU, f64)
                 let reference = backpropGradient program weights x y
@@ -132,8 +109,8 @@ let tests =
                 (rising && List.last cosines >= 0.999) |> Prop.label $"cosines {cosines}")
 
         testPropertyWithConfig config "at finite beta (0.5, 3) the Fenchel BP direction is the weight gradient of the linearised local contrastive surrogate built from the conjugates G*, taken at the forward inputs (Remark 2)" <|
-            Prop.forAll (Arb.fromGen genMlp) (fun m ->
-                let program = programOf m
+            Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
+                let program = m.Program
                 let x, y = randomBatch m.Seed m.Batch m.Inputs m.Classes
                 use weights = program.Initialise(m.Seed, torch.CPU, f64)
                 let errors = [ for beta in [ 0.5; 3.0 ] -> relativeError (fenchel program weights x y beta) (surrogateGradient program weights x y beta) ]

@@ -2,6 +2,7 @@
 module Lifting.Tests.Support
 
 open System
+open FsCheck.FSharp
 open TorchSharp
 open type TorchSharp.torch
 open Lifting.Programs
@@ -128,3 +129,32 @@ and RecordingGame(inner: IBatchGame, log: Log, index: int) =
             match inner with
             | :? IHoldFixed as h -> h.HoldFixed(players)
             | _ -> { new IDisposable with member _.Dispose() = () }
+
+/// The cosine between two lists of tensors, flattened; 1 when both vanish (e.g. a block of dead
+/// ReLU units).
+let cosine (a: Tensor seq) (b: Tensor seq) =
+    let flat (ts: Tensor seq) = torch.cat(ts |> Seq.map (fun t -> t.flatten()) |> Array.ofSeq, 0L)
+    let u, v = flat a, flat b
+    let nu, nv = u.norm().ToDouble(), v.norm().ToDouble()
+    if nu < 1e-12 && nv < 1e-12 then 1.0 else u.dot(v).ToDouble() / (nu * nv + 1e-300)
+
+/// A random small ReLU or tanh MLP with cross-entropy, for property tests: its shape, the seed
+/// of its weights and batch, and the batch size.
+type ReluTanhMlp =
+    { Inputs: int64; Hidden: int64 list; Classes: int64; Relu: bool; Seed: int; Batch: int64 }
+    member m.Program = mlp m.Inputs m.Hidden m.Classes (if m.Relu then Activations.ReLU else Activations.Tanh) Losses.CrossEntropy
+
+let genReluTanhMlp =
+    gen {
+        let! inputs = Gen.choose (2, 6)
+        let! depth = Gen.choose (1, 3)
+        let! hidden = Gen.listOfLength depth (Gen.choose (2, 6))
+        let! classes = Gen.choose (2, 4)
+        let! relu = Gen.elements [ true; false ]
+        let! seed = Gen.choose (0, 100000)
+        let! batch = Gen.choose (1, 5)
+        // `int64` here is TorchSharp's scalar type (open type torch): convert with Operators'.
+        let i64 (v: int) = Operators.int64 v
+        return { Inputs = i64 inputs; Hidden = hidden |> List.map i64; Classes = i64 classes
+                 Relu = relu; Seed = seed; Batch = i64 batch }
+    }
