@@ -335,7 +335,8 @@ public sealed class DistProp : IFormulation
                 }
                 var counts = bincount(labels, minlength: classes).to_type(Context.DType).clamp_min(1).unsqueeze(1);
                 var classMean = sums / counts;
-                var spread = (squares / counts - classMean.square()).clamp_min(0).mean().sqrt();
+                // Root mean square of f_1(x) − its class's mean, over every example and feature.
+                var spread = ((squares.sum() - (counts * classMean.square()).sum()) / (n * width)).clamp_min(0).sqrt();
                 d["gap1"] = (classMean - mean1.reshape(classes, -1)).square().sum(1).sqrt().mean().ToDouble();
                 d["spread1"] = spread.ToDouble();
                 // The same for deeper cuts over the synthetic samples, and the last block's accuracy on them.
