@@ -260,6 +260,34 @@ let tests =
             Expect.isTrue (Double.IsFinite result.FinalDefect) "a finite z-score defect"
         }
 
+        test "diagnostics: gap1 is the distance from each class's mean f_1(x) to μ_1(c), spread1 the within-class deviation, alignment1/opposed1 the cosine and sign of λ_i against g_ε(z_i)" {
+            let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
+            let x, y = randomBatch 5 10L 3L 2L
+            use w = program.Initialise(2, CPU, f64)
+            let context = LiftContext(program, dataset x y 2, CPU, f64, 0, Func<string, IStepRule>(fun _ -> StepRules.AdaGrad(0.1)), 0)
+            use problem = DistProp(DistPropOptions(Epsilon = 0.05)).Lift(context, w)
+            let weights = w.Tensors |> Array.ofSeq
+            // Pre-activation states: f_1 = W_1 x + b_1.
+            let f1 = F.linear(x, weights.[0], weights.[1]).detach()
+            let classMean (c: int64) = f1.index_select(0L, y.eq(tensor(c, dtype = ScalarType.Int64)).nonzero().squeeze(1L)).mean([| 0L |])
+            let means = stack([| classMean 0L; classMean 1L |])
+            let mu = shared problem "mu1"
+            let offset = tensor([| 0.3; 0.0; 0.0; 0.4 |], dtype = f64)
+            using (no_grad()) (fun _ -> mu.copy_(means + offset) |> ignore)
+            let z = (f1 - mu.index_select(0L, y)) / F.softplus(shared problem "sigma1").index_select(0L, y)
+            let g = F.softshrink(z, 0.05)
+            let lambda = problem.Store.["lambda1"]
+            let within = (f1 - means.index_select(0L, y)).square().mean().sqrt().ToDouble()
+            for sign in [ 1.0; -1.0 ] do
+                using (no_grad()) (fun _ -> lambda.copy_((sign * g).to_type(lambda.dtype)) |> ignore)
+                let d = problem.Diagnostics
+                Expect.floatClose Accuracy.medium d.["gap1"] 0.5 "‖(0.3, 0, 0, 0.4)‖ = 0.5 for both classes"
+                Expect.floatClose Accuracy.medium d.["spread1"] within "root mean square of f_1(x) − its class mean"
+                Expect.floatClose Accuracy.medium d.["alignment1"] sign "λ_i = ±g_ε(z_i): cosine ±1"
+                Expect.floatClose Accuracy.medium d.["opposed1"] (if sign > 0.0 then 0.0 else 1.0) "the fraction of λ_i opposing their violation"
+                Expect.isTrue (d.["synthetic-accuracy"] >= 0.0 && d.["synthetic-accuracy"] <= 1.0) "an accuracy"
+        }
+
         testSequenced <| test "DistProp training leaves no tensor behind, resampling or not, per class or per example" {
             let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
             for settings in [ MethodSettings "distprop"; MethodSettings("distprop").With("multipliers", "class").With("resample", true) ] do

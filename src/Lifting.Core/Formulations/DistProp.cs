@@ -281,7 +281,9 @@ public sealed class DistProp : IFormulation
             return result;
         }
 
-        /// Per cut: the mean σ, the mean distance between two classes' means, and the mean |λ|.
+        /// Per cut: the mean σ, the mean distance between two classes' means, the mean |λ|, the distance
+        /// between each class's mean state and μ_l(c) (gap) and the within-class spread per feature;
+        /// and the last block's accuracy on the synthetic samples.
         public override IReadOnlyDictionary<string, double> Diagnostics
         {
             get
@@ -296,6 +298,60 @@ public sealed class DistProp : IFormulation
                     var flat = mean.reshape(classes, -1);
                     d[$"mean-distance{l + 1}"] = classes > 1 ? cdist(flat, flat).sum().ToDouble() / (classes * (classes - 1)) : 0;
                 }
+                // Does the first block's output look like the Gaussians it is held to? Per class, the
+                // distance between the mean of f_1(x) over the class's training examples and μ_1(c)
+                // (gap), and the within-class spread of f_1(x) per feature (to compare with σ_1).
+                var x = Context.Train.Inputs;
+                var labels = Context.Train.Labels;
+                var (mean1, scale1) = Gaussian(0);
+                var width = mean1.reshape(classes, -1).shape[1];
+                var sums = zeros(new long[] { classes, width }, dtype: Context.DType, device: mean1.device);
+                var squares = zeros(new long[] { classes, width }, dtype: Context.DType, device: mean1.device);
+                long n = x.shape[0];
+                double alignment = 0, opposed = 0;
+                for (long start = 0; start < n; start += 2048)
+                {
+                    using var chunk = NewDisposeScope();
+                    var count = Math.Min(2048, n - start);
+                    var f = Forward(0, x.narrow(0, start, count).to(Context.DType)).reshape(count, -1);
+                    var y = labels.narrow(0, start, count);
+                    sums.index_add_(0, y, f, 1);
+                    squares.index_add_(0, y, f.square(), 1);
+                    if (exampleMultipliers is not null && !options.ReducedConstraint)
+                    {
+                        // Does each example's multiplier still point along its current violation?
+                        // λ_i moves once per epoch, the weights every batch: a stale λ_i keeps pushing
+                        // f_1(x_i) the same way after it has passed μ_1(y_i) (cosine < 0).
+                        var g = Constraint((f - mean1.reshape(classes, -1).index_select(0, y)) / scale1.reshape(classes, -1).index_select(0, y), options);
+                        var lambda = Store[exampleMultipliers.Keys[0]].narrow(0, start, count).reshape(count, -1).to(g.device);
+                        alignment += F.cosine_similarity(lambda, g, 1, 1e-12).sum().ToDouble();
+                        opposed += (lambda * g).sum(1).lt(0).sum().ToDouble();
+                    }
+                }
+                if (exampleMultipliers is not null && !options.ReducedConstraint)
+                {
+                    d["alignment1"] = alignment / n;
+                    d["opposed1"] = opposed / n;
+                }
+                var counts = bincount(labels, minlength: classes).to_type(Context.DType).clamp_min(1).unsqueeze(1);
+                var classMean = sums / counts;
+                // Root mean square of f_1(x) − its class's mean, over every example and feature.
+                var spread = ((squares.sum() - (counts * classMean.square()).sum()) / (n * width)).clamp_min(0).sqrt();
+                d["gap1"] = (classMean - mean1.reshape(classes, -1)).square().sum(1).sqrt().mean().ToDouble();
+                d["spread1"] = spread.ToDouble();
+                // The same for deeper cuts over the synthetic samples, and the last block's accuracy on them.
+                var previous = Samples(0, mean1, scale1);
+                for (int l = 1; l < hidden; l++)
+                {
+                    var (mean, scale) = Gaussian(l);
+                    var f = Forward(l, previous.reshape(Shape(classes * samples, stateShapes[l - 1]))).reshape(classes, samples, -1);
+                    d[$"gap{l + 1}"] = (f.mean(new long[] { 1 }) - mean.reshape(classes, -1)).square().sum(1).sqrt().mean().ToDouble();
+                    d[$"spread{l + 1}"] = f.var(1, unbiased: false).mean().sqrt().ToDouble();
+                    previous = Samples(l, mean, scale);
+                }
+                var output = Forward(hidden, previous.reshape(Shape(classes * samples, stateShapes[hidden - 1])));
+                var sampleLabels = arange(classes, dtype: ScalarType.Int64, device: output.device).repeat_interleave(samples);
+                d["synthetic-accuracy"] = output.argmax(1).eq(sampleLabels).to_type(ScalarType.Float64).mean().ToDouble();
                 for (int l = 0; l < hidden; l++)
                 {
                     var lambda = l == 0 && exampleMultipliers is not null ? Store[exampleMultipliers.Keys[0]] : sharedMultipliers[exampleMultipliers is null ? l : l - 1];
