@@ -28,8 +28,8 @@ namespace Lifting.Examples;
 ///   am limit     the μ → ∞ limit on small random MLPs: code displacement and each block's cosine between
 ///                the AM weight direction and backprop's gradient, for several code steps
 ///   am run       one run: data=, net=, method=, epochs=, batch=, seed=, and any method parameter;
-///                diagnose=true also prints, per epoch, each block's mean |code − f^lin| and every
-///                weight tensor's norm
+///                diagnose=true also prints, per epoch, every weight tensor's Frobenius norm (in
+///                layer order, weight then bias)
 ///
 /// Keys: seeds=0,1,2 epochs=N batch=N threads=N (LibTorch threads; Program.cs sets them), and
 /// method parameters as am.NAME=VALUE (AM methods) or adam.NAME=VALUE (backprop).
@@ -90,7 +90,7 @@ public static class AlternatingMinimisationTable
         var observer = Observers.Create(
             e => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"   {tag} epoch {e.Epoch,2} val {e.ValidationAccuracy:F4} test {e.TestAccuracy:F4} loss {e.TrainLoss:F4} {e.Seconds:F1}s{(e.Diagnostics.TryGetValue("mu", out var mu) ? $" mu {mu:G4}" : "")}") +
-                (diagnose ? $" | defect/block {string.Join(" ", e.Defects.Select(d => d.ToString("G3", CultureInfo.InvariantCulture)))} | weight norms {WeightNorms(weights.Tensors)}" : "")),
+                (diagnose ? $" | weight norms {WeightNorms(weights.Tensors)}" : "")),
             (epoch, b, _) =>
             {
                 if (epoch != 1 || b != earlyBatch) return;
