@@ -27,7 +27,9 @@ namespace Lifting.Examples;
 ///   am tune      validation accuracy over a grid of AM-Adam settings (the defaults' provenance)
 ///   am limit     the μ → ∞ limit on small random MLPs: code displacement and each block's cosine between
 ///                the AM weight direction and backprop's gradient, for several code steps
-///   am run       one run: data=, net=, method=, epochs=, batch=, seed=, and any method parameter
+///   am run       one run: data=, net=, method=, epochs=, batch=, seed=, and any method parameter;
+///                diagnose=true also prints, per epoch, every weight tensor's Frobenius norm (in
+///                layer order, weight then bias)
 ///
 /// Keys: seeds=0,1,2 epochs=N batch=N threads=N (LibTorch threads; Program.cs sets them), and
 /// method parameters as am.NAME=VALUE (AM methods) or adam.NAME=VALUE (backprop).
@@ -80,14 +82,15 @@ public static class AlternatingMinimisationTable
 
     /// Trains one run; `earlyBatch` > 0 also evaluates the weights after that many mini-batches of
     /// the first epoch (the trainer updates the weights it is given in place).
-    private static Outcome Train(NestedProgram program, DataSplit data, MethodSettings settings, int epochs, int batch, int seed, int earlyBatch = 0, string tag = "")
+    private static Outcome Train(NestedProgram program, DataSplit data, MethodSettings settings, int epochs, int batch, int seed, int earlyBatch = 0, string tag = "", bool diagnose = false)
     {
         var method = Methods.Resolve(settings);
         using var weights = program.Initialise(seed);
         Evaluation? earlyValidation = null, earlyTest = null;
         var observer = Observers.Create(
             e => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"   {tag} epoch {e.Epoch,2} val {e.ValidationAccuracy:F4} test {e.TestAccuracy:F4} loss {e.TrainLoss:F4} {e.Seconds:F1}s{(e.Diagnostics.TryGetValue("mu", out var mu) ? $" mu {mu:G4}" : "")}")),
+                $"   {tag} epoch {e.Epoch,2} val {e.ValidationAccuracy:F4} test {e.TestAccuracy:F4} loss {e.TrainLoss:F4} {e.Seconds:F1}s{(e.Diagnostics.TryGetValue("mu", out var mu) ? $" mu {mu:G4}" : "")}") +
+                (diagnose ? $" | weight norms {WeightNorms(weights.Tensors)}" : "")),
             (epoch, b, _) =>
             {
                 if (epoch != 1 || b != earlyBatch) return;
@@ -100,6 +103,13 @@ public static class AlternatingMinimisationTable
         var am = method.Solver as AlternatingMinimisationSolver;
         return new Outcome(result.Selected.TestAccuracy, result.Selected.ValidationAccuracy ?? double.NaN, result.SelectedEpoch, result.Final.TestAccuracy,
             result.SecondsPerEpoch, result.Epochs, earlyValidation, earlyTest, am?.CodePhaseSeconds ?? 0, am?.WeightPhaseSeconds ?? 0, result.StateBytes);
+    }
+
+    /// The Frobenius norm of every weight tensor (diagnostic of `am run diagnose=true`).
+    private static string WeightNorms(IReadOnlyList<torch.Tensor> weights)
+    {
+        using var _ = torch.no_grad();
+        return string.Join(" ", weights.Select(w => w.norm().ToDouble().ToString("F2", CultureInfo.InvariantCulture)));
     }
 
     private static string MeanSd(IEnumerable<double> values, string format = "F4")
@@ -411,14 +421,14 @@ public static class AlternatingMinimisationTable
     {
         using var data = DatasetCatalog.Load(Get(s, "data", "mnist-10k"));
         var program = NetSpec.Build(Get(s, "net", "784-100-100-10"), data.Train.ExampleShape, data.Train.ClassCount, Activations.ByName(Get(s, "activation", "relu")), Losses.CrossEntropy);
-        var run = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "threads", "method", "early", "run" };
+        var run = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "threads", "method", "early", "run", "diagnose" };
         var settings = new MethodSettings(Get(s, "method", "am-adam"))
         {
             Values = s.Where(kv => !run.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value),
         };
         Console.WriteLine(Describe(settings));
         var watch = Stopwatch.StartNew();
-        var o = Train(program, data, settings, Int(s, "epochs", 5), Int(s, "batch", 200), Int(s, "seed", 0), Int(s, "early", 0), settings.Method);
+        var o = Train(program, data, settings, Int(s, "epochs", 5), Int(s, "batch", 200), Int(s, "seed", 0), Int(s, "early", 0), settings.Method, Get(s, "diagnose", "false") == "true");
         Console.WriteLine($"RESULT selected epoch {o.SelectedEpoch} validation {F(o.SelectedValidation)} test {F(o.SelectedTest)}; final test {F(o.FinalTest)}; " +
             $"s/epoch {F(o.SecondsPerEpoch, "F2")} (code phase {F(o.CodeSeconds, "F1")} s, weight phase {F(o.WeightSeconds, "F1")} s in all); {F(watch.Elapsed.TotalSeconds, "F0")} s");
         return 0;
