@@ -88,7 +88,7 @@ public static class FenchelBackpropExperiment
         var steps = StepTiming(glorot, data.Train, timingEpochs, batch, small.Length > 1 ? small[1] : small[0]);
 
         var md = new StringBuilder();
-        md.AppendLine($"<!-- produced by: dotnet run --project src/Lifting.Examples -c Release -- fenchel-bp {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))} -->");
+        md.AppendLine(ProducedBy(settings));
         md.AppendLine("# Fenchel back-propagation beside back-propagation (seed 002 §5, appendix C)");
         md.AppendLine();
         md.AppendLine(string.Create(CultureInfo.InvariantCulture,
@@ -243,7 +243,7 @@ public static class FenchelBackpropExperiment
         double Quantile(double[] v, double q) { var s = v.OrderBy(t => t).ToArray(); return s[(int)Math.Min(s.Length - 1, Math.Floor(q * s.Length))]; }
         var all = thresholds.SelectMany(t => t).ToArray();
         var md = new StringBuilder();
-        md.AppendLine($"<!-- produced by: dotnet run --project src/Lifting.Examples -c Release -- fenchel-bp {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))} -->");
+        md.AppendLine(ProducedBy(settings));
         md.AppendLine("# Which β give the all-negative first layer a signal (seed 002 §5)");
         md.AppendLine();
         md.AppendLine(string.Create(CultureInfo.InvariantCulture,
@@ -310,7 +310,7 @@ public static class FenchelBackpropExperiment
             }
         }
         var md = new StringBuilder();
-        md.AppendLine($"<!-- produced by: dotnet run --project src/Lifting.Examples -c Release -- fenchel-bp {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))} -->");
+        md.AppendLine(ProducedBy(settings));
         md.AppendLine("# Why the escaped runs stay near 0.90: the large β's direction, not dead units");
         md.AppendLine();
         md.AppendLine(string.Create(CultureInfo.InvariantCulture,
@@ -341,4 +341,8 @@ public static class FenchelBackpropExperiment
     }
 
     private static string Show(double v) => v.ToString("G4", CultureInfo.InvariantCulture);
+
+    /// The first line of every file this script writes: the command that made it.
+    private static string ProducedBy(IReadOnlyDictionary<string, string> settings) =>
+        $"<!-- produced by: dotnet run --project src/Lifting.Examples -c Release -- fenchel-bp {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))} -->";
 }

@@ -42,6 +42,13 @@ public abstract class ContrastiveFormulation : IFormulation
     /// Refuses programs the energy cannot express (e.g. an activation without a convex potential).
     protected virtual void Check(NestedProgram program) { }
 
+    /// Refuses, by name, a block whose activation has no convex potential G (the Fenchel couplings
+    /// of CHL and LPOM need G and G*).
+    protected static void RequirePotentials(NestedProgram program)
+    {
+        for (int k = 0; k < program.Blocks.Count; k++) _ = new Level(program, k, autograd: false).Potential;
+    }
+
     /// The energy of `program` on one mini-batch at the given weights; `spacings` are β_1 … β_L.
     public abstract IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings);
 

@@ -29,10 +29,7 @@ public sealed class ContrastiveHebbian : ContrastiveFormulation
     public override string Description =>
         $"contrastive Hebbian learning: bottom-up (global) contrastive surrogate, layered energy G(z_k) − ⟨z_k, a_k⟩, free and clamped phases, {Options} (seed 002 §3.1)";
 
-    protected override void Check(NestedProgram program)
-    {
-        for (int k = 0; k < program.Blocks.Count; k++) _ = new Level(program, k, autograd: false).Potential;
-    }
+    protected override void Check(NestedProgram program) => RequirePotentials(program);
 
     public override IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings) =>
         new FenchelCouplingEnergy(program, weights, batch.Inputs, spacings, Options.AutogradLocalGradients, Options.Preconditioned, fenchelYoungGap: false);

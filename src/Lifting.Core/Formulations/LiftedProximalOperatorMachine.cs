@@ -30,10 +30,7 @@ public sealed class LiftedProximalOperatorMachine : ContrastiveFormulation
     public override string Description =>
         $"LPOM: top-down contrastive surrogate with the Fenchel coupling G(z_k) + G*(a_k) − ⟨z_k, a_k⟩, {Options} (seed 002 §3.2.2)";
 
-    protected override void Check(NestedProgram program)
-    {
-        for (int k = 0; k < program.Blocks.Count; k++) _ = new Level(program, k, autograd: false).Potential;
-    }
+    protected override void Check(NestedProgram program) => RequirePotentials(program);
 
     public override IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings) =>
         new FenchelCouplingEnergy(program, weights, batch.Inputs, spacings, Options.AutogradLocalGradients, Options.Preconditioned, fenchelYoungGap: true);
