@@ -68,8 +68,11 @@ let betas = [ 1.0; 0.1; 0.01; 0.001 ]
 /// the inner problem converged there. At large β it need not converge: CHL's energy with
 /// full-strength feedback can be unbounded below on ReLU nets, and PCN's clamped energy is
 /// non-smooth at ReLU kinks, where gradient steps may oscillate. So at β >= 0.1 an inner problem
-/// still moving after 2000 iterations gives the cosine at its last iterate (−1 if it diverged);
-/// at β <= 0.01 it must converge.
+/// still moving after 2000 iterations gives the cosine at its last iterate (−1 if it diverged).
+/// At β <= 0.01 it must converge on tanh nets. On ReLU nets the clamped solution can sit on a
+/// kink, where fixed-step inference cycles for ever without diverging (PCN on 3-2-5-4, seed 81457,
+/// β = 0.01: a 2-cycle moving 6e-4 per step, cosine 0.979 at either point), so there the last
+/// iterate of 100000 is used; it must not diverge.
 let limitCosines (m: ReluTanhMlp) =
     let program = m.Program
     let x, y = randomBatch m.Seed m.Batch m.Inputs m.Classes
@@ -78,7 +81,7 @@ let limitCosines (m: ReluTanhMlp) =
     [ for (name, make, lr) in limitMethods ->
         name, [ for beta in betas ->
                     match tryDirection (if beta >= 0.1 then 2000 else 100000) (make beta false) program w x y (int m.Classes) lr with
-                    | Some (converged, d) when converged || beta >= 0.1 ->
+                    | Some (converged, d) when converged || beta >= 0.1 || m.Relu ->
                         let c = cosine d reference
                         (if Double.IsNaN c then -1.0 else c), converged
                     | None when beta >= 0.1 -> -1.0, false
@@ -147,19 +150,38 @@ let tests =
     testList "ContrastiveTests" [
         testPropertyWithConfig config "CHL, PCN and LPOM: as beta goes 1, 0.1, 0.01, 0.001 the cosine to backprop rises and reaches 0.999 (random ReLU and tanh MLPs, float64)" <|
             Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
+                // A ReLU net whose forward pass has a hidden pre-activation near its kink reaches
+                // the limit only at smaller β: the clamped states move by O(β) and cross the kink
+                // (CHL on 2-6-3-3-3, seed 59954: a pre-activation of 1.6e-4, cosine 0.99813 at
+                // both β = 0.01 and 0.001; PCN on 2-5-6-3-2, seed 1739, margin above 1e-3: 0.93 at
+                // β = 0.001). Nets with a pre-activation within 1e-2 of the kink are discarded.
+                let x, _ = randomBatch m.Seed m.Batch m.Inputs m.Classes
+                use w = m.Program.Initialise(m.Seed, torch.CPU, f64)
+                (not m.Relu || kinkMargin m.Program w x >= 1e-2) ==> lazy (
                 for (name, results) in limitCosines m do
                     let cosines = List.map fst results
                     let e = cosines |> List.map (fun c -> 1.0 - c) |> Array.ofList
                     let message = $"{name}: cosines %A{results} (cosine, converged) at beta %A{betas} for %A{m}"
                     Expect.isGreaterThanOrEqual cosines.[3] 0.999 $"cosine at beta = 0.001; {message}"
-                    // "Rises", up to float64 noise: the errors at 0.01 and 0.001 are the two
-                    // smallest and in order; on tanh nets 0.1 also beats 1 when both inner
-                    // problems converged. On ReLU nets it need not: at large β units cross their
-                    // kinks, and e.g. CHL on 2-5-2-2-3 (seed 7052) has cosine 0.77 at β = 1 and
-                    // 0.70 at β = 0.1 (then 0.99995, 0.9999995).
-                    Expect.isLessThanOrEqual e.[3] (e.[2] + 1e-9) $"0.001 beats 0.01; {message}"
-                    Expect.isLessThanOrEqual e.[2] (min e.[0] e.[1] + 1e-9) $"0.01 beats 0.1 and 1; {message}"
-                    if not m.Relu && snd results.[0] && snd results.[1] then Expect.isLessThanOrEqual e.[1] (e.[0] + 1e-9) $"0.1 beats 1 (tanh); {message}")
+                    // "Rises", up to float64 noise: the error at 0.001 is at most the one at 0.01; on
+                    // tanh nets the error at 0.01 is also the smallest of the first three, and 0.1
+                    // beats 1, where the inner problems converged. On ReLU nets the order above
+                    // 0.001 need not hold: at larger β units cross their kinks, and e.g. CHL on
+                    // 2-5-2-2-3 (seed 7052) has cosine 0.77 at β = 1 and 0.70 at β = 0.1, and on
+                    // 4-3-3-5-4 (seed 16691) 0.961 at β = 0.1 and 0.957 at 0.01 (then 0.9999996).
+                    // An inference cycling on a kink (see limitCosines) gives no clamped solution,
+                    // so the order is checked only where inference converged. Below 1e-6 the error
+                    // is at the noise floor of inference to 1e-14 divided by β (CHL on 5-2-5-2-3,
+                    // seed 60249: 1e-9 at β = 0.01, 1.9e-8 at β = 0.001), where order means nothing.
+                    let floor = 1e-6
+                    let converged = List.map snd results
+                    if converged.[2] && converged.[3] then
+                        Expect.isLessThanOrEqual e.[3] (max e.[2] floor) $"0.001 beats 0.01; {message}"
+                    if not m.Relu then
+                        if converged.[2] then
+                            Expect.isLessThanOrEqual e.[2] (max (min e.[0] e.[1]) floor) $"0.01 beats 0.1 and 1 (tanh); {message}"
+                        if converged.[0] && converged.[1] then
+                            Expect.isLessThanOrEqual e.[1] (e.[0] + 1e-9) $"0.1 beats 1 (tanh); {message}"))
 
         test "symmetric variant: the error to backprop falls as beta^2 (log-log slope >= 1.8), the one-sided one as beta (slope 0.8-1.3), for PCN and LPOM on tanh MLPs" {
             let betas = [ 0.2; 0.1; 0.05; 0.025 ]

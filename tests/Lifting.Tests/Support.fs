@@ -42,6 +42,18 @@ let backpropGradient (program: NestedProgram) (weights: Weights) (x: Tensor) (y:
     let loss = program.Loss.PerExample(program.Forward(x, weights.Tensors), y).mean()
     autograd.grad([| loss |], weights.Tensors |> Array.ofSeq) |> Array.ofSeq
 
+/// The smallest |pre-activation| of any hidden unit in the forward pass on x: how close the
+/// pass is to a ReLU kink. (The programs of `mlp`: a hidden block is a linear layer, then its
+/// activation.)
+let kinkMargin (program: NestedProgram) (weights: Weights) (x: Tensor) =
+    use _ = no_grad()
+    let states = program.ForwardStates(x, weights.Tensors)
+    [ for l in 0 .. program.Blocks.Count - 2 ->
+        let linear = program.Blocks.[l].Layers.[0]
+        let w = program.BlockWeights(weights.Tensors, l) |> Seq.take linear.Parameters.Count |> Array.ofSeq
+        linear.Forward((if l = 0 then x else states.[l - 1]), w).abs().min().ToDouble() ]
+    |> List.min
+
 /// A dataset over given inputs and labels (for lifting tiny programs in tests).
 let dataset (x: Tensor) (y: Tensor) (classes: int) =
     new Lifting.Data.Dataset("test", x, y, classes)
