@@ -31,6 +31,12 @@ public sealed record MuSchedule(double Initial = 0.01, double Increment = 0, dou
 /// perceptron criterion the authors' code offers for non-differentiable networks).
 public enum StepBlockLoss { Squared, Hinge }
 
+/// How a block's squared residual ‖c_l − f_l^lin(σ(c_{l−1}))‖² enters Q_μ: summed over the code's
+/// units (seed 004 eq. 3 as written), or averaged over them, as the authors' code does (its
+/// `F.mse_loss`). With `UnitMean` a block of n_l units weighs μ/n_l, so one μ weighs wide and narrow
+/// codes alike, and the code steps of their code, with its step η at batch B, are η/B here.
+public enum ResidualScale { Sum, UnitMean }
+
 /// Options of online alternating minimisation.
 public sealed record OnlineAlternatingMinimisationOptions
 {
@@ -41,6 +47,7 @@ public sealed record OnlineAlternatingMinimisationOptions
     /// AM-Adam-off / AM-mem-off: the training set is one mini-batch; one AM iteration per epoch.
     public bool Offline { get; init; }
     public StepBlockLoss StepBlocks { get; init; } = StepBlockLoss.Squared;
+    public ResidualScale Residuals { get; init; } = ResidualScale.Sum;
 
     public void Validate() => Mu.Validate();
 }
@@ -109,7 +116,10 @@ public sealed class BlockSplit
 /// linear part (`BlockSplit`): c_l = f_l^lin(σ_{l−1}(c_{l−1})), with σ_0(c_0) = x and σ_l the block's
 /// activation part. On a mini-batch, seed 004 eq. 3 reads
 ///
-///     Q_μ(W, c) = Σ_i [ ℓ(f_L(σ_{L−1}(c_{L−1,i})), y_i) + μ Σ_l ‖c_{l,i} − f_l^lin(σ_{l−1}(c_{l−1,i}))‖² ].
+///     Q_μ(W, c) = Σ_i [ ℓ(f_L(σ_{L−1}(c_{L−1,i})), y_i) + μ Σ_l w_l ‖c_{l,i} − f_l^lin(σ_{l−1}(c_{l−1,i}))‖² ],
+///
+/// with w_l = 1 (`ResidualScale.Sum`, eq. 3 as written) or 1/n_l for a code of n_l units
+/// (`ResidualScale.UnitMean`, the authors' code).
 ///
 /// The codes are created from the mini-batch's forward pass inside the batch game and die with it:
 /// nothing is stored per example. AM alternates over blocks of Q_μ (`AlternatingMinimisationSolver`):
@@ -118,11 +128,11 @@ public sealed class BlockSplit
 ///   values when c_l is visited, c_l's own penalty is the distance to its forward value c_l⁰, and
 ///   each code descends its part of Q_μ divided by μ (the authors' scaling: same minimiser, a step
 ///   size whose stability does not depend on μ):
-///       E_{L−1}(c) = (1/μ) ℓ(f_L(σ(c)), y) + ‖c − c_{L−1}⁰‖²,
-///       E_l(c)     = ‖c_{l+1} − f_{l+1}^lin(σ(c))‖² + ‖c − c_l⁰‖²   (c_{l+1} already updated);
+///       E_{L−1}(c) = (1/μ) ℓ(f_L(σ(c)), y) + w_{L−1} ‖c − c_{L−1}⁰‖²,
+///       E_l(c)     = w_{l+1} ‖c_{l+1} − f_{l+1}^lin(σ(c))‖² + w_l ‖c − c_l⁰‖²   (c_{l+1} already updated);
 ///   the gradient through a step σ is that of its straight-through surrogate (hard-tanh for sign);
 /// - weight sub-problems (eq. 6), independent once the codes are fixed: the output block on the loss,
-///   (1/B) Σ_i ℓ(f_L(σ(c_{L−1,i}); W_L), y_i); a hidden block on (1/B) Σ_i ‖c_{l,i} − f_l^lin(σ(c_{l−1,i}); W_l)‖²
+///   (1/B) Σ_i ℓ(f_L(σ(c_{L−1,i}); W_L), y_i); a hidden block on (w_l/B) Σ_i ‖c_{l,i} − f_l^lin(σ(c_{l−1,i}); W_l)‖²
 ///   (μ is a constant factor of it), the current mini-batch's codes (AM-Adam), or, with `Memory`,
 ///   on the surrogate of all codes seen so far, ½ tr(W̃ A W̃ᵀ) − tr(W̃ Bᵀ) with co-activation
 ///   memories (eq. 7) A ← β_t A + Σ_i ã_i ã_iᵀ, B ← β_t B + Σ_i c_i ã_iᵀ, ã = [a; 1], kept for the run
@@ -130,10 +140,11 @@ public sealed class BlockSplit
 ///   θ = tη for t < η and η² + t − η after (η the mini-batch size, t the update count).
 ///   A hidden block whose activation is a step may use the hinge of `StepBlockLoss` instead.
 ///
-/// Norms are summed over a code's units (seed 004 eq. 3), and the codes take per-example gradients
-/// (the engine's convention for per-example players): the authors' code averages over the batch
-/// and the units, so its code step η with batch B and μ on units of width n corresponds to η/B here
-/// and μ/n. Offline (`Offline`): the training set is one mini-batch, one AM iteration per epoch. The
+/// The codes take per-example gradients (the engine's convention for per-example players). The
+/// authors' code averages each squared residual over the batch and the code's units: that is
+/// `UnitMean` with a code step of η/B here for their η at batch B. With summed norms their settings
+/// have no single-μ equivalent: a block of n_l units would need μ/n_l, and a hidden code's first
+/// step toward the code above it is n_{l+1} times theirs (docs/methods.md, LeNet-5). Offline (`Offline`): the training set is one mini-batch, one AM iteration per epoch. The
 /// trainer's mini-batches are chunks of it: each chunk's codes are encoded and updated (they are
 /// independent across examples), the weight sub-problems' gradients (and memories) are summed over
 /// the chunks, and the last chunk of the epoch takes the weight step, one gradient step per block
@@ -200,6 +211,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         {
             options = formulation.Options;
             Splits = splits;
+            ResidualWeights = splits.Take(splits.Count - 1)
+                .Select(b => options.Residuals == ResidualScale.UnitMean ? 1.0 / b.CodeShape.Aggregate(1L, (n, d) => n * d) : 1.0)
+                .ToArray();
             Mu = options.Mu.Initial;
             CodeRule = context.StepRuleFor(CodesPlayer);
             int hidden = splits.Count - 1;
@@ -219,6 +233,8 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         }
 
         public IReadOnlyList<BlockSplit> Splits { get; }
+        /// w_l of every hidden block's squared residual (see the class comment).
+        public double[] ResidualWeights { get; }
         public double Mu { get; private set; }
         public IStepRule CodeRule { get; }
         public OnlineAlternatingMinimisationOptions Options => options;
@@ -285,6 +301,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         private readonly IReadOnlyList<BlockSplit> splits;
         private readonly int hidden;
         private readonly double mu;
+        private readonly double[] w;
         private readonly Tensor[] codes;
         private readonly StepState[] codeStates;
         private readonly Player[] codePlayers, blockPlayers;
@@ -309,6 +326,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             splits = problem.Splits;
             hidden = splits.Count - 1;
             mu = problem.Mu;
+            w = problem.ResidualWeights;
             codes = new Tensor[hidden];
             codeStates = new StepState[hidden];
             penalties = new double[hidden];
@@ -359,7 +377,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             {
                 var g = codes[l] - splits[l].ApplyLinear(previous, BlockWeights(l));
                 defects[l] = g;
-                penalty = penalty + g.square().sum();
+                penalty = penalty + w[l] * g.square().sum();
                 previous = splits[l].ApplyActivation(codes[l]);
             }
             var loss = program.Loss.PerExample(Output(previous), Batch.Labels).sum();
@@ -439,9 +457,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             else
             {
                 var prediction = Reusable(l + 1, c, l) ?? splits[l + 1].ApplyLinear(splits[l].ApplyActivation(c), BlockWeights(l + 1));
-                objective = (codes[l + 1].detach() - prediction).square().sum();
+                objective = w[l + 1] * (codes[l + 1].detach() - prediction).square().sum();
             }
-            objective = objective + (c - forward[l]).square().sum();
+            objective = objective + w[l] * (c - forward[l]).square().sum();
             return new[] { autograd.grad(new[] { objective }, new[] { c }).Single().detach() };
         }
 
@@ -532,8 +550,8 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
                 var target = codes[l].detach();
                 RecordPenalty(l, target, prediction);
                 objective = problem.Options.StepBlocks == StepBlockLoss.Hinge && splits[l].StepActivation
-                    ? F.relu(-prediction * target.sign()).sum() / BatchSize
-                    : (target - prediction).square().sum() / BatchSize;
+                    ? F.relu(-prediction * target.sign()).sum() * (w[l] / BatchSize)
+                    : (target - prediction).square().sum() * (w[l] / BatchSize);
             }
             return autograd.grad(new[] { objective }, weights.ToArray()).Select(g => g.detach()).ToArray();
         }
@@ -542,7 +560,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         {
             using var _ = no_grad();
             var g = target - prediction.detach();
-            penalties[l] = g.square().sum().ToDouble();
+            penalties[l] = w[l] * g.square().sum().ToDouble();
             meanDefects[l] = g.abs().mean().ToDouble();
         }
 

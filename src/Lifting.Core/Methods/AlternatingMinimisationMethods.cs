@@ -31,6 +31,7 @@ internal static class AlternatingMinimisationMethods
         parameters.Add(MethodParameter.NonNegative("mu-increment", offline ? 0 : 1e-5, offline ? "added to μ after every iteration (epoch)" : "added to μ after every mini-batch (batch-wise increment)"));
         parameters.Add(MethodParameter.Real("mu-multiplier", 1.1, "factor applied to μ after every epoch (epoch-wise multiplier)", 1));
         parameters.Add(MethodParameter.Positive("mu-max", 1.5, "cap on μ"));
+        parameters.Add(MethodParameter.Choice("residuals", "sum", "each block's squared residual ‖c − f(·)‖² summed over the code's units (seed 004 eq. 3) or averaged over them (the authors' code)", "sum", "mean"));
         parameters.Add(MethodParameter.Choice("step-blocks", "squared", "weight sub-problem of a hidden block whose activation is a step: squared distance to the code, or hinge to its sign", "squared", "hinge"));
         parameters.Add(MethodParameter.Flag("parallel", false, "solve the blocks' weight sub-problems concurrently, one thread per block"));
         return new MethodDefinition(name, description, parameters, a =>
@@ -41,6 +42,7 @@ internal static class AlternatingMinimisationMethods
                 Memory = memory,
                 Offline = offline,
                 StepBlocks = a.Text("step-blocks") == "hinge" ? StepBlockLoss.Hinge : StepBlockLoss.Squared,
+                Residuals = a.Text("residuals") == "mean" ? ResidualScale.UnitMean : ResidualScale.Sum,
             }, name);
             var solver = new AlternatingMinimisationSolver(new AlternatingMinimisationSolverOptions
             {
