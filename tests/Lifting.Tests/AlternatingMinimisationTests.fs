@@ -56,13 +56,15 @@ let afterCodes (m: FormulationTests.SmallMlp) (mu: float) =
 
 /// The authors' update_codes (seed 004's code), written out: top-down, each code descends
 /// (1/μ)·(the loss, or μ times the code above's `mse_loss`) + `mse_loss`(c, c⁰), averaged over the batch
-/// and the units, by one Nesterov step of η from a zero buffer, that is c ← c − η(1 + 0.9)∇.
-let authorsCodes (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) (mu: float) (eta: float) =
+/// and (with `unitMean`) the units, or summed over the units, by one Nesterov step from a zero buffer,
+/// c ← c − η_k(1 + 0.9)∇, with η_k = η·growth^k for the code k levels below the top.
+let authorsCodes (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Tensor) (mu: float) (eta: float) (unitMean: bool) (growth: float) =
     use _ = torch.enable_grad()
     let splits = OnlineAlternatingMinimisation.Split program
     let hidden = splits.Count - 1
     let w l = program.BlockWeights(weights.Tensors, l)
-    let mse (a: Tensor) (b: Tensor) = (a - b).square().mean()
+    let batch = float x.shape.[0]
+    let distance (a: Tensor) (b: Tensor) = if unitMean then (a - b).square().mean() else (a - b).square().sum() / batch
     let forward = Array.zeroCreate<Tensor> hidden
     let mutable input = x
     for l in 0 .. hidden - 1 do
@@ -74,9 +76,9 @@ let authorsCodes (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Ten
         let above = splits.[l + 1].ApplyLinear(splits.[l].ApplyActivation(c), w (l + 1))
         let term =
             if l = hidden - 1 then program.Loss.PerExample(splits.[hidden].ApplyActivation(above), y).mean() / mu
-            else mse above codes.[l + 1]
-        let g = torch.autograd.grad([| term + mse c forward.[l] |], [| c |]).[0]
-        codes.[l] <- (c - g * (eta * 1.9)).detach()
+            else distance above codes.[l + 1]
+        let g = torch.autograd.grad([| term + distance c forward.[l] |], [| c |]).[0]
+        codes.[l] <- (c - g * (eta * growth ** float (hidden - 1 - l) * 1.9)).detach()
     codes
 
 let smallMlps = Arb.fromGen FormulationTests.genSmallMlp
@@ -96,21 +98,24 @@ let tests =
                 let output = List.last cos4 >= List.last cos1 - 1e-9 && List.last cos4 > 0.999999
                 (proportional && close && output) |> Prop.label $"moved {moved1} → {moved4}, cosines {cos1} → {cos4}")
 
-        testPropertyWithConfig config "residuals = mean: one top-down code pass equals the authors' update_codes (mse_loss over batch and units, their step η = B × ours)" <|
+        testPropertyWithConfig config "one top-down code pass equals the authors' update_codes (their step η = B × ours), residuals summed or averaged over the units (their mse_loss), code steps growing down the net" <|
             Prop.forAll smallMlps (fun m ->
                 let program = mlp m.Inputs m.Hidden m.Classes (FormulationTests.activationOf m.Activation) Losses.CrossEntropy
                 let batch = m.Batch + 1L
                 let x, y = randomBatch m.Seed batch m.Inputs m.Classes
                 use weights = program.Initialise(m.Seed, torch.CPU, f64)
                 let mu, eta = 0.05, 0.5
-                let expected = authorsCodes program weights x y mu eta
-                let options = OnlineAlternatingMinimisationOptions(Mu = MuSchedule(mu), Residuals = ResidualScale.UnitMean)
-                let problem, game, am = amGame options program weights x y (int m.Classes) (eta / float batch)
-                use _p = problem
-                use _g = game
-                AlternatingMinimisationSolver().UpdateCodes(am)
-                let error = relativeError game.Players.[1].Variables expected
-                error < 1e-12 |> Prop.label $"relative error {error}")
+                [ for residuals in [ ResidualScale.Sum; ResidualScale.UnitMean ] do
+                    for growth in [ 1.0; 3.0 ] do
+                        let expected = authorsCodes program weights x y mu eta (residuals = ResidualScale.UnitMean) growth
+                        let options = OnlineAlternatingMinimisationOptions(Mu = MuSchedule(mu), Residuals = residuals, CodeStepGrowth = growth)
+                        let problem, game, am = amGame options program weights x y (int m.Classes) (eta / float batch)
+                        use _p = problem
+                        use _g = game
+                        AlternatingMinimisationSolver().UpdateCodes(am)
+                        let error = relativeError game.Players.[1].Variables expected
+                        yield (error < 1e-12) |> Prop.label $"{residuals}, growth {growth}: relative error {error}" ]
+                |> List.reduce (.&.))
 
         test "the straight-through sign has sign's values bit for bit and hard-tanh's derivative" {
             let x = torch.tensor([| -2.0; -0.7; -0.0; 0.3; 1.0; 1.5 |], dtype = f64).requires_grad_(true)

@@ -48,8 +48,18 @@ public sealed record OnlineAlternatingMinimisationOptions
     public bool Offline { get; init; }
     public StepBlockLoss StepBlocks { get; init; } = StepBlockLoss.Squared;
     public ResidualScale Residuals { get; init; } = ResidualScale.Sum;
+    /// Code l's sub-problem E_l is scaled by `CodeStepGrowth`^k, k its distance from the top code
+    /// (0 for the top code): with one step from the forward values a code moves about η‖∂f‖ times the
+    /// code above it, so the move shrinks geometrically down a deep net; a growth above 1 gives lower
+    /// codes larger steps. 1 is seed 004's single code step.
+    public double CodeStepGrowth { get; init; } = 1;
 
-    public void Validate() => Mu.Validate();
+    public void Validate()
+    {
+        Mu.Validate();
+        if (!(CodeStepGrowth > 0) || double.IsInfinity(CodeStepGrowth))
+            throw new ArgumentOutOfRangeException(nameof(CodeStepGrowth), $"Invalid code step growth: {CodeStepGrowth} (expected a finite value > 0).");
+    }
 }
 
 /// How a block splits for alternating minimisation: `Linear` is every layer up to and including
@@ -460,6 +470,8 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
                 objective = w[l + 1] * (codes[l + 1].detach() - prediction).square().sum();
             }
             objective = objective + w[l] * (c - forward[l]).square().sum();
+            var scale = Math.Pow(problem.Options.CodeStepGrowth, hidden - 1 - l);
+            if (scale != 1) objective = objective * scale;
             return new[] { autograd.grad(new[] { objective }, new[] { c }).Single().detach() };
         }
 

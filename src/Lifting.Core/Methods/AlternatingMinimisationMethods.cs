@@ -22,6 +22,7 @@ internal static class AlternatingMinimisationMethods
         var parameters = new List<MethodParameter>();
         parameters.AddRange(PlayerRules.StepRule(PlayerNames.Weights, "adam", 2e-3));
         parameters.Add(MethodParameter.Positive("lr-codes", 0.02, "step size of the codes (per example; SGD with momentum on each code's sub-problem)"));
+        parameters.Add(MethodParameter.Positive("lr-codes-growth", 1, "factor by which each code's step grows per block below the top code (1: one step for every code)"));
         parameters.Add(MethodParameter.Real("momentum", 0.9, "momentum of the codes' steps", 0, maximum: 1, maximumExclusive: true));
         parameters.Add(MethodParameter.Flag("nesterov", true, "Nesterov momentum for the codes"));
         parameters.Add(MethodParameter.Integer("code-steps", 1, "steps on each code's sub-problem per mini-batch, top-down", 1));
@@ -43,6 +44,7 @@ internal static class AlternatingMinimisationMethods
                 Offline = offline,
                 StepBlocks = a.Text("step-blocks") == "hinge" ? StepBlockLoss.Hinge : StepBlockLoss.Squared,
                 Residuals = a.Text("residuals") == "mean" ? ResidualScale.UnitMean : ResidualScale.Sum,
+                CodeStepGrowth = a.Real("lr-codes-growth"),
             }, name);
             var solver = new AlternatingMinimisationSolver(new AlternatingMinimisationSolverOptions
             {
