@@ -34,7 +34,7 @@ public enum StepBlockLoss { Squared, Hinge }
 /// How a block's squared residual ‖c_l − f_l^lin(σ(c_{l−1}))‖² enters Q_μ: summed over the code's
 /// units (seed 004 eq. 3 as written), or averaged over them, as the authors' code does (its
 /// `F.mse_loss`). With `UnitMean` a block of n_l units weighs μ/n_l, so one μ weighs wide and narrow
-/// codes alike, and the code steps of their code, with its step η at batch B, are η/B here.
+/// codes alike, and the authors' code step η at batch B is η/B here.
 public enum ResidualScale { Sum, UnitMean }
 
 /// Options of online alternating minimisation.
@@ -154,7 +154,9 @@ public sealed class BlockSplit
 /// authors' code averages each squared residual over the batch and the code's units: that is
 /// `UnitMean` with a code step of η/B here for their η at batch B. With summed norms their settings
 /// have no single-μ equivalent: a block of n_l units would need μ/n_l, and a hidden code's first
-/// step toward the code above it is n_{l+1} times theirs (docs/methods.md, LeNet-5). Offline (`Offline`): the training set is one mini-batch, one AM iteration per epoch. The
+/// step toward the code above it is n_{l+1} times theirs (docs/methods.md, LeNet-5).
+///
+/// Offline (`Offline`): the training set is one mini-batch, one AM iteration per epoch. The
 /// trainer's mini-batches are chunks of it: each chunk's codes are encoded and updated (they are
 /// independent across examples), the weight sub-problems' gradients (and memories) are summed over
 /// the chunks, and the last chunk of the epoch takes the weight step, one gradient step per block
@@ -372,6 +374,8 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         public override IReadOnlyList<Player> Players { get; }
 
         private IReadOnlyList<Tensor> BlockWeights(int l) => blockPlayers[l].Variables;
+        /// w_l times block l's summed squared residual (no work when w_l = 1).
+        private Tensor Weighted(int l, Tensor residual) => w[l] == 1 ? residual : residual * w[l];
         private Tensor Input(int l) => l == 0 ? Batch.Inputs : splits[l - 1].ApplyActivation(codes[l - 1].detach());
         /// The output block: its linear part and its activation part (e.g. a softmax before an MSE loss).
         private Tensor Output(Tensor input) => splits[hidden].ApplyActivation(splits[hidden].ApplyLinear(input, BlockWeights(hidden)));
@@ -387,7 +391,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             {
                 var g = codes[l] - splits[l].ApplyLinear(previous, BlockWeights(l));
                 defects[l] = g;
-                penalty = penalty + w[l] * g.square().sum();
+                penalty = penalty + Weighted(l, g.square().sum());
                 previous = splits[l].ApplyActivation(codes[l]);
             }
             var loss = program.Loss.PerExample(Output(previous), Batch.Labels).sum();
@@ -467,9 +471,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             else
             {
                 var prediction = Reusable(l + 1, c, l) ?? splits[l + 1].ApplyLinear(splits[l].ApplyActivation(c), BlockWeights(l + 1));
-                objective = w[l + 1] * (codes[l + 1].detach() - prediction).square().sum();
+                objective = Weighted(l + 1, (codes[l + 1].detach() - prediction).square().sum());
             }
-            objective = objective + w[l] * (c - forward[l]).square().sum();
+            objective = objective + Weighted(l, (c - forward[l]).square().sum());
             var scale = Math.Pow(problem.Options.CodeStepGrowth, hidden - 1 - l);
             if (scale != 1) objective = objective * scale;
             return new[] { autograd.grad(new[] { objective }, new[] { c }).Single().detach() };
@@ -562,8 +566,8 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
                 var target = codes[l].detach();
                 RecordPenalty(l, target, prediction);
                 objective = problem.Options.StepBlocks == StepBlockLoss.Hinge && splits[l].StepActivation
-                    ? F.relu(-prediction * target.sign()).sum() * (w[l] / BatchSize)
-                    : (target - prediction).square().sum() * (w[l] / BatchSize);
+                    ? Weighted(l, F.relu(-prediction * target.sign()).sum()) / BatchSize
+                    : Weighted(l, (target - prediction).square().sum()) / BatchSize;
             }
             return autograd.grad(new[] { objective }, weights.ToArray()).Select(g => g.detach()).ToArray();
         }
