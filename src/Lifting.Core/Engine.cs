@@ -31,6 +31,27 @@ public static class Devices
     public static Device Resolve(string name) => Resolve(Parse(name));
 }
 
+/// The floating-point type of a run's weights, auxiliary variables and data. float32 is the
+/// default; float64 resolves changes below float32's relative resolution of about 1e-7, such as the
+/// small code steps of alternating minimisation on deep nets (docs/methods.md, LeNet-5), at two to
+/// four times the cost on CPU.
+public static class Precision
+{
+    public static ScalarType Parse(string name) => name.Trim().ToLowerInvariant() switch
+    {
+        "float32" or "single" => ScalarType.Float32,
+        "float64" or "double" => ScalarType.Float64,
+        _ => throw new ArgumentException($"Unknown dtype '{name}' (expected float32 or float64)."),
+    };
+
+    public static string Name(ScalarType type) => type switch
+    {
+        ScalarType.Float32 => "float32",
+        ScalarType.Float64 => "float64",
+        _ => throw new ArgumentException($"Unsupported dtype {type} (expected float32 or float64)."),
+    };
+}
+
 /// LibTorch's intra-op thread count. Results are bit-identical across processes for a seed and a
 /// thread count on one kind of CPU (docs/engine.md): LibTorch's default count follows the cores
 /// the process may run on, so a run that must be repeated sets it.

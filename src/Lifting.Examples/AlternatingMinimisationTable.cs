@@ -42,6 +42,7 @@ public static class AlternatingMinimisationTable
 
     public static int Run(string experiment, IReadOnlyDictionary<string, string> settings)
     {
+        precision = Precision.Parse(Get(settings, "dtype", "float32"));
         var command = "dotnet run --project src/Lifting.Examples -c Release -- am " + string.Join(" ", new[] { experiment }.Concat(settings.Where(kv => kv.Key != experiment).Select(kv => $"{kv.Key}={kv.Value}")));
         return experiment switch
         {
@@ -58,6 +59,9 @@ public static class AlternatingMinimisationTable
     }
 
     // ---- shared ---------------------------------------------------------------------------------
+
+    /// The floating-point type of weights, codes and data (`dtype=float32|float64`).
+    private static torch.ScalarType precision = torch.ScalarType.Float32;
 
     private static string Get(IReadOnlyDictionary<string, string> s, string key, string fallback) => s.TryGetValue(key, out var v) ? v : fallback;
     private static int Int(IReadOnlyDictionary<string, string> s, string key, int fallback) => int.Parse(Get(s, key, fallback.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
@@ -86,7 +90,7 @@ public static class AlternatingMinimisationTable
     private static Outcome Train(NestedProgram program, DataSplit data, MethodSettings settings, int epochs, int batch, int seed, int earlyBatch = 0, string tag = "", bool diagnose = false)
     {
         var method = Methods.Resolve(settings);
-        using var weights = program.Initialise(seed);
+        using var weights = program.Initialise(seed, dtype: precision);
         Evaluation? earlyValidation = null, earlyTest = null;
         var observer = Observers.Create(
             e => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -95,12 +99,12 @@ public static class AlternatingMinimisationTable
             (epoch, b, _) =>
             {
                 if (epoch != 1 || b != earlyBatch) return;
-                earlyValidation = Trainer.Evaluate(program, weights.Tensors, data.Validation);
-                earlyTest = Trainer.Evaluate(program, weights.Tensors, data.Test);
+                earlyValidation = Trainer.Evaluate(program, weights.Tensors, data.Validation, precision);
+                earlyTest = Trainer.Evaluate(program, weights.Tensors, data.Test, precision);
                 Console.WriteLine($"   {tag} after {b} mini-batches: val {F(earlyValidation.Accuracy)} test {F(earlyTest.Accuracy)}");
             });
         using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
-            new TrainingOptions { Epochs = epochs, BatchSize = batch, Seed = seed }, observer, weights);
+            new TrainingOptions { Epochs = epochs, BatchSize = batch, Seed = seed, DType = precision }, observer, weights);
         var am = method.Solver as AlternatingMinimisationSolver;
         return new Outcome(result.Selected.TestAccuracy, result.Selected.ValidationAccuracy ?? double.NaN, result.SelectedEpoch, result.Final.TestAccuracy,
             result.SecondsPerEpoch, result.Epochs, earlyValidation, earlyTest, am?.CodePhaseSeconds ?? 0, am?.WeightPhaseSeconds ?? 0, result.StateBytes);
@@ -447,7 +451,7 @@ public static class AlternatingMinimisationTable
     {
         using var data = DatasetCatalog.Load(Get(s, "data", "mnist-10k"));
         var program = NetSpec.Build(Get(s, "net", "784-100-100-10"), data.Train.ExampleShape, data.Train.ClassCount, Activations.ByName(Get(s, "activation", "relu")), Losses.CrossEntropy);
-        var run = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "threads", "method", "early", "run", "diagnose" };
+        var run = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "threads", "method", "early", "run", "diagnose", "dtype" };
         var settings = new MethodSettings(Get(s, "method", "am-adam"))
         {
             Values = s.Where(kv => !run.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value),

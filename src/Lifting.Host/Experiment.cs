@@ -33,6 +33,8 @@ public sealed record Experiment
     public int Iterations { get; init; } = 1;
     public bool Cosine { get; init; }
     public string Device { get; init; } = "auto";
+    /// The floating-point type of weights, states and data: "float32" or "float64".
+    public string DType { get; init; } = "float32";
     /// LibTorch's intra-op thread count; null = LibTorch's default (recorded with the run).
     public int? Threads { get; init; }
     public double ValidationFraction { get; init; } = 0.1;
@@ -64,6 +66,7 @@ public sealed record Experiment
         new("iterations", "N", "solver iterations per mini-batch", "1"),
         new("cosine", "", "log the cosine between the weight update and backprop's gradient", "false", IsFlag: true),
         new("device", "auto|cpu|cuda", "where tensors live", "auto"),
+        new("dtype", "float32|float64", "floating-point type of weights, auxiliary variables and data (float64 resolves steps below float32's 1e-7)", "float32"),
         new("threads", "N", "LibTorch threads (results are bit-identical for a seed and a thread count)", "LibTorch's choice"),
         new("validation-fraction", "F", "training examples held out for validation; selection (best epoch, early stopping) uses them", "0.1"),
         new("split-seed", "N", "seed of the validation (and CSV test) split", MethodParameter.Format(Lifting.Data.DataOptions.DefaultSplitSeed)),
@@ -137,6 +140,7 @@ public sealed record Experiment
             "iterations" => this with { Iterations = PositiveInt(flag, value) },
             "cosine" => this with { Cosine = Bool(flag, value) },
             "device" => this with { Device = Known(flag, value, () => Devices.Parse(value)).Trim().ToLowerInvariant() },
+            "dtype" => this with { DType = Known(flag, value, () => Precision.Parse(value)).Trim().ToLowerInvariant() },
             "threads" => this with { Threads = PositiveInt(flag, value) },
             "validation-fraction" => this with { ValidationFraction = Fraction(flag, value) },
             "split-seed" => this with { SplitSeed = Int(flag, value) },

@@ -70,6 +70,7 @@ public sealed class PreparedRun : IDisposable
                 BatchSize = e.Batch,
                 Seed = e.Seed,
                 Device = device,
+                DType = Precision.Parse(e.DType),
                 Patience = e.Patience,
                 IterationsPerBatch = e.Iterations,
                 CosineToBackprop = e.Cosine,
@@ -129,6 +130,7 @@ public sealed class PreparedRun : IDisposable
         o["iterations"] = e.Iterations;
         o["cosine"] = e.Cosine;
         o["device"] = e.Device;
+        o["dtype"] = e.DType;
         o["threads"] = e.Threads;
         o["validation-fraction"] = e.ValidationFraction;
         o["split-seed"] = e.SplitSeed;

@@ -81,6 +81,24 @@ let authorsCodes (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Ten
         codes.[l] <- (c - g * (eta * growth ** float (hidden - 1 - l) * 1.9)).detach()
     codes
 
+/// The largest weight change of the lowest block, over the weights' step size, after one AM-Adam
+/// iteration on a five-block float64 MLP with a code step so small that the lowest code moves by
+/// about 1e-15: its weight gradient (about 1e-14) is far below Adam's default ε.
+let lowestBlockStep (adamEps: float option) =
+    let program = mlp 16L [ 12L; 12L; 12L; 12L ] 4L Activations.Tanh Losses.CrossEntropy
+    let x, y = randomBatch 3 32L 16L 4L
+    use weights = program.Initialise(3, torch.CPU, f64)
+    let before = program.BlockWeights(weights.Tensors, 0) |> Array.ofSeq |> Array.map (fun t -> t.detach().clone())
+    let settings = MethodSettings("am-adam").With("lr-codes", 1e-4).With("lr", 0.01)
+    let settings = match adamEps with Some e -> settings.With("adam-eps", e) | None -> settings
+    let m = Methods.Resolve settings
+    let problem, game, _ = liftAll m.Formulation program weights x y 4 m.Solver.MemorySlots m.StepRules
+    use _p = problem
+    use _g = game
+    m.Solver.Step game
+    let after = program.BlockWeights(weights.Tensors, 0)
+    (Seq.map2 (fun (a: Tensor) (b: Tensor) -> (a - b).abs().max().ToDouble()) after before |> Seq.max) / 0.01
+
 let smallMlps = Arb.fromGen FormulationTests.genSmallMlp
 let config = { FsCheckConfig.defaultConfig with maxTest = 20; arbitrary = [] }
 
@@ -98,6 +116,12 @@ let tests =
                 let output = List.last cos4 >= List.last cos1 - 1e-9 && List.last cos4 > 0.999999
                 (proportional && close && output) |> Prop.label $"moved {moved1} → {moved4}, cosines {cos1} → {cos4}")
 
+        testCase "adam-eps reaches AM-Adam's weight rule: a lowest block whose code moves by about 1e-15 gets a full first Adam step (= lr) at ε 1e-20 in float64, under 1 % of it at the default ε 1e-8" <| fun () ->
+            let tiny = lowestBlockStep (Some 1e-20)
+            let damped = lowestBlockStep None
+            Expect.isGreaterThan tiny 0.999 $"ε 1e-20: largest step {tiny} × lr"
+            Expect.isLessThan tiny 1.001 $"ε 1e-20: largest step {tiny} × lr"
+            Expect.isLessThan damped 0.01 $"ε 1e-8: largest step {damped} × lr"
         testPropertyWithConfig config "one top-down code pass equals the authors' update_codes (their step η = B × ours), residuals summed or averaged over the units (their mse_loss), code steps growing down the net" <|
             Prop.forAll smallMlps (fun m ->
                 let program = mlp m.Inputs m.Hidden m.Classes (FormulationTests.activationOf m.Activation) Losses.CrossEntropy

@@ -62,6 +62,7 @@ let cases () : (string * string list * string) list =
       "zero epochs", [ "train"; "--epochs"; "0" ], "--epochs: 0 must be a positive integer"
       "zero threads", [ "train"; "--threads"; "0" ], "--threads: 0"
       "an unknown device", [ "train"; "--device"; "quantum" ], "quantum"
+      "an unsupported dtype", [ "train"; "--dtype"; "float16" ], "Unknown dtype 'float16'"
       "a network for other inputs", [ "train"; "--net"; "784-256-10" ], "784 inputs but the data has 64"
       "a zoo network for larger images", [ "train"; "--net"; "lenet5" ], "at least 12×12"
       "a malformed layer list", [ "train"; "--net"; "conv:6,relu,dense:10" ], "conv:6"

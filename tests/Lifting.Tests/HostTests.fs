@@ -317,6 +317,20 @@ let tests =
             use doc = JsonDocument.Parse(lastLine out)
             Expect.floatClose Accuracy.high (doc.RootElement.GetProperty("test").GetProperty("accuracy").GetDouble()) (summary.GetProperty("final_test_accuracy").GetDouble()) "final weights: the final test accuracy"
         }
+        test "--dtype float64 trains in double precision: the config records it, the weights file holds F64 tensors, and eval reproduces the run's accuracies" {
+            let dir = newDir ()
+            let code, _, err = lifting [ "train"; "--epochs"; "2"; "--net"; "64-32-10"; "--method"; "am-adam"; "--dtype"; "float64"; "--out"; dir ]
+            Expect.equal code 0 err
+            Expect.equal (text (readJson (Path.Combine(dir, "config.json"))) "dtype") "float64" "config.json records the dtype"
+            let program = Lifting.Programs.NetSpec.Build("64-32-10", [| 64L |], 10, Lifting.Programs.Activations.ReLU, Lifting.Programs.Losses.CrossEntropy)
+            use weights = Lifting.Storage.WeightsFile.Load(Path.Combine(dir, "weights.safetensors"), program)
+            for t in weights.Tensors do Expect.equal t.dtype TorchSharp.torch.ScalarType.Float64 "every weight is float64"
+            let summary = readJson (Path.Combine(dir, "summary.json"))
+            let code, out, err = lifting [ "eval"; dir; "--json" ]
+            Expect.equal code 0 err
+            use doc = JsonDocument.Parse(lastLine out)
+            Expect.floatClose Accuracy.high (doc.RootElement.GetProperty("test").GetProperty("accuracy").GetDouble()) (summary.GetProperty("test_accuracy").GetDouble()) "the summary's test accuracy"
+        }
         test "a user's CSV trains end to end: header, string labels, per-feature standardisation; eval maps the labels by the run's classes" {
             let dir = tempDir ()
             let csv = Path.Combine(dir, "flowers.csv")
