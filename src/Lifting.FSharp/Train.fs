@@ -13,6 +13,8 @@ type Options =
       BatchSize: int
       Seed: int
       Device: torch.Device
+      /// The floating-point type of weights, auxiliary variables and data (float32 or float64).
+      DType: torch.ScalarType
       IterationsPerBatch: int
       /// Stop after this many epochs without a better validation accuracy (0 = never).
       Patience: int
@@ -21,11 +23,11 @@ type Options =
 module Options =
     let private core = TrainingOptions()
     let defaults =
-        { Epochs = core.Epochs; BatchSize = core.BatchSize; Seed = core.Seed; Device = core.Device
+        { Epochs = core.Epochs; BatchSize = core.BatchSize; Seed = core.Seed; Device = core.Device; DType = core.DType
           IterationsPerBatch = core.IterationsPerBatch; Patience = core.Patience; CosineToBackprop = core.CosineToBackprop }
     /// The options the C# API takes.
     let toCore (o: Options) =
-        TrainingOptions(Epochs = o.Epochs, BatchSize = o.BatchSize, Seed = o.Seed, Device = o.Device,
+        TrainingOptions(Epochs = o.Epochs, BatchSize = o.BatchSize, Seed = o.Seed, Device = o.Device, DType = o.DType,
                         IterationsPerBatch = o.IterationsPerBatch, Patience = o.Patience, CosineToBackprop = o.CosineToBackprop)
 
 /// One epoch's metrics with options where the C# record has nulls.

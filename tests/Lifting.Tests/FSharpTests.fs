@@ -32,10 +32,11 @@ let tests =
             let ex = Expect.throwsC (fun () -> Program.input [ 1; 8; 8 ] --> Layer.dense 10 |> Program.crossEntropy |> ignore) id
             Expect.stringContains ex.Message "Flatten" "says what to add"
         }
-        test "options and method specs copy and update; Method.set formats values invariantly; unknown parameters are refused by name" {
+        test "options (dtype included) and method specs copy and update; Method.set formats values invariantly; unknown parameters are refused by name" {
             let options = { Options.defaults with Epochs = 2 }
             Expect.equal options.BatchSize (Lifting.Training.TrainingOptions().BatchSize) "other fields keep their defaults"
             Expect.equal (Options.toCore options).Epochs 2 "the C# options carry the change"
+            Expect.equal (Options.toCore { options with DType = TorchSharp.torch.ScalarType.Float64 }).DType TorchSharp.torch.ScalarType.Float64 "and the dtype"
             let spec = Method.named "extraprop" |> Method.set "lr" 0.005 |> Method.set "reduced" true
             Expect.equal spec.Values.["lr"] "0.005" "invariant number"
             Expect.equal (Method.resolve spec).Arguments.Method.Name "extraprop" "resolves"
