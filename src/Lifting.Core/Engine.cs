@@ -33,8 +33,8 @@ public static class Devices
 
 /// The floating-point type of a run's weights, auxiliary variables and data. float32 is the
 /// default; float64 resolves changes below float32's relative resolution of about 1e-7, such as the
-/// small code steps of alternating minimisation on deep nets (docs/methods.md, LeNet-5), at two to
-/// four times the cost on CPU.
+/// small code steps of alternating minimisation on deep nets (docs/methods.md, LeNet-5), at about
+/// twice the cost on CPU (docs/engine.md, "Precision").
 public static class Precision
 {
     public static ScalarType Parse(string name) => name.Trim().ToLowerInvariant() switch
@@ -42,13 +42,6 @@ public static class Precision
         "float32" or "single" => ScalarType.Float32,
         "float64" or "double" => ScalarType.Float64,
         _ => throw new ArgumentException($"Unknown dtype '{name}' (expected float32 or float64)."),
-    };
-
-    public static string Name(ScalarType type) => type switch
-    {
-        ScalarType.Float32 => "float32",
-        ScalarType.Float64 => "float64",
-        _ => throw new ArgumentException($"Unsupported dtype {type} (expected float32 or float64)."),
     };
 }
 
