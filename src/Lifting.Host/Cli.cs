@@ -111,14 +111,5 @@ public static class Cli
         return command;
     }
 
-    /// A fresh folder name under runs/: runs/YYYYMMDD-HHMMSS-NAME, numbered if taken.
-    internal static string DefaultFolder(string name)
-    {
-        var stem = Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture) + "-" + name);
-        var path = stem;
-        for (int k = 2; Directory.Exists(path) || File.Exists(path); k++) path = $"{stem}-{k}";
-        return path;
-    }
-
     internal static string F(double v, string format = "F4") => double.IsFinite(v) ? v.ToString(format, CultureInfo.InvariantCulture) : v.ToString(CultureInfo.InvariantCulture);
 }

@@ -21,7 +21,7 @@ public static class CompareCommand
         command.SetAction(parsed =>
         {
             var folders = parsed.GetValue(runs)!.Select(RunFolder.Existing).ToArray();
-            var target = RunFolder.ForNewRun(parsed.GetValue(output) ?? Cli.DefaultFolder("compare"), parsed.GetValue(force));
+            using var target = RunFolder.ForOutput(parsed.GetValue(output), parsed.GetValue(force), "compare");
             var rows = folders.Select(Row).ToArray();
             var reference = rows[0].SecondsPerEpoch;
             var markdown = new StringBuilder();

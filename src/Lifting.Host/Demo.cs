@@ -47,7 +47,7 @@ public static class Demo
                 : int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) && v > 0 ? v
                 : throw new UsageException($"{option.Name}: {text} must be a positive integer");
             var definition = Definition(Positive(epochs, DefaultEpochs), Positive(seeds, DefaultSeeds));
-            var folder = RunFolder.ForNewRun(parsed.GetValue(output) ?? Cli.DefaultFolder("demo"), parsed.GetValue(force));
+            using var folder = RunFolder.ForOutput(parsed.GetValue(output), parsed.GetValue(force), "demo");
             var families = string.Join(", ", Methods.Representatives.Select(m => $"{m.Name} ({m.Family})"));
             return Sweep.Run(definition, "demo", folder, context, parsed.GetValue(json), parsed.GetValue(plain), title: $"demo: {families} on digits");
         });

@@ -19,7 +19,12 @@ namespace Lifting.Host;
 /// A folder is created only once every input has been checked, and a non-empty folder is never
 /// written into unless `--force` clears it first, so results of different runs never mix. Every
 /// file but metrics.jsonl is written to a temporary sibling and renamed into place.
-public sealed class RunFolder
+///
+/// A run holds its folder: an exclusive lock on `.lock` inside it, from `Create` (or `Claim`, to
+/// resume) until `Dispose`. The operating system drops the lock when the process ends, however it
+/// ends, so a crashed run never blocks its folder. A second run aimed at a held folder (`--force`,
+/// `resume`) is refused; two runs started in the same second with default names get two folders.
+public sealed class RunFolder : IDisposable
 {
     public const string Config = "config.json";
     public const string Summary = "summary.json";
@@ -29,24 +34,53 @@ public sealed class RunFolder
     public const string Weights = "weights.safetensors";
     public const string SelectedWeights = "weights-selected.safetensors";
     public const string Plots = "plots";
+    public const string LockFile = ".lock";
 
-    private RunFolder(string path) => Path = System.IO.Path.GetFullPath(path);
+    private readonly bool force;
+    private readonly string? numberedStem;
+    private FileStream? claim;
 
-    public string Path { get; }
+    private RunFolder(string path, bool force = false, string? numberedStem = null)
+    {
+        Path = System.IO.Path.GetFullPath(path);
+        this.force = force;
+        this.numberedStem = numberedStem;
+    }
+
+    public string Path { get; private set; }
 
     public string File(string name) => System.IO.Path.Combine(Path, name);
 
     /// A folder to create: refused (before anything is written) when it is a file, or a non-empty
     /// folder and `force` is off.
-    public static RunFolder ForNewRun(string path, bool force, string flag = "--out")
+    public static RunFolder ForNewRun(string path, bool force)
     {
-        var folder = new RunFolder(path);
-        if (System.IO.File.Exists(folder.Path)) throw new UsageException($"{flag} {path}: a file of that name exists; give a folder");
+        var folder = new RunFolder(path, force);
+        if (System.IO.File.Exists(folder.Path)) throw new UsageException($"--out {path}: a file of that name exists; give a folder");
         if (Directory.Exists(folder.Path) && Directory.EnumerateFileSystemEntries(folder.Path).Any() && !force)
-            throw new UsageException($"{flag} {path}: the folder is not empty; choose a new folder or add --force to replace its contents");
+            throw new UsageException($"--out {path}: the folder is not empty; choose a new folder or add --force to replace its contents");
         var parent = System.IO.Path.GetDirectoryName(folder.Path);
-        if (parent is not null && System.IO.File.Exists(parent)) throw new UsageException($"{flag} {path}: {parent} is a file");
+        if (parent is not null && System.IO.File.Exists(parent)) throw new UsageException($"--out {path}: {parent} is a file");
         return folder;
+    }
+
+    /// `path` when given, otherwise a fresh default folder runs/YYYYMMDD-HHMMSS-NAME (numbered if
+    /// taken, also when another run takes it between now and `Create`).
+    public static RunFolder ForOutput(string? path, bool force, string defaultName) =>
+        path is not null ? ForNewRun(path, force) : ForDefault(defaultName);
+
+    private static RunFolder ForDefault(string name) =>
+        ForNumbered(System.IO.Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", System.Globalization.CultureInfo.InvariantCulture) + "-" + name));
+
+    /// The first free folder of `stem`, `stem`-2, `stem`-3, …, chosen again at `Create` if another
+    /// run has taken it meanwhile.
+    public static RunFolder ForNumbered(string stem) => new(FirstFree(stem), numberedStem: stem);
+
+    private static string FirstFree(string stem)
+    {
+        var path = stem;
+        for (int k = 2; Directory.Exists(path) || System.IO.File.Exists(path); k++) path = $"{stem}-{k}";
+        return path;
     }
 
     /// An existing run folder (for resume, plot, eval, compare).
@@ -58,16 +92,62 @@ public sealed class RunFolder
         return folder;
     }
 
-    /// Creates the folder, clearing what a forced run replaces.
+    /// Creates and holds the folder, clearing what a forced run replaces. Refused when another run
+    /// holds it, or when it has filled since `ForNewRun` looked (a default name moves on instead).
     public void Create()
     {
-        if (Directory.Exists(Path))
-            foreach (var entry in Directory.EnumerateFileSystemEntries(Path))
+        while (true)
+        {
+            if (TryClaim())
             {
-                if (Directory.Exists(entry)) Directory.Delete(entry, recursive: true);
-                else System.IO.File.Delete(entry);
+                var entries = Directory.EnumerateFileSystemEntries(Path).Where(e => System.IO.Path.GetFileName(e) != LockFile).ToArray();
+                if (entries.Length == 0 || force)
+                {
+                    foreach (var entry in entries)
+                    {
+                        if (Directory.Exists(entry)) Directory.Delete(entry, recursive: true);
+                        else System.IO.File.Delete(entry);
+                    }
+                    return;
+                }
+                Release();
+                if (numberedStem is null)
+                    throw new UsageException($"{Path}: the folder is not empty; choose a new folder or add --force to replace its contents");
             }
+            else if (numberedStem is null) throw InUse();
+            Path = System.IO.Path.GetFullPath(FirstFree(numberedStem));
+        }
+    }
+
+    /// Holds an existing folder (to resume the run in it); refused when another run holds it.
+    public void Claim()
+    {
+        if (!TryClaim()) throw InUse();
+    }
+
+    public void Dispose() => Release();
+
+    private UsageException InUse() => new($"{Path}: the run folder is in use by another run (wait for it to end, or choose another folder)");
+
+    private bool TryClaim()
+    {
+        if (claim is not null) return true;
         Directory.CreateDirectory(Path);
+        try
+        {
+            // FileShare.None is an exclusive advisory lock (flock) on Unix, released by the kernel with the process.
+            claim = new FileStream(File(LockFile), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            return true;
+        }
+        catch (IOException) { return false; }
+    }
+
+    private void Release()
+    {
+        if (claim is null) return;
+        System.IO.File.Delete(File(LockFile));
+        claim.Dispose();
+        claim = null;
     }
 
     public void WriteText(string name, string text) => WriteAtomically(name, Encoding.UTF8.GetBytes(text.EndsWith('\n') ? text : text + "\n"));

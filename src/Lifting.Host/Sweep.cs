@@ -95,7 +95,7 @@ public static class Sweep
         {
             var path = parsed.GetValue(file)!;
             var definition = SweepDefinition.FromFile(path);
-            var folder = RunFolder.ForNewRun(parsed.GetValue(output) ?? Cli.DefaultFolder("sweep"), parsed.GetValue(force));
+            using var folder = RunFolder.ForOutput(parsed.GetValue(output), parsed.GetValue(force), "sweep");
             return Run(definition, path, folder, context, parsed.GetValue(json), parsed.GetValue(plain), title: $"sweep {path}");
         });
         return command;
@@ -131,7 +131,7 @@ public static class Sweep
         for (int i = 0; i < points.Count; i++)
         {
             var (label, e, round) = points[i];
-            var runFolder = RunFolder.ForNewRun(Path.Combine(folder.Path, "runs", $"{i + 1:D3}-{Safe(label)}"), force: false);
+            using var runFolder = RunFolder.ForNewRun(Path.Combine(folder.Path, "runs", $"{i + 1:D3}-{Safe(label)}"), force: false);
             using var run = PreparedRun.Prepare(e);
             var progress = Progress.Create(output, context.Live && !plain, epochLines: false);
             var outcome = Runner.Execute(run, runFolder, progress, context.Cancellation, title: $"[{i + 1}/{points.Count}] {label}");

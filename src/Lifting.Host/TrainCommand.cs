@@ -75,7 +75,7 @@ public static class TrainCommand
                                              $"(its parameters: {string.Join(", ", method.Parameters.Select(p => p.Name))}; see lifting train --method {method.Name} --help)");
                 throw new UsageException($"unexpected argument '{token}' (train takes options only; see lifting train --help)");
             }
-            var folder = RunFolder.ForNewRun(parsed.GetValue(output) ?? Cli.DefaultFolder(e.Method), parsed.GetValue(force));
+            using var folder = RunFolder.ForOutput(parsed.GetValue(output), parsed.GetValue(force), e.Method);
             using var run = PreparedRun.Prepare(e);
             return Train(run, folder, context, parsed.GetValue(json), parsed.GetValue(plain), resume: null);
         });
@@ -115,7 +115,8 @@ public static class TrainCommand
         command.SetAction(parsed =>
         {
             var path = parsed.GetValue(run)!;
-            var folder = RunFolder.Existing(path);
+            using var folder = RunFolder.Existing(path);
+            folder.Claim();
             var status = folder.ReadJson(RunFolder.Summary)["status"]?.GetValue<string>() ?? "";
             if (status == RunOutcome.Completed) throw new UsageException($"{path}: the run is completed; nothing to resume");
             if (status == RunOutcome.Diverged) throw new UsageException($"{path}: the run diverged; resuming would diverge again (train anew with other settings)");

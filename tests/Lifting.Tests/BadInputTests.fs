@@ -4,6 +4,7 @@ open System
 open System.IO
 open Expecto
 open Lifting.Data
+open Lifting.Host
 open Lifting.Tests.HostTests
 
 /// Every file of a folder (relative path → bytes), to show that a refused command changed nothing.
@@ -112,5 +113,44 @@ let tests =
                 Expect.equal (after |> Array.map fst) (before |> Array.map fst) $"{what}: the earlier run folder has the same files"
                 for (name, a), (_, b) in Array.zip after before do
                     Expect.sequenceEqual a b $"{what}: {name} unchanged"
+        }
+
+        test "a run folder held by a training process is refused to train --force and to resume (one line, exit 2, its config untouched), and freed when that process is killed" {
+            let dir = newDir ()
+            let args = [ "train"; "--net"; "64-16-10"; "--epochs"; "100000"; "--plain"; "--out"; dir ]
+            use running = match Diagnostics.Process.Start(startInfo args) with null -> failwith "could not start dotnet" | p -> p
+            let config = Path.Combine(dir, "config.json")
+            let waited = Diagnostics.Stopwatch.StartNew()
+            while not (File.Exists config) && not running.HasExited && waited.Elapsed < TimeSpan.FromMinutes 2.0 do
+                Threading.Thread.Sleep 100
+            Expect.isFalse running.HasExited "the long run is training"
+            Expect.isTrue (File.Exists config) "the long run has written its config"
+            let before = File.ReadAllBytes config
+            for what, refused in [ "train --force into it", [ "train"; "--net"; "64-16-10"; "--epochs"; "1"; "--out"; dir; "--force" ]
+                                   "resume it", [ "resume"; dir ] ] do
+                let code, _, err = lifting refused
+                Expect.equal code 2 $"{what}: exit code 2; stderr: {err}"
+                Expect.equal (err.Trim().Split('\n').Length) 1 $"{what}: one line: {err}"
+                Expect.stringContains err "in use by another run" $"{what}: the message says the folder is in use"
+                Expect.sequenceEqual (File.ReadAllBytes config) before $"{what}: config.json unchanged"
+            running.Kill true
+            running.WaitForExit()
+            let code, _, err = lifting [ "train"; "--net"; "64-16-10"; "--epochs"; "1"; "--out"; dir; "--force" ]
+            Expect.equal code 0 $"after the holder was killed the folder is free: {err}"
+            Expect.isFalse (File.Exists(Path.Combine(dir, RunFolder.LockFile))) "the lock file is removed when a run ends"
+        }
+
+        test "two runs given the same numbered default folder (started in the same second) get two folders, and a held folder refuses a forced run" {
+            let stem = Path.Combine(tempDir (), "run")
+            use first = RunFolder.ForNumbered stem
+            use second = RunFolder.ForNumbered stem
+            Expect.equal second.Path first.Path "both pick the same free name before either is created"
+            first.Create()
+            second.Create()
+            Expect.equal first.Path (Path.GetFullPath stem) "the first run takes the name"
+            Expect.equal second.Path (Path.GetFullPath(stem + "-2")) "the second run moves on to the next number"
+            let forced = RunFolder.ForNewRun(first.Path, true)
+            let error = Expect.throwsC (fun () -> forced.Create()) id
+            Expect.stringContains error.Message "in use by another run" "a forced run into a held folder is refused"
         }
     ]
