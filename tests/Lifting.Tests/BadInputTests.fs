@@ -119,22 +119,25 @@ let tests =
             let dir = newDir ()
             let args = [ "train"; "--net"; "64-16-10"; "--epochs"; "100000"; "--plain"; "--out"; dir ]
             use running = match Diagnostics.Process.Start(startInfo args) with null -> failwith "could not start dotnet" | p -> p
-            let config = Path.Combine(dir, "config.json")
-            let waited = Diagnostics.Stopwatch.StartNew()
-            while not (File.Exists config) && not running.HasExited && waited.Elapsed < TimeSpan.FromMinutes 2.0 do
-                Threading.Thread.Sleep 100
-            Expect.isFalse running.HasExited "the long run is training"
-            Expect.isTrue (File.Exists config) "the long run has written its config"
-            let before = File.ReadAllBytes config
-            for what, refused in [ "train --force into it", [ "train"; "--net"; "64-16-10"; "--epochs"; "1"; "--out"; dir; "--force" ]
-                                   "resume it", [ "resume"; dir ] ] do
-                let code, _, err = lifting refused
-                Expect.equal code 2 $"{what}: exit code 2; stderr: {err}"
-                Expect.equal (err.Trim().Split('\n').Length) 1 $"{what}: one line: {err}"
-                Expect.stringContains err "in use by another run" $"{what}: the message says the folder is in use"
-                Expect.sequenceEqual (File.ReadAllBytes config) before $"{what}: config.json unchanged"
-            running.Kill true
-            running.WaitForExit()
+            // The holder is killed however the checks end, so a failing check leaves no process behind.
+            try
+                let config = Path.Combine(dir, "config.json")
+                let waited = Diagnostics.Stopwatch.StartNew()
+                while not (File.Exists config) && not running.HasExited && waited.Elapsed < TimeSpan.FromMinutes 2.0 do
+                    Threading.Thread.Sleep 100
+                Expect.isFalse running.HasExited "the long run is training"
+                Expect.isTrue (File.Exists config) "the long run has written its config"
+                let before = File.ReadAllBytes config
+                for what, refused in [ "train --force into it", [ "train"; "--net"; "64-16-10"; "--epochs"; "1"; "--out"; dir; "--force" ]
+                                       "resume it", [ "resume"; dir ] ] do
+                    let code, _, err = lifting refused
+                    Expect.equal code 2 $"{what}: exit code 2; stderr: {err}"
+                    Expect.equal (err.Trim().Split('\n').Length) 1 $"{what}: one line: {err}"
+                    Expect.stringContains err "in use by another run" $"{what}: the message says the folder is in use"
+                    Expect.sequenceEqual (File.ReadAllBytes config) before $"{what}: config.json unchanged"
+            finally
+                if not running.HasExited then running.Kill true
+                running.WaitForExit()
             let code, _, err = lifting [ "train"; "--net"; "64-16-10"; "--epochs"; "1"; "--out"; dir; "--force" ]
             Expect.equal code 0 $"after the holder was killed the folder is free: {err}"
             Expect.isFalse (File.Exists(Path.Combine(dir, RunFolder.LockFile))) "the lock file is removed when a run ends"
