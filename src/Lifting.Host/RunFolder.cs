@@ -135,8 +135,9 @@ public sealed class RunFolder : IDisposable
         Directory.CreateDirectory(Path);
         try
         {
-            // FileShare.None is an exclusive advisory lock (flock) on Unix, released by the kernel with the process.
-            claim = new FileStream(File(LockFile), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            // FileShare.None is an exclusive lock (flock on Unix, a share lock on Windows), released by the
+            // kernel with the process; DeleteOnClose removes the file when the run lets go of it.
+            claim = new FileStream(File(LockFile), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1, FileOptions.DeleteOnClose);
             return true;
         }
         catch (IOException) { return false; }
@@ -144,9 +145,7 @@ public sealed class RunFolder : IDisposable
 
     private void Release()
     {
-        if (claim is null) return;
-        System.IO.File.Delete(File(LockFile));
-        claim.Dispose();
+        claim?.Dispose();
         claim = null;
     }
 
