@@ -260,7 +260,7 @@ let tests =
             Expect.isTrue (Double.IsFinite result.FinalDefect) "a finite z-score defect"
         }
 
-        test "diagnostics: gap1 is the distance from each class's mean f_1(x) to μ_1(c), spread1 the within-class deviation, alignment1/opposed1 the cosine and sign of λ_i against g_ε(z_i)" {
+        test "diagnostics: gap1 is the distance from each class's mean f_1(x) to μ_1(c), spread1 the within-class deviation, alignment1/opposed1 the cosine and sign of λ_i against g_ε(z_i), radius1/synthetic-radius1 the real and synthetic distances to μ_1, mean-accuracy the last block at the means" {
             let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
             let x, y = randomBatch 5 10L 3L 2L
             use w = program.Initialise(2, CPU, f64)
@@ -286,6 +286,16 @@ let tests =
                 Expect.floatClose Accuracy.medium d.["alignment1"] sign "λ_i = ±g_ε(z_i): cosine ±1"
                 Expect.floatClose Accuracy.medium d.["opposed1"] (if sign > 0.0 then 0.0 else 1.0) "the fraction of λ_i opposing their violation"
                 Expect.isTrue (d.["synthetic-accuracy"] >= 0.0 && d.["synthetic-accuracy"] <= 1.0) "an accuracy"
+            let d = problem.Diagnostics
+            let radius = (f1 - mu.index_select(0L, y)).square().sum(1L).mean().sqrt().ToDouble()
+            Expect.floatClose Accuracy.medium d.["radius1"] radius "root mean square of ‖f_1(x_i) − μ_1(y_i)‖"
+            let sigma = F.softplus(shared problem "sigma1")
+            let shell = (shared problem "variates1" * sigma.unsqueeze(1L)).square().sum(2L).mean().sqrt().ToDouble()
+            Expect.floatClose Accuracy.medium d.["synthetic-radius1"] shell "root mean square of ‖e ⊙ σ_1(c)‖ over the samples"
+            // The last block (tanh, then the output layer) at μ_1(0) and μ_1(1).
+            let atMeans = F.linear(tanh(mu), weights.[2], weights.[3]).argmax(1L)
+            let expected = atMeans.eq(tensor([| 0L; 1L |])).to_type(ScalarType.Float64).mean().ToDouble()
+            Expect.floatClose Accuracy.medium d.["mean-accuracy"] expected "the last block's accuracy at the means themselves"
         }
 
         testSequenced <| test "DistProp training leaves no tensor behind, resampling or not, per class or per example" {

@@ -308,7 +308,7 @@ public sealed class DistProp : IFormulation
                 var sums = zeros(new long[] { classes, width }, dtype: Context.DType, device: mean1.device);
                 var squares = zeros(new long[] { classes, width }, dtype: Context.DType, device: mean1.device);
                 long n = x.shape[0];
-                double alignment = 0, opposed = 0;
+                double alignment = 0, opposed = 0, radius = 0;
                 for (long start = 0; start < n; start += 2048)
                 {
                     using var chunk = NewDisposeScope();
@@ -317,6 +317,7 @@ public sealed class DistProp : IFormulation
                     var y = labels.narrow(0, start, count);
                     sums.index_add_(0, y, f, 1);
                     squares.index_add_(0, y, f.square(), 1);
+                    radius += (f - mean1.reshape(classes, -1).index_select(0, y)).square().sum().ToDouble();
                     if (exampleMultipliers is not null && !options.ReducedConstraint)
                     {
                         // Does each example's multiplier still point along its current violation?
@@ -339,6 +340,11 @@ public sealed class DistProp : IFormulation
                 var spread = ((squares.sum() - (counts * classMean.square()).sum()) / (n * width)).clamp_min(0).sqrt();
                 d["gap1"] = (classMean - mean1.reshape(classes, -1)).square().sum(1).sqrt().mean().ToDouble();
                 d["spread1"] = spread.ToDouble();
+                // Where the last block is trained and where it is used: a synthetic sample lies about
+                // ‖e ⊙ σ‖ ≈ σ√H from its mean (a shell), a real feature within about ε·σ√H (a ball
+                // inside it). Root mean square distance to the class mean, real and synthetic.
+                d["radius1"] = Math.Sqrt(radius / n);
+                d["synthetic-radius1"] = (variates[0] * scale1.unsqueeze(1)).reshape(classes * samples, -1).square().sum(1).mean().sqrt().ToDouble();
                 // The same for deeper cuts over the synthetic samples, and the last block's accuracy on them.
                 var previous = Samples(0, mean1, scale1);
                 for (int l = 1; l < hidden; l++)
@@ -352,6 +358,10 @@ public sealed class DistProp : IFormulation
                 var output = Forward(hidden, previous.reshape(Shape(classes * samples, stateShapes[hidden - 1])));
                 var sampleLabels = arange(classes, dtype: ScalarType.Int64, device: output.device).repeat_interleave(samples);
                 d["synthetic-accuracy"] = output.argmax(1).eq(sampleLabels).to_type(ScalarType.Float64).mean().ToDouble();
+                // The last block at the last cut's means themselves (e = 0), the centre of each shell.
+                var (lastMean, _) = Gaussian(hidden - 1);
+                var atMeans = Forward(hidden, lastMean.reshape(Shape(classes, stateShapes[hidden - 1])));
+                d["mean-accuracy"] = atMeans.argmax(1).eq(arange(classes, dtype: ScalarType.Int64, device: atMeans.device)).to_type(ScalarType.Float64).mean().ToDouble();
                 for (int l = 0; l < hidden; l++)
                 {
                     var lambda = l == 0 && exampleMultipliers is not null ? Store[exampleMultipliers.Keys[0]] : sharedMultipliers[exampleMultipliers is null ? l : l - 1];
