@@ -283,7 +283,8 @@ public sealed class DistProp : IFormulation
 
         /// Per cut: the mean σ, the mean distance between two classes' means, the mean |λ|, the distance
         /// between each class's mean state and μ_l(c) (gap) and the within-class spread per feature;
-        /// and the last block's accuracy on the synthetic samples.
+        /// the real and synthetic distances to the first cut's means (radius); and the last block's
+        /// accuracy on the synthetic samples and at the means.
         public override IReadOnlyDictionary<string, double> Diagnostics
         {
             get
