@@ -30,6 +30,10 @@ public static class DistPropTable
     public const string Seed001ConvLateCut =
         "conv:6:5:1:2/relu/maxpool:2/conv:16:5/relu/maxpool:2/flatten/dense:120/relu/dense:84/relu/cut/dense:10";
 
+    /// DistProp's defaults before the variates were redrawn every step: one fixed set of samples,
+    /// multiplier step 0.01, ExtraAdagrad extrapolating the weights too.
+    public const string FormerDistProp = "distprop:resample=false;lr-multipliers=0.01;extrapolate-weights=true";
+
     public static IReadOnlyDictionary<string, string> Presets { get; } = new Dictionary<string, string>
     {
         ["table1"] = string.Join(",",
@@ -41,7 +45,7 @@ public static class DistPropTable
             "DistProp (cut after the convolutions)=distprop@seed001-conv-distprop",
             $"DistProp (cut before the last layer)=distprop@{Seed001ConvLateCut}",
             $"DistProp with multipliers per class (cut before the last layer)=distprop:multipliers=class@{Seed001ConvLateCut}",
-            $"DistProp without extrapolating the weights (cut before the last layer)=distprop:extrapolate-weights=false@{Seed001ConvLateCut}"),
+            $"DistProp with the former defaults (cut before the last layer)={FormerDistProp}@{Seed001ConvLateCut}"),
         // Table 1's rows on full Fashion-MNIST without the two DistProp variants that fail on
         // MNIST-10k (the seed's cut after the convolutions: chance; multipliers per class).
         ["table1-fashion"] = string.Join(",",
@@ -51,7 +55,8 @@ public static class DistPropTable
             "GDA=gda@seed001-conv",
             "ExtraProp=extraprop@seed001-conv",
             $"DistProp (cut before the last layer)=distprop@{Seed001ConvLateCut}",
-            $"DistProp without extrapolating the weights (cut before the last layer)=distprop:extrapolate-weights=false@{Seed001ConvLateCut}"),
+            $"DistProp with ExtraAdagrad on every player (cut before the last layer)=distprop:extrapolate-weights=true@{Seed001ConvLateCut}",
+            $"DistProp with the former defaults (cut before the last layer)={FormerDistProp}@{Seed001ConvLateCut}"),
         ["mlp"] = string.Join(",",
             "SGD (backprop)=backprop:optimizer=sgd;lr=0.05@784-256-10",
             "Adam (backprop)=backprop@784-256-10",

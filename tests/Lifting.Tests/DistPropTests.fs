@@ -172,7 +172,7 @@ let tests =
             Expect.equal (extraprop 800L - extraprop 400L) (400L * 4L * 8L * 8L) "ExtraProp grows by h, λ and their accumulators per example"
         }
 
-        test "the variates are drawn once from the run's seed and stay fixed while training; resampling draws fresh ones per batch" {
+        test "the variates are drawn once from the run's seed and stay fixed while training; redrawn, step k's come from the seed and k" {
             let program = mlp 6L [ 8L ] 3L Activations.Tanh Losses.CrossEntropy
             let x, y = randomBatch 6 40L 6L 3L
             let run seed (options: DistPropOptions) =
@@ -190,15 +190,17 @@ let tests =
                 let a = objective ()
                 let b = objective ()
                 before, (shared problem "variates1").clone(), a, b
-            let before, after, a, b = run 3 (DistPropOptions(SamplesPerClass = 4, Multipliers = MultiplierPlacement.Class))
+            let before, after, a, b = run 3 (DistPropOptions(SamplesPerClass = 4, Multipliers = MultiplierPlacement.Class, ResampleVariates = false))
             Expect.equal ((after - before).abs().max().ToDouble()) 0.0 "unchanged by training"
             Expect.equal a b "two games at the same variables see the same samples"
-            let again, _, _, _ = run 3 (DistPropOptions(SamplesPerClass = 4))
+            let again, _, _, _ = run 3 (DistPropOptions(SamplesPerClass = 4, ResampleVariates = false))
             Expect.equal ((again - before).abs().max().ToDouble()) 0.0 "the same seed draws the same variates"
-            let other, _, _, _ = run 4 (DistPropOptions(SamplesPerClass = 4))
+            let other, _, _, _ = run 4 (DistPropOptions(SamplesPerClass = 4, ResampleVariates = false))
             Expect.isGreaterThan ((other - before).abs().max().ToDouble()) 0.0 "another seed draws others"
             let _, _, a', b' = run 3 (DistPropOptions(SamplesPerClass = 4, ResampleVariates = true))
-            Expect.notEqual a' b' "resampled: two games see different samples"
+            Expect.notEqual a' b' "redrawn: two steps see different samples"
+            let _, _, a'', b'' = run 3 (DistPropOptions(SamplesPerClass = 4, ResampleVariates = true))
+            Expect.equal (a'', b'') (a', b') "redrawn: step k's variates depend only on the seed and k"
         }
 
         test "pre-activation states move each hidden block's trailing activation into the next block: the same function, the same weights" {
@@ -298,9 +300,18 @@ let tests =
             Expect.floatClose Accuracy.medium d.["mean-accuracy"] expected "the last block's accuracy at the means themselves"
         }
 
-        testSequenced <| test "DistProp training leaves no tensor behind, resampling or not, per class or per example" {
+        test "distprop's default of not extrapolating the weights is moot with another solver; asked for explicitly, it is refused there" {
+            let gda = Methods.Resolve(MethodSettings("distprop").With("solver", "gda"))
+            Expect.stringContains gda.Solver.Name "gda" "the named solver, without weight extrapolation"
+            let ex = Expect.throwsC (fun () -> Methods.Resolve(MethodSettings("distprop").With("solver", "gda").With("extrapolate-weights", false)) |> ignore) id
+            Expect.stringContains ex.Message "extrapolate-weights=false applies to the extragradient solver, not 'gda'" "one line naming both"
+            let default' = Methods.Resolve(MethodSettings "distprop")
+            Expect.stringContains default'.Solver.Name "per-player extrapolation" "by default extragradient without the weights' extrapolation"
+        }
+
+        testSequenced <| test "DistProp training leaves no tensor behind, redrawing the variates or not, per class or per example" {
             let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
-            for settings in [ MethodSettings "distprop"; MethodSettings("distprop").With("multipliers", "class").With("resample", true) ] do
+            for settings in [ MethodSettings "distprop"; MethodSettings("distprop").With("multipliers", "class").With("resample", false).With("extrapolate-weights", true) ] do
                 (digitsRun settings 1 3).Dispose()
                 let before = live ()
                 (digitsRun settings 2 3).Dispose()

@@ -228,6 +228,11 @@ let tests =
         test "resume equivalence: extraprop interrupted in the middle of its first epoch" {
             resumeEquivalence [ "--method"; "extraprop"; "--net"; "64-16-16-10"; "--epochs"; "2"; "--device"; "cpu" ] afterFirstBatch
         }
+        test "resume equivalence: distprop with variates redrawn every step (the step count in the checkpoint) interrupted mid-epoch and after epoch 1" {
+            let settings = [ "--method"; "distprop"; "--resample"; "true"; "--net"; "64-16-16-10"; "--epochs"; "2"; "--device"; "cpu" ]
+            resumeEquivalence settings afterFirstBatch
+            resumeEquivalence settings (afterEpoch 1)
+        }
         test "resume equivalence: the penalty method with its growing μ interrupted after epoch 1" {
             resumeEquivalence [ "--method"; "penalty"; "--net"; "64-16-16-10"; "--epochs"; "3"; "--device"; "cpu" ] (afterEpoch 1)
             let dir = newDir ()

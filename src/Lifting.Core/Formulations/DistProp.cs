@@ -44,9 +44,12 @@ public sealed record DistPropOptions
     /// DistProp, we remove the ReLU non-linearity" at the cut).
     public bool PreActivationStates { get; init; } = true;
 
-    /// Diagnostic, not seed 001 §3.1: draw fresh variates e for every mini-batch (as the authors'
-    /// code does with `rsample`) instead of the fixed snapshot drawn at initialisation.
-    public bool ResampleVariates { get; init; }
+    /// Draw the variates anew for every step k (Algorithm 1's ε_k, one per iteration, which the
+    /// authors' code realises with `rsample`) instead of one fixed set of S per class for the whole
+    /// run (§3.1's snapshot read narrowly). The draw of step k comes from a generator seeded by the
+    /// run's seed and k, so the program stays fully determined (§3.1) and a resumed run draws what
+    /// the uninterrupted one would have.
+    public bool ResampleVariates { get; init; } = true;
 
     public void Validate()
     {
@@ -66,7 +69,9 @@ public sealed record DistPropOptions
 /// sphere, σ = 1). The first block's output of every example is held within ε standard deviations
 /// of its class's mean by the ε-insensitive z-score constraint; deeper blocks and the loss see
 /// only synthetic states h̃_l(c, s) = μ_l(c) + e_l(c, s) ⊙ σ_l(c), with S Normal variates e per
-/// class drawn once at initialisation and fixed (derandomisation by reparametrisation, §3.1):
+/// class: by default drawn anew for every step k from a generator seeded by (seed, k), Algorithm 1's
+/// ε_k, a pre-generated sequence that keeps the program fully determined (derandomisation by
+/// reparametrisation, §3.1); optionally one set drawn at initialisation and fixed for the run:
 ///
 ///     z_1(i)    = (f_1(x_i; w_1) − μ_1(y_i)) / σ_1(y_i)
 ///     z_l(c, s) = (f_l(h̃_{l−1}(c, s); w_l) − μ_l(c)) / σ_l(c),           l = 2 … L−1
@@ -86,7 +91,7 @@ public sealed record DistPropOptions
 /// multipliers their own example's ∂L_i/∂λ_1[i].
 ///
 /// Players: weights (min), states (min: W_μ,l and W_σ,l of every cut), multipliers (max). Memory
-/// beyond the weights: M·H_l means and scales and M·S·H_l fixed variates per cut, and the
+/// beyond the weights: M·H_l means and scales and M·S·H_l variates per cut (the fixed set, or the current step's), and the
 /// multipliers (M·H_l per cut, or N·H_1 for per-example placement). Evaluation is the plain
 /// forward pass through the real blocks.
 public sealed class DistProp : IFormulation
@@ -102,7 +107,7 @@ public sealed class DistProp : IFormulation
     public string Name { get; }
     public string Description =>
         $"class-conditional Gaussian states μ_l(c), σ_l(c), {(Options.ReducedConstraint ? "reduced ReLU(‖z‖₁ − ε)" : "ε-insensitive z-score")} constraints " +
-        $"(ε = {Options.Epsilon:G3}), {Options.SamplesPerClass} fixed sample(s) per class, multipliers per {(Options.Multipliers == MultiplierPlacement.Class ? "class" : "example")}";
+        $"(ε = {Options.Epsilon:G3}), {Options.SamplesPerClass} sample(s) per class {(Options.ResampleVariates ? "redrawn every step" : "fixed")}, multipliers per {(Options.Multipliers == MultiplierPlacement.Class ? "class" : "example")}";
     public IReadOnlyList<string> PlayerNames { get; } =
         new[] { Formulations.PlayerNames.Weights, Formulations.PlayerNames.States, Formulations.PlayerNames.Multipliers };
     public IReadOnlyList<SubProblem> DefaultSchedule => PlayerNames.Select(p => new SubProblem(new[] { p }, 1)).ToArray();
@@ -163,6 +168,8 @@ public sealed class DistProp : IFormulation
         /// Shared multipliers: every cut's when per class, the deeper cuts' when per example.
         private readonly Tensor[] sharedMultipliers;
         private readonly StepState[] sharedMultiplierStates;
+        /// Mini-batch steps taken: k of Algorithm 1's ε_k when the variates are redrawn each step.
+        private long step;
 
         public Problem(DistProp formulation, LiftContext context, Weights weights) : base(formulation, context, weights)
         {
@@ -225,14 +232,35 @@ public sealed class DistProp : IFormulation
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
+        /// Overwrites the variates with step k's, ε_k, from a CPU generator seeded by (seed, k), so
+        /// every device draws the same numbers. The step's game reads them as it would fixed ones.
+        private void Redraw(long k)
+        {
+            using var _ = no_grad();
+            using var generator = new Generator(unchecked((ulong)(Context.Seed * 1_000_003L + 78) * 0x9E3779B97F4A7C15UL + (ulong)k));
+            foreach (var e in variates)
+            {
+                using var draw = randn(e.shape, dtype: e.dtype, generator: generator);
+                e.copy_(draw);
+            }
+        }
+
+        public override IReadOnlyDictionary<string, double> StateScalars =>
+            options.ResampleVariates ? new Dictionary<string, double> { ["variate-step"] = step } : base.StateScalars;
+
+        public override void RestoreScalars(IReadOnlyDictionary<string, double> scalars)
+        {
+            base.RestoreScalars(scalars);
+            if (options.ResampleVariates) step = (long)scalars["variate-step"];
+        }
+
         private Tensor Forward(int block, Tensor h) => lifted.ForwardBlock(block, h, Weights.Block(block));
 
         /// μ_l(c), σ_l(c) for every class: [M, …].
         private (Tensor Mean, Tensor Scale) Gaussian(int l) => (meanWeights[l], F.softplus(scaleWeights[l]));
 
         /// h̃_l(c, s) = μ_l(c) + e_l(c, s) ⊙ σ_l(c): [M, S, …].
-        private Tensor Samples(int l, Tensor mean, Tensor scale, IReadOnlyList<Tensor>? fresh = null) =>
-            mean.unsqueeze(1) + (fresh?[l] ?? variates[l]) * scale.unsqueeze(1);
+        private Tensor Samples(int l, Tensor mean, Tensor scale) => mean.unsqueeze(1) + variates[l] * scale.unsqueeze(1);
 
         /// The first cut's z-scores of the examples with inputs `x` and labels `y`.
         private Tensor FirstZ(Tensor f1, Tensor labels, Tensor mean, Tensor scale) =>
@@ -378,13 +406,11 @@ public sealed class DistProp : IFormulation
             private readonly Tensor[] rows = Array.Empty<Tensor>();
             private readonly StepState[] rowStates = Array.Empty<StepState>();
             private readonly Tensor[] multipliers;
-            private readonly Tensor[]? fresh;
 
             public Game(Problem problem, MiniBatch batch) : base(batch)
             {
                 this.problem = problem;
-                if (problem.options.ResampleVariates)
-                    fresh = problem.variates.Select(e => randn_like(e).DetachFromDisposeScope()).ToArray();
+                if (problem.options.ResampleVariates) problem.Redraw(problem.step++);
                 var states = problem.meanWeights.Zip(problem.scaleWeights).SelectMany(p => new[] { p.First, p.Second }).ToArray();
                 var stateRules = problem.gaussianStates;
                 StepState[] multiplierStates;
@@ -432,7 +458,7 @@ public sealed class DistProp : IFormulation
                 var total = (lambda1 * Constraint(z1, options)).sum();
 
                 // Deeper cuts and the loss: the M·S synthetic samples, class c's terms weighted by n_c.
-                var previous = p.Samples(0, mean1, scale1, fresh);
+                var previous = p.Samples(0, mean1, scale1);
                 for (int l = 1; l < p.hidden; l++)
                 {
                     var (mean, scale) = p.Gaussian(l);
@@ -446,7 +472,7 @@ public sealed class DistProp : IFormulation
                     recorded[l] = multipliers[l];
                     var perClass = (lambda.reshape(p.classes * p.samples, -1) * g.reshape(p.classes * p.samples, -1)).sum(1).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
                     total = total + (counts * perClass).sum();
-                    previous = p.Samples(l, mean, scale, fresh);
+                    previous = p.Samples(l, mean, scale);
                 }
                 var output = p.Forward(p.hidden, previous.reshape(Shape(p.classes * p.samples, p.stateShapes[p.hidden - 1])));
                 var sampleLabels = arange(p.classes, dtype: ScalarType.Int64, device: labels.device).repeat_interleave(p.samples);
@@ -461,11 +487,6 @@ public sealed class DistProp : IFormulation
                 if (problem.exampleMultipliers is { } group) group.Scatter(Batch.Indices, rows, rowStates);
             }
 
-            public override void Dispose()
-            {
-                base.Dispose();
-                foreach (var e in fresh ?? Array.Empty<Tensor>()) e.Dispose();
-            }
         }
     }
 }

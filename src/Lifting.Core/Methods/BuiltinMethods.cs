@@ -78,11 +78,7 @@ internal static class BuiltinMethods
                 ReducedConstraint = a.Flag("reduced"),
                 Inequality = a.Flag("inequality"),
             }, name);
-            ISolver? named = null;
-            if (!a.Flag("extrapolate-weights"))
-                named = a.Text("solver") == "extragradient"
-                    ? Solvers.Solvers.Extragradient(p => p == PlayerNames.Weights ? 0 : 1)
-                    : throw new ArgumentException($"extrapolate-weights=false applies to the extragradient solver, not '{a.Text("solver")}'.");
+            var named = PlayerRules.WithoutWeightExtrapolation(a);
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation, named), PlayerRules.Build(a, formulation));
         }) { Family = "lagrangian" };
     }

@@ -67,6 +67,17 @@ public static class PlayerRules
 
     /// The solver named by `solver`, preceded by `inner` iterations of `inner-solver` on the
     /// players other than the weights when the method has those parameters.
+    /// The solver `extrapolate-weights=false` asks for: extragradient extrapolating every player but
+    /// the weights (null when the flag is on). Only extragradient extrapolates, so with another
+    /// solver a default of false is moot and an explicit `extrapolate-weights=false` is refused.
+    public static ISolver? WithoutWeightExtrapolation(MethodArguments a)
+    {
+        if (a.Flag("extrapolate-weights")) return null;
+        if (a.Text("solver") == "extragradient") return Solvers.Solvers.Extragradient(p => p == PlayerNames.Weights ? 0 : 1);
+        if (!a.Given("extrapolate-weights")) return null;
+        throw new ArgumentException($"extrapolate-weights=false applies to the extragradient solver, not '{a.Text("solver")}'.");
+    }
+
     public static ISolver Solver(MethodArguments a, IFormulation formulation, ISolver? named = null)
     {
         var solver = named ?? SolverCatalog.Create(a.Text("solver"), formulation.DefaultSchedule);
