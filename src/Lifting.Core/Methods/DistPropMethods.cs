@@ -4,7 +4,9 @@ using Lifting.Solvers;
 namespace Lifting;
 
 /// DistProp (seed 001 §3): the multiple-shooting Lagrangian with class-conditional Gaussian
-/// states, solved by extragradient with AdaGrad steps (ExtraAdagrad, seed 001 §3.1 and §5).
+/// states, solved by extragradient with AdaGrad steps: by default the Gaussians and multipliers
+/// extrapolate and the weights step once; `extrapolate-weights=true` is ExtraAdagrad on every player
+/// (seed 001 §3.1 and §5).
 internal static class DistPropMethods
 {
     // Defaults chosen on validation accuracy (seed 0, 10 epochs; docs/methods.md, "DistProp"):
@@ -18,7 +20,7 @@ internal static class DistPropMethods
     //   epoch 2 on full Fashion-MNIST (seed001-conv cut before its last layer: validation 0.858 at
     //   epoch 2, 0.585 at epoch 8); redrawn with 0.001 it validates 0.891 and keeps training.
     //   Either change alone: 0.880 and 0.883, both falling afterwards. On MNIST-10k (conv net and
-    //   784-256-10) and digits the new defaults validate within 0.5–2 points of the old ones;
+    //   784-256-10) and digits the new defaults validate 0.3–1.9 points below the old ones;
     // - the weights take a plain AdaGrad step at the Gaussians' and multipliers' extrapolated point
     //   (extragradient on those two players only): the first block runs once per step, so an epoch
     //   costs about what backprop's does, and it validated higher than extrapolating the weights too
