@@ -215,7 +215,7 @@ public static class Sweep
             });
         }
         md.AppendLine();
-        md.AppendLine($"Mean ± sd over {seeds} seed(s); accuracy on the test split at the epoch of best validation accuracy; defect = mean |h_l − f_l(h_(l−1))| over blocks and training examples after the last epoch (before the penalty's final feasibility pass, which sets it to 0); s/epoch = median over the learning epochs, × backprop = median over the rounds of the ratio to backprop's s/epoch in the same round.");
+        md.AppendLine($"Mean ± sd over {seeds} seed(s); accuracy on the test split at the epoch of best validation accuracy; defect = mean |h_l − f_l(h_(l−1))| over blocks and training examples after the last epoch (before the penalty's final feasibility pass, which sets it to 0; for DistProp the z-score violation |g_ε(z)| in units of σ); s/epoch = median over the learning epochs, × backprop = median over the rounds of the ratio to backprop's s/epoch in the same round.");
         return (md.ToString(), rows);
     }
 
