@@ -98,15 +98,19 @@ let tests =
                 let err = relativeError (fenchel program weights x y 1e-6) (backpropGradient program weights x y)
                 awayFromKinks ==> (err < 1e-4 |> Prop.label $"relative error {err}"))
 
-        testPropertyWithConfig config "the cosine between Fenchel BP and back-propagation rises as beta goes 1, 0.1, 0.01, 0.001 and is >= 0.999 at 0.001 (random ReLU and tanh MLPs)" <|
+        // A pre-activation within β|g| of ReLU's kink takes the other side's slope in the difference
+        // quotient (CI once drew one 1.5e-5 from 0: cosine 0.990 at β = 0.001, 1.0 at 1e-6), so the
+        // claim is made away from kinks, as for the β = 1e-6 property above.
+        testPropertyWithConfig config "the cosine between Fenchel BP and back-propagation rises as beta goes 1, 0.1, 0.01, 0.001 and is >= 0.999 at 0.001 (random ReLU and tanh MLPs away from ReLU kinks)" <|
             Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
                 let program = m.Program
                 let x, y = randomBatch m.Seed (m.Batch + 2L) m.Inputs m.Classes
                 use weights = program.Initialise(m.Seed, torch.CPU, f64)
+                let awayFromKinks = distanceToKink program weights x > 1e-2
                 let reference = backpropGradient program weights x y
                 let cosines = [ for beta in [ 1.0; 0.1; 0.01; 0.001 ] -> cosine (fenchel program weights x y beta) reference ]
                 let rising = cosines |> List.pairwise |> List.forall (fun (c, next) -> next >= c - 1e-12)
-                (rising && List.last cosines >= 0.999) |> Prop.label $"cosines {cosines}")
+                awayFromKinks ==> ((rising && List.last cosines >= 0.999) |> Prop.label $"cosines {cosines}"))
 
         testPropertyWithConfig config "at finite beta (0.5, 3) the Fenchel BP direction is the weight gradient of the linearised local contrastive surrogate built from the conjugates G*, taken at the forward inputs (Remark 2)" <|
             Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
@@ -191,7 +195,10 @@ let tests =
             Expect.isLessThan (relativeError [ mixed.[4]; mixed.[5] ] [ (run [ 0.7 ]).[4]; (run [ 0.7 ]).[5] ]) 1e-15 "the output layer's gradient does not depend on beta"
         }
 
-        testPropertyWithConfig config "with the all-negative first layer and inputs in [0, 1], back-propagation's first-layer gradient is exactly zero; Fenchel BP's is zero at beta = 1e-6 and not at beta = 1e4" <|
+        // At β = 1e4 the error signal can still die above the first layer. Rarely (none of seeds
+        // 0–1999; CI drew seed 75562, whose batch holds only classes 0 and 2) every unit of the top
+        // hidden layer is left on the inactive side, and then no layer below it gets a gradient.
+        testPropertyWithConfig config "with the all-negative first layer and inputs in [0, 1], back-propagation's first-layer gradient is exactly zero; Fenchel BP's is zero at beta = 1e-6 and, unless the signal dies in a layer above, not at beta = 1e4" <|
             Prop.forAll (Arb.fromGen (Gen.choose (0, 100000))) (fun seed ->
                 let program = (mlp 12L [ 10L; 8L; 6L ] 3L Activations.ReLU Losses.CrossEntropy).Apply(InitialisationScheme.NegativeFirstLayer)
                 use g = new torch.Generator(uint64 seed)
@@ -202,8 +209,9 @@ let tests =
                 let small = fenchel program weights x y 1e-6
                 let large = fenchel program weights x y 1e4
                 let norm (t: Tensor) = t.abs().max().ToDouble()
-                (norm backprop.[0] = 0.0 && norm backprop.[1] = 0.0 && norm small.[0] = 0.0 && norm large.[0] > 0.0)
-                |> Prop.label $"backprop {norm backprop.[0]}, beta 1e-6 {norm small.[0]}, beta 1e4 {norm large.[0]}")
+                let diesAbove = norm large.[2] = 0.0 || norm large.[4] = 0.0
+                (norm backprop.[0] = 0.0 && norm backprop.[1] = 0.0 && norm small.[0] = 0.0 && (norm large.[0] > 0.0 || diesAbove))
+                |> Prop.label $"backprop {norm backprop.[0]}, beta 1e-6 {norm small.[0]}, beta 1e4 {norm large.[0]} (layers 2, 3: {norm large.[2]}, {norm large.[4]})")
 
         test "the Glorot schemes: weights within ±sqrt(6 / (fan_in + fan_out)), zero biases, the first layer all-negative under glorot-negative-first" {
             let program = mlp 30L [ 20L; 10L ] 4L Activations.ReLU Losses.CrossEntropy
