@@ -17,38 +17,53 @@ using Lifting.Training;
 // method; every other key is a parameter of the method (`lifting methods` lists them), e.g.
 //   sweep method=extraprop lr=1e-3 optimizer=adam optimizer-states=constant lr-states=0.5 epochs=10
 
-var settings = args.Skip(1).Select(a => a.Split('=', 2)).ToDictionary(p => p[0], p => p.Length > 1 ? p[1] : "true");
-if (settings.TryGetValue("threads", out var threadCount)) Threads.Set(int.Parse(threadCount, CultureInfo.InvariantCulture));
-if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(settings);
-if (args.FirstOrDefault() == "probe") return Lifting.Examples.Probe.Run(settings);
-if (args.FirstOrDefault() == "am") return Lifting.Examples.AlternatingMinimisationTable.Run(args.ElementAtOrDefault(1) ?? "", settings);
-if (args.FirstOrDefault() == "steptime") return Lifting.Examples.StepTime.Run(settings);
-if (args.FirstOrDefault() == "fenchel-bp") return Lifting.Examples.FenchelBackpropExperiment.Run(settings);
-if (args.FirstOrDefault() == "distprop-table") return Lifting.Examples.DistPropTable.Run(settings);
-if (args.FirstOrDefault() == "distprop-memory") return Lifting.Examples.DistPropMemory.Run(settings);
-if (args.FirstOrDefault() == "distprop-carry") return Lifting.Examples.DistPropCarryOver.Run(settings);
-if (args.FirstOrDefault() == "distprop-sweep") return Lifting.Examples.DistPropSweep.Run(settings);
-if (args.FirstOrDefault() == "contrastive-probe") return Lifting.Examples.ContrastiveProbe.Run(settings);
-if (args.FirstOrDefault() == "contrastive") return Lifting.Examples.ContrastiveTable.Run(settings, args);
 
-var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
-string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
-int Int(string key, int fallback) => settings.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
-
-using var data = DatasetCatalog.Load(Get("data", "mnist-10k"));
-var program = Net.Mlp(data.Train.ExampleShape, Get("net", "784-256-10").Split('-').Select(long.Parse).ToArray(),
-    Activations.ByName(Get("activation", "relu")), Losses.CrossEntropy);
-var method = Methods.Resolve(new MethodSettings(Get("method", "extraprop"))
+// A bad setting (unknown name, unparsable number, missing file) is one line on stderr and exit 2.
+try
 {
-    Values = settings.Where(kv => !runKeys.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value),
-});
-var tag = string.Join(" ", args.Skip(1));
-using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
-    new TrainingOptions { Epochs = Int("epochs", 10), BatchSize = Int("batch", 128), Seed = Int("seed", 0),
-        Patience = Int("patience", 0), IterationsPerBatch = Int("iterations", 1), CosineToBackprop = settings.ContainsKey("cosine") },
-    Observers.OnEpoch(m => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"[{tag}] epoch {m.Epoch} loss {m.TrainLoss:F4} objective {m.Objective:G4} val {m.ValidationAccuracy:F4} test {m.TestAccuracy:F4} defect {m.MeanDefect:E2} cos {m.CosineToBackprop:F3} {m.Seconds:F2}s"))));
-Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-    $"RESULT [{tag}] selected epoch {result.SelectedEpoch} (validation {result.Selected.ValidationAccuracy:F4}) test {result.Selected.TestAccuracy:F4}; " +
-    $"final validation {result.Final.ValidationAccuracy:F4} test {result.Final.TestAccuracy:F4} defect {result.FinalDefect:E2} s/epoch {result.SecondsPerEpoch:F2}"));
-return 0;
+    return Run(args);
+}
+catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException or IOException or KeyNotFoundException)
+{
+    Console.Error.WriteLine($"examples: error: {e.Message.ReplaceLineEndings(" ").Trim()}");
+    return 2;
+}
+
+static int Run(string[] args)
+{
+    var settings = args.Skip(1).Select(a => a.Split('=', 2)).ToDictionary(p => p[0], p => p.Length > 1 ? p[1] : "true");
+    if (settings.TryGetValue("threads", out var threadCount)) Threads.Set(int.Parse(threadCount, CultureInfo.InvariantCulture));
+    if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(settings);
+    if (args.FirstOrDefault() == "probe") return Lifting.Examples.Probe.Run(settings);
+    if (args.FirstOrDefault() == "am") return Lifting.Examples.AlternatingMinimisationTable.Run(args.ElementAtOrDefault(1) ?? "", settings);
+    if (args.FirstOrDefault() == "steptime") return Lifting.Examples.StepTime.Run(settings);
+    if (args.FirstOrDefault() == "fenchel-bp") return Lifting.Examples.FenchelBackpropExperiment.Run(settings);
+    if (args.FirstOrDefault() == "distprop-table") return Lifting.Examples.DistPropTable.Run(settings);
+    if (args.FirstOrDefault() == "distprop-memory") return Lifting.Examples.DistPropMemory.Run(settings);
+    if (args.FirstOrDefault() == "distprop-carry") return Lifting.Examples.DistPropCarryOver.Run(settings);
+    if (args.FirstOrDefault() == "distprop-sweep") return Lifting.Examples.DistPropSweep.Run(settings);
+    if (args.FirstOrDefault() == "contrastive-probe") return Lifting.Examples.ContrastiveProbe.Run(settings);
+    if (args.FirstOrDefault() == "contrastive") return Lifting.Examples.ContrastiveTable.Run(settings, args);
+
+    var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
+    string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
+    int Int(string key, int fallback) => settings.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
+
+    using var data = DatasetCatalog.Load(Get("data", "mnist-10k"));
+    var program = Net.Mlp(data.Train.ExampleShape, Get("net", "784-256-10").Split('-').Select(long.Parse).ToArray(),
+        Activations.ByName(Get("activation", "relu")), Losses.CrossEntropy);
+    var method = Methods.Resolve(new MethodSettings(Get("method", "extraprop"))
+    {
+        Values = settings.Where(kv => !runKeys.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value),
+    });
+    var tag = string.Join(" ", args.Skip(1));
+    using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
+        new TrainingOptions { Epochs = Int("epochs", 10), BatchSize = Int("batch", 128), Seed = Int("seed", 0),
+            Patience = Int("patience", 0), IterationsPerBatch = Int("iterations", 1), CosineToBackprop = settings.ContainsKey("cosine") },
+        Observers.OnEpoch(m => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"[{tag}] epoch {m.Epoch} loss {m.TrainLoss:F4} objective {m.Objective:G4} val {m.ValidationAccuracy:F4} test {m.TestAccuracy:F4} defect {m.MeanDefect:E2} cos {m.CosineToBackprop:F3} {m.Seconds:F2}s"))));
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+        $"RESULT [{tag}] selected epoch {result.SelectedEpoch} (validation {result.Selected.ValidationAccuracy:F4}) test {result.Selected.TestAccuracy:F4}; " +
+        $"final validation {result.Final.ValidationAccuracy:F4} test {result.Final.TestAccuracy:F4} defect {result.FinalDefect:E2} s/epoch {result.SecondsPerEpoch:F2}"));
+    return 0;
+}
