@@ -68,6 +68,19 @@ let tests =
             let other = Net.Mlp([| 64L |], [| 64L; 32L; 10L |], Activations.ReLU, Losses.CrossEntropy)
             expectFormatError (fun () -> WeightsFile.Load(path, other) |> ignore) [ "w.safetensors"; "block1.dense(64→16).weight"; "is not a parameter" ]
         }
+        test "a layer repeated within a block gets a name of its own, and its weights file round-trips" {
+            // Two dense(8→8) in the first block: before they were numbered, saving refused the duplicate name.
+            let program = NetSpec.Build("dense:8,relu,dense:8,relu,dense:8,relu,cut,dense:3", [| 5L |], 3, Activations.ReLU, Losses.CrossEntropy)
+            let names = program.ParameterNames |> List.ofSeq
+            Expect.equal (List.distinct names) names "every parameter name is unique"
+            Expect.containsAll names [ "block1.dense(5→8).weight"; "block1.dense(8→8).weight"; "block1.dense(8→8)#2.weight"; "block2.dense(8→3).bias" ] "repeats numbered from the second on"
+            use weights = program.Initialise(3)
+            let path = Path.Combine(tempDir (), "repeated.safetensors")
+            WeightsFile.Save(path, weights, readOnlyDict [])
+            use back = WeightsFile.Load(path, program)
+            for a, b in Seq.zip weights.Tensors back.Tensors do
+                Expect.isTrue (same a b) "bit for bit, each repeated layer in its own place"
+        }
         test "a checkpoint restores a lifted problem's complete state in place and refuses another problem's" {
             use data = DatasetCatalog.Load "digits"
             let program = Net.Mlp(data.Train.ExampleShape, [| 64L; 16L; 16L; 10L |], Activations.ReLU, Losses.CrossEntropy)

@@ -57,7 +57,18 @@ public sealed class NestedProgram
             parameterIndex[l][blocks[l].Layers.Count] = next;
         }
         ParameterSpecs = specs.Select(s => s.Spec).ToArray();
-        ParameterNames = specs.Select(s => $"block{s.Block + 1}.{blocks[s.Block].Layers[s.Layer].Name}.{s.Spec.Name}").ToArray();
+        // "block1.dense(64→128).weight"; a layer repeated within its block (dense(256→256) twice)
+        // is numbered from its second occurrence on: "block1.dense(256→256)#2.weight".
+        var layerNames = blocks.Select(b =>
+        {
+            var seen = new Dictionary<string, int>();
+            return b.Layers.Select(layer =>
+            {
+                seen[layer.Name] = seen.GetValueOrDefault(layer.Name) + 1;
+                return seen[layer.Name] == 1 ? layer.Name : $"{layer.Name}#{seen[layer.Name]}";
+            }).ToArray();
+        }).ToArray();
+        ParameterNames = specs.Select(s => $"block{s.Block + 1}.{layerNames[s.Block][s.Layer]}.{s.Spec.Name}").ToArray();
     }
 
     public long[] InputShape { get; }
