@@ -262,7 +262,7 @@ let tests =
             Expect.isTrue (Double.IsFinite result.FinalDefect) "a finite z-score defect"
         }
 
-        test "diagnostics: gap1 is the distance from each class's mean f_1(x) to μ_1(c), spread1 the within-class deviation, alignment1/opposed1 the cosine and sign of λ_i against g_ε(z_i), radius1/synthetic-radius1 the real and synthetic distances to μ_1, mean-accuracy the last block at the means" {
+        test "diagnostics: gap1 is the distance from each class's mean f_1(x) to μ_1(c), spread1 the within-class deviation, alignment1/opposed1 the cosine and sign of λ_i against g_ε(z_i), radius1/synthetic-radius1 the real and synthetic distances to μ_1, nearest-mean1 the fraction of f_1(x_i) nearest in z-score to μ_1(y_i), mean-accuracy the last block at the means" {
             let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
             let x, y = randomBatch 5 10L 3L 2L
             use w = program.Initialise(2, CPU, f64)
@@ -298,6 +298,15 @@ let tests =
             let atMeans = F.linear(tanh(mu), weights.[2], weights.[3]).argmax(1L)
             let expected = atMeans.eq(tensor([| 0L; 1L |])).to_type(ScalarType.Float64).mean().ToDouble()
             Expect.floatClose Accuracy.medium d.["mean-accuracy"] expected "the last block's accuracy at the means themselves"
+            // Nearest mean in z-score, class by class; swapping the two means swaps every answer.
+            let nearestTo (m: Tensor) =
+                let distance (c: int64) = ((f1 - m.[c]) / sigma.[c]).square().sum(1L)
+                where((distance 0L).lt(distance 1L), tensor(0L), tensor(1L)).eq(y).to_type(ScalarType.Float64).mean().ToDouble()
+            let nearest = nearestTo mu
+            Expect.floatClose Accuracy.medium d.["nearest-mean1"] nearest "f_1(x_i) nearest to its own class's μ_1"
+            using (no_grad()) (fun _ -> mu.copy_(mu.flip(0L)) |> ignore)
+            Expect.floatClose Accuracy.medium problem.Diagnostics.["nearest-mean1"] (1.0 - nearest) "with the means swapped"
+            Expect.isTrue (nearest > 0.0 && nearest < 1.0) $"the batch has examples on both sides ({nearest})"
         }
 
         test "distprop's default of not extrapolating the weights is moot with another solver; asked for explicitly, it is refused there" {

@@ -337,7 +337,9 @@ public sealed class DistProp : IFormulation
                 var sums = zeros(new long[] { classes, width }, dtype: Context.DType, device: mean1.device);
                 var squares = zeros(new long[] { classes, width }, dtype: Context.DType, device: mean1.device);
                 long n = x.shape[0];
-                double alignment = 0, opposed = 0, radius = 0;
+                double alignment = 0, opposed = 0, radius = 0, nearest = 0;
+                var flatMeans = mean1.reshape(classes, -1);
+                var flatScales = scale1.reshape(classes, -1);
                 for (long start = 0; start < n; start += 2048)
                 {
                     using var chunk = NewDisposeScope();
@@ -346,7 +348,10 @@ public sealed class DistProp : IFormulation
                     var y = labels.narrow(0, start, count);
                     sums.index_add_(0, y, f, 1);
                     squares.index_add_(0, y, f.square(), 1);
-                    radius += (f - mean1.reshape(classes, -1).index_select(0, y)).square().sum().ToDouble();
+                    radius += (f - flatMeans.index_select(0, y)).square().sum().ToDouble();
+                    // Does the constraint carry the label? f_1(x) nearest, in z-score, to its own class's μ_1.
+                    var zAll = (f.unsqueeze(1) - flatMeans.unsqueeze(0)) / flatScales.unsqueeze(0);
+                    nearest += zAll.square().sum(2).argmin(1).eq(y).sum().ToDouble();
                     if (exampleMultipliers is not null && !options.ReducedConstraint)
                     {
                         // Does each example's multiplier still point along its current violation?
@@ -373,6 +378,7 @@ public sealed class DistProp : IFormulation
                 // ‖e ⊙ σ‖ ≈ σ√H from its mean (a shell), a real feature within about ε·σ√H (a ball
                 // inside it). Root mean square distance to the class mean, real and synthetic.
                 d["radius1"] = Math.Sqrt(radius / n);
+                d["nearest-mean1"] = nearest / n;
                 d["synthetic-radius1"] = (variates[0] * scale1.unsqueeze(1)).reshape(classes * samples, -1).square().sum(1).mean().sqrt().ToDouble();
                 // The same for deeper cuts over the synthetic samples, and the last block's accuracy on them.
                 var previous = Samples(0, mean1, scale1);
