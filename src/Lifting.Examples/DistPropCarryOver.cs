@@ -36,7 +36,7 @@ public static class DistPropCarryOver
         using var data = DatasetCatalog.Load(Get("data", "mnist-10k"));
 
         var md = new StringBuilder();
-        md.AppendLine("| network | method | test acc. (selected), mean over seeds | backprop's | difference (points) | final mean defect, worst seed | carries over (defect < 1e-2, within 2 points) | s per learning epoch, × backprop |");
+        md.AppendLine("| network | method | test acc. (selected), mean over seeds (± sd with several) | backprop's | difference (points) | final mean defect, worst seed | carries over (defect < 1e-2, within 2 points) | s per learning epoch, × backprop |");
         md.AppendLine("|---|---|---|---|---|---|---|---|");
         foreach (var net in nets)
         {
@@ -44,6 +44,12 @@ public static class DistPropCarryOver
                 .Concat(methods.Select(m => DistPropTable.Row.Parse($"{m.Split(':')[0]}={m}@{net}"))).ToArray();
             var outcomes = DistPropTable.RunRows(rows, data, seeds, epochs, 128, patience);
             double Mean(IEnumerable<DistPropTable.Outcome> o) => o.Any(x => x.Failure is not null) ? double.NaN : o.Average(x => x.Test);
+            string Spread(IReadOnlyList<DistPropTable.Outcome> o)
+            {
+                if (o.Count < 2 || o.Any(x => x.Failure is not null)) return "";
+                var mean = o.Average(x => x.Test);
+                return string.Create(CultureInfo.InvariantCulture, $" ± {Math.Sqrt(o.Sum(x => (x.Test - mean) * (x.Test - mean)) / (o.Count - 1)):F4}");
+            }
             var reference = Mean(outcomes[0]);
             for (int r = 1; r < rows.Length; r++)
             {
@@ -54,12 +60,12 @@ public static class DistPropCarryOver
                 bool carries = defect < 1e-2 && gap >= -2;
                 var ratio = o.Where(x => x.Failure is null).Select(x => x.Ratio).DefaultIfEmpty(double.NaN).Average();
                 md.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {net} | {rows[r].Settings} | {(double.IsNaN(accuracy) ? "diverged" : accuracy.ToString("F4", CultureInfo.InvariantCulture))} | {reference:F4} | " +
+                    $"| {net} | {rows[r].Settings} | {(double.IsNaN(accuracy) ? "diverged" : accuracy.ToString("F4", CultureInfo.InvariantCulture) + Spread(o))} | {reference:F4}{Spread(outcomes[0])} | " +
                     $"{gap:+0.00;-0.00} | {defect:E1} | {(carries ? "yes" : "no")} | {o.Where(x => x.Failure is null).Select(x => x.Seconds).DefaultIfEmpty(double.NaN).Average():F2}, ×{ratio:F2} |"));
             }
             Console.WriteLine(md.ToString());
         }
-        var command = $"dotnet run --project src/Lifting.Examples -c Release -- distprop-carry {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))}";
+        var command = $"dotnet run --project src/Lifting.Examples -c Release -- distprop-carry {string.Join(" ", settings.Select(kv => DistPropTable.Quoted($"{kv.Key}={kv.Value}")))}";
         var header = $"<!-- produced by: {command} -->\n" +
                      $"MNIST-10k, batch 128, seeds {string.Join(", ", seeds)}, at most {epochs} epochs (constant-step methods stop after {patience} epochs " +
                      $"without a better validation accuracy), {Threads.Count} LibTorch thread(s). Defaults only: no per-network setting. Test accuracy at the " +

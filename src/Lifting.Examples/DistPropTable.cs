@@ -176,7 +176,7 @@ public static class DistPropTable
         md.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
         for (int r = 0; r < rows.Length; r++) md.AppendLine(Line(rows[r], outcomes[r]));
         Console.WriteLine(md.ToString());
-        var command = $"dotnet run --project src/Lifting.Examples -c Release -- distprop-table {string.Join(" ", settings.Select(kv => $"{kv.Key}={kv.Value}"))}";
+        var command = $"dotnet run --project src/Lifting.Examples -c Release -- distprop-table {string.Join(" ", settings.Select(kv => Quoted($"{kv.Key}={kv.Value}")))}";
         var header = $"<!-- produced by: {command} -->\n" +
                      $"Data {dataName} ({splitText}; validation carved from the training set " +
                      $"with a fixed seed), batch {batch}, seeds {string.Join(", ", seeds)}, at most {epochs} epochs, {Threads.Count} LibTorch thread(s), " +
@@ -188,6 +188,9 @@ public static class DistPropTable
         Write(output, header + md);
         return 0;
     }
+
+    /// A command-line argument as a shell reads it back: quoted when it holds a space or a semicolon.
+    public static string Quoted(string argument) => argument.IndexOfAny(new[] { ' ', ';' }) < 0 ? argument : $"\"{argument}\"";
 
     /// Splits a row list at the commas between rows (a row's network uses `/` for its own commas).
     public static IEnumerable<string> SplitRows(string text) =>
