@@ -8,12 +8,12 @@ open Expecto
 open Lifting
 open Lifting.Host
 
-/// libc's kill(2): sends a signal at once (spawning `kill` could take longer than the rest of a
-/// short run on a loaded machine, which then ended before the signal arrived).
+/// libc's kill(2): sends a signal to a process.
 module Posix =
     [<System.Runtime.InteropServices.DllImport("libc", SetLastError = true)>]
     extern int kill(int pid, int signal)
     let SIGINT = 2
+    let SIGTERM = 15
 
 /// Runs the `lifting` command in-process; returns exit code, stdout and stderr.
 let lifting (args: string list) =
@@ -146,6 +146,40 @@ let afterEpoch k = fun (cts: CancellationTokenSource) -> new CancelOnLine($"epoc
 /// Cancelled before training starts: the trainer stops after the first mini-batch, mid-epoch.
 let afterFirstBatch = fun (cts: CancellationTokenSource) -> cts.Cancel(); new StringWriter() :> TextWriter
 
+/// Starts a 20-epoch run in a separate process, sends it `signal` once its first epoch is done,
+/// and checks the interrupted run folder and its resume. The child starts with SIGINT at its
+/// default disposition (`env --default-signal`): launched from a background job, it would inherit
+/// SIGINT ignored, and .NET, like any Unix program, keeps a signal ignored at startup ignored.
+let interruptedBySignal (signal: int) =
+    let dir = newDir ()
+    let info = startInfo [ "train"; "--method"; "extraprop"; "--net"; "64-32-32-10"; "--epochs"; "20"; "--plain"; "--out"; dir ]
+    info.ArgumentList.Insert(0, info.FileName)
+    info.ArgumentList.Insert(0, "--default-signal=INT")
+    info.FileName <- "env"
+    use p = match Diagnostics.Process.Start info with null -> failwith "could not start dotnet" | p -> p
+    let err = p.StandardError.ReadToEndAsync()
+    let mutable signalled = false
+    while not signalled do
+        match p.StandardOutput.ReadLine() with
+        | null -> failwith $"the run ended before its first epoch: {err.Result}"
+        | line when line.StartsWith("epoch   1/") ->
+            Expect.equal (Posix.kill(p.Id, signal)) 0 $"signal {signal} sent"
+            signalled <- true
+        | _ -> ()
+    p.StandardOutput.ReadToEnd() |> ignore
+    p.WaitForExit()
+    Expect.equal p.ExitCode 130 $"exit 130: {err.Result}"
+    let summary = readJson (Path.Combine(dir, "summary.json"))
+    Expect.equal (text summary "status") "interrupted" "status interrupted"
+    Expect.stringContains (text summary "message") "resume" "the summary says how to continue"
+    use checkpoint = Lifting.Storage.Checkpoint.Load(Path.Combine(dir, "checkpoint.safetensors"))
+    Expect.isGreaterThanOrEqual checkpoint.State.CompletedEpochs 1 "the checkpoint is at or after the first epoch"
+    Expect.equal (File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Length) checkpoint.State.CompletedEpochs "metrics hold exactly the epochs done"
+    let code, _, err = liftingProcess [ "resume"; dir; "--plain" ]
+    Expect.equal code 0 $"resume: {err}"
+    Expect.equal (text (readJson (Path.Combine(dir, "summary.json"))) "status") "completed" "completed after resume"
+    Expect.equal (File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Length) 20 "every epoch once in the metrics"
+
 [<Tests>]
 let tests =
     testList "HostTests" [
@@ -249,31 +283,10 @@ let tests =
             Expect.floatClose Accuracy.veryHigh checkpoint.Scalars.["mu"] 2.25 "μ after two epochs (×1.5 each) is in the checkpoint"
         }
         test "Ctrl-C (SIGINT) in a separate process saves a checkpoint and an interrupted summary, exits 130; resume completes it" {
-            let dir = newDir ()
-            let info = startInfo [ "train"; "--method"; "extraprop"; "--net"; "64-32-32-10"; "--epochs"; "20"; "--plain"; "--out"; dir ]
-            use p = match Diagnostics.Process.Start info with null -> failwith "could not start dotnet" | p -> p
-            let err = p.StandardError.ReadToEndAsync()
-            let mutable signalled = false
-            while not signalled do
-                match p.StandardOutput.ReadLine() with
-                | null -> failwith $"the run ended before its first epoch: {err.Result}"
-                | line when line.StartsWith("epoch   1/") ->
-                    Expect.equal (Posix.kill(p.Id, Posix.SIGINT)) 0 "SIGINT sent"
-                    signalled <- true
-                | _ -> ()
-            p.StandardOutput.ReadToEnd() |> ignore
-            p.WaitForExit()
-            Expect.equal p.ExitCode 130 $"exit 130: {err.Result}"
-            let summary = readJson (Path.Combine(dir, "summary.json"))
-            Expect.equal (text summary "status") "interrupted" "status interrupted"
-            Expect.stringContains (text summary "message") "resume" "the summary says how to continue"
-            use checkpoint = Lifting.Storage.Checkpoint.Load(Path.Combine(dir, "checkpoint.safetensors"))
-            Expect.isGreaterThanOrEqual checkpoint.State.CompletedEpochs 1 "the checkpoint is at or after the first epoch"
-            Expect.equal (File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Length) checkpoint.State.CompletedEpochs "metrics hold exactly the epochs done"
-            let code, _, err = liftingProcess [ "resume"; dir; "--plain" ]
-            Expect.equal code 0 $"resume: {err}"
-            Expect.equal (text (readJson (Path.Combine(dir, "summary.json"))) "status") "completed" "completed after resume"
-            Expect.equal (File.ReadAllLines(Path.Combine(dir, "metrics.jsonl")).Length) 20 "every epoch once in the metrics"
+            interruptedBySignal Posix.SIGINT
+        }
+        test "SIGTERM (a scheduler's preemption) in a separate process saves a checkpoint and an interrupted summary, exits 130; resume completes it" {
+            interruptedBySignal Posix.SIGTERM
         }
         test "a NaN stops the run as diverged: status, the block and variable named, exit 3, the last good checkpoint kept" {
             let dir = newDir ()
