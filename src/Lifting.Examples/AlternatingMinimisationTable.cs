@@ -40,9 +40,9 @@ public static class AlternatingMinimisationTable
         double SecondsPerEpoch, IReadOnlyList<EpochMetrics> Epochs, Evaluation? EarlyValidation, Evaluation? EarlyTest,
         double CodeSeconds, double WeightSeconds, long StateBytes);
 
-    public static int Run(string experiment, IReadOnlyDictionary<string, string> settings)
+    public static int Run(string experiment, Settings settings)
     {
-        precision = Precision.Parse(Get(settings, "dtype", "float32"));
+        precision = Precision.Parse(settings.Text("dtype", "float32"));
         var command = "dotnet run --project src/Lifting.Examples -c Release -- am " + string.Join(" ", new[] { experiment }.Concat(settings.Where(kv => kv.Key != experiment).Select(kv => $"{kv.Key}={kv.Value}")));
         return experiment switch
         {
@@ -63,9 +63,7 @@ public static class AlternatingMinimisationTable
     /// The floating-point type of weights, codes and data (`dtype=float32|float64`).
     private static torch.ScalarType precision = torch.ScalarType.Float32;
 
-    private static string Get(IReadOnlyDictionary<string, string> s, string key, string fallback) => s.TryGetValue(key, out var v) ? v : fallback;
-    private static int Int(IReadOnlyDictionary<string, string> s, string key, int fallback) => int.Parse(Get(s, key, fallback.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
-    private static int[] Seeds(IReadOnlyDictionary<string, string> s) => Get(s, "seeds", "0,1,2").Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+    private static int[] Seeds(Settings s) => s.Ints("seeds", "0,1,2");
     private static string F(double v, string format = "F4") => v.ToString(format, CultureInfo.InvariantCulture);
 
     /// The method's settings: its defaults, then the experiment's `extra`, then am.KEY=VALUE (AM
@@ -145,10 +143,10 @@ public static class AlternatingMinimisationTable
 
     /// Seed 004 appendix B: LeNet-5 on full Fashion-MNIST, batch 128, 10 epochs; AM-Adam within one
     /// point of Adam-backprop.
-    private static int LeNet(IReadOnlyDictionary<string, string> s, string command)
+    private static int LeNet(Settings s, string command)
     {
-        int epochs = Int(s, "epochs", 10), batch = Int(s, "batch", 128);
-        using var data = DatasetCatalog.Load(Get(s, "data", "fashion-mnist"));
+        int epochs = s.Int("epochs", 10), batch = s.Int("batch", 128);
+        using var data = DatasetCatalog.Load(s.Text("data", "fashion-mnist"));
         var program = Zoo.LeNet5(data.Train.ExampleShape, data.Train.ClassCount);
         var methods = new[] { Settings("backprop", s, ("lr", 2e-3)), Settings("am-adam", s) };
         var runs = methods.Select(_ => new List<Outcome>()).ToArray();
@@ -173,17 +171,17 @@ public static class AlternatingMinimisationTable
         md.AppendLine($"Gap Adam − AM-Adam per seed: {string.Join(", ", gaps.Select(g => F(100 * g, "F2")))} points (mean {F(100 * gaps.Average(), "F2")}; target ≤ 1 point).");
         md.AppendLine();
         md.Append(Settings(methods));
-        Write(Get(s, "out", "am-lenet5-fashion.md"), md.ToString());
+        Write(s.Text("out", "am-lenet5-fashion.md"), md.ToString());
         return 0;
     }
 
     /// Seed 004 §4 (Fig. 2) on Fashion-MNIST without BatchNorm: after 50 mini-batches and after 10
     /// epochs, AM-Adam against Adam on 784-100-100-10 and 784-500-500-10.
-    private static int Mlp(IReadOnlyDictionary<string, string> s, string command)
+    private static int Mlp(Settings s, string command)
     {
-        int epochs = Int(s, "epochs", 10), batch = Int(s, "batch", 200), early = Int(s, "early", 50);
-        using var data = DatasetCatalog.Load(Get(s, "data", "fashion-mnist"));
-        var nets = Get(s, "nets", "784-100-100-10,784-500-500-10").Split(',');
+        int epochs = s.Int("epochs", 10), batch = s.Int("batch", 200), early = s.Int("early", 50);
+        using var data = DatasetCatalog.Load(s.Text("data", "fashion-mnist"));
+        var nets = s.Text("nets", "784-100-100-10,784-500-500-10").Split(',');
         var md = new StringBuilder(Header(command, $"Fashion-MNIST ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), ReLU MLPs without BatchNorm, batch {batch}, {epochs} epochs, seeds {string.Join(", ", Seeds(s))}; Adam and AM-Adam run one after the other for each seed. \"After {early} mini-batches\" is measured at that point of the first epoch (no selection)."));
         md.AppendLine($"| network | method | test acc. after {early} mini-batches | its validation acc. | test acc. after {epochs} epochs (selected) | per seed (epoch) | final test | s/epoch (median) |");
         md.AppendLine("|---|---|---|---|---|---|---|---|");
@@ -213,16 +211,16 @@ public static class AlternatingMinimisationTable
         md.Append(summary);
         md.AppendLine();
         md.Append(Settings(all.Take(2)));
-        Write(Get(s, "out", $"am-mlp-fashion-{string.Join("+", nets)}.md"), md.ToString());
+        Write(s.Text("out", $"am-mlp-fashion-{string.Join("+", nets)}.md"), md.ToString());
         return 0;
     }
 
     /// Seed 004 §4, binary nets: 784-500-500-10 with a sign first hidden layer and a tanh second on
     /// MNIST-10k, against backprop through the straight-through estimator (Lee et al. 2015's baseline).
-    private static int Binary(IReadOnlyDictionary<string, string> s, string command)
+    private static int Binary(Settings s, string command)
     {
-        int epochs = Int(s, "epochs", 20), batch = Int(s, "batch", 200);
-        using var data = DatasetCatalog.Load(Get(s, "data", "mnist-10k"));
+        int epochs = s.Int("epochs", 20), batch = s.Int("batch", 200);
+        using var data = DatasetCatalog.Load(s.Text("data", "mnist-10k"));
         NestedProgram Net(string first) => NetSpec.Build($"dense:500, {first}, dense:500, tanh, dense:10", data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
         var rows = new (string Label, NestedProgram Program, MethodSettings Method)[]
         {
@@ -250,18 +248,18 @@ public static class AlternatingMinimisationTable
         }
         md.AppendLine();
         md.Append(Settings(rows.Select(r => r.Method)));
-        Write(Get(s, "out", "am-binary-mnist10k.md"), md.ToString());
+        Write(s.Text("out", "am-binary-mnist10k.md"), md.ToString());
         return 0;
     }
 
     /// AM-mem and the offline variants next to AM-Adam and Adam (seed 004 §4: AM-mem 0.91 / 0.96 on
     /// MNIST with 100 / 500 units after 50 epochs; offline far below online).
-    private static int Variants(IReadOnlyDictionary<string, string> s, string command)
+    private static int Variants(Settings s, string command)
     {
-        int epochs = Int(s, "epochs", 50), batch = Int(s, "batch", 200);
-        using var data = DatasetCatalog.Load(Get(s, "data", "mnist-10k"));
-        var nets = Get(s, "nets", "784-100-100-10,784-500-500-10").Split(',');
-        var names = Get(s, "methods", "backprop,am-adam,am-mem,am-adam-off,am-mem-off").Split(',');
+        int epochs = s.Int("epochs", 50), batch = s.Int("batch", 200);
+        using var data = DatasetCatalog.Load(s.Text("data", "mnist-10k"));
+        var nets = s.Text("nets", "784-100-100-10,784-500-500-10").Split(',');
+        var names = s.Text("methods", "backprop,am-adam,am-mem,am-adam-off,am-mem-off").Split(',');
         var md = new StringBuilder(Header(command, $"MNIST-10k ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), ReLU MLPs, batch {batch} (the offline variants take one iteration per epoch over the whole training set; the batch is only their chunk size), {epochs} epochs, seeds {string.Join(", ", Seeds(s))}."));
         md.AppendLine("| network | method | test acc., mean ± sd | per seed (epoch) | final test | auxiliary state kept | s/epoch (median) |");
         md.AppendLine("|---|---|---|---|---|---|---|");
@@ -284,18 +282,18 @@ public static class AlternatingMinimisationTable
         }
         md.AppendLine();
         md.Append(Settings(described));
-        Write(Get(s, "out", "am-variants-mnist10k.md"), md.ToString());
+        Write(s.Text("out", "am-variants-mnist10k.md"), md.ToString());
         return 0;
     }
 
     /// Seconds per epoch of backprop and AM-Adam (sequential and layer-parallel weight updates),
     /// interleaved: each round trains one epoch of each, so a drift of the machine's speed hits all
     /// three alike; the ratio is taken within each round. The weight phase is timed on its own.
-    private static int Speed(IReadOnlyDictionary<string, string> s, string command)
+    private static int Speed(Settings s, string command)
     {
-        int rounds = Int(s, "rounds", 3), batch = Int(s, "batch", 200);
-        var net = Get(s, "net", "784-500-500-10");
-        using var data = DatasetCatalog.Load(Get(s, "data", "fashion-mnist"));
+        int rounds = s.Int("rounds", 3), batch = s.Int("batch", 200);
+        var net = s.Text("net", "784-500-500-10");
+        using var data = DatasetCatalog.Load(s.Text("data", "fashion-mnist"));
         var program = NetSpec.Build(net, data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
         var methods = new[] { Settings("backprop", s, ("lr", 1e-3)), Settings("am-adam", s, ("parallel", false)), Settings("am-adam", s, ("parallel", true)) };
         var labels = new[] { "backprop (Adam)", "AM-Adam, weights layer by layer", "AM-Adam, weights of the layers in parallel" };
@@ -326,7 +324,7 @@ public static class AlternatingMinimisationTable
         md.AppendLine($"Weight phase, parallel / sequential within a round: {string.Join(", ", parallelRatios.Select(x => F(x, "F2")))} (median {F(Median(parallelRatios), "F2")}).");
         md.AppendLine();
         md.Append(Settings(methods));
-        Write(Get(s, "out", $"am-speed-threads{Threads.Count}.md"), md.ToString());
+        Write(s.Text("out", $"am-speed-threads{Threads.Count}.md"), md.ToString());
         return 0;
     }
 
@@ -334,18 +332,18 @@ public static class AlternatingMinimisationTable
     /// every setting from several initialisations; `rank=final` orders by the mean validation accuracy
     /// after the last epoch (seed 004 appendix B's criterion), `rank=best` (default) by the mean of each
     /// run's best epoch.
-    private static int Tune(IReadOnlyDictionary<string, string> s, string command)
+    private static int Tune(Settings s, string command)
     {
-        int epochs = Int(s, "epochs", 3), batch = Int(s, "batch", 200);
-        var seeds = s.ContainsKey("seeds") ? Seeds(s) : new[] { Int(s, "seed", 0) };
-        var rank = Get(s, "rank", "best");
+        int epochs = s.Int("epochs", 3), batch = s.Int("batch", 200);
+        var seeds = s.ContainsKey("seeds") ? Seeds(s) : new[] { s.Int("seed", 0) };
+        var rank = s.Text("rank", "best");
         if (rank is not ("best" or "final")) throw new ArgumentException($"Unknown rank '{rank}' (known: best, final).");
-        var net = Get(s, "net", "784-100-100-10");
-        using var data = DatasetCatalog.Load(Get(s, "data", "fashion-mnist"));
+        var net = s.Text("net", "784-100-100-10");
+        using var data = DatasetCatalog.Load(s.Text("data", "fashion-mnist"));
         var program = NetSpec.Build(net, data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
-        var method = Get(s, "method", "am-adam");
+        var method = s.Text("method", "am-adam");
         // grid=KEY:V1|V2;KEY:V1|V2 — every combination.
-        var axes = Get(s, "grid", "lr:0.001|0.002|0.005;lr-codes:0.005|0.02|0.1;code-steps:1|3")
+        var axes = s.Text("grid", "lr:0.001|0.002|0.005;lr-codes:0.005|0.02|0.1;code-steps:1|3")
             .Split(';').Select(a => a.Split(':')).Select(a => (Key: a[0], Values: a[1].Split('|'))).ToArray();
         IEnumerable<(string Key, string Value)[]> Combinations(int i) => i == axes.Length
             ? new[] { Array.Empty<(string, string)>() }
@@ -367,7 +365,7 @@ public static class AlternatingMinimisationTable
         static double FinalValidation(Outcome o) => o.Epochs[^1].Validation?.Accuracy ?? double.NaN;
         double Key((string, Outcome[] Runs) r) => r.Runs.Average(o => rank == "final" ? FinalValidation(o) : o.SelectedValidation);
         var seedText = seeds.Length == 1 ? $"seed {seeds[0]}" : $"seeds {string.Join(", ", seeds)} (means over seeds)";
-        var md = new StringBuilder(Header(command, $"Validation accuracy of {method} over a grid, {Get(s, "data", "fashion-mnist")}, {net}, batch {batch}, {epochs} epochs, {seedText}; ordered by the {(rank == "final" ? "validation accuracy after the last epoch (seed 004 appendix B's criterion)" : "best epoch's validation accuracy")}. Only validation was used to choose; the test column is shown for completeness, not selection."));
+        var md = new StringBuilder(Header(command, $"Validation accuracy of {method} over a grid, {s.Text("data", "fashion-mnist")}, {net}, batch {batch}, {epochs} epochs, {seedText}; ordered by the {(rank == "final" ? "validation accuracy after the last epoch (seed 004 appendix B's criterion)" : "best epoch's validation accuracy")}. Only validation was used to choose; the test column is shown for completeness, not selection."));
         if (seeds.Length == 1)
         {
             md.AppendLine("| setting | best validation acc. (epoch) | final validation acc. | test acc. at the best epoch |");
@@ -385,14 +383,14 @@ public static class AlternatingMinimisationTable
         }
         md.AppendLine();
         md.AppendLine($"Other parameters: {Describe(Settings(method, s))}.");
-        Write(Get(s, "out", $"am-tuning-{method}-{net}.md"), md.ToString());
+        Write(s.Text("out", $"am-tuning-{method}-{net}.md"), md.ToString());
         return 0;
     }
 
     /// After one top-down code pass at μ: the largest code displacement from the forward values and,
     /// per block, the cosine between the AM weight direction and the backprop gradient (float64,
     /// one batch of 5 examples, 6-8-7-3 MLPs).
-    private static int Limit(IReadOnlyDictionary<string, string> s, string command)
+    private static int Limit(Settings s, string command)
     {
         var mus = new[] { 0.01, 1.0, 100.0, 1e4 };
         var md = new StringBuilder(Header(command, "The μ → ∞ limit on random 6-8-7-3 MLPs (float64, a batch of 5, seeds 1–3): after one top-down code pass, the largest |c − c⁰| and, for blocks 1, 2, 3, the cosine between the AM weight direction and the back-propagation gradient.", accuracies: false));
@@ -409,7 +407,7 @@ public static class AlternatingMinimisationTable
                     });
                     md.AppendLine($"| {activation.Name} | {step}, {steps} | {seed} | {string.Join(" | ", cells)} |");
                 }
-        Write(Get(s, "out", "am-limit.md"), md.ToString());
+        Write(s.Text("out", "am-limit.md"), md.ToString());
         return 0;
     }
 
@@ -447,18 +445,18 @@ public static class AlternatingMinimisationTable
         return (moved, cosines);
     }
 
-    private static int Single(IReadOnlyDictionary<string, string> s)
+    private static int Single(Settings s)
     {
-        using var data = DatasetCatalog.Load(Get(s, "data", "mnist-10k"));
-        var program = NetSpec.Build(Get(s, "net", "784-100-100-10"), data.Train.ExampleShape, data.Train.ClassCount, Activations.ByName(Get(s, "activation", "relu")), Losses.CrossEntropy);
+        using var data = DatasetCatalog.Load(s.Text("data", "mnist-10k"));
+        var program = NetSpec.Build(s.Text("net", "784-100-100-10"), data.Train.ExampleShape, data.Train.ClassCount, Activations.ByName(s.Text("activation", "relu")), Losses.CrossEntropy);
         var run = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "threads", "method", "early", "run", "diagnose", "dtype" };
-        var settings = new MethodSettings(Get(s, "method", "am-adam"))
+        var settings = new MethodSettings(s.Text("method", "am-adam"))
         {
             Values = s.Where(kv => !run.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value),
         };
         Console.WriteLine(Describe(settings));
         var watch = Stopwatch.StartNew();
-        var o = Train(program, data, settings, Int(s, "epochs", 5), Int(s, "batch", 200), Int(s, "seed", 0), Int(s, "early", 0), settings.Method, Get(s, "diagnose", "false") == "true");
+        var o = Train(program, data, settings, s.Int("epochs", 5), s.Int("batch", 200), s.Int("seed", 0), s.Int("early", 0), settings.Method, s.Text("diagnose", "false") == "true");
         Console.WriteLine($"RESULT selected epoch {o.SelectedEpoch} validation {F(o.SelectedValidation)} test {F(o.SelectedTest)}; final test {F(o.FinalTest)}; " +
             $"s/epoch {F(o.SecondsPerEpoch, "F2")} (code phase {F(o.CodeSeconds, "F1")} s, weight phase {F(o.WeightSeconds, "F1")} s in all); {F(watch.Elapsed.TotalSeconds, "F0")} s");
         return 0;

@@ -19,18 +19,16 @@ public static class ContrastiveProbe
 {
     private static readonly HashSet<string> RunKeys = new() { "method", "data", "net", "epochs", "every", "seed", "threads", "batch" };
 
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
-        int Int(string key, string fallback) => int.Parse(Get(key, fallback), CultureInfo.InvariantCulture);
-        using var data = DatasetCatalog.Load(Get("data", "mnist-10k"));
-        var program = Net.Mlp(data.Train.ExampleShape, Get("net", "784-256-256-10").Split('-').Select(long.Parse).ToArray(), Activations.ReLU, Losses.CrossEntropy);
-        var method = Methods.Resolve(new MethodSettings(Get("method", "pcn"))
+        using var data = DatasetCatalog.Load(settings.Text("data", "mnist-10k"));
+        var program = Net.Mlp(data.Train.ExampleShape, settings.Longs("net", "784-256-256-10", '-'), Activations.ReLU, Losses.CrossEntropy);
+        var method = Methods.Resolve(new MethodSettings(settings.Text("method", "pcn"))
         {
             Values = settings.Where(kv => !RunKeys.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value),
         });
         if (method.Solver is not InnerSolve solver) throw new ArgumentException($"{method.Name} is not a contrastive method.");
-        int epochs = Int("epochs", "2"), every = Int("every", "20"), seed = Int("seed", "0"), batchSize = Int("batch", "128");
+        int epochs = settings.Int("epochs", 2), every = settings.Int("every", 20), seed = settings.Int("seed", 0), batchSize = settings.Int("batch", 128);
         random.manual_seed(seed);
         using var weights = program.Initialise(seed);
         using var problem = method.Formulation.Lift(new LiftContext(program, data.Train, CPU, ScalarType.Float32, seed, method.StepRules, solver.MemorySlots), weights);

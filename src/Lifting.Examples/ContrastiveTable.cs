@@ -26,20 +26,18 @@ public static class ContrastiveTable
 {
     private sealed record SeedRun(int Seed, double Validation, double Test, int Epoch, double Seconds, double Ratio);
 
-    public static int Run(IReadOnlyDictionary<string, string> settings, IReadOnlyList<string> args)
+    public static int Run(Settings settings, IReadOnlyList<string> args)
     {
-        string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
-        int Int(string key, string fallback) => int.Parse(Get(key, fallback), CultureInfo.InvariantCulture);
-        var dataName = Get("data", "mnist-10k");
-        var net = Get("net", "784-256-256-10");
-        var methods = Get("methods", "backprop,pcn,lpom,chl,eqprop").Split(',');
+        var dataName = settings.Text("data", "mnist-10k");
+        var net = settings.Text("net", "784-256-256-10");
+        var methods = settings.Text("methods", "backprop,pcn,lpom,chl,eqprop").Split(',');
         if (methods[0] != "backprop") throw new ArgumentException("methods must start with backprop (the reference of every ratio).");
-        var seeds = Get("seeds", "0,1,2").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        int epochs = Int("epochs", "30"), batch = Int("batch", "128"), speedBatches = Int("speed-batches", "150");
-        var output = Get("out", $"docs/results/contrastive-{dataName}.md");
+        var seeds = settings.Ints("seeds", "0,1,2");
+        int epochs = settings.Int("epochs", 30), batch = settings.Int("batch", 128), speedBatches = settings.Int("speed-batches", 150);
+        var output = settings.Text("out", $"docs/results/contrastive-{dataName}.md");
 
         using var data = DatasetCatalog.Load(dataName);
-        var program = Net.Mlp(data.Train.ExampleShape, net.Split('-').Select(long.Parse).ToArray(), Activations.ReLU, Losses.CrossEntropy);
+        var program = Net.Mlp(data.Train.ExampleShape, settings.Longs("net", net, '-'), Activations.ReLU, Losses.CrossEntropy);
         MethodSettings SettingsOf(string method) => new(method)
         {
             Values = settings.Where(kv => kv.Key.StartsWith(method + ".", StringComparison.Ordinal)).ToDictionary(kv => kv.Key[(method.Length + 1)..], kv => kv.Value),

@@ -24,16 +24,15 @@ public static class DistPropCarryOver
         "seed001-conv",
     };
 
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
         var nets = settings.TryGetValue("nets", out var n) ? n.Split(',', StringSplitOptions.TrimEntries) : DefaultNets;
-        var methods = Get("methods", "extraprop,distprop").Split(',', StringSplitOptions.TrimEntries);
-        var seeds = Get("seeds", "0").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        int epochs = int.Parse(Get("epochs", "20"), CultureInfo.InvariantCulture);
-        int patience = int.Parse(Get("patience", "5"), CultureInfo.InvariantCulture);
-        var output = Get("out", "docs/results/distprop-carry-over.md");
-        using var data = DatasetCatalog.Load(Get("data", "mnist-10k"));
+        var methods = settings.Text("methods", "extraprop,distprop").Split(',', StringSplitOptions.TrimEntries);
+        var seeds = settings.Ints("seeds", "0");
+        int epochs = settings.Int("epochs", 20);
+        int patience = settings.Int("patience", 5);
+        var output = settings.Text("out", "docs/results/distprop-carry-over.md");
+        using var data = DatasetCatalog.Load(settings.Text("data", "mnist-10k"));
 
         var md = new StringBuilder();
         md.AppendLine("| network | method | test acc. (selected), mean over seeds (± sd with several) | backprop's | difference (points) | final mean defect, worst seed | carries over (defect < 1e-2, within 2 points) | s per learning epoch, × backprop |");

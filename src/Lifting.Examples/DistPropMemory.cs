@@ -26,9 +26,9 @@ public static class DistPropMemory
         ("DistProp, reduced constraint, one multiplier per example (§5)", new MethodSettings("distprop-reduced"), "seed001-conv-distprop"),
     };
 
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        var output = settings.TryGetValue("out", out var o) ? o : "docs/results/distprop-memory.md";
+        var output = settings.Text("out", "docs/results/distprop-memory.md");
         var sizes = new List<(string Name, Dataset Train)>();
         using var mnist = DatasetCatalog.Load("mnist-10k", new DataOptions { ValidationFraction = 0 });
         using var fashion = DatasetCatalog.Load("fashion-mnist", new DataOptions { ValidationFraction = 0 });

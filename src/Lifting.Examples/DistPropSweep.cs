@@ -46,15 +46,14 @@ public static class DistPropSweep
         return grid;
     }
 
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
-        var methods = Get("methods", "distprop,extraprop").Split(',', StringSplitOptions.TrimEntries);
-        var net = Get("net", "784-256-10");
-        int epochs = int.Parse(Get("epochs", "10"), CultureInfo.InvariantCulture);
-        int seed = int.Parse(Get("seed", "0"), CultureInfo.InvariantCulture);
-        var output = Get("out", "docs/results/distprop-robustness.md");
-        using var data = DatasetCatalog.Load(Get("data", "mnist-10k"));
+        var methods = settings.Text("methods", "distprop,extraprop").Split(',', StringSplitOptions.TrimEntries);
+        var net = settings.Text("net", "784-256-10");
+        int epochs = settings.Int("epochs", 10);
+        int seed = settings.Int("seed", 0);
+        var output = settings.Text("out", "docs/results/distprop-robustness.md");
+        using var data = DatasetCatalog.Load(settings.Text("data", "mnist-10k"));
 
         var md = new StringBuilder();
         var summary = new StringBuilder();

@@ -140,18 +140,16 @@ public static class DistPropTable
         return outcomes;
     }
 
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
-        int Int(string key, string fallback) => int.Parse(Get(key, fallback), CultureInfo.InvariantCulture);
-        var dataName = Get("data", "mnist-10k");
-        var preset = Get("preset", "table1");
+        var dataName = settings.Text("data", "mnist-10k");
+        var preset = settings.Text("preset", "table1");
         var rowText = settings.TryGetValue("rows", out var given) ? given
             : Presets.TryGetValue(preset, out var p) ? p : throw new ArgumentException($"Unknown preset '{preset}' (known: {string.Join(", ", Presets.Keys)}).");
         var rows = SplitRows(rowText).Select(Row.Parse).ToArray();
-        var seeds = Get("seeds", "0,1,2").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        int epochs = Int("epochs", "20"), batch = Int("batch", "128"), patience = Int("patience", "5");
-        var output = Get("out", $"docs/results/distprop-{preset}-{dataName}.md");
+        var seeds = settings.Ints("seeds", "0,1,2");
+        int epochs = settings.Int("epochs", 20), batch = settings.Int("batch", 128), patience = settings.Int("patience", 5);
+        var output = settings.Text("out", $"docs/results/distprop-{preset}-{dataName}.md");
 
         List<Outcome>[] outcomes;
         string splitText;

@@ -39,21 +39,19 @@ public static class FenchelBackpropExperiment
     private sealed record Trial(string Method, double Beta, int Seed, double Validation, double Test, int Epoch,
         double FinalTest, double FinalTrainLoss, double Seconds, double Ratio, double? Cosine, double ActiveUnits, int? EpochTo85);
 
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
-        double[] Reals(string key, string fallback) => Get(key, fallback).Split(',').Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        var seeds = Get("seeds", "0,1,2").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        int epochs = int.Parse(Get("epochs", "20"), CultureInfo.InvariantCulture);
-        int timingEpochs = int.Parse(Get("timing-epochs", "3"), CultureInfo.InvariantCulture);
-        var small = Reals("small", "0.0002,0.01,0.1");
-        var sweep = Reals("sweep", "0.01,0.1,1,10,100,1000");
-        var output = Get("out", "docs/results/fenchel-bp.md");
+        var seeds = settings.Ints("seeds", "0,1,2");
+        int epochs = settings.Int("epochs", 20);
+        int timingEpochs = settings.Int("timing-epochs", 3);
+        var small = settings.Reals("small", "0.0002,0.01,0.1");
+        var sweep = settings.Reals("sweep", "0.01,0.1,1,10,100,1000");
+        var output = settings.Text("out", "docs/results/fenchel-bp.md");
         const int batch = 50;
 
         using var data = DatasetCatalog.Load("mnist-10k", new DataOptions { Scaling = InputScaling.UnitRange });
-        if (Get("mode", "train") == "escape") return Escape(settings, data, seeds, sweep, Get("out", "docs/results/fenchel-bp-escape.md"));
-        if (Get("mode", "train") == "switch") return Switch(settings, data, seeds, epochs, Get("out", "docs/results/fenchel-bp-switch.md"));
+        if (settings.Text("mode", "train") == "escape") return Escape(settings, data, seeds, sweep, settings.Text("out", "docs/results/fenchel-bp-escape.md"));
+        if (settings.Text("mode", "train") == "switch") return Switch(settings, data, seeds, epochs, settings.Text("out", "docs/results/fenchel-bp-switch.md"));
         var mlp = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 128, 64, 10 }, Activations.ReLU, Losses.CrossEntropy);
         var glorot = mlp.Apply(InitialisationScheme.Glorot);
         var negative = mlp.Apply(InitialisationScheme.NegativeFirstLayer);
@@ -200,9 +198,9 @@ public static class FenchelBackpropExperiment
     /// first `examples` training examples at seeds' initial weights: the per-unit threshold
     /// min_n β*_{n,i} (its quantiles over the units) and, per β, the fraction of first-layer units
     /// with a non-zero signal on at least one example. Back-propagation's signal is zero for all.
-    private static int Escape(IReadOnlyDictionary<string, string> settings, DataSplit data, int[] seeds, double[] sweep, string output)
+    private static int Escape(Settings settings, DataSplit data, int[] seeds, double[] sweep, string output)
     {
-        int examples = settings.TryGetValue("examples", out var e) ? int.Parse(e, CultureInfo.InvariantCulture) : 1000;
+        int examples = settings.Int("examples", 1000);
         var program = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 128, 64, 10 }, Activations.ReLU, Losses.CrossEntropy)
             .Apply(InitialisationScheme.NegativeFirstLayer);
         var relu = Activations.ReLU;
@@ -273,11 +271,10 @@ public static class FenchelBackpropExperiment
     /// the same escaped weights (fresh Adam state), logging the cosine between the weight direction
     /// and back-propagation's gradient on each epoch's first batch. The reported epoch is the one with
     /// the best validation accuracy over both phases.
-    private static int Switch(IReadOnlyDictionary<string, string> settings, DataSplit data, int[] seeds, int epochs, string output)
+    private static int Switch(Settings settings, DataSplit data, int[] seeds, int epochs, string output)
     {
-        double Num(string key, double fallback) => settings.TryGetValue(key, out var v) ? double.Parse(v, CultureInfo.InvariantCulture) : fallback;
-        double high = Num("high", 10), low = Num("low", 0.01);
-        int escape = (int)Num("escape-epochs", 3);
+        double high = settings.Real("high", 10), low = settings.Real("low", 0.01);
+        int escape = (int)settings.Real("escape-epochs", 3);
         const int batch = 50;
         var program = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 128, 64, 10 }, Activations.ReLU, Losses.CrossEntropy)
             .Apply(InitialisationScheme.NegativeFirstLayer);

@@ -1,4 +1,3 @@
-using System.Globalization;
 using Lifting.Data;
 using Lifting.Formulations;
 using Lifting.Programs;
@@ -25,13 +24,11 @@ namespace Lifting.Examples;
 ///         [ext-states=1] [ext-multipliers=1] [settle=0] [settle-states=1] [seed=0]
 public static class Probe
 {
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        double Num(string key, double fallback) =>
-            settings.TryGetValue(key, out var v) ? double.Parse(v, CultureInfo.InvariantCulture) : fallback;
-        int epochs = (int)Num("epochs", 10), inner = (int)Num("inner", 1), shown = (int)Num("batches", 0);
-        int settleEpochs = (int)Num("settle", 0), seed = (int)Num("seed", 0);
-        double a = Num("lr-states", 0.5), b = Num("lr-multipliers", 1.0), scale = Num("settle-states", 1.0);
+        int epochs = (int)settings.Real("epochs", 10), inner = (int)settings.Real("inner", 1), shown = (int)settings.Real("batches", 0);
+        int settleEpochs = (int)settings.Real("settle", 0), seed = (int)settings.Real("seed", 0);
+        double a = settings.Real("lr-states", 0.5), b = settings.Real("lr-multipliers", 1.0), scale = settings.Real("settle-states", 1.0);
 
         using var data = DatasetCatalog.Load("mnist-10k");
         var program = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 10 }, Activations.ReLU, Losses.CrossEntropy);
@@ -40,13 +37,13 @@ public static class Probe
         var multipliers = Schedules.Settling(StepRules.Constant(b), settle, 1 / scale);
         var rules = new Dictionary<string, IStepRule>
         {
-            [PlayerNames.Weights] = StepRules.Adam(Num("lr", 2e-3)),
+            [PlayerNames.Weights] = StepRules.Adam(settings.Real("lr", 2e-3)),
             [PlayerNames.States] = states,
             [PlayerNames.Multipliers] = multipliers,
         };
         var rows = new[] { PlayerNames.States, PlayerNames.Multipliers };
         var extragradient = Solvers.Solvers.Extragradient();
-        double gh = Num("ext-states", 1), gl = Num("ext-multipliers", 1);
+        double gh = settings.Real("ext-states", 1), gl = settings.Real("ext-multipliers", 1);
         var innerSolver = gh == 1 && gl == 1 ? extragradient
             : Solvers.Solvers.Extragradient(p => p == PlayerNames.States ? gh : p == PlayerNames.Multipliers ? gl : 1);
         using var weights = program.Initialise(seed);

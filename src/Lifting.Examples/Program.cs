@@ -31,8 +31,8 @@ catch (Exception e) when (e is ArgumentException or FormatException or InvalidOp
 
 static int Run(string[] args)
 {
-    var settings = args.Skip(1).Select(a => a.Split('=', 2)).ToDictionary(p => p[0], p => p.Length > 1 ? p[1] : "true");
-    if (settings.TryGetValue("threads", out var threadCount)) Threads.Set(int.Parse(threadCount, CultureInfo.InvariantCulture));
+    var settings = Lifting.Examples.Settings.Parse(args.Skip(1));
+    if (settings.ContainsKey("threads")) Threads.Set(settings.Int("threads", 0));
     if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(settings);
     if (args.FirstOrDefault() == "probe") return Lifting.Examples.Probe.Run(settings);
     if (args.FirstOrDefault() == "am") return Lifting.Examples.AlternatingMinimisationTable.Run(args.ElementAtOrDefault(1) ?? "", settings);
@@ -46,20 +46,18 @@ static int Run(string[] args)
     if (args.FirstOrDefault() == "contrastive") return Lifting.Examples.ContrastiveTable.Run(settings, args);
 
     var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
-    string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
-    int Int(string key, int fallback) => settings.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
 
-    using var data = DatasetCatalog.Load(Get("data", "mnist-10k"));
-    var program = Net.Mlp(data.Train.ExampleShape, Get("net", "784-256-10").Split('-').Select(long.Parse).ToArray(),
-        Activations.ByName(Get("activation", "relu")), Losses.CrossEntropy);
-    var method = Methods.Resolve(new MethodSettings(Get("method", "extraprop"))
+    using var data = DatasetCatalog.Load(settings.Text("data", "mnist-10k"));
+    var program = Net.Mlp(data.Train.ExampleShape, settings.Longs("net", "784-256-10", '-'),
+        Activations.ByName(settings.Text("activation", "relu")), Losses.CrossEntropy);
+    var method = Methods.Resolve(new MethodSettings(settings.Text("method", "extraprop"))
     {
         Values = settings.Where(kv => !runKeys.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value),
     });
     var tag = string.Join(" ", args.Skip(1));
     using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
-        new TrainingOptions { Epochs = Int("epochs", 10), BatchSize = Int("batch", 128), Seed = Int("seed", 0),
-            Patience = Int("patience", 0), IterationsPerBatch = Int("iterations", 1), CosineToBackprop = settings.ContainsKey("cosine") },
+        new TrainingOptions { Epochs = settings.Int("epochs", 10), BatchSize = settings.Int("batch", 128), Seed = settings.Int("seed", 0),
+            Patience = settings.Int("patience", 0), IterationsPerBatch = settings.Int("iterations", 1), CosineToBackprop = settings.ContainsKey("cosine") },
         Observers.OnEpoch(m => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"[{tag}] epoch {m.Epoch} loss {m.TrainLoss:F4} objective {m.Objective:G4} val {m.ValidationAccuracy:F4} test {m.TestAccuracy:F4} defect {m.MeanDefect:E2} cos {m.CosineToBackprop:F3} {m.Seconds:F2}s"))));
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,

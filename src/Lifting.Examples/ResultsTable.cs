@@ -26,19 +26,17 @@ public static class ResultsTable
     /// What the table keeps of a run (the weights are freed at once).
     private sealed record Summary(double Validation, double Test, int Epoch, double FinalTest, double Defect, double Seconds);
 
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        string Get(string key, string fallback) => settings.TryGetValue(key, out var v) ? v : fallback;
-        int Int(string key, string fallback) => int.Parse(Get(key, fallback), CultureInfo.InvariantCulture);
-        var dataName = Get("data", "mnist-10k");
-        var net = Get("net", "784-256-10");
-        var methods = Get("methods", "backprop,extraprop,extraprop-rows,gda,auglag,regularized,penalty").Split(',');
-        var seeds = Get("seeds", "0,1,2").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        int epochs = Int("epochs", "50"), patience = Int("patience", "5"), batch = Int("batch", "128");
-        var output = Get("out", "docs/results/mnist-10k-lifted.md");
+        var dataName = settings.Text("data", "mnist-10k");
+        var net = settings.Text("net", "784-256-10");
+        var methods = settings.Text("methods", "backprop,extraprop,extraprop-rows,gda,auglag,regularized,penalty").Split(',');
+        var seeds = settings.Ints("seeds", "0,1,2");
+        int epochs = settings.Int("epochs", 50), patience = settings.Int("patience", 5), batch = settings.Int("batch", 128);
+        var output = settings.Text("out", "docs/results/mnist-10k-lifted.md");
 
         using var data = DatasetCatalog.Load(dataName);
-        var program = Net.Mlp(data.Train.ExampleShape, net.Split('-').Select(long.Parse).ToArray(), Activations.ReLU, Losses.CrossEntropy);
+        var program = Net.Mlp(data.Train.ExampleShape, settings.Longs("net", net, '-'), Activations.ReLU, Losses.CrossEntropy);
         var runs = methods.Select(_ => new List<SeedRun>()).ToArray();
         var described = new ResolvedMethod[methods.Length];
         foreach (var seed in seeds)

@@ -18,10 +18,10 @@ namespace Lifting.Examples;
 ///   steptime [epochs=6] [warmup=2]
 public static class StepTime
 {
-    public static int Run(IReadOnlyDictionary<string, string> settings)
+    public static int Run(Settings settings)
     {
-        int epochs = settings.TryGetValue("epochs", out var e) ? int.Parse(e, CultureInfo.InvariantCulture) : 6;
-        int warmup = settings.TryGetValue("warmup", out var w) ? int.Parse(w, CultureInfo.InvariantCulture) : 2;
+        int epochs = settings.Int("epochs", 6);
+        int warmup = settings.Int("warmup", 2);
         using var data = DatasetCatalog.Load("mnist-10k");
         var program = Net.Mlp(data.Train.ExampleShape, new long[] { 784, 256, 10 }, Activations.ReLU, Losses.CrossEntropy);
         var extraprop = Methods.Resolve(new MethodSettings("extraprop").With("settle", 0.0));
