@@ -75,20 +75,10 @@ public static class DistPropTable
             var label = text[..eq].Trim();
             var spec = text[(eq + 1)..at];
             var net = text[(at + 1)..].Replace('/', ',');
-            var colon = spec.IndexOf(':');
-            var settings = new MethodSettings(colon < 0 ? spec.Trim() : spec[..colon].Trim());
-            if (colon >= 0)
-                foreach (var kv in spec[(colon + 1)..].Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                {
-                    var p = kv.Split('=', 2);
-                    if (p.Length != 2) throw new ArgumentException($"Invalid parameter '{kv}' in row '{text}' (expected PARAM=VALUE).");
-                    settings = settings.With(p[0].Trim(), p[1].Trim());
-                }
-            return new Row(label, settings, net);
+            return new Row(label, MethodSettings.Parse(spec), net);
         }
 
-        public string Settings => Method.Values.Count == 0 ? Method.Method
-            : $"{Method.Method} ({string.Join(", ", Method.Values.Select(kv => $"{kv.Key}={kv.Value}"))})";
+        public string Settings => Method.Label;
     }
 
     private static readonly JsonSerializerOptions Json = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };

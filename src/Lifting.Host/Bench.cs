@@ -18,7 +18,7 @@ public static class Bench
     public static Command Create(CliContext context)
     {
         var command = new Command("bench", "Methods side by side in interleaved rounds: s/epoch, ratio to the first, per-example memory, peak RSS.");
-        var methods = new Option<string>("--methods") { Description = "comma-separated methods [default: backprop,extraprop]", HelpName = "A,B,..." };
+        var methods = new Option<string>("--methods") { Description = "comma-separated methods, each NAME or NAME:PARAM=VALUE;... (e.g. distprop:resample=false) [default: backprop,extraprop]", HelpName = "A,B,..." };
         var repeats = new Option<string>("--repeats") { Description = "interleaved rounds [default: 3]", HelpName = "N" };
         var json = new Option<bool>("--json") { Description = "make the last line of output the rows as JSON" };
         var keys = new[] { "data", "net", "activation", "epochs", "batch", "seed", "device", "threads" };
@@ -48,9 +48,10 @@ public static class Bench
 
     private static int Run(Experiment experiment, string[] methods, int repeats, bool json, TextWriter output)
     {
-        var resolved = methods.Select(m =>
+        var settings = new MethodSettings[methods.Length];
+        var resolved = methods.Select((m, i) =>
         {
-            try { return Methods.Resolve(m); }
+            try { return Methods.Resolve(settings[i] = MethodSettings.Parse(m)); }
             catch (ArgumentException x) { throw new UsageException($"--methods: {x.Message.TrimEnd('.')}"); }
         }).ToArray();
         using var prepared = PreparedRun.Prepare(experiment with { Method = resolved[0].Name });
@@ -67,7 +68,7 @@ public static class Bench
             for (int m = 0; m < resolved.Length; m++)
             {
                 // Fresh step rules every run: scheduled rules carry per-run state.
-                var method = round == 0 ? resolved[m] : Methods.Resolve(methods[m]);
+                var method = round == 0 ? resolved[m] : Methods.Resolve(settings[m]);
                 ResetPeakMemory();
                 using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,
                     new TrainingOptions { Epochs = experiment.Epochs, BatchSize = experiment.Batch, Seed = experiment.Seed, Device = device });
@@ -81,12 +82,13 @@ public static class Bench
         }
 
         var rows = new List<Dictionary<string, object>>();
+        int width = Math.Max(15, settings.Max(x => x.Label.Length));
         for (int m = 0; m < resolved.Length; m++)
         {
             var r = runs[m];
             var row = new Dictionary<string, object>
             {
-                ["method"] = resolved[m].Name,
+                ["method"] = settings[m].Label,
                 ["seconds_per_epoch"] = Math.Round(Median(r.Select(x => x.Seconds)), 4),
                 ["ratio"] = Math.Round(Median(r.Select(x => x.Ratio)), 3),
                 ["ratio_min"] = Math.Round(r.Min(x => x.Ratio), 3),
@@ -97,7 +99,7 @@ public static class Bench
             };
             rows.Add(row);
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  {resolved[m].Name,-15} {row["seconds_per_epoch"],8:F3} s/epoch  ×{row["ratio"],5:F2} (rounds {row["ratio_min"]:F2}–{row["ratio_max"]:F2})  " +
+                $"  {settings[m].Label.PadRight(width)} {row["seconds_per_epoch"],8:F3} s/epoch  ×{row["ratio"],5:F2} (rounds {row["ratio_min"]:F2}–{row["ratio_max"]:F2})  " +
                 $"per-example state {row["per_example_bytes"]} B  peak RSS {row["peak_rss_mib"]} MiB  test acc {row["test_accuracy"]:F4}"));
         }
         if (json) output.WriteLine(JsonSerializer.Serialize(rows));

@@ -92,7 +92,10 @@ let cases () : (string * string list * string) list =
       "--out naming a file", [ "train"; "--out"; Path.Combine(e, "config.json") ], "a file of that name exists"
       "a sweep axis with a bad value", [ "sweep"; file "grid.json" """{ "base": { "epochs": 1 }, "axes": { "batch": [32, -1] } }""" ], "batch: -1 must be a positive integer"
       "a sweep file without axes", [ "sweep"; file "noaxes.json" """{ "base": { "epochs": 1 } }""" ], "\"axes\""
-      "a demo with zero seeds", [ "demo"; "--seeds"; "0" ], "--seeds: 0 must be a positive integer" ]
+      "a demo with zero seeds", [ "demo"; "--seeds"; "0" ], "--seeds: 0 must be a positive integer"
+      "a bench method parameter without a value", [ "bench"; "--methods"; "backprop,distprop:samples" ], "Invalid parameter 'samples'"
+      "a bench method parameter the method does not have", [ "bench"; "--methods"; "backprop:settle=0.2" ], "no parameter 'settle'"
+      "a bench method parameter given twice", [ "bench"; "--methods"; "distprop:eps=0.1;eps=0.2" ], "'eps' given twice" ]
 
 [<Tests>]
 let tests =

@@ -431,6 +431,14 @@ let tests =
             Expect.isGreaterThan (rows.[1].GetProperty("per_example_bytes").GetInt64()) 0L "extraprop keeps per-example state"
             Expect.equal (rows.[0].GetProperty("per_example_bytes").GetInt64()) 0L "backprop keeps none"
         }
+        test "lifting bench takes a method with changed parameters (NAME:PARAM=VALUE;...) and labels its row with them" {
+            let code, out, err = lifting [ "bench"; "--data"; "digits"; "--net"; "64-32-10"; "--epochs"; "2"; "--repeats"; "1"; "--methods"; "extraprop,extraprop:inner=0;lr-states=0.25"; "--device"; "cpu"; "--json" ]
+            Expect.equal code 0 $"exit 0: {err}"
+            use doc = JsonDocument.Parse(lastLine out)
+            let rows = doc.RootElement.EnumerateArray() |> Array.ofSeq
+            Expect.equal [ for r in rows -> r.GetProperty("method").GetString() ] [ "extraprop"; "extraprop (inner=0, lr-states=0.25)" ] "one row per entry, labelled with its parameters"
+            Expect.notEqual (rows.[0].GetProperty("test_accuracy").GetDouble()) (rows.[1].GetProperty("test_accuracy").GetDouble()) "the parameters reach the run"
+        }
         test "the config file is read and flags override it" {
             let dir = tempDir ()
             let cfg = Path.Combine(dir, "exp.json")

@@ -78,6 +78,32 @@ public sealed record MethodSettings(string Method)
         var copy = new Dictionary<string, string>(Values) { [name] = MethodParameter.Format(value) };
         return this with { Values = copy };
     }
+
+    /// A method written as one word: `NAME` or `NAME:PARAM=VALUE;PARAM=VALUE…`, e.g.
+    /// `distprop:resample=false;lr-multipliers=0.01`. Whether the method and its parameters exist
+    /// is checked by `Methods.Resolve`; here only the form.
+    public static MethodSettings Parse(string text)
+    {
+        var colon = text.IndexOf(':');
+        var name = (colon < 0 ? text : text[..colon]).Trim();
+        if (name.Length == 0) throw new ArgumentException($"Invalid method '{text}' (expected NAME[:PARAM=VALUE;...]).");
+        var settings = new MethodSettings(name);
+        if (colon < 0) return settings;
+        foreach (var pair in text[(colon + 1)..].Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var kv = pair.Split('=', 2, StringSplitOptions.TrimEntries);
+            if (kv.Length != 2 || kv[0].Length == 0)
+                throw new ArgumentException($"Invalid parameter '{pair}' in method '{text}' (expected PARAM=VALUE).");
+            if (settings.Values.ContainsKey(kv[0]))
+                throw new ArgumentException($"Parameter '{kv[0]}' given twice in method '{text}'.");
+            settings = settings.With(kv[0], kv[1]);
+        }
+        return settings;
+    }
+
+    /// The method's name, and the parameters changed from its defaults in brackets:
+    /// `distprop (resample=false, lr-multipliers=0.01)`.
+    public string Label => Values.Count == 0 ? Method : $"{Method} ({string.Join(", ", Values.Select(kv => $"{kv.Key}={kv.Value}"))})";
 }
 
 /// A method resolved into the parts the trainer needs, with the arguments it was built from.
