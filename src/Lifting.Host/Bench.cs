@@ -48,12 +48,19 @@ public static class Bench
 
     private static int Run(Experiment experiment, string[] methods, int repeats, bool json, TextWriter output)
     {
+        // Each entry as written (NAME or NAME:PARAM=VALUE;...), under the method's catalog name.
         var settings = new MethodSettings[methods.Length];
-        var resolved = methods.Select((m, i) =>
+        var resolved = new ResolvedMethod[methods.Length];
+        for (int i = 0; i < methods.Length; i++)
         {
-            try { return Methods.Resolve(settings[i] = MethodSettings.Parse(m)); }
+            try
+            {
+                var parsed = MethodSettings.Parse(methods[i]);
+                resolved[i] = Methods.Resolve(parsed);
+                settings[i] = parsed with { Method = resolved[i].Name };
+            }
             catch (ArgumentException x) { throw new UsageException($"--methods: {x.Message.TrimEnd('.')}"); }
-        }).ToArray();
+        }
         using var prepared = PreparedRun.Prepare(experiment with { Method = resolved[0].Name });
         var data = prepared.Data;
         var program = prepared.Program;
