@@ -34,6 +34,17 @@ let record (settings: MethodSettings) (program: NestedProgram) (options: Trainin
 [<Tests>]
 let tests =
     testList "TrainingTests" [
+        test "ExtraProp's defaults carry over to a three-hidden-layer ReLU net cut once before its last layer: within 2 points of backprop on digits, final defect below 1e-2" {
+            // docs/methods.md, "Other networks": the same defaults diverge with a cut after every
+            // hidden layer (a constraint with a state on both sides); one cut carries over.
+            let net cut = NetSpec.Build($"dense:64, relu, dense:64, relu, dense:64, relu, {cut} dense:10", digits.Force().Train.ExampleShape, 10, Activations.ReLU, Losses.CrossEntropy)
+            let options () = TrainingOptions(Epochs = 30, BatchSize = 64, Seed = 0)
+            use lifted = trainWith (MethodSettings "extraprop") (net "cut,") (options ())
+            use reference = trainWith (MethodSettings "backprop") (net "") (options ())
+            let accuracy (r: TrainingResult) = r.Selected.TestAccuracy
+            Expect.isGreaterThanOrEqual (accuracy lifted) (accuracy reference - 0.02) $"ExtraProp {accuracy lifted:F4} against backprop {accuracy reference:F4}"
+            Expect.isLessThan lifted.FinalDefect 1e-2 "the constraints hold at the end"
+        }
         test "backprop trains the digits MLP to >= 0.95 test accuracy at the epoch selected on validation (the default job)" {
             use result = train "backprop" 20 0
             Expect.isGreaterThanOrEqual result.Selected.TestAccuracy 0.95 $"test accuracy {result.Selected.TestAccuracy}"
