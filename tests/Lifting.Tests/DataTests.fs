@@ -7,10 +7,7 @@ open TorchSharp
 open type TorchSharp.torch
 open Lifting.Data
 
-let tempDir () =
-    let d = Path.Combine(Path.GetTempPath(), "lifting-data-" + Guid.NewGuid().ToString("N"))
-    Directory.CreateDirectory(d) |> ignore
-    d
+let tempDir () = Lifting.Tests.Support.scratchDir "data"
 
 let images count rows cols =
     IdxImages(count, rows, cols, Array.init (count * rows * cols) (fun i -> byte (i % 251)))

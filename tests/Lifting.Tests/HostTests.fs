@@ -87,10 +87,7 @@ let liftingCancelled (args: string list) (cancelWhen: CancellationTokenSource ->
 
 let lastLine (text: string) = text.TrimEnd().Split('\n') |> Array.last
 
-let tempDir () =
-    let d = Path.Combine(Path.GetTempPath(), "lifting-tests-" + Guid.NewGuid().ToString("N"))
-    Directory.CreateDirectory(d) |> ignore
-    d
+let tempDir () = Lifting.Tests.Support.scratchDir "host"
 
 /// A folder name that does not exist yet.
 let newDir () = Path.Combine(tempDir (), "run")

@@ -9,6 +9,21 @@ open Lifting.Programs
 
 let f64 = ScalarType.Float64
 
+/// One folder per test run for the files tests write, deleted when the run ends (a run that is
+/// killed leaves it behind, under its own name).
+let private scratchRoot =
+    lazy (
+        let root = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"lifting-test-run-{Environment.ProcessId}-{Guid.NewGuid():N}")
+        System.IO.Directory.CreateDirectory root |> ignore
+        AppDomain.CurrentDomain.ProcessExit.Add(fun _ -> try System.IO.Directory.Delete(root, true) with _ -> ())
+        root)
+
+/// A new empty folder for one test's files, inside this run's folder.
+let scratchDir (prefix: string) =
+    let d = System.IO.Path.Combine(scratchRoot.Force(), prefix + "-" + Guid.NewGuid().ToString("N"))
+    System.IO.Directory.CreateDirectory d |> ignore
+    d
+
 /// Relative error ‖a − b‖ / max(‖b‖, tiny) over lists of tensors.
 let relativeError (a: Tensor seq) (b: Tensor seq) =
     let a = a |> Seq.map (fun t -> t.flatten()) |> Array.ofSeq
