@@ -55,8 +55,32 @@ public static class Threads
     public static void Set(int count)
     {
         if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), $"Invalid thread count: {count} (expected >= 1).");
+        VectorMath.Prepare(); // before any split call (see VectorMath)
         torch.set_num_threads(count);
     }
+}
+
+/// LibTorch's CPU build computes float functions such as exp, log, sqrt and tanh with MKL's vector
+/// math library, which chooses its kernels the first time one of them runs in the process. When
+/// that first call is split between LibTorch's threads (more than 2,048 elements), the threads
+/// can race through the choice, and one of them then computes with relative errors up to about
+/// 6e-5 for the rest of the process. Measured on a 2-core machine (docs/engine.md, "A race in MKL's
+/// first vector-math call"): an auglag run on digits ended with other weights (always the same
+/// other weights) in 10 of 160 processes, and in 0 of 120 with `Prepare`. Traced, the difference
+/// began in the half of an 8,192-element `sqrt` that the second thread computed. `Prepare` makes that first call on 16 elements, which LibTorch
+/// never splits. The trainer and `Threads.Set` call it; a script that calls these functions on
+/// large tensors before training calls it first itself. Idempotent and cheap.
+public static class VectorMath
+{
+    private static readonly Lazy<bool> prepared = new(() =>
+    {
+        using var scope = NewDisposeScope();
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.Float64 })
+            ones(16, dtype: dtype).exp();
+        return true;
+    }, LazyThreadSafetyMode.ExecutionAndPublication);
+
+    public static void Prepare() => _ = prepared.Value;
 }
 
 /// What a run computed on: enough to say whether two runs can be bit-identical.

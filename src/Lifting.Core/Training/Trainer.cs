@@ -48,6 +48,7 @@ public static class Trainer
         TrainingControl? control)
     {
         options.Validate();
+        VectorMath.Prepare();
         if (options.Patience > 0 && !data.HasValidation)
             throw new ArgumentException($"Early stopping (patience {options.Patience}) needs a validation split; this data has none.");
         observer ??= Observers.None;
