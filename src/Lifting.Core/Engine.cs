@@ -68,8 +68,9 @@ public static class Threads
 /// first vector-math call"): an auglag run on digits ended with other weights (always the same
 /// other weights) in 10 of 160 processes, and in 0 of 120 with `Prepare`. Traced, the difference
 /// began in the half of an 8,192-element `sqrt` that the second thread computed. `Prepare` makes that first call on 16 elements, which LibTorch
-/// never splits. The trainer and `Threads.Set` call it; a script that calls these functions on
-/// large tensors before training calls it first itself. Idempotent and cheap.
+/// never splits. Loading a dataset, training, evaluating and `Threads.Set` call it; a script that
+/// calls these functions on large tensors before any of those calls it first itself. Idempotent
+/// and cheap.
 public static class VectorMath
 {
     private static readonly Lazy<bool> prepared = new(() =>

@@ -34,6 +34,7 @@ public static class DatasetCatalog
     public static DataSplit Load(string nameOrPath, DataOptions options)
     {
         options.Validate();
+        VectorMath.Prepare(); // before standardisation or anything else computes on the whole set
         bool csv = !Directory.Exists(nameOrPath) && File.Exists(nameOrPath) && !Names.Contains(nameOrPath.ToLowerInvariant());
         if (!csv && options.Label is not null)
             throw new DataFormatException($"{nameOrPath}: a label column ('{options.Label}') applies to CSV data only");

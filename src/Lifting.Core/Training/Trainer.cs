@@ -282,6 +282,7 @@ public static class Trainer
     /// Accuracy and mean loss of the plain forward pass over a dataset (NaN for an empty one).
     public static Evaluation Evaluate(NestedProgram program, IReadOnlyList<Tensor> weights, Dataset data, ScalarType dtype = ScalarType.Float32, int batchSize = 1000)
     {
+        VectorMath.Prepare();
         using var _ = no_grad();
         double loss = 0;
         long correct = 0;
