@@ -45,6 +45,7 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     "distprop per example", (fun () -> DistProp(DistPropOptions(Epsilon = 0.1, Multipliers = MultiplierPlacement.Example, ResampleVariates = false))), 0.05, true
     "distprop reduced", (fun () -> DistProp(DistPropOptions(Epsilon = 0.5, ReducedConstraint = true, Multipliers = MultiplierPlacement.Example, ResampleVariates = false))), 0.02, true
     "distprop per example, variates redrawn every step", (fun () -> DistProp(DistPropOptions(Epsilon = 0.1, Multipliers = MultiplierPlacement.Example))), 0.05, true
+    "distprop augmented, σ shared by the classes, means at radius √H", (fun () -> DistProp(DistPropOptions(Epsilon = 0.1, Multipliers = MultiplierPlacement.Example, ResampleVariates = false, Augmentation = 1.0, SharedScale = true, FeatureScaleMeans = true))), 0.05, false
     // Defined in F# in FormulationTests.fs: a new formulation joins with one row.
     "l1-penalty (F#)", (fun () -> FormulationTests.L1Penalty(1.0)), 0.02, false
     "fenchel back-propagation", (fun () -> FenchelBackprop([| 0.5 |])), 0.1, false

@@ -51,9 +51,27 @@ public sealed record DistPropOptions
     /// the uninterrupted one would have.
     public bool ResampleVariates { get; init; } = true;
 
+    /// One scale σ_l per cut and feature, shared by the classes, instead of one per class: the
+    /// classes' synthetic states then differ only in their means. With a scale per class the last
+    /// block can tell the classes apart by their scales alone, which a constraint on each example's
+    /// distance to its mean does not carry to the real features: a strong constraint then holds
+    /// every f_1(x) at one label-free point (docs/methods.md, "Where the class goes").
+    public bool SharedScale { get; init; }
+
+    /// Means initialised at random points on the sphere of radius √H (H the cut's width), each
+    /// feature of the size of σ = 1, instead of on the unit sphere (seed 001 §4): at H = 256 the
+    /// unit sphere puts the classes' means 1/16 apart per feature, inside every class's ε-band of
+    /// 0.1σ, so one label-free point satisfies every class's constraint from the start.
+    public bool FeatureScaleMeans { get; init; }
+
+    /// Coefficient c of the augmented Lagrangian term (c/2)‖g_ε(z)‖² added to every constraint's
+    /// λ·g_ε(z) (seed 001 §2.1 and §5, "Augmented Lagrangian"); 0 = the plain Lagrangian.
+    public double Augmentation { get; init; }
+
     public void Validate()
     {
         if (!(Epsilon >= 0) || double.IsInfinity(Epsilon)) throw new ArgumentOutOfRangeException(nameof(Epsilon), $"Invalid epsilon: {Epsilon} (expected a finite value >= 0).");
+        if (!(Augmentation >= 0) || double.IsInfinity(Augmentation)) throw new ArgumentOutOfRangeException(nameof(Augmentation), $"Invalid augmentation c: {Augmentation} (expected a finite value >= 0).");
         if (SamplesPerClass < 1) throw new ArgumentOutOfRangeException(nameof(SamplesPerClass), $"Invalid samples per class: {SamplesPerClass} (expected >= 1).");
         if (!Enum.IsDefined(Multipliers)) throw new ArgumentOutOfRangeException(nameof(Multipliers), $"Invalid multiplier placement: {Multipliers} (expected Class or Example).");
     }
@@ -106,8 +124,9 @@ public sealed class DistProp : IFormulation
     public DistPropOptions Options { get; }
     public string Name { get; }
     public string Description =>
-        $"class-conditional Gaussian states μ_l(c), σ_l(c), {(Options.ReducedConstraint ? "reduced ReLU(‖z‖₁ − ε)" : "ε-insensitive z-score")} constraints " +
-        $"(ε = {Options.Epsilon:G3}), {Options.SamplesPerClass} sample(s) per class {(Options.ResampleVariates ? "redrawn every step" : "fixed")}, multipliers per {(Options.Multipliers == MultiplierPlacement.Class ? "class" : "example")}";
+        $"class-conditional Gaussian states μ_l(c), {(Options.SharedScale ? "σ_l shared by the classes" : "σ_l(c)")}{(Options.FeatureScaleMeans ? ", means initialised at radius √H" : "")}, {(Options.ReducedConstraint ? "reduced ReLU(‖z‖₁ − ε)" : "ε-insensitive z-score")} constraints " +
+        $"(ε = {Options.Epsilon:G3}), {Options.SamplesPerClass} sample(s) per class {(Options.ResampleVariates ? "redrawn every step" : "fixed")}, multipliers per {(Options.Multipliers == MultiplierPlacement.Class ? "class" : "example")}" +
+        (Options.Augmentation > 0 ? $", + (c/2)‖g‖², c = {Options.Augmentation:G3}" : "");
     public IReadOnlyList<string> PlayerNames { get; } =
         new[] { Formulations.PlayerNames.Weights, Formulations.PlayerNames.States, Formulations.PlayerNames.Multipliers };
     public IReadOnlyList<SubProblem> DefaultSchedule => PlayerNames.Select(p => new SubProblem(new[] { p }, 1)).ToArray();
@@ -181,7 +200,7 @@ public sealed class DistProp : IFormulation
             hidden = lifted.Blocks.Count - 1;
             stateShapes = Enumerable.Range(0, hidden).Select(l => lifted.Blocks[l].OutputShape).ToArray();
 
-            // Means on the unit sphere, σ = softplus(log(e − 1)) = 1, variates e ~ N(0, 1): drawn
+            // Means on the unit sphere (or the sphere of radius √H), σ = softplus(log(e − 1)) = 1, variates e ~ N(0, 1): drawn
             // once, from a generator seeded by the run's seed, on the CPU so every device agrees.
             using var generator = new Generator(unchecked((ulong)(context.Seed * 1_000_003L + 77)));
             var inverseSoftplusOne = Math.Log(Math.E - 1);
@@ -193,9 +212,10 @@ public sealed class DistProp : IFormulation
             {
                 var direction = randn(new[] { (long)classes, stateShapes[l].Aggregate(1L, (a, b) => a * b) }, dtype: context.DType, generator: generator);
                 var unit = (direction / direction.square().sum(1, keepdim: true).sqrt()).reshape(Shape(classes, stateShapes[l]));
+                if (options.FeatureScaleMeans) unit = unit * Math.Sqrt(direction.shape[1]);
                 var (mean, meanState) = AddSharedVariable(Formulations.PlayerNames.States, $"mu{l + 1}", unit.to(context.Device));
                 var (scale, scaleState) = AddSharedVariable(Formulations.PlayerNames.States, $"sigma{l + 1}",
-                    full(Shape(classes, stateShapes[l]), inverseSoftplusOne, dtype: context.DType, device: context.Device));
+                    full(Shape(options.SharedScale ? 1 : classes, stateShapes[l]), inverseSoftplusOne, dtype: context.DType, device: context.Device));
                 meanWeights[l] = mean;
                 scaleWeights[l] = scale;
                 states.Add(meanState);
@@ -257,7 +277,8 @@ public sealed class DistProp : IFormulation
         private Tensor Forward(int block, Tensor h) => lifted.ForwardBlock(block, h, Weights.Block(block));
 
         /// μ_l(c), σ_l(c) for every class: [M, …].
-        private (Tensor Mean, Tensor Scale) Gaussian(int l) => (meanWeights[l], F.softplus(scaleWeights[l]));
+        private (Tensor Mean, Tensor Scale) Gaussian(int l) => (meanWeights[l],
+            options.SharedScale ? F.softplus(scaleWeights[l]).expand(Shape(classes, stateShapes[l])) : F.softplus(scaleWeights[l]));
 
         /// h̃_l(c, s) = μ_l(c) + e_l(c, s) ⊙ σ_l(c): [M, S, …].
         private Tensor Samples(int l, Tensor mean, Tensor scale) => mean.unsqueeze(1) + variates[l] * scale.unsqueeze(1);
@@ -461,7 +482,9 @@ public sealed class DistProp : IFormulation
                 var lambda1 = perExample ? multipliers[0] : multipliers[0].index_select(0, labels);
                 defects[0] = z1;
                 recorded[0] = lambda1;
-                var total = (lambda1 * Constraint(z1, options)).sum();
+                var g1 = Constraint(z1, options);
+                var total = (lambda1 * g1).sum();
+                if (options.Augmentation > 0) total = total + 0.5 * options.Augmentation * g1.square().sum();
 
                 // Deeper cuts and the loss: the M·S synthetic samples, class c's terms weighted by n_c.
                 var previous = p.Samples(0, mean1, scale1);
@@ -476,7 +499,9 @@ public sealed class DistProp : IFormulation
                         ? ScaleGradient(multipliers[l], 1.0 / BatchSize)
                         : multipliers[l].unsqueeze(1).expand(Shape(p.classes, p.samples, options.ReducedConstraint ? Array.Empty<long>() : p.stateShapes[l]));
                     recorded[l] = multipliers[l];
-                    var perClass = (lambda.reshape(p.classes * p.samples, -1) * g.reshape(p.classes * p.samples, -1)).sum(1).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
+                    var terms = lambda.reshape(p.classes * p.samples, -1) * g.reshape(p.classes * p.samples, -1);
+                    if (options.Augmentation > 0) terms = terms + 0.5 * options.Augmentation * g.reshape(p.classes * p.samples, -1).square();
+                    var perClass = terms.sum(1).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
                     total = total + (counts * perClass).sum();
                     previous = p.Samples(l, mean, scale);
                 }
