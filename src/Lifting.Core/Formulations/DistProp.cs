@@ -60,8 +60,8 @@ public sealed record DistPropOptions
 
     /// Means initialised at random points on the sphere of radius √H (H the cut's width), each
     /// feature of the size of σ = 1, instead of on the unit sphere (seed 001 §4): at H = 256 the
-    /// unit sphere puts the classes' means 1/16 apart per feature, inside every class's ε-band of
-    /// 0.1σ, so one label-free point satisfies every class's constraint from the start.
+    /// unit sphere puts the classes' means about √2/16 ≈ 0.09 apart per feature, inside every class's
+    /// ε-band of 0.1σ, so one label-free point satisfies every class's constraint from the start.
     public bool FeatureScaleMeans { get; init; }
 
     /// Coefficient c of the augmented Lagrangian term (c/2)‖g_ε(z)‖² added to every constraint's

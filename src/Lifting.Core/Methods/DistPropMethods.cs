@@ -31,7 +31,7 @@ internal static class DistPropMethods
     //
     // `distprop-tight` holds the constraint (stop 22, docs/methods.md "Where the class goes"): means
     // on the sphere of radius √H, multiplier step 0.1 and a cosine schedule on the weights' step.
-    // On the unit sphere the classes' means are about 1/√H apart per feature, inside every class's
+    // On the unit sphere the classes' means are about √(2/H) apart per feature, inside every class's
     // ε-band of 0.1σ at H = 256, so a first cut that ignores the label nearly satisfies every
     // constraint and a strong multiplier step finds it; `distprop`'s step 0.001 avoids that by
     // hardly enforcing the constraint (final defects 3e-2 to 1.7e-1 on the late-cut carry-over
