@@ -92,12 +92,13 @@ public static class Cli
             var output = context.Output;
             output.WriteLine("methods (--method) by family, * = the family's representative in `lifting demo`; each with its parameters (--name value) and defaults:");
             var representatives = Methods.Representatives.Select(m => m.Name).ToHashSet();
+            var nameWidth = Methods.All.Max(m => m.Name.Length) + 2;
             foreach (var family in Methods.All.GroupBy(m => m.Family))
             {
                 output.WriteLine($"family {family.Key}:");
                 foreach (var m in family)
                 {
-                    output.WriteLine($"  {(representatives.Contains(m.Name) ? "*" : " ")}{m.Name,-16}{m.Description}");
+                    output.WriteLine($"  {(representatives.Contains(m.Name) ? "*" : " ")}{m.Name.PadRight(nameWidth)}{m.Description}");
                     foreach (var p in m.Parameters)
                         output.WriteLine($"      --{p.Name,-24}{p.Default,-14}{p.Domain,-28}{p.Description}");
                 }

@@ -200,6 +200,9 @@ let tests =
             let lines = out.Split('\n')
             for family in [ "family backprop"; "family lagrangian"; "family penalty" ] do
                 Expect.stringContains out family $"lists {family}"
+            // Every name stands apart from its description, however long the name.
+            for m in Methods.All do
+                Expect.isTrue (lines |> Array.exists (fun l -> l.TrimStart(' ', '*').StartsWith(m.Name + " "))) $"{m.Name} is followed by a space"
             for parameter in Methods.Find("extraprop").Parameters do
                 Expect.isTrue (lines |> Array.exists (fun l -> l.Contains($"--{parameter.Name} ") && l.Contains($" {parameter.Default} "))) $"lists extraprop's parameter {parameter.Name} with its default {parameter.Default}"
         }

@@ -64,6 +64,14 @@ public sealed record DistPropOptions
     /// ε-band of 0.1σ, so one label-free point satisfies every class's constraint from the start.
     public bool FeatureScaleMeans { get; init; }
 
+    /// Hold the means where they start (fixed class prototypes) and learn only the scales: the
+    /// means then cannot drift towards each other when examples of two classes overlap in f_1.
+    public bool FixedMeans { get; init; }
+
+    /// Hold every σ at 1 and learn only the means: the constraint can then be met only by moving
+    /// f_1 and the means, not by widening the classes' bands.
+    public bool FixedScales { get; init; }
+
     /// Coefficient c of the augmented Lagrangian term (c/2)‖g_ε(z)‖² added to every constraint's
     /// λ·g_ε(z) (seed 001 §2.1 and §5, "Augmented Lagrangian"); 0 = the plain Lagrangian.
     public double Augmentation { get; init; }
@@ -72,6 +80,7 @@ public sealed record DistPropOptions
     {
         if (!(Epsilon >= 0) || double.IsInfinity(Epsilon)) throw new ArgumentOutOfRangeException(nameof(Epsilon), $"Invalid epsilon: {Epsilon} (expected a finite value >= 0).");
         if (!(Augmentation >= 0) || double.IsInfinity(Augmentation)) throw new ArgumentOutOfRangeException(nameof(Augmentation), $"Invalid augmentation c: {Augmentation} (expected a finite value >= 0).");
+        if (FixedMeans && FixedScales) throw new ArgumentException("Invalid DistProp options: fixed means and fixed scales together leave no Gaussian parameter to learn (choose at most one).");
         if (SamplesPerClass < 1) throw new ArgumentOutOfRangeException(nameof(SamplesPerClass), $"Invalid samples per class: {SamplesPerClass} (expected >= 1).");
         if (!Enum.IsDefined(Multipliers)) throw new ArgumentOutOfRangeException(nameof(Multipliers), $"Invalid multiplier placement: {Multipliers} (expected Class or Example).");
     }
@@ -124,7 +133,7 @@ public sealed class DistProp : IFormulation
     public DistPropOptions Options { get; }
     public string Name { get; }
     public string Description =>
-        $"class-conditional Gaussian states μ_l(c), {(Options.SharedScale ? "σ_l shared by the classes" : "σ_l(c)")}{(Options.FeatureScaleMeans ? ", means initialised at radius √H" : "")}, {(Options.ReducedConstraint ? "reduced ReLU(‖z‖₁ − ε)" : "ε-insensitive z-score")} constraints " +
+        $"class-conditional Gaussian states μ_l(c), {(Options.SharedScale ? "σ_l shared by the classes" : "σ_l(c)")}{(Options.FeatureScaleMeans ? ", means initialised at radius √H" : "")}{(Options.FixedMeans ? ", means fixed" : "")}{(Options.FixedScales ? ", σ fixed at 1" : "")}, {(Options.ReducedConstraint ? "reduced ReLU(‖z‖₁ − ε)" : "ε-insensitive z-score")} constraints " +
         $"(ε = {Options.Epsilon:G3}), {Options.SamplesPerClass} sample(s) per class {(Options.ResampleVariates ? "redrawn every step" : "fixed")}, multipliers per {(Options.Multipliers == MultiplierPlacement.Class ? "class" : "example")}" +
         (Options.Augmentation > 0 ? $", + (c/2)‖g‖², c = {Options.Augmentation:G3}" : "");
     public IReadOnlyList<string> PlayerNames { get; } =
@@ -182,6 +191,7 @@ public sealed class DistProp : IFormulation
         private readonly long[][] stateShapes;
         private readonly Tensor[] meanWeights, scaleWeights, variates;
         private readonly StepState[] gaussianStates;
+        private readonly Tensor[] gaussianVariables;
         /// The first cut's multipliers per example (in the store), or null when per class.
         private readonly RowGroup? exampleMultipliers;
         /// Shared multipliers: every cut's when per class, the deeper cuts' when per example.
@@ -208,21 +218,33 @@ public sealed class DistProp : IFormulation
             scaleWeights = new Tensor[hidden];
             variates = new Tensor[hidden];
             var states = new List<StepState>();
+            var learnedStates = new List<Tensor>();
             for (int l = 0; l < hidden; l++)
             {
                 var direction = randn(new[] { (long)classes, stateShapes[l].Aggregate(1L, (a, b) => a * b) }, dtype: context.DType, generator: generator);
                 var unit = (direction / direction.square().sum(1, keepdim: true).sqrt()).reshape(Shape(classes, stateShapes[l]));
                 if (options.FeatureScaleMeans) unit = unit * Math.Sqrt(direction.shape[1]);
-                var (mean, meanState) = AddSharedVariable(Formulations.PlayerNames.States, $"mu{l + 1}", unit.to(context.Device));
-                var (scale, scaleState) = AddSharedVariable(Formulations.PlayerNames.States, $"sigma{l + 1}",
-                    full(Shape(options.SharedScale ? 1 : classes, stateShapes[l]), inverseSoftplusOne, dtype: context.DType, device: context.Device));
-                meanWeights[l] = mean;
-                scaleWeights[l] = scale;
-                states.Add(meanState);
-                states.Add(scaleState);
+                if (options.FixedMeans) meanWeights[l] = AddShared($"mu{l + 1}", unit.to(context.Device));
+                else
+                {
+                    var (mean, meanState) = AddSharedVariable(Formulations.PlayerNames.States, $"mu{l + 1}", unit.to(context.Device));
+                    meanWeights[l] = mean;
+                    states.Add(meanState);
+                    learnedStates.Add(mean);
+                }
+                var scaleStart = full(Shape(options.SharedScale ? 1 : classes, stateShapes[l]), inverseSoftplusOne, dtype: context.DType, device: context.Device);
+                if (options.FixedScales) scaleWeights[l] = AddShared($"sigma{l + 1}", scaleStart);
+                else
+                {
+                    var (scale, scaleState) = AddSharedVariable(Formulations.PlayerNames.States, $"sigma{l + 1}", scaleStart);
+                    scaleWeights[l] = scale;
+                    states.Add(scaleState);
+                    learnedStates.Add(scale);
+                }
                 variates[l] = AddShared($"variates{l + 1}", randn(Shape(classes, samples, stateShapes[l]), dtype: context.DType, generator: generator).to(context.Device));
             }
             gaussianStates = states.ToArray();
+            gaussianVariables = learnedStates.ToArray();
 
             long[] MultiplierShape(long rows, long[] state) => options.ReducedConstraint ? new[] { rows } : Shape(rows, state);
             long[] SampleMultiplierShape(long[] state) => options.ReducedConstraint ? new long[] { classes, samples } : Shape(classes, samples, state);
@@ -438,7 +460,7 @@ public sealed class DistProp : IFormulation
             {
                 this.problem = problem;
                 if (problem.options.ResampleVariates) problem.Redraw(problem.step++);
-                var states = problem.meanWeights.Zip(problem.scaleWeights).SelectMany(p => new[] { p.First, p.Second }).ToArray();
+                var states = problem.gaussianVariables;
                 var stateRules = problem.gaussianStates;
                 StepState[] multiplierStates;
                 if (problem.exampleMultipliers is { } group)
