@@ -24,6 +24,13 @@ public static class DistPropSweep
                 ("eps", "0.1", "0.5"), ("samples", "1", "16"), ("lr", "0.003", "0.03"),
                 ("lr-states", "0.03", "0.3"), ("lr-multipliers", "0.003", "0.03"), ("multipliers", "class", "example"),
             },
+            // Centred on its defaults (ε 0.2, S 16, Adam 0.001, Gaussian step 0.1, multiplier step 0.1,
+            // per example); σ stays at 1.
+            ["distprop-fixed-scale-adam"] = new[]
+            {
+                ("eps", "0.1", "0.4"), ("samples", "1", "16"), ("lr", "0.0003", "0.003"),
+                ("lr-states", "0.03", "0.3"), ("lr-multipliers", "0.03", "0.3"), ("multipliers", "class", "example"),
+            },
             ["extraprop"] = new[]
             {
                 ("lr", "0.001", "0.004"), ("lr-states", "0.25", "1"), ("lr-multipliers", "0.5", "2"),

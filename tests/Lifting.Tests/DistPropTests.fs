@@ -328,6 +328,16 @@ let tests =
                 Expect.floatClose Accuracy.high epoch.Diagnostics.["sigma1"] 1.0 $"σ_1 stays 1 (epoch {epoch.Epoch})"
         }
 
+        test "distprop-fixed-scale-adam is distprop-fixed-scale with optimizer=adam, lr=0.001 (the same run to the last epoch), and on the digits (late cut, 20 epochs) its final defect is under a quarter of distprop's, at >= 0.9 test accuracy" {
+            use named = digitsRun (MethodSettings "distprop-fixed-scale-adam") 20 0
+            use spelled = digitsRun (MethodSettings("distprop-fixed-scale").With("optimizer", "adam").With("lr", 0.001)) 20 0
+            use loose = digitsRun (MethodSettings "distprop") 20 0
+            Expect.equal named.FinalDefect spelled.FinalDefect "the same final defect as the spelled-out settings"
+            Expect.sequenceEqual (named.Epochs |> Seq.map (fun e -> e.ValidationAccuracy)) (spelled.Epochs |> Seq.map (fun e -> e.ValidationAccuracy)) "the same validation accuracy every epoch"
+            Expect.isLessThan named.FinalDefect (loose.FinalDefect / 4.0) $"defects: distprop-fixed-scale-adam {named.FinalDefect}, distprop {loose.FinalDefect}"
+            Expect.isGreaterThanOrEqual named.Selected.TestAccuracy 0.9 $"test accuracy {named.Selected.TestAccuracy}"
+        }
+
         test "diagnostics: gap1 is the distance from each class's mean f_1(x) to μ_1(c), spread1 the within-class deviation, alignment1/opposed1 the cosine and sign of λ_i against g_ε(z_i), radius1/synthetic-radius1 the real and synthetic distances to μ_1, nearest-mean1 the fraction of f_1(x_i) nearest in z-score to μ_1(y_i), mean-accuracy the last block at the means" {
             let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
             let x, y = randomBatch 5 10L 3L 2L
