@@ -41,7 +41,8 @@ public static class DistPropSweep
     /// The configurations of the half fraction: corners with an even number of high levels.
     public static IReadOnlyList<MethodSettings> Grid(string method)
     {
-        var factors = Factors[method];
+        if (!Factors.TryGetValue(method, out var factors))
+            throw new ArgumentException($"Unknown sweep method '{method}' (expected one of: {string.Join(", ", Factors.Keys)}).");
         var grid = new List<MethodSettings>();
         for (int corner = 0; corner < 1 << factors.Length; corner++)
         {
@@ -55,7 +56,8 @@ public static class DistPropSweep
 
     public static int Run(Settings settings)
     {
-        var methods = settings.Text("methods", "distprop,extraprop").Split(',', StringSplitOptions.TrimEntries);
+        var methods = settings.Text("methods", "distprop,extraprop").Split(',', StringSplitOptions.TrimEntries).Distinct().ToArray();
+        var grids = methods.ToDictionary(m => m, Grid);
         var net = settings.Text("net", "784-256-10");
         int epochs = settings.Int("epochs", 10);
         int seed = settings.Int("seed", 0);
@@ -68,7 +70,7 @@ public static class DistPropSweep
         summary.AppendLine("|---|---|---|---|---|---|");
         foreach (var method in methods)
         {
-            var rows = Grid(method).Select((s, i) => new DistPropTable.Row($"{method} #{i + 1}", s, net)).ToArray();
+            var rows = grids[method].Select((s, i) => new DistPropTable.Row($"{method} #{i + 1}", s, net)).ToArray();
             var outcomes = DistPropTable.RunRows(rows, data, new[] { seed }, epochs, 128, patience: 0).Select(o => o[0]).ToArray();
             var done = outcomes.Where(o => o.Failure is null).ToArray();
             var best = done.MaxBy(o => o.Test)!;

@@ -50,4 +50,10 @@ let tests =
                 Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
                 Expect.stringContains err $"examples: error: Invalid value for '{key}'" $"names the key: {err}"
         }
+        test "distprop-sweep answers an unknown method with one line naming it and the methods it has factors for, and exit 2" {
+            let code, _, err = examples [ "distprop-sweep"; "methods=distprop,nosuch"; "out=" + Path.Combine(Path.GetTempPath(), "unwritten-" + Guid.NewGuid().ToString("N") + ".md") ]
+            Expect.equal code 2 $"exit 2: {err}"
+            Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
+            Expect.stringContains err "examples: error: Unknown sweep method 'nosuch' (expected one of: distprop, distprop-fixed-scale-adam, extraprop)" err
+        }
     ]
