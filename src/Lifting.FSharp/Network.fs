@@ -57,6 +57,28 @@ module Layer =
     let cut = one "cut" (fun n -> n.Cut())
     /// `layers` as one nesting level f_l (followed by a cut).
     let block (layers: Layers) = layers --> cut
+    /// y = W h without a bias.
+    let denseNoBias (units: int) = one $"dense {units} (no bias)" (fun n -> n.Dense(int64 units, false))
+    /// Batch normalisation over features or channels (training: batch statistics; evaluation: running ones).
+    let batchNorm = one "batchnorm" (fun n -> n.BatchNorm())
+    /// Layer normalisation over each example's values.
+    let layerNorm = one "layernorm" (fun n -> n.LayerNorm())
+    /// Dropout with probability p in training.
+    let dropout (p: float) = one $"dropout {p}" (fun n -> n.Dropout p)
+    /// y = x + f(x), f the layers `body` (a projection on the skip when f changes the shape).
+    let residual (body: Layers) = one $"residual ({body})" (fun n -> n.Residual(fun b -> body.AppendTo b))
+    /// An Elman RNN h_t = tanh(W x_t + U h_(t−1) + b) with tied weights over the input's rows (or
+    /// `valuesPerStep` values per step), cut after every step.
+    let elman (hidden: int) = one $"elman {hidden}" (fun n -> n.Elman(int64 hidden))
+    /// An Elman RNN with its activation, cut interval and values per step (0: a row of the image).
+    let elmanWith (hidden: int) (activation: IActivation) (cutEvery: int) (valuesPerStep: int) =
+        one $"elman {hidden}" (fun n -> n.Elman(int64 hidden, activation, cutEvery, int64 valuesPerStep))
+    /// A recurrent cell `cell x_t h` (tied weights at every step) unrolled over the input.
+    let unroll (hidden: int) (cell: Net -> Net -> Net) = one $"unroll {hidden}" (fun n -> n.Unroll(int64 hidden, System.Func<_, _, _>(cell)))
+    /// `block` applied here; every application of one shared block uses the same weights.
+    let shared (block: SharedBlock) = one $"shared {block.Name}" (fun n -> n.Apply block)
+    /// A block with one set of weights (`Layer.shared` applies it).
+    let share (name: string) (body: Layers) = Net.Share((fun n -> body.AppendTo n), name)
     /// The pieces one after the other.
     let concat (pieces: Layers seq) = Seq.fold (fun (a: Layers) b -> a --> b) Layers.Empty pieces
 
@@ -73,5 +95,7 @@ module Program =
     /// `hidden` between them, cross-entropy.
     let mlp (inputShape: int list) (sizes: int list) (hidden: IActivation) =
         Net.Mlp(inputShape |> List.map int64 |> Array.ofList, sizes |> List.map int64 |> Array.ofList, hidden, Losses.CrossEntropy)
-    /// The program's blocks f_1 … f_L, one line each.
-    let describe (program: NestedProgram) = [ for b in program.Blocks -> string b ]
+    /// The program's nesting levels, one line each: a chain's blocks f_1 … f_L, or a graph's
+    /// segments (one per lifted value and the output).
+    let describe (program: NestedProgram) =
+        if program.IsChain then [ for b in program.Blocks -> string b ] else [ for s in program.Segments -> string s ]

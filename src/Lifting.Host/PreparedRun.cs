@@ -57,7 +57,7 @@ public sealed class PreparedRun : IDisposable
             NestedProgram program;
             try { program = NetSpec.Build(net, data.Train.ExampleShape, data.Train.ClassCount, Activations.ByName(e.Activation), Losses.ByName(e.Loss)).Apply(e.InitScheme()); }
             catch (ArgumentException x) { throw new UsageException(x.Message.StartsWith("--net", StringComparison.Ordinal) ? x.Message : $"--net {net}: {x.Message}"); }
-            if (method.Formulation.PlayerNames.Count > 1 && program.Blocks.Count < 2)
+            if (method.Formulation.PlayerNames.Count > 1 && program.Segments.Count < 2)
                 throw new UsageException($"--net {net}: a single block, but {method.Name} lifts the network at its cuts; give a hidden layer or a cut");
             var estimate = MemoryEstimate.Of(program, data.Train.Count, e.Batch, method.Formulation);
             var available = MemoryEstimate.AvailableBytes();

@@ -74,6 +74,8 @@ public sealed record PairOutcome(string Formulation, string Solver, double LossB
 public sealed record ConformancePair(FormulationCase Formulation, SolverCase Solver, bool CheckDefect, ConformanceOptions Options)
 {
     public string Name => $"{Formulation.Name} × {Solver.Name}";
+    /// This pair with the defect checked or not.
+    public ConformancePair WithDefectChecked(bool check) => this with { CheckDefect = check };
     public PairOutcome Run() => Conformance.Run(this);
     /// Runs the pair; throws `ConformanceException` with the numbers when it fails.
     public PairOutcome Check()
@@ -197,14 +199,16 @@ public static class Conformance
         return RelativeError(direction, reference);
     }
 
-    /// Checks the limit on `programs` random programs (`RandomPrograms.Mlp(seed + i)`); returns the
-    /// largest relative error, or throws naming the program where it exceeds the tolerance.
+    /// Checks the limit on `programs` random programs, MLPs and graphs in turn (`RandomPrograms.Mlp`
+    /// and `RandomPrograms.Graph` of seed + i: residual MLPs with skips across cuts, Elman RNNs with
+    /// tied weights); returns the largest relative error, or throws naming the program where it
+    /// exceeds the tolerance.
     public static double CheckLimit(LimitCase limit, int programs = 10, int seed = 0)
     {
         double worst = 0;
         for (int i = 0; i < programs; i++)
         {
-            var program = RandomPrograms.Mlp(seed + i);
+            var program = i % 2 == 0 ? RandomPrograms.Mlp(seed + i) : RandomPrograms.Graph(seed + i);
             var error = LimitError(limit, program);
             if (!(error <= limit.Tolerance))
                 throw new ConformanceException($"{limit.Name}: at its limit the weights' direction differs from back-propagation by {error:G3} (relative; tolerance {limit.Tolerance:G3}) on {program}");
@@ -325,7 +329,7 @@ public static class Conformance
         var data = RandomPrograms.On(program, seed, 6, (int)program.OutputShape[^1]);
         var error = FiniteDifferenceError(data, seed);
         if (!(error < 1e-5)) throw new ConformanceException($"{what}: back-propagation and finite differences differ by {error:G3} (relative)");
-        if (program.Blocks.Count < 2) return;
+        if (program.Segments.Count < 2) return;
         var pair = new ConformancePair(new FormulationCase("multiple-shooting", () => new MultipleShooting(), 0.05, true),
             SolverCase.FromCatalog("extragradient"), true, new ConformanceOptions { Program = () => data, Steps = 200 });
         if (pair.Run().Failure is { } failure) throw new ConformanceException($"{what}: {failure}");

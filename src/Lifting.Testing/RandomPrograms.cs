@@ -34,6 +34,62 @@ public static class RandomPrograms
         return new RandomProgram(program, x, y, classes, seed);
     }
 
+    /// A random residual MLP (float64 batch): 2–6 inputs, a dense layer of width 3–6 with tanh or
+    /// sigmoid, 1–3 residual blocks x + W₂σ(W₁x) (with `skipsAcrossCuts`, one in two with a cut
+    /// inside its body, so the skip crosses a cut), cuts after the first activation and after a
+    /// random subset of the blocks (every block without `skipsAcrossCuts`), and a dense output of
+    /// 2–4 classes.
+    public static RandomProgram ResidualGraph(int seed, bool skipsAcrossCuts = true)
+    {
+        var random = new Random(seed);
+        var inputs = random.Next(2, 7);
+        var width = random.Next(3, 7);
+        var classes = random.Next(2, 5);
+        var activation = random.Next(2) == 0 ? Activations.Tanh : Activations.Sigmoid;
+        var net = Net.Input(inputs).Dense(width).Activation(activation).Cut();
+        int blocks = random.Next(1, 4);
+        for (int b = 0; b < blocks; b++)
+        {
+            bool inner = random.Next(2) == 0 && skipsAcrossCuts;
+            net = net.Residual(body =>
+            {
+                body = body.Dense(width).Activation(activation);
+                if (inner) body = body.Cut();
+                return body.Dense(width);
+            });
+            if (b < blocks - 1 && (random.Next(2) == 0 || !skipsAcrossCuts)) net = net.Cut();
+        }
+        var program = net.Dense(classes).CrossEntropy();
+        var batch = random.Next(2, 6);
+        var (x, y) = Batch(seed, batch, inputs, classes);
+        return new RandomProgram(program, x, y, classes, seed);
+    }
+
+    /// A random Elman RNN (float64 batch): 2–6 steps of 1–3 values, 2–5 tanh hidden units with tied
+    /// weights, cut after every step or every second one, and a dense read-out of 2–4 classes.
+    public static RandomProgram RecurrentGraph(int seed)
+    {
+        var random = new Random(seed);
+        var steps = random.Next(2, 7);
+        var values = random.Next(1, 4);
+        var hidden = random.Next(2, 6);
+        var classes = random.Next(2, 5);
+        var every = random.Next(1, 3);
+        var program = Net.Input(steps, values).Elman(hidden, cutEvery: every).Dense(classes).CrossEntropy();
+        var batch = random.Next(2, 6);
+        using var generator = new Generator((ulong)seed);
+        var x = randn(new long[] { batch, steps, values }, dtype: ScalarType.Float64, generator: generator);
+        var y = randint(classes, new long[] { batch }, generator: generator);
+        return new RandomProgram(program, x, y, classes, seed);
+    }
+
+    /// A random graph program: `ResidualGraph` or `RecurrentGraph`.
+    public static RandomProgram Graph(int seed) => seed % 2 == 0 ? ResidualGraph(seed) : RecurrentGraph(seed);
+
+    /// A random graph whose segments each read one lifted value (and the input): a residual MLP
+    /// cut at its blocks' sums only, or an Elman RNN.
+    public static RandomProgram GraphWithoutSkipsAcrossCuts(int seed) => seed % 2 == 0 ? ResidualGraph(seed, skipsAcrossCuts: false) : RecurrentGraph(seed);
+
     /// A given program on a random batch of `batch` standard-normal examples with labels below `classes`.
     public static RandomProgram On(NestedProgram program, int seed, int batch, int classes)
     {

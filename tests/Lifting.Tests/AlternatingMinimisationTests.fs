@@ -62,18 +62,18 @@ let authorsCodes (program: NestedProgram) (weights: Weights) (x: Tensor) (y: Ten
     use _ = torch.enable_grad()
     let splits = OnlineAlternatingMinimisation.Split program
     let hidden = splits.Count - 1
-    let w l = program.BlockWeights(weights.Tensors, l)
+    let w = weights.Tensors
     let batch = float x.shape.[0]
     let distance (a: Tensor) (b: Tensor) = if unitMean then (a - b).square().mean() else (a - b).square().sum() / batch
     let forward = Array.zeroCreate<Tensor> hidden
     let mutable input = x
     for l in 0 .. hidden - 1 do
-        forward.[l] <- splits.[l].ApplyLinear(input, w l).detach()
+        forward.[l] <- splits.[l].ApplyLinear([| input |], w).detach()
         input <- splits.[l].ApplyActivation(forward.[l])
     let codes = Array.copy forward
     for l in hidden - 1 .. -1 .. 0 do
         let c = forward.[l].clone().requires_grad_(true)
-        let above = splits.[l + 1].ApplyLinear(splits.[l].ApplyActivation(c), w (l + 1))
+        let above = splits.[l + 1].ApplyLinear([| splits.[l].ApplyActivation(c) |], w)
         let term =
             if l = hidden - 1 then program.Loss.PerExample(splits.[hidden].ApplyActivation(above), y).mean() / mu
             else distance above codes.[l + 1]

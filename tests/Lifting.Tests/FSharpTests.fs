@@ -20,6 +20,20 @@ let tests =
             Expect.equal (string composed) (string built) "same blocks and layers"
             Expect.equal (Program.describe composed).Length 3 "three nesting levels f1, f2, f3"
         }
+        test "graph pieces: a residual MLP and an Elman RNN composed with --> are the builder's programs (same segments and parameter names)" {
+            let residual = Program.input [ 1; 8; 8 ] --> Layer.flatten --> Layer.dense 16 --> Layer.relu --> Layer.residual (Layer.dense 16 --> Layer.relu --> Layer.dense 16) --> Layer.dense 10 |> Program.crossEntropy
+            let built = Net.Input(1L, 8L, 8L).Flatten().Dense(16L).ReLU().Residual(fun b -> b.Dense(16L).ReLU().Dense(16L)).Dense(10L).CrossEntropy()
+            Expect.equal (string residual) (string built) "the same segments"
+            Expect.equal (List.ofSeq residual.ParameterNames) (List.ofSeq built.ParameterNames) "the same names"
+            Expect.equal (Program.describe residual).Length 3 "cut after the relu and after the block"
+            let rnn = Program.input [ 1; 8; 8 ] --> Layer.elman 16 --> Layer.dense 10 |> Program.crossEntropy
+            Expect.equal (Program.describe rnn).Length 9 "eight steps (rows) and the read-out"
+            Expect.equal (List.ofSeq rnn.ParameterNames |> List.take 3) [ "rnn1.cell.input.weight"; "rnn1.cell.input.bias"; "rnn1.cell.recurrent.weight" ] "tied W, b, U"
+            let cell = Layer.share "cell" (Layer.dense 8 --> Layer.tanh)
+            let twice = Program.input [ 8 ] --> Layer.shared cell --> Layer.shared cell --> Layer.batchNorm --> Layer.dropout 0.1 --> Layer.dense 3 |> Program.crossEntropy
+            Expect.equal (twice.ParameterNames |> Seq.filter (fun n -> n.StartsWith "cell.") |> Seq.length) 2 "one weight and bias for both uses"
+            Expect.equal twice.BufferNames.Count 2 "batch normalisation's running statistics"
+        }
         test "--> is associative and folds over a list without annotations" {
             let sizes = [ 32; 16 ]
             let hidden = sizes |> List.map (fun n -> Layer.dense n --> Layer.relu) |> List.reduce (-->)

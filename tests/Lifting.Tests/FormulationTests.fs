@@ -421,16 +421,15 @@ and L1PenaltyGame(problem: L1PenaltyProblem, batch: Lifting.Data.MiniBatch) =
     override this.EvaluateSum() =
         let program = problem.Program
         let w = problem.Weights.Tensors
-        let hidden = program.Blocks.Count - 1
-        let mutable previous = batch.Inputs
+        let segments = program.Segments
+        let hidden = segments.Count - 1
         let mutable penalty = torch.zeros(1L, dtype = h.[0].dtype).squeeze()
         let defects = ResizeArray<Tensor>()
         for l in 0 .. hidden - 1 do
-            let g = h.[l] - program.ForwardBlock(l, previous, program.BlockWeights(w, l))
+            let g = h.[l] - segments.[l].Forward(segments.[l].InputsFrom(batch.Inputs, h), w)
             defects.Add g
             penalty <- penalty + g.abs().sum()
-            previous <- h.[l]
-        let loss = program.Loss.PerExample(program.ForwardBlock(hidden, previous, program.BlockWeights(w, hidden)), batch.Labels).sum()
+        let loss = program.Loss.PerExample(segments.[hidden].Forward(segments.[hidden].InputsFrom(batch.Inputs, h), w), batch.Labels).sum()
         this.Record(loss, defects, null)
         loss + problem.Mu * penalty
     override _.Commit() = problem.States.Scatter(batch.Indices, h, hStates)

@@ -17,6 +17,9 @@ public sealed class MiniBatch : IDisposable
     public Tensor Inputs { get; }
     public Tensor Labels { get; }
     public long Size => Indices.shape[0];
+    /// The training step this batch is (0, 1, …, counted over the whole run): seeds dropout masks,
+    /// so that a resumed run draws what the uninterrupted one does.
+    public long Step { get; init; }
 
     public void Dispose()
     {

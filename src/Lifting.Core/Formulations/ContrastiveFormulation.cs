@@ -34,7 +34,7 @@ public abstract class ContrastiveFormulation : IFormulation
 
     public ILiftedProblem Lift(LiftContext context, Weights weights)
     {
-        var spacings = Options.Spacings(context.Program.Blocks.Count);
+        var spacings = Options.Spacings(context.Program.Segments.Count);
         Check(context.Program);
         return new Problem(this, context, weights, spacings);
     }
@@ -46,11 +46,12 @@ public abstract class ContrastiveFormulation : IFormulation
     /// of CHL and LPOM need G and G*).
     protected static void RequirePotentials(NestedProgram program)
     {
-        for (int k = 0; k < program.Blocks.Count; k++) _ = new Level(program, k, autograd: false).Potential;
+        foreach (var segment in program.Segments) _ = new Level(segment, autograd: false).Potential;
     }
 
     /// The energy of `program` on one mini-batch at the given weights; `spacings` are β_1 … β_L.
-    public abstract IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings);
+    /// `pass`: the step's forward pass for programs with batch normalisation or dropout.
+    public abstract IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings, ForwardPass? pass = null);
 
     private sealed class Problem : LiftedProblem
     {
@@ -65,7 +66,7 @@ public abstract class ContrastiveFormulation : IFormulation
         }
 
         public override IBatchGame Batch(MiniBatch batch) =>
-            new ContrastiveSurrogate(formulation.Energy(Program, Weights.Tensors, batch, spacings), Program.Loss, batch, WeightsPlayer(),
+            new ContrastiveSurrogate(formulation.Energy(Program, Weights.Tensors, batch, spacings, PassFor(batch, holdFixed: true)), Program.Loss, batch, WeightsPlayer(),
                 spacings[^1], formulation.Options, Context.StepRuleFor(Formulations.PlayerNames.Activations), Context.SolverMemorySlots);
 
         public override IReadOnlyDictionary<string, double> Diagnostics => new Dictionary<string, double> { ["beta"] = spacings[^1] };

@@ -31,6 +31,6 @@ public sealed class ContrastiveHebbian : ContrastiveFormulation
 
     protected override void Check(NestedProgram program) => RequirePotentials(program);
 
-    public override IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings) =>
-        new FenchelCouplingEnergy(program, weights, batch.Inputs, spacings, Options.AutogradLocalGradients, Options.Preconditioned, fenchelYoungGap: false);
+    public override IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings, ForwardPass? pass = null) =>
+        new FenchelCouplingEnergy(program, weights, batch.Inputs, spacings, Options.AutogradLocalGradients, Options.Preconditioned, fenchelYoungGap: false) { Pass = pass };
 }

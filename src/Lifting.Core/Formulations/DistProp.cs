@@ -143,9 +143,29 @@ public sealed class DistProp : IFormulation
 
     public ILiftedProblem Lift(LiftContext context, Weights weights)
     {
-        if (context.Program.Blocks.Count < 2)
+        if (context.Program.Segments.Count < 2)
             throw new ArgumentException("DistProp needs a program with at least two blocks; add a Cut().");
+        CheckCuts(context.Program);
         return new Problem(this, context, weights);
+    }
+
+    /// DistProp's states are class distributions, not examples' values: a lifted value must be one
+    /// that every path from the input to the output passes through, so that the segment after it
+    /// reads nothing else (a skip across the cut would need the example). Refuses any other cut,
+    /// naming it.
+    public static void CheckCuts(NestedProgram program)
+    {
+        var segments = program.Segments;
+        for (int l = 0; l < segments.Count; l++)
+        {
+            var expected = l == 0 ? 0 : segments[l - 1].Value;
+            var other = segments[l].Inputs.FirstOrDefault(i => i != expected, -1);
+            if (other < 0) continue;
+            var bypassed = program.NodeOf(segments[l - 1 < 0 ? 0 : l - 1].Value);
+            var reader = segments[l].Nodes.First(n => n.Inputs.Contains(other));
+            throw new ArgumentException(
+                $"DistProp lifts only values that every path to the output passes through; the cut at {bypassed.Name} ({bypassed.Operation.Name}) is bypassed: {reader.Name} reads {(other == 0 ? "the input" : program.NodeOf(other).Name)} past it.");
+        }
     }
 
     /// The constraint function of a z-score: the soft threshold g_ε(z) (seed 001 eq. 3) elementwise,
@@ -156,21 +176,22 @@ public sealed class DistProp : IFormulation
         return options.Epsilon > 0 ? F.softshrink(z, options.Epsilon) : z;
     }
 
-    /// The program DistProp lifts: with `PreActivationStates`, every hidden block's trailing
-    /// activation moved to the start of the next block (the same function, the same weights).
+    /// The program DistProp lifts: with `PreActivationStates`, every lifted value that is an
+    /// activation's output computed inside its segment moves to that activation's input (the same
+    /// function, the same weights; for a chain, each hidden block's trailing activation moves to
+    /// the start of the next block).
     public static NestedProgram LiftedProgram(NestedProgram program, DistPropOptions options)
     {
         if (!options.PreActivationStates) return program;
-        var layers = program.Blocks.Select(b => b.Layers.ToList()).ToArray();
         bool moved = false;
-        for (int l = 0; l < layers.Length - 1; l++)
+        var cuts = program.Segments.Take(program.Segments.Count - 1).Select(segment =>
         {
-            if (layers[l].Count < 2 || layers[l][^1] is not ActivationLayer activation) continue;
-            layers[l].RemoveAt(layers[l].Count - 1);
-            layers[l + 1].Insert(0, activation);
+            var last = segment.Nodes[^1];
+            if (segment.Nodes.Count < 2 || last.Activation is null || last.Inputs.Count != 1 || segment.Inputs.Contains(last.Inputs[0])) return segment.Value;
             moved = true;
-        }
-        return moved ? new NestedProgram(program.InputShape, layers.Select(ls => new Block(ls)).ToArray(), program.Loss) : program;
+            return last.Inputs[0];
+        }).ToArray();
+        return moved ? program.WithCuts(cuts) : program;
     }
 
     private static long[] Shape(long rows, long[] example) => new[] { rows }.Concat(example).ToArray();
@@ -207,8 +228,8 @@ public sealed class DistProp : IFormulation
             lifted = LiftedProgram(Program, options);
             classes = context.Train.ClassCount;
             samples = options.SamplesPerClass;
-            hidden = lifted.Blocks.Count - 1;
-            stateShapes = Enumerable.Range(0, hidden).Select(l => lifted.Blocks[l].OutputShape).ToArray();
+            hidden = lifted.Segments.Count - 1;
+            stateShapes = Enumerable.Range(0, hidden).Select(l => lifted.Segments[l].OutputShape).ToArray();
 
             // Means on the unit sphere (or the sphere of radius √H), σ = softplus(log(e − 1)) = 1, variates e ~ N(0, 1): drawn
             // once, from a generator seeded by the run's seed, on the CPU so every device agrees.
@@ -296,7 +317,7 @@ public sealed class DistProp : IFormulation
             if (options.ResampleVariates) step = (long)scalars["variate-step"];
         }
 
-        private Tensor Forward(int block, Tensor h) => lifted.ForwardBlock(block, h, Weights.Block(block));
+        private Tensor Forward(int block, Tensor h) => lifted.Segments[block].Forward(new[] { h }, Weights.Tensors, EvaluationPass);
 
         /// μ_l(c), σ_l(c) for every class: [M, …].
         private (Tensor Mean, Tensor Scale) Gaussian(int l) => (meanWeights[l],
@@ -449,14 +470,22 @@ public sealed class DistProp : IFormulation
             }
         }
 
-        private sealed class Game : BatchGame
+        /// Seed 001's Lagrangian through the shared constraint loop: what a deeper segment reads of a
+        /// cut is its class samples h̃_l, the first cut's constraint is each example's z-score, a
+        /// deeper cut's the samples' z-scores, each class's terms weighted by its count n_c.
+        private sealed class Game : ConstraintGame
         {
             private readonly Problem problem;
             private readonly Tensor[] rows = Array.Empty<Tensor>();
             private readonly StepState[] rowStates = Array.Empty<StepState>();
             private readonly Tensor[] multipliers;
+            /// n_c: how many of the batch's examples belong to class c, the weight of c's terms.
+            private readonly Tensor counts;
+            /// This evaluation's μ_l(c), σ_l(c) (each computed once, so each has one graph).
+            private (Tensor Mean, Tensor Scale)?[] gaussians;
+            private readonly Tensor[] recorded;
 
-            public Game(Problem problem, MiniBatch batch) : base(batch)
+            public Game(Problem problem, MiniBatch batch) : base(batch, problem)
             {
                 this.problem = problem;
                 if (problem.options.ResampleVariates) problem.Redraw(problem.step++);
@@ -474,6 +503,9 @@ public sealed class DistProp : IFormulation
                     multipliers = problem.sharedMultipliers;
                     multiplierStates = problem.sharedMultiplierStates;
                 }
+                counts = bincount(batch.Labels, minlength: problem.classes).to_type(problem.Context.DType).DetachFromDisposeScope();
+                gaussians = new (Tensor, Tensor)?[problem.hidden];
+                recorded = new Tensor[problem.hidden];
                 var ctx = problem.Context;
                 Players = new[]
                 {
@@ -486,58 +518,77 @@ public sealed class DistProp : IFormulation
 
             public override IReadOnlyList<Player> Players { get; }
 
+            private (Tensor Mean, Tensor Scale) Gaussian(int l) => gaussians[l] ??= problem.Gaussian(l);
+
             protected override Tensor EvaluateSum()
+            {
+                gaussians = new (Tensor, Tensor)?[problem.hidden];
+                return base.EvaluateSum();
+            }
+
+            /// h̃_l(c, s) as rows [M·S, …] for the segment after cut l.
+            protected override Tensor Value(int l)
+            {
+                var (mean, scale) = Gaussian(l);
+                return problem.Samples(l, mean, scale).reshape(Shape(problem.classes * problem.samples, problem.stateShapes[l]));
+            }
+
+            /// z_1(i) for the batch's examples; z_l(c, s) [M, S, …] for a deeper cut.
+            protected override Tensor Defect(int l, Tensor f)
+            {
+                var (mean, scale) = Gaussian(l);
+                if (l == 0) return problem.FirstZ(f, Batch.Labels, mean, scale);
+                return (f.reshape(Shape(problem.classes, problem.samples, problem.stateShapes[l])) - mean.unsqueeze(1)) / scale.unsqueeze(1);
+            }
+
+            protected override Tensor AddTerm(Tensor total, int l, Tensor z)
             {
                 var p = problem;
                 var options = p.options;
-                var labels = Batch.Labels;
-                bool perExample = p.exampleMultipliers is not null;
-                // n_c: how many of the batch's examples belong to class c, the weight of c's terms.
-                var counts = bincount(labels, minlength: p.classes).to_type(p.Context.DType);
-                var defects = new Tensor[p.hidden];
-                var recorded = new Tensor[p.hidden];
-
-                // First cut: every example's z-score against its class's Gaussian.
-                var (mean1, scale1) = p.Gaussian(0);
-                var f1 = Reuse("f1", Formulations.PlayerNames.Weights, p.Weights.Block(0), () => p.Forward(0, Batch.Inputs));
-                var z1 = p.FirstZ(f1, labels, mean1, scale1);
-                var lambda1 = perExample ? multipliers[0] : multipliers[0].index_select(0, labels);
-                defects[0] = z1;
-                recorded[0] = lambda1;
-                var g1 = Constraint(z1, options);
-                var total = (lambda1 * g1).sum();
-                if (options.Augmentation > 0) total = total + 0.5 * options.Augmentation * g1.square().sum();
-
-                // Deeper cuts and the loss: the M·S synthetic samples, class c's terms weighted by n_c.
-                var previous = p.Samples(0, mean1, scale1);
-                for (int l = 1; l < p.hidden; l++)
+                if (l == 0)
                 {
-                    var (mean, scale) = p.Gaussian(l);
-                    var z = p.DeeperZ(l, previous, mean, scale);
-                    defects[l] = z;
-                    var g = Constraint(z.reshape(Shape(p.classes * p.samples, p.stateShapes[l])), options);
-                    Tensor lambda = perExample
-                        // Shared inside a row-indexed player: scale its operator to the batch mean.
-                        ? ScaleGradient(multipliers[l], 1.0 / BatchSize)
-                        : multipliers[l].unsqueeze(1).expand(Shape(p.classes, p.samples, options.ReducedConstraint ? Array.Empty<long>() : p.stateShapes[l]));
-                    recorded[l] = multipliers[l];
-                    var terms = lambda.reshape(p.classes * p.samples, -1) * g.reshape(p.classes * p.samples, -1);
-                    if (options.Augmentation > 0) terms = terms + 0.5 * options.Augmentation * g.reshape(p.classes * p.samples, -1).square();
-                    var perClass = terms.sum(1).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
-                    total = total + (counts * perClass).sum();
-                    previous = p.Samples(l, mean, scale);
+                    var lambda1 = p.exampleMultipliers is not null ? multipliers[0] : multipliers[0].index_select(0, Batch.Labels);
+                    recorded[0] = lambda1;
+                    var g1 = Constraint(z, options);
+                    total = total + (lambda1 * g1).sum();
+                    if (options.Augmentation > 0) total = total + Scalars.Of(0.5 * options.Augmentation) * g1.square().sum();
+                    return total;
                 }
-                var output = p.Forward(p.hidden, previous.reshape(Shape(p.classes * p.samples, p.stateShapes[p.hidden - 1])));
-                var sampleLabels = arange(p.classes, dtype: ScalarType.Int64, device: labels.device).repeat_interleave(p.samples);
-                var perClassLoss = p.Program.Loss.PerExample(output, sampleLabels).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
-                var loss = (counts * perClassLoss).sum();
-                Record(loss, defects, recorded);
-                return total + loss;
+                var g = Constraint(z.reshape(Shape(p.classes * p.samples, p.stateShapes[l])), options);
+                Tensor lambda = p.exampleMultipliers is not null
+                    // Shared inside a row-indexed player: scale its operator to the batch mean.
+                    ? ScaleGradient(multipliers[l], 1.0 / BatchSize)
+                    : multipliers[l].unsqueeze(1).expand(Shape(p.classes, p.samples, options.ReducedConstraint ? Array.Empty<long>() : p.stateShapes[l]));
+                recorded[l] = multipliers[l];
+                var terms = lambda.reshape(p.classes * p.samples, -1) * g.reshape(p.classes * p.samples, -1);
+                if (options.Augmentation > 0) terms = terms + Scalars.Of(0.5 * options.Augmentation) * g.reshape(p.classes * p.samples, -1).square();
+                var perClass = terms.sum(1).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
+                return total + (counts * perClass).sum();
             }
+
+            /// The last block on the samples of the last cut, class c's loss weighted by n_c.
+            protected override Tensor LossSum(Tensor output)
+            {
+                var p = problem;
+                var sampleLabels = arange(p.classes, dtype: ScalarType.Int64, device: Batch.Labels.device).repeat_interleave(p.samples);
+                var perClassLoss = p.Program.Loss.PerExample(output, sampleLabels).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
+                return (counts * perClassLoss).sum();
+            }
+
+            protected override IReadOnlyList<Tensor> RecordedMultipliers => recorded;
+
+            /// The lifted program's segments (DistProp may have moved its cuts before activations).
+            protected override NestedProgram Program => problem.lifted;
 
             public override void Commit()
             {
                 if (problem.exampleMultipliers is { } group) group.Scatter(Batch.Indices, rows, rowStates);
+            }
+
+            public override void Dispose()
+            {
+                counts.Dispose();
+                base.Dispose();
             }
 
         }

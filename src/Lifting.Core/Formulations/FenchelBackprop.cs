@@ -62,17 +62,17 @@ public sealed class FenchelBackprop : IFormulation
 
     public ILiftedProblem Lift(LiftContext context, Weights weights) => new Problem(this, context, weights, BetaPerBlock(context.Program, Beta));
 
-    /// β of every block: `beta` holds one value for all blocks or one per block. Also checks that
-    /// every activation of the program has a convex potential.
+    /// β of every block (segment of the lifted graph): `beta` holds one value for all blocks or one
+    /// per block. Also checks that every activation of the program has a convex potential.
     public static double[] BetaPerBlock(NestedProgram program, IReadOnlyList<double> beta)
     {
-        int blocks = program.Blocks.Count;
+        int blocks = program.Segments.Count;
         if (beta.Count != 1 && beta.Count != blocks)
             throw new ArgumentException($"Invalid beta: {beta.Count} values for a program of {blocks} blocks (expected 1, or {blocks}: one per block from the input).");
         foreach (var b in beta)
             if (!(b > 0) || !double.IsFinite(b)) throw new ArgumentOutOfRangeException(nameof(beta), $"Invalid beta: {b} (expected a finite value > 0).");
-        foreach (var layer in program.Blocks.SelectMany(b => b.Layers))
-            if (layer is ActivationLayer { Activation: var activation } && activation.Potential is null)
+        foreach (var node in program.Nodes)
+            if (node.Activation is { } activation && activation.Potential is null)
                 throw new ArgumentException($"Fenchel back-propagation needs a convex potential G with ∇G* = σ for every activation; '{activation.Name}' has none.");
         return Enumerable.Range(0, blocks).Select(l => beta.Count == 1 ? beta[0] : beta[l]).ToArray();
     }
@@ -104,65 +104,60 @@ public sealed class FenchelBackprop : IFormulation
     {
         if (!(beta > 0) || !double.IsFinite(beta)) throw new ArgumentOutOfRangeException(nameof(beta), $"Invalid beta: {beta} (expected a finite value > 0).");
         using var _ = no_grad();
-        if (a.dtype == ScalarType.Float64) return (z ?? activation.Apply(a)).sub(activation.Apply(a - beta * g)).div_(beta);
+        var b = Scalars.Of(beta);
+        if (a.dtype == ScalarType.Float64) return (z ?? activation.Apply(a)).sub(activation.Apply(a - b * g)).div_(b);
         var wide = a.to_type(ScalarType.Float64);
-        var shifted = wide - beta * g.to_type(ScalarType.Float64);
-        return activation.Apply(wide).sub_(activation.Apply(shifted)).div_(beta).to_type(a.dtype);
+        var shifted = wide - b * g.to_type(ScalarType.Float64);
+        return activation.Apply(wide).sub_(activation.Apply(shifted)).div_(b).to_type(a.dtype);
     }
 
     /// One forward and one Fenchel backward pass on a batch: the weight direction for the batch's
     /// mean loss (one tensor per parameter, in the program's order; back-propagation's gradient as
-    /// β → 0) and each example's loss.
-    public static FenchelBackpropPass Backward(NestedProgram program, IReadOnlyList<Tensor> weights, Tensor inputs, Tensor labels, IReadOnlyList<double> betaPerBlock)
+    /// β → 0) and each example's loss. On a graph the backward pass visits the nodes in reverse
+    /// topological order and a value's signal is the sum of the targets its consumers send; an
+    /// activation uses the β of its segment, a tied parameter sums its uses.
+    public static FenchelBackpropPass Backward(NestedProgram program, IReadOnlyList<Tensor> weights, Tensor inputs, Tensor labels, IReadOnlyList<double> betaPerBlock, ForwardPass? pass = null)
     {
-        if (betaPerBlock.Count != program.Blocks.Count)
-            throw new ArgumentException($"Expected one beta per block ({program.Blocks.Count}), got {betaPerBlock.Count}.");
+        if (betaPerBlock.Count != program.Segments.Count)
+            throw new ArgumentException($"Expected one beta per block ({program.Segments.Count}), got {betaPerBlock.Count}.");
         if (weights.Count != program.ParameterSpecs.Count)
             throw new ArgumentException($"Expected {program.ParameterSpecs.Count} parameter tensors, got {weights.Count}.");
 
-        // The layers in order, with their block, their parameters' first index and whether any
-        // layer below has parameters (only then does the signal need to go further down).
-        var steps = new List<(int Block, ILayer Layer, int First)>();
-        int next = 0;
-        for (int l = 0; l < program.Blocks.Count; l++)
-            foreach (var layer in program.Blocks[l].Layers)
-            {
-                steps.Add((l, layer, next));
-                next += layer.Parameters.Count;
-            }
-        int n = steps.Count;
-        var below = new bool[n]; // a layer with parameters lies strictly below layer j
-        for (int j = 1; j < n; j++) below[j] = below[j - 1] || steps[j - 1].Layer.Parameters.Count > 0;
+        var nodes = program.Nodes;
+        int n = nodes.Count;
+        // The β of each node: its segment's (the first segment holding it).
+        var beta = new double[n + 1];
+        for (int s = program.Segments.Count - 1; s >= 0; s--)
+            foreach (var node in program.Segments[s].Nodes) beta[node.Value] = betaPerBlock[s];
+        // A value needs a signal when some node with parameters computes it or lies above it.
+        var learns = new bool[n + 1];
+        foreach (var node in nodes) learns[node.Value] = node.Parameters.Count > 0 || node.Inputs.Any(i => learns[i]);
 
-        IReadOnlyList<Tensor> Params((int Block, ILayer Layer, int First) s) =>
-            Enumerable.Range(s.First, s.Layer.Parameters.Count).Select(i => weights[i]).ToArray();
+        IReadOnlyList<Tensor> Params(Node node) => node.Parameters.Select(i => weights[i]).ToArray();
 
-        // Forward pass: every layer's input; other layers keep a one-layer graph for their local
-        // vector–Jacobian product.
-        var inputsOf = new Tensor[n];
-        var local = new (Tensor Input, Tensor Output)?[n];
-        var h = inputs;
+        // Forward pass: every value; nodes without closed-form derivatives keep a one-node graph for
+        // their local vector–Jacobian product.
+        var values = new Tensor[n + 1];
+        var local = new (Tensor[] Inputs, Tensor Output)?[n + 1];
+        values[0] = inputs;
         using (no_grad())
-            for (int j = 0; j < n; j++)
+            foreach (var node in nodes)
             {
-                inputsOf[j] = h;
-                var s = steps[j];
-                switch (s.Layer)
+                var args = node.Inputs.Select(i => values[i]).ToArray();
+                if (node.Derivatives is not null || node.Activation is not null || !learns[node.Value])
                 {
-                    case Dense: h = F.linear(h, weights[s.First], weights[s.First + 1]); break;
-                    case ActivationLayer act: h = act.Activation.Apply(h); break;
-                    case Flatten: h = h.reshape(h.shape[0], -1); break;
-                    default:
-                        using (enable_grad())
-                        {
-                            var input = below[j] ? h.detach().requires_grad_(true) : h.detach();
-                            var output = s.Layer.Forward(input, Params(s));
-                            local[j] = (input, output);
-                            h = output.detach();
-                        }
-                        break;
+                    values[node.Value] = program.Apply(node, args, weights, pass);
+                    continue;
+                }
+                using (enable_grad())
+                {
+                    var leaves = node.Inputs.Select((i, k) => learns[i] ? args[k].detach().requires_grad_(true) : args[k].detach()).ToArray();
+                    var output = program.Apply(node, leaves, weights, pass);
+                    local[node.Value] = (leaves, output);
+                    values[node.Value] = output.detach();
                 }
             }
+        var h = values[n];
 
         // The loss and its gradient in the output, one example at a time (no 1/B: β scales one
         // example's gradient).
@@ -176,42 +171,55 @@ public sealed class FenchelBackprop : IFormulation
         }
 
         // Backward pass of finite targets.
-        var gradients = new Tensor[weights.Count];
+        var gradients = new Tensor?[weights.Count];
         double scale = 1.0 / inputs.shape[0];
+        var signals = new Tensor?[n + 1];
+        signals[n] = g;
+        void Send(int value, Tensor signal) => signals[value] = signals[value] is { } existing ? existing + signal : signal;
         for (int j = n - 1; j >= 0; j--)
         {
-            var s = steps[j];
-            if (s.Layer.Parameters.Count == 0 && !below[j]) break; // nothing below learns
-            switch (s.Layer)
+            var node = nodes[j];
+            var signal = signals[node.Value];
+            if (signal is null || !learns[node.Value]) continue;
+            signals[node.Value] = null;
+            if (node.Activation is { } activation)
             {
-                case Dense:
-                    using (no_grad())
-                    {
-                        gradients[s.First] = g.t().mm(inputsOf[j]).mul_(scale);
-                        gradients[s.First + 1] = g.sum(0L).mul_(scale);
-                        if (below[j]) g = g.mm(weights[s.First]);
-                    }
-                    break;
-                case ActivationLayer act:
-                    g = Signal(act.Activation, inputsOf[j], g, betaPerBlock[s.Block], j + 1 < n ? inputsOf[j + 1] : h);
-                    break;
-                case Flatten:
-                    g = g.reshape(inputsOf[j].shape);
-                    break;
-                default:
-                    var (input, output) = local[j]!.Value;
-                    var wrt = (below[j] ? new[] { input } : Array.Empty<Tensor>()).Concat(Params(s)).ToArray();
-                    var vjp = autograd.grad(new[] { output }, wrt, grad_outputs: new[] { g });
-                    int k = 0;
-                    if (below[j]) g = vjp[k++].detach();
-                    for (int p = 0; p < s.Layer.Parameters.Count; p++, k++)
-                        using (no_grad()) gradients[s.First + p] = vjp[k].detach().mul(scale);
-                    break;
+                if (learns[node.Inputs[0]]) Send(node.Inputs[0], Signal(activation, values[node.Inputs[0]], signal, beta[node.Value], values[node.Value]));
+                continue;
             }
+            if (node.Derivatives is { } derivatives)
+            {
+                var parameters = Params(node);
+                var call = new LocalCall(i => values[node.Inputs[i]], node.Inputs.Count, parameters, () => values[node.Value]);
+                using (no_grad())
+                {
+                    if (node.Parameters.Count > 0)
+                    {
+                        var into = node.Parameters.Select(i => gradients[i] ??= zeros_like(weights[i])).ToArray();
+                        derivatives.AddParameterVjp(call, signal, into, scale);
+                    }
+                    for (int i = 0; i < node.Inputs.Count; i++)
+                        if (learns[node.Inputs[i]]) Send(node.Inputs[i], derivatives.InputVjp(i, call, signal));
+                }
+                continue;
+            }
+            var (leaves, output) = local[node.Value]!.Value;
+            var wanted = Enumerable.Range(0, leaves.Length).Where(i => learns[node.Inputs[i]]).ToArray();
+            var wrt = wanted.Select(i => leaves[i]).Concat(Params(node)).ToArray();
+            var vjp = autograd.grad(new[] { output }, wrt, grad_outputs: new[] { signal });
+            int k = 0;
+            foreach (var i in wanted) Send(node.Inputs[i], vjp[k++].detach());
+            using (no_grad())
+                for (int p = 0; p < node.Parameters.Count; p++, k++)
+                {
+                    var contribution = vjp[k].detach().mul(Scalars.Of(scale));
+                    var index = node.Parameters[p];
+                    gradients[index] = gradients[index] is { } sum ? sum.add_(contribution) : contribution;
+                }
         }
         using (no_grad())
             for (int i = 0; i < gradients.Length; i++) gradients[i] ??= zeros_like(weights[i]);
-        return new FenchelBackpropPass(gradients, perExample);
+        return new FenchelBackpropPass(gradients!, perExample);
     }
 
     private sealed class Problem : LiftedProblem
@@ -219,6 +227,9 @@ public sealed class FenchelBackprop : IFormulation
         public Problem(IFormulation formulation, LiftContext context, Weights weights, double[] beta) : base(formulation, context, weights) => Beta = beta;
 
         public double[] Beta { get; }
+
+        /// A back-propagation-like pass: batch statistics recomputed at the step's one evaluation.
+        public ForwardPass? Pass(MiniBatch batch) => PassFor(batch, holdFixed: false);
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
@@ -232,12 +243,14 @@ public sealed class FenchelBackprop : IFormulation
         private readonly Problem problem;
         private readonly MiniBatch batch;
         private Tensor? lastLoss;
+        private readonly ForwardPass? pass;
 
         public Game(Problem problem, MiniBatch batch)
         {
             this.problem = problem;
             this.batch = batch;
             Players = new[] { problem.WeightsPlayer() };
+            pass = problem.Pass(batch);
         }
 
         public IReadOnlyList<Player> Players { get; }
@@ -246,17 +259,17 @@ public sealed class FenchelBackprop : IFormulation
         {
             foreach (var p in players)
                 if (p.Name != Formulations.PlayerNames.Weights) throw new ArgumentException($"Fenchel back-propagation has no player '{p.Name}'.");
-            var pass = Backward(problem.Program, problem.Weights.Tensors, batch.Inputs, batch.Labels, problem.Beta);
+            var result = Backward(problem.Program, problem.Weights.Tensors, batch.Inputs, batch.Labels, problem.Beta, pass);
             lastLoss?.Dispose();
-            using (no_grad()) lastLoss = pass.Losses.mean().DetachFromDisposeScope();
-            return players.Select(_ => (IReadOnlyList<Tensor>)pass.Gradients).ToArray();
+            using (no_grad()) lastLoss = result.Losses.mean().DetachFromDisposeScope();
+            return players.Select(_ => (IReadOnlyList<Tensor>)result.Gradients).ToArray();
         }
 
         public double Objective()
         {
             using var _ = no_grad();
             using var scope = NewDisposeScope();
-            return problem.Program.Loss.PerExample(problem.Program.Forward(batch.Inputs, problem.Weights.Tensors), batch.Labels).mean().ToDouble();
+            return problem.Program.Loss.PerExample(problem.Program.Forward(batch.Inputs, problem.Weights.Tensors, pass), batch.Labels).mean().ToDouble();
         }
 
         public IReadOnlyList<double> Defects => Array.Empty<double>();
@@ -269,6 +282,7 @@ public sealed class FenchelBackprop : IFormulation
         {
             lastLoss?.Dispose();
             lastLoss = null;
+            pass?.Dispose();
         }
     }
 }

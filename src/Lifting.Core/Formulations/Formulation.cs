@@ -38,22 +38,26 @@ public sealed record LiftContext(
 {
     public int ExampleCount => Train.Count;
 
-    /// The forward-pass block outputs h_1 … h_{L−1} for every training example, computed in
-    /// chunks without a graph; the caller owns the returned [N, …] tensors.
+    /// The forward-pass values of every lifted value (the chain's block outputs h_1 … h_{L−1}) for
+    /// every training example, in segment order, computed in chunks without a graph; the caller
+    /// owns the returned [N, …] tensors.
     public Tensor[] ForwardStates(Weights weights, int chunk = 1024)
     {
         using var _ = no_grad();
-        int hidden = Program.Blocks.Count - 1;
+        int hidden = Program.Segments.Count - 1;
         var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
         var x = Train.Inputs;
+        using var pass = Program.BufferSpecs.Count > 0 ? ForwardPass.Evaluation(weights) : null;
         for (long start = 0; start < x.shape[0]; start += chunk)
         {
             using var scope = NewDisposeScope();
             var h = x.narrow(0, start, Math.Min(chunk, x.shape[0] - start)).to(DType);
+            var values = new Tensor[hidden];
             for (int l = 0; l < hidden; l++)
             {
-                h = Program.ForwardBlock(l, h, weights.Block(l));
-                parts[l].Add(h.detach().clone().MoveToOuterDisposeScope());
+                var segment = Program.Segments[l];
+                values[l] = segment.Forward(segment.InputsFrom(h, values), weights.Tensors, pass);
+                parts[l].Add(values[l].detach().clone().MoveToOuterDisposeScope());
             }
         }
         return parts.Select(p =>

@@ -78,6 +78,7 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
         {
             var all = new Dictionary<string, Tensor>();
             var names = Program.ParameterNames;
+            for (int i = 0; i < Weights.Buffers.Count; i++) all[$"buffers/{Program.BufferNames[i]}"] = Weights.Buffers[i];
             for (int i = 0; i < Weights.Tensors.Count; i++)
             {
                 all[$"weights/{names[i]}"] = Weights.Tensors[i];
@@ -105,33 +106,47 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
 
     public virtual IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => Array.Empty<double>();
 
-    /// Mean |state_l − f_l(state_{l−1})| over the examples at `rows` (all when null), where
-    /// `state(l, indices)` returns the stored state of block l (0-based) for those examples.
+    /// Mean |state_v − f_v(inputs of v)| per lifted value v (segment order) over the examples at
+    /// `rows` (all when null), where `state(l, indices)` returns the stored value of segment l
+    /// (0-based) for those examples.
     protected IReadOnlyList<double> MeasureDefects(Func<int, Tensor, Tensor> state, Tensor? rows, int chunk = 2048)
     {
         using var _ = no_grad();
-        int hidden = Program.Blocks.Count - 1;
+        int hidden = Program.Segments.Count - 1;
         var sums = new double[hidden];
         long elements = 0;
         var x = Context.Train.Inputs;
         using var everyExample = rows is null ? arange(x.shape[0], dtype: ScalarType.Int64, device: x.device) : null;
+        using var pass = Program.BufferSpecs.Count > 0 ? ForwardPass.Evaluation(Weights) : null;
         var all = rows ?? everyExample!;
         var n = all.shape[0];
         for (long start = 0; start < n; start += chunk)
         {
             using var scope = NewDisposeScope();
             var idx = all.narrow(0, start, Math.Min(chunk, n - start));
-            var previous = x.index_select(0, idx).to(Context.DType);
+            var input = x.index_select(0, idx).to(Context.DType);
+            var values = new Tensor[hidden];
             for (int l = 0; l < hidden; l++)
             {
-                var h = state(l, idx);
-                sums[l] += (h - Program.ForwardBlock(l, previous, Weights.Block(l))).abs().sum().ToDouble();
-                previous = h;
+                var segment = Program.Segments[l];
+                values[l] = state(l, idx);
+                sums[l] += (values[l] - segment.Forward(segment.InputsFrom(input, values), Weights.Tensors, pass)).abs().sum().ToDouble();
             }
             elements += idx.shape[0];
         }
-        return sums.Select((s, l) => s / (elements * Program.Blocks[l].OutputShape.Aggregate(1L, (a, b) => a * b))).ToArray();
+        return sums.Select((s, l) => s / (elements * Program.Segments[l].OutputShape.Aggregate(1L, (a, b) => a * b))).ToArray();
     }
+
+    /// The forward pass a batch game evaluates the program through (`ForwardPass.For`): null for a
+    /// program without batch normalisation or dropout; otherwise the batch's training pass, holding
+    /// its batch statistics and dropout masks fixed for the step when `holdFixed` (a lifted step).
+    protected ForwardPass? PassFor(MiniBatch batch, bool holdFixed) => ForwardPass.For(Program, Weights, Context.Seed, batch.Step, holdFixed);
+
+    private ForwardPass? evaluation;
+
+    /// An evaluation pass over the weights' buffers (running statistics, no dropout) for
+    /// measurements outside a batch game; null for a program without modes.
+    protected ForwardPass? EvaluationPass => Program.HasModes ? evaluation ??= ForwardPass.Evaluation(Weights) : null;
 
     public virtual void EndEpoch(int epoch) { }
     public virtual void Finish() { }
@@ -143,6 +158,7 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
 
     public virtual void Dispose()
     {
+        evaluation?.Dispose();
         foreach (var t in shared.Values) t.Dispose();
         shared.Clear();
         Store.Dispose();

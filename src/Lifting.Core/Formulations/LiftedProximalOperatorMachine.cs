@@ -32,8 +32,8 @@ public sealed class LiftedProximalOperatorMachine : ContrastiveFormulation
 
     protected override void Check(NestedProgram program) => RequirePotentials(program);
 
-    public override IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings) =>
-        new FenchelCouplingEnergy(program, weights, batch.Inputs, spacings, Options.AutogradLocalGradients, Options.Preconditioned, fenchelYoungGap: true);
+    public override IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings, ForwardPass? pass = null) =>
+        new FenchelCouplingEnergy(program, weights, batch.Inputs, spacings, Options.AutogradLocalGradients, Options.Preconditioned, fenchelYoungGap: true) { Pass = pass };
 }
 
 /// Energies over the dual coordinates u_k (z_k = σ_k(u_k)) with a Fenchel coupling: the
@@ -61,23 +61,18 @@ internal sealed class FenchelCouplingEnergy : LevelEnergy
 
     private Tensor[] PreActivations(Tensor[] z) => Enumerable.Range(0, Count).Select(k => PreActivation(k, Below(z, k))).ToArray();
 
+    /// d_k = u_k − a_k + Σ_{s consumes k} β_{k→s} (∂a_s/∂z_k)ᵀ v_s with v_s = σ_s(a_s) − z_s for the
+    /// gap, −z_s for the Hopfield energy (the consumer's coupling −⟨z_s, a_s⟩, plus G*_s(a_s) for the
+    /// gap); d_L += pull.
     public override IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> u, Tensor? pull)
     {
         var z = ActivationsOf(u);
         var a = PreActivations(z);
         var d = new Tensor[Count];
-        for (int k = 0; k < Count; k++)
-        {
-            d[k] = u[k] - a[k];
-            if (k == Count - 1) break;
-            // The upper level's coupling through a_{k+1} = A_{k+1}(z_k): −⟨z_{k+1}, a_{k+1}⟩, plus
-            // G*_{k+1}(a_{k+1}) for the gap.
-            var up = Levels[k + 1];
-            var v = gap ? up.Activation.Apply(a[k + 1]) - z[k + 1] : -z[k + 1];
-            d[k].add_(up.InputVjp(z[k], v, BlockWeights(k + 1)), alpha: Spacings[k]);
-        }
+        for (int k = 0; k < Count; k++) d[k] = u[k] - a[k];
+        AddInputProducts(z, s => gap ? Levels[s].Activation.Apply(a[s]) - z[s] : -z[s], d, Coupling);
         if (pull is not null) d[^1].add_(pull);
-        return Preconditioned(d);
+        return Preconditioned(d, z);
     }
 
     public override void AddWeightGradient(IReadOnlyList<Tensor> u, double coefficient, IReadOnlyList<Tensor> into)
@@ -88,7 +83,7 @@ internal sealed class FenchelCouplingEnergy : LevelEnergy
             var below = Below(z, k);
             // ∇_θ E_k = (∂a_k/∂θ)ᵀ (σ_k(a_k) − z_k) for the gap, −(∂a_k/∂θ)ᵀ z_k for the Hopfield energy.
             var v = gap ? Levels[k].Activation.Apply(PreActivation(k, below)) - z[k] : -z[k];
-            Levels[k].AddWeightGradient(below, v, BlockWeights(k), BlockSlice(into, k), coefficient * LevelWeights[k]);
+            Levels[k].AddWeightGradient(below, v, Weights, into, coefficient * LevelWeights[k], Pass);
         }
     }
 
@@ -102,7 +97,7 @@ internal sealed class FenchelCouplingEnergy : LevelEnergy
             var potential = Levels[k].Potential;
             var e = potential.G(z[k]) - Activations.PerExample(z[k] * a[k]);
             if (gap) e = e + potential.Conjugate(a[k]);
-            total = total + LevelWeights[k] * e;
+            total = total + Scalars.Of(LevelWeights[k]) * e;
         }
         return total;
     }

@@ -82,30 +82,29 @@ public sealed class MultipleShooting : IFormulation
 
     public ILiftedProblem Lift(LiftContext context, Weights weights)
     {
-        if (context.Program.Blocks.Count < 2)
+        if (context.Program.Segments.Count < 2)
             throw new ArgumentException("Multiple shooting needs a program with at least two blocks; add a Cut().");
         return new Problem(this, context, weights);
     }
 
-    /// The multipliers that satisfy the adjoint equations ∂L/∂h_l = 0 at the forward-pass states:
-    /// λ_l = −∂(Σ_i ℓ_i)/∂h_l (LeCun 1988). Returned per block l = 1 … L−1, shaped like the states.
+    /// The multipliers that satisfy the adjoint equations ∂L/∂h_v = 0 at the forward-pass states:
+    /// λ_v = −∂(Σ_i ℓ_i)/∂h_v, the total derivative through every consumer of v (LeCun 1988).
+    /// Returned per lifted value (segment order), shaped like the states.
     public static Tensor[] AdjointMultipliers(NestedProgram program, IReadOnlyList<Tensor> weights, Tensor x, Tensor labels)
     {
         using var _ = enable_grad();
-        var states = new List<Tensor>();
-        var h = x;
-        for (int l = 0; l < program.Blocks.Count - 1; l++)
+        int hidden = program.Segments.Count - 1;
+        var states = new Tensor[hidden];
+        for (int l = 0; l < hidden; l++)
         {
-            h = program.ForwardBlock(l, h, Slice(program, weights, l));
-            states.Add(h);
+            var segment = program.Segments[l];
+            states[l] = segment.Forward(segment.InputsFrom(x, states), weights);
         }
-        var output = program.ForwardBlock(program.Blocks.Count - 1, h, Slice(program, weights, program.Blocks.Count - 1));
+        var last = program.Segments[hidden];
+        var output = last.Forward(last.InputsFrom(x, states), weights);
         var loss = program.Loss.PerExample(output, labels).sum();
         return autograd.grad(new[] { loss }, states).Select(g => -g.detach()).ToArray();
     }
-
-    internal static IReadOnlyList<Tensor> Slice(NestedProgram program, IReadOnlyList<Tensor> weights, int block) =>
-        program.BlockWeights(weights, block);
 
     private sealed class Problem : LiftedProblem
     {
@@ -118,16 +117,17 @@ public sealed class MultipleShooting : IFormulation
         {
             using var scope = NewDisposeScope(); // temporaries; the store keeps its own handles
             options = formulation.Options;
-            int hidden = Program.Blocks.Count - 1;
+            var segments = Program.Segments;
+            int hidden = segments.Count - 1;
             reparametrisation = Enumerable.Range(0, hidden)
-                .Select(l => options.ReparametriseStates ? Program.Blocks[l].OutputActivation : null).ToArray();
+                .Select(l => options.ReparametriseStates ? segments[l].OutputActivation : null).ToArray();
             stateProjections = Enumerable.Range(0, hidden)
-                .Select(l => options.ProjectStates && Program.Blocks[l].OutputActivation is { } act ? Projections.Box(act.Range.Lower, act.Range.Upper) : Projections.None)
+                .Select(l => options.ProjectStates && segments[l].OutputActivation is { } act ? Projections.Box(act.Range.Lower, act.Range.Upper) : Projections.None)
                 .ToArray();
 
             var initial = options.ForwardInitialisation
                 ? ForwardStatesOfTrainingSet()
-                : Enumerable.Range(0, hidden).Select(l => zeros(Shape(context.ExampleCount, Program.Blocks[l].OutputShape), dtype: context.DType, device: context.Device)).ToArray();
+                : Enumerable.Range(0, hidden).Select(l => zeros(Shape(context.ExampleCount, segments[l].OutputShape), dtype: context.DType, device: context.Device)).ToArray();
             var stateRows = new List<(string, Tensor)>();
             var multiplierRows = new List<(string, Tensor)>();
             using (no_grad())
@@ -155,18 +155,18 @@ public sealed class MultipleShooting : IFormulation
             return reparametrisation[l] is { } act ? act.Reparametrise(free) : free;
         }, rows);
 
-        private sealed class Game : BatchGame
+        /// L = ℓ + Σ_v ⟨λ_v, c(g_v)⟩ (+ (c/2)‖c(g_v)‖²) with g_v = h_v − f_v(inputs of v).
+        private sealed class Game : ConstraintGame
         {
             private readonly Problem problem;
             private readonly Tensor[] h, lambda;
             private readonly StepState[] hStates, lambdaStates;
 
-            public Game(Problem problem, MiniBatch batch) : base(batch)
+            public Game(Problem problem, MiniBatch batch) : base(batch, problem)
             {
                 this.problem = problem;
                 (h, hStates) = problem.states.Gather(batch.Indices);
                 (lambda, lambdaStates) = problem.multipliers.Gather(batch.Indices);
-                var ctx = problem.Context;
                 Players = new[]
                 {
                     problem.WeightsPlayer(),
@@ -178,37 +178,22 @@ public sealed class MultipleShooting : IFormulation
 
             public override IReadOnlyList<Player> Players { get; }
 
-            protected override Tensor EvaluateSum()
+            /// The state h_v (through the activation when reparametrised).
+            protected override Tensor Value(int l) => problem.reparametrisation[l] is { } act ? act.Reparametrise(h[l]) : h[l];
+
+            protected override Tensor Defect(int l, Tensor f) => ValueOf(l) - f;
+
+            protected override Tensor AddTerm(Tensor total, int l, Tensor g)
             {
-                var program = problem.Program;
-                var options = problem.options;
-                var w = problem.Weights.Tensors;
-                int hidden = program.Blocks.Count - 1;
-                var defects = new Tensor[hidden];
-                Tensor total = zeros(1, dtype: h[0].dtype, device: h[0].device).squeeze();
-                var previous = Batch.Inputs;
-                for (int l = 0; l < hidden; l++)
-                {
-                    var state = problem.reparametrisation[l] is { } act ? act.Reparametrise(h[l]) : h[l];
-                    var g = state - Forward(l, previous);
-                    defects[l] = g;
-                    var constraint = Constraint(g, options);
-                    total = total + (lambda[l] * constraint).sum();
-                    if (options.Augmentation > 0) total = total + 0.5 * options.Augmentation * constraint.square().sum();
-                    previous = state;
-                }
-                var output = program.ForwardBlock(hidden, previous, Slice(program, w, hidden));
-                var loss = program.Loss.PerExample(output, Batch.Labels).sum();
-                Record(loss, defects, lambda);
-                return total + loss;
+                var constraint = Constraint(g, problem.options);
+                total = total + (lambda[l] * constraint).sum();
+                if (problem.options.Augmentation > 0) total = total + Scalars.Of(0.5 * problem.options.Augmentation) * constraint.square().sum();
+                return total;
             }
 
-            /// f_l(h_{l−1}); the first block's output depends only on the batch and the weights, so
-            /// it is evaluated once while the weights are held fixed (inner iterations on the rows).
-            private Tensor Forward(int l, Tensor previous) => l == 0
-                ? Reuse("f1", Formulations.PlayerNames.Weights, Slice(problem.Program, problem.Weights.Tensors, 0),
-                    () => problem.Program.ForwardBlock(0, previous, Slice(problem.Program, problem.Weights.Tensors, 0)))
-                : problem.Program.ForwardBlock(l, previous, Slice(problem.Program, problem.Weights.Tensors, l));
+            protected override Tensor LossSum(Tensor output) => problem.Program.Loss.PerExample(output, Batch.Labels).sum();
+
+            protected override IReadOnlyList<Tensor> RecordedMultipliers => lambda;
 
             public override void Commit()
             {
@@ -224,7 +209,7 @@ public sealed class MultipleShooting : IFormulation
     {
         if (options.ReducedConstraint)
         {
-            var excess = g.abs().reshape(g.shape[0], -1).sum(1) - options.Epsilon;
+            var excess = g.abs().reshape(g.shape[0], -1).sum(1) - Scalars.Of(options.Epsilon);
             return options.Inequality ? excess : F.relu(excess);
         }
         return options.Epsilon > 0 ? F.softshrink(g, options.Epsilon) : g;

@@ -62,59 +62,84 @@ public sealed record OnlineAlternatingMinimisationOptions
     }
 }
 
-/// How a block splits for alternating minimisation: `Linear` is every layer up to and including
-/// the block's last parameterised layer (parameter-free layers before it, such as pooling and
-/// flattening, belong to it), `Activation` the parameter-free layers after it. The code of the
-/// block is the output of `Linear` (the pre-activation; for a convolutional block, the convolution's
-/// output). Layers whose activation is a step are replaced by their straight-through versions, which
-/// compute the same values and give the code steps a surrogate derivative.
+/// How a segment of the lifted graph splits for alternating minimisation: `Activation` is the run
+/// of parameter-free one-input nodes at the segment's end (walking back from its value until a node
+/// with parameters or several inputs), `Linear` everything before it. The code of the segment is the
+/// output of `Linear` (the pre-activation; for a convolutional block, the convolution's output; for
+/// a residual block that ends in an addition, the sum itself). For a chain's block: every layer up
+/// to and including the last parameterised one (parameter-free layers before it, such as pooling
+/// and flattening, belong to it), and the layers after it. Activations that are steps are replaced
+/// by their straight-through versions, which compute the same values and give the code steps a
+/// surrogate derivative.
 public sealed class BlockSplit
 {
-    internal BlockSplit(Block block, int index)
+    private readonly LocalGraph linear, activation;
+    private readonly Node[] denseInput;
+
+    internal BlockSplit(Segment segment)
     {
-        int last = -1;
-        for (int j = 0; j < block.Layers.Count; j++) if (block.Layers[j].Parameters.Count > 0) last = j;
-        if (last < 0)
-            throw new ArgumentException($"Online alternating minimisation needs a parameterised layer in every block; block {index + 1} ({block}) has none.");
-        Linear = block.Layers.Take(last + 1).Select(Surrogate).ToArray();
-        Activation = block.Layers.Skip(last + 1).Select(Surrogate).ToArray();
+        Segment = segment;
+        if (segment.Parameters.Count == 0)
+            throw new ArgumentException($"Online alternating minimisation needs a parameterised layer in every block; block {segment.Index + 1} ({segment.Whole}) has none.");
+        var nodes = segment.Nodes.Select(Surrogate).ToArray();
+        var byValue = nodes.ToDictionary(n => n.Value);
+        // Walk back from the segment's value through parameter-free one-input nodes.
+        var chain = new List<Node>();
+        int code = segment.Value;
+        while (byValue.TryGetValue(code, out var node) && node.Parameters.Count == 0 && node.Inputs.Count == 1 && byValue.ContainsKey(node.Inputs[0]))
+        {
+            chain.Insert(0, node);
+            code = node.Inputs[0];
+        }
+        CodeValue = code;
+        var linearNodes = nodes.Where(n => !chain.Contains(n)).ToArray();
+        var activationNodes = chain.ToArray();
+        linear = new LocalGraph(segment.Program, segment.Inputs, linearNodes, CodeValue);
+        activation = new LocalGraph(segment.Program, new[] { CodeValue }, activationNodes, segment.Value);
+        Linear = linearNodes.Select(n => n.Operation).ToArray();
+        Activation = activationNodes.Select(n => n.Operation).ToArray();
+        StepActivation = chain.Any(n => n.Activation is { Differentiable: false });
         // Co-activation memories need the linear part to be one fully connected layer after
-        // parameter-free ones.
-        Dense = Linear[^1] is Dense d && Linear.Count(x => x.Parameters.Count > 0) == 1 ? d : null;
-        StepActivation = block.Layers.Skip(last + 1).OfType<ActivationLayer>().Any(a => !a.Activation.Differentiable);
+        // parameter-free one-input nodes, reading one input.
+        var last = linearNodes[^1];
+        if (last.FullyConnected is { HasBias: true } && segment.Inputs.Count == 1 && linearNodes.Count(n => n.Parameters.Count > 0) == 1
+            && linearNodes.All(n => n.Inputs.Count == 1))
+        {
+            Dense = last.FullyConnected;
+            denseInput = linearNodes.Take(linearNodes.Length - 1).ToArray();
+        }
+        else denseInput = Array.Empty<Node>();
     }
 
-    public IReadOnlyList<ILayer> Linear { get; }
-    public IReadOnlyList<ILayer> Activation { get; }
+    public Segment Segment { get; }
+    /// The operations of the linear part and of the activation part, in order.
+    public IReadOnlyList<IOperation> Linear { get; }
+    public IReadOnlyList<IOperation> Activation { get; }
+    /// The value the code stands for.
+    public int CodeValue { get; }
     /// The shape of the code (without the batch dimension).
-    public long[] CodeShape => Linear[^1].OutputShape;
+    public long[] CodeShape => Segment.Program.ValueShape(CodeValue);
     /// True when the activation part contains a step (sign, step).
     public bool StepActivation { get; }
-    /// The block's fully connected layer when `Linear` ends in one (co-activation memories need it).
-    internal Dense? Dense { get; }
+    /// The fully connected layer when `Linear` is one after parameter-free layers (co-activation memories need it).
+    internal IFullyConnected? Dense { get; }
 
-    private static ILayer Surrogate(ILayer layer) =>
-        layer is ActivationLayer { Activation.Differentiable: false } a ? new ActivationLayer(Activations.StraightThrough(a.Activation), a.InputShape) : layer;
+    private static Node Surrogate(Node node) =>
+        node.Activation is { Differentiable: false } step && node.Layer is ActivationLayer layer
+            ? node.WithOperation(new LayerOperation(new ActivationLayer(Activations.StraightThrough(step), layer.InputShape)))
+            : node;
 
-    /// f^lin(h; w) given the block's parameters.
-    public Tensor ApplyLinear(Tensor input, IReadOnlyList<Tensor> weights) => Apply(Linear, input, weights, 0);
+    /// f^lin(inputs; w): the segment's inputs (one per `Segment.Inputs`), every parameter of the program.
+    public Tensor ApplyLinear(Tensor[] inputs, IReadOnlyList<Tensor> weights, ForwardPass? pass = null) => linear.Forward(inputs, weights, pass);
 
     /// σ(c): the activation part (straight-through for steps).
-    public Tensor ApplyActivation(Tensor code) => Apply(Activation, code, Array.Empty<Tensor>(), 0);
+    public Tensor ApplyActivation(Tensor code, ForwardPass? pass = null) => activation.Forward(new[] { code }, Array.Empty<Tensor>(), pass);
 
     /// The input of the fully connected layer: the parameter-free layers before it applied to `input`.
-    internal Tensor DenseInput(Tensor input) => Apply(Linear.Take(Linear.Count - 1).ToArray(), input, Array.Empty<Tensor>(), 0);
-
-    private static Tensor Apply(IReadOnlyList<ILayer> layers, Tensor h, IReadOnlyList<Tensor> weights, int from)
+    internal Tensor DenseInput(Tensor input)
     {
-        foreach (var layer in layers)
-        {
-            int count = layer.Parameters.Count;
-            var own = new Tensor[count];
-            for (int i = 0; i < count; i++) own[i] = weights[from + i];
-            from += count;
-            h = layer.Forward(h, own);
-        }
+        var h = input;
+        foreach (var node in denseInput) h = Segment.Program.Apply(node, new[] { h }, Array.Empty<Tensor>(), null);
         return h;
     }
 }
@@ -192,21 +217,46 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         new SubProblem(new[] { Formulations.PlayerNames.Weights }, 1),
     };
 
-    /// How each block of `program` splits into its linear part (whose output is the code) and its
+    /// How each segment of `program` splits into its linear part (whose output is the code) and its
     /// activation part.
     public static IReadOnlyList<BlockSplit> Split(NestedProgram program) =>
-        program.Blocks.Select((b, l) => new BlockSplit(b, l)).ToArray();
+        program.Segments.Select(s => new BlockSplit(s)).ToArray();
+
+    /// The weight sub-problems: segments that share a parameter (a tied weight, e.g. an unrolled
+    /// recurrent cell) form one sub-problem that sums their local objectives (seed 004 appendix C);
+    /// every other segment is its own. Each group lists its segments and its parameters, ascending.
+    public static IReadOnlyList<(int[] Segments, int[] Parameters)> WeightGroups(NestedProgram program)
+    {
+        var segments = program.Segments;
+        var parent = Enumerable.Range(0, segments.Count).ToArray();
+        int Find(int i) => parent[i] == i ? i : parent[i] = Find(parent[i]);
+        var owner = new Dictionary<int, int>();
+        foreach (var segment in segments)
+            foreach (var p in segment.Parameters)
+            {
+                if (owner.TryGetValue(p, out var other)) parent[Find(segment.Index)] = Find(other);
+                else owner[p] = segment.Index;
+            }
+        return segments.GroupBy(s => Find(s.Index)).OrderBy(g => g.Min(s => s.Index))
+            .Select(g => (g.Select(s => s.Index).OrderBy(i => i).ToArray(), g.SelectMany(s => s.Parameters).Distinct().OrderBy(i => i).ToArray()))
+            .ToArray();
+    }
 
     public ILiftedProblem Lift(LiftContext context, Weights weights)
     {
-        if (context.Program.Blocks.Count < 2)
+        if (context.Program.Segments.Count < 2)
             throw new ArgumentException("Alternating minimisation needs a program with at least two blocks (one code); add a Cut().");
         var splits = Split(context.Program);
+        var groups = WeightGroups(context.Program);
         if (Options.Memory)
+        {
             for (int l = 0; l < splits.Count - 1; l++)
                 if (splits[l].Dense is null)
                     throw new ArgumentException($"AM-mem needs every hidden block's linear part to be one fully connected layer (after parameter-free layers); block {l + 1}'s is {string.Join(" → ", splits[l].Linear.Select(x => x.Name))}.");
-        return new Problem(this, context, weights, splits);
+            if (groups.FirstOrDefault(g => g.Segments.Length > 1) is { Segments: { } tied })
+                throw new ArgumentException($"AM-mem keeps co-activation memories per block; blocks {string.Join(", ", tied.Select(i => i + 1))} share weights (use am-adam for tied weights).");
+        }
+        return new Problem(this, context, weights, splits, groups);
     }
 
     private sealed class Problem : LiftedProblem
@@ -218,11 +268,13 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         private readonly Tensor[] gradientSums;
         private long seen;
 
-        public Problem(OnlineAlternatingMinimisation formulation, LiftContext context, Weights weights, IReadOnlyList<BlockSplit> splits)
+        public Problem(OnlineAlternatingMinimisation formulation, LiftContext context, Weights weights, IReadOnlyList<BlockSplit> splits,
+            IReadOnlyList<(int[] Segments, int[] Parameters)> groups)
             : base(formulation, context, weights)
         {
             options = formulation.Options;
             Splits = splits;
+            Groups = groups;
             ResidualWeights = splits.Take(splits.Count - 1)
                 .Select(b => options.Residuals == ResidualScale.UnitMean ? 1.0 / b.CodeShape.Aggregate(1L, (n, d) => n * d) : 1.0)
                 .ToArray();
@@ -245,6 +297,8 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         }
 
         public IReadOnlyList<BlockSplit> Splits { get; }
+        /// The weight sub-problems' segments and parameters (`WeightGroups`).
+        public IReadOnlyList<(int[] Segments, int[] Parameters)> Groups { get; }
         /// w_l of every hidden block's squared residual (see the class comment).
         public double[] ResidualWeights { get; }
         public double Mu { get; private set; }
@@ -257,6 +311,27 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
 
         public override IReadOnlyDictionary<string, double> Diagnostics => new Dictionary<string, double> { ["mu"] = Mu };
 
+        /// μ, the memories' update counts and offline AM's examples seen this epoch: the schedule
+        /// and counters a resumed run must continue from.
+        public override IReadOnlyDictionary<string, double> StateScalars
+        {
+            get
+            {
+                var scalars = new Dictionary<string, double> { ["mu"] = Mu };
+                for (int l = 0; l < memoryUpdates.Length; l++) scalars[$"memory-updates{l + 1}"] = memoryUpdates[l];
+                if (options.Offline) scalars["offline-seen"] = seen;
+                return scalars;
+            }
+        }
+
+        public override void RestoreScalars(IReadOnlyDictionary<string, double> scalars)
+        {
+            base.RestoreScalars(scalars);
+            Mu = scalars["mu"];
+            for (int l = 0; l < memoryUpdates.Length; l++) memoryUpdates[l] = (long)scalars[$"memory-updates{l + 1}"];
+            if (options.Offline) seen = (long)scalars["offline-seen"];
+        }
+
         /// After a mini-batch (online) or the last chunk of the training set (offline).
         public void AfterIteration() => Mu = options.Mu.AfterBatch(Mu);
 
@@ -267,8 +342,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             double eta = augmentedInputs.shape[0], t = ++memoryUpdates[l];
             double theta = t < eta ? t * eta : eta * eta + t - eta;
             double beta = (theta + 1 - eta) / (theta + 1);
-            memoryA[l].mul_(beta).addmm_(augmentedInputs.t(), augmentedInputs);
-            memoryB[l].mul_(beta).addmm_(codes.t(), augmentedInputs);
+            using var forget = beta.ToScalar(); // changes with every update: held for the call, not cached
+            memoryA[l].mul_(forget).addmm_(augmentedInputs.t(), augmentedInputs);
+            memoryB[l].mul_(forget).addmm_(codes.t(), augmentedInputs);
             return new CoActivationMemory(memoryA[l], memoryB[l]);
         }
 
@@ -310,17 +386,19 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
     {
         private readonly Problem problem;
         private readonly NestedProgram program;
+        /// The step's forward pass (batch statistics and dropout masks of the encoding held).
+        private readonly ForwardPass? pass;
         private readonly IReadOnlyList<BlockSplit> splits;
+        private readonly IReadOnlyList<Segment> segments;
         private readonly int hidden;
         private readonly double mu;
         private readonly double[] w;
         private readonly Tensor[] codes;
         private readonly StepState[] codeStates;
-        private readonly Player[] codePlayers, blockPlayers;
-        private readonly int[] blockFirstTensor;
-        // The last encoding: forward values c⁰, the block outputs with their graphs (f_l^lin of the
-        // previous code, block 1 from x) and the loss sum, kept to reuse for the first step of each
-        // sub-problem whose variables are still where the forward pass left them.
+        private readonly Player[] codePlayers, groupPlayers;
+        // The last encoding: forward values c⁰, the segments' outputs with their graphs (f^lin of the
+        // input codes' activations, a first segment from x) and the loss sum, kept to reuse for the
+        // first step of each sub-problem whose variables are still where the forward pass left them.
         private readonly List<Tensor> owned = new();
         private Tensor[] forward = Array.Empty<Tensor>(), outputs = Array.Empty<Tensor>();
         private Tensor? lossGraph;
@@ -335,7 +413,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         {
             this.problem = problem;
             program = problem.Program;
+            pass = ForwardPass.For(program, problem.Weights, problem.Context.Seed, batch.Step, holdFixed: true);
             splits = problem.Splits;
+            segments = program.Segments;
             hidden = splits.Count - 1;
             mu = problem.Mu;
             w = problem.ResidualWeights;
@@ -353,16 +433,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
                 .Select(l => new Player($"{CodesPlayer}{l + 1}", Role.Minimise, new[] { codes[l] }, problem.CodeRule, new[] { codeStates[l] }, rowIndexed: true))
                 .ToArray();
             var weightsPlayer = problem.WeightsPlayer();
-            blockFirstTensor = new int[splits.Count];
-            blockPlayers = new Player[splits.Count];
-            for (int l = 0; l < splits.Count; l++)
-            {
-                var range = program.BlockParameters(l);
-                var (start, length) = range.GetOffsetAndLength(weightsPlayer.Variables.Count);
-                blockFirstTensor[l] = start;
-                blockPlayers[l] = new Player($"{Formulations.PlayerNames.Weights}{l + 1}", Role.Minimise,
-                    weightsPlayer.Variables.Skip(start).Take(length).ToArray(), weightsPlayer.StepRule, weightsPlayer.StepStates.Skip(start).Take(length).ToArray());
-            }
+            groupPlayers = problem.Groups.Select(g => new Player($"{Formulations.PlayerNames.Weights}{g.Segments[0] + 1}", Role.Minimise,
+                g.Parameters.Select(i => weightsPlayer.Variables[i]).ToArray(), weightsPlayer.StepRule,
+                g.Parameters.Select(i => weightsPlayer.StepStates[i]).ToArray())).ToArray();
             Players = new[]
             {
                 weightsPlayer,
@@ -373,30 +446,43 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
 
         public override IReadOnlyList<Player> Players { get; }
 
-        private IReadOnlyList<Tensor> BlockWeights(int l) => blockPlayers[l].Variables;
+        private IReadOnlyList<Tensor> Weights => problem.Weights.Tensors;
         /// w_l times block l's summed squared residual (no work when w_l = 1).
-        private Tensor Weighted(int l, Tensor residual) => w[l] == 1 ? residual : residual * w[l];
-        private Tensor Input(int l) => l == 0 ? Batch.Inputs : splits[l - 1].ApplyActivation(codes[l - 1].detach());
+        private Tensor Weighted(int l, Tensor residual) => w[l] == 1 ? residual : residual * Scalars.Of(w[l]);
+
+        /// The inputs of segment l: the batch's inputs, or σ of the input codes (detached: a weight
+        /// sub-problem sees the codes as data).
+        private Tensor[] Input(int l) => Inputs(l, u => splits[u].ApplyActivation(codes[u].detach(), pass));
+
+        private Tensor[] Inputs(int l, Func<int, Tensor> activationOf)
+        {
+            var sources = segments[l].InputSegments;
+            var inputs = new Tensor[sources.Count];
+            for (int i = 0; i < inputs.Length; i++) inputs[i] = sources[i] < 0 ? Batch.Inputs : activationOf(sources[i]);
+            return inputs;
+        }
+
         /// The output block: its linear part and its activation part (e.g. a softmax before an MSE loss).
-        private Tensor Output(Tensor input) => splits[hidden].ApplyActivation(splits[hidden].ApplyLinear(input, BlockWeights(hidden)));
+        private Tensor Output(Tensor[] inputs) => splits[hidden].ApplyActivation(splits[hidden].ApplyLinear(inputs, Weights, pass), pass);
 
         /// Q_μ on the batch, for solvers that take the gradient of the whole game.
         protected override Tensor EvaluateSum()
         {
             graphsValid = false; // a generic solver may move the weights: the next AM iteration re-encodes
             var defects = new Tensor[hidden];
+            var activations = new Tensor[hidden];
             Tensor penalty = zeros(1, dtype: codes[0].dtype, device: codes[0].device).squeeze();
-            var previous = Batch.Inputs;
             for (int l = 0; l < hidden; l++)
             {
-                var g = codes[l] - splits[l].ApplyLinear(previous, BlockWeights(l));
+                var g = codes[l] - splits[l].ApplyLinear(Inputs(l, u => activations[u]), Weights, pass);
                 defects[l] = g;
                 penalty = penalty + Weighted(l, g.square().sum());
-                previous = splits[l].ApplyActivation(codes[l]);
+                activations[l] = splits[l].ApplyActivation(codes[l], pass);
             }
-            var loss = program.Loss.PerExample(Output(previous), Batch.Labels).sum();
+            var loss = program.Loss.PerExample(Output(Inputs(hidden, u => activations[u])), Batch.Labels).sum();
             Record(loss, defects);
-            return loss + mu * penalty;
+            using var m = mu.ToScalar(); // μ changes with every batch: held for the call, not cached
+            return loss + m * penalty;
         }
 
         public void Encode()
@@ -408,15 +494,15 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             using var _ = enable_grad();
             forward = new Tensor[hidden];
             outputs = new Tensor[splits.Count];
-            Tensor input = Batch.Inputs;
+            var activations = new Tensor[hidden];
             for (int l = 0; l < hidden; l++)
             {
-                outputs[l] = Keep(splits[l].ApplyLinear(input, BlockWeights(l)));
+                outputs[l] = Keep(splits[l].ApplyLinear(Inputs(l, u => activations[u]), Weights, pass));
                 forward[l] = Keep(outputs[l].detach());
                 using (no_grad()) codes[l].copy_(forward[l]);
-                input = splits[l].ApplyActivation(codes[l]);
+                activations[l] = splits[l].ApplyActivation(codes[l], pass);
             }
-            outputs[hidden] = Keep(Output(input));
+            outputs[hidden] = Keep(Output(Inputs(hidden, u => activations[u])));
             lossGraph = Keep(program.Loss.PerExample(outputs[hidden], Batch.Labels).sum());
             using (no_grad())
                 foreach (var s in codeStates) foreach (var t in s.Tensors) t.zero_();
@@ -437,12 +523,12 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             lossGraph = null;
         }
 
-        /// The graph of block `l`'s output (or of the loss, for the output block), if the forward pass
-        /// left it usable for the current variables: valid, unused, and `code` still equal to its
-        /// forward value. Each such graph serves one gradient.
+        /// The graph of segment `l`'s output (or of the loss, for the output segment), if the forward
+        /// pass left it usable for the current variables: valid, unused, reading one value, and `code`
+        /// still equal to its forward value. Each such graph serves one gradient.
         private Tensor? Reusable(int l, Tensor? code, int codeIndex)
         {
-            if (!graphsValid || graphUsed[l]) return null;
+            if (!graphsValid || graphUsed[l] || segments[l].Inputs.Count != 1) return null;
             if (code is not null)
             {
                 using var __ = no_grad();
@@ -456,71 +542,89 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         public IReadOnlyList<CodeProblem> CodeProblems =>
             Enumerable.Range(0, hidden).Reverse().Select(l => new CodeProblem(codePlayers[l], () => CodeDirection(l))).ToArray();
 
-        /// ∇E_l at the current code, per example (see the class comment).
+        /// ∇E_l at the current code, per example (see the class comment): the terms of every
+        /// segment reading the code (the loss, or the code above's residual), plus the distance to
+        /// the code's forward value.
         private IReadOnlyList<Tensor> CodeDirection(int l)
         {
             if (!encoded) Encode();
             using var _ = enable_grad();
             var c = codes[l];
-            Tensor objective;
-            if (l == hidden - 1)
+            Tensor? objective = null;
+            Tensor? own = null;
+            foreach (var s in segments[l].Consumers)
             {
-                var loss = Reusable(hidden, c, l) ?? program.Loss.PerExample(Output(splits[l].ApplyActivation(c)), Batch.Labels).sum();
-                objective = loss / mu;
+                Tensor term;
+                if (s == hidden)
+                {
+                    var loss = Reusable(hidden, c, l)
+                        ?? program.Loss.PerExample(Output(Inputs(s, u => u == l ? Own() : splits[u].ApplyActivation(codes[u].detach(), pass))), Batch.Labels).sum();
+                    using var m = mu.ToScalar(); // μ changes with every batch: held for the call, not cached
+                    term = loss / m;
+                }
+                else
+                {
+                    var prediction = Reusable(s, c, l)
+                        ?? splits[s].ApplyLinear(Inputs(s, u => u == l ? Own() : splits[u].ApplyActivation(codes[u].detach(), pass)), Weights, pass);
+                    term = Weighted(s, (codes[s].detach() - prediction).square().sum());
+                }
+                objective = objective is null ? term : objective + term;
             }
-            else
-            {
-                var prediction = Reusable(l + 1, c, l) ?? splits[l + 1].ApplyLinear(splits[l].ApplyActivation(c), BlockWeights(l + 1));
-                objective = Weighted(l + 1, (codes[l + 1].detach() - prediction).square().sum());
-            }
-            objective = objective + Weighted(l, (c - forward[l]).square().sum());
+            objective = objective! + Weighted(l, (c - forward[l]).square().sum());
             var scale = Math.Pow(problem.Options.CodeStepGrowth, hidden - 1 - l);
-            if (scale != 1) objective = objective * scale;
+            if (scale != 1) objective = objective * Scalars.Of(scale);
             return new[] { autograd.grad(new[] { objective }, new[] { c }).Single().detach() };
+
+            Tensor Own() => own ??= splits[l].ApplyActivation(c, pass);
         }
 
         public IReadOnlyList<WeightProblem> WeightProblems()
         {
             if (!encoded) Encode();
-            var problems = Enumerable.Range(0, splits.Count).Select(l => new WeightProblem(blockPlayers[l], () => LocalGradient(l), MemoryOf(l))).ToArray();
+            var groups = problem.Groups;
+            var problems = Enumerable.Range(0, groups.Count).Select(g => new WeightProblem(groupPlayers[g], () => LocalGradient(g), MemoryOf(g))).ToArray();
             if (!problem.Options.Offline) return problems;
             // Offline: this chunk's share of every block's gradient (and memory), summed over the epoch.
             var sums = new List<(int, Tensor)>();
-            for (int l = 0; l < splits.Count; l++)
+            var batchSize = Scalars.Of(BatchSize);
+            for (int g = 0; g < groups.Count; g++)
             {
                 using var scope = NewDisposeScope();
-                if (problem.Options.Memory && l < hidden)
+                if (problem.Options.Memory && groups[g].Segments[0] < hidden)
                 {
+                    int l = groups[g].Segments[0];
                     var (inputs, target) = MemoryInputs(l);
-                    RecordPenalty(l, target, l == 0 ? forward[0] : splits[l].ApplyLinear(Input(l), BlockWeights(l)));
+                    RecordPenalty(l, target, l == 0 ? forward[0] : splits[l].ApplyLinear(Input(l), Weights, pass));
                     problem.AccumulateMemory(l, inputs, target);
                     continue;
                 }
-                var gradients = LocalGradient(l);
+                var gradients = LocalGradient(g);
                 for (int i = 0; i < gradients.Count; i++)
-                    sums.Add((blockFirstTensor[l] + i, (gradients[i] * BatchSize).MoveToOuterDisposeScope()));
+                    sums.Add((groups[g].Parameters[i], (gradients[i] * batchSize).MoveToOuterDisposeScope()));
             }
             completesEpoch = problem.Accumulate(sums, BatchSize);
             if (!completesEpoch) return Array.Empty<WeightProblem>();
             double n = problem.Context.ExampleCount;
-            return Enumerable.Range(0, splits.Count).Select(l => new WeightProblem(blockPlayers[l], OfflineDirection(l, n),
-                () => problem.Options.Memory && l < hidden ? problem.Memory(l) : null)).ToArray();
+            return Enumerable.Range(0, groups.Count).Select(g => new WeightProblem(groupPlayers[g], OfflineDirection(g, n),
+                () => problem.Options.Memory && groups[g].Segments[0] < hidden ? problem.Memory(groups[g].Segments[0]) : null)).ToArray();
         }
 
-        private Func<IReadOnlyList<Tensor>> OfflineDirection(int l, double examples)
+        private Func<IReadOnlyList<Tensor>> OfflineDirection(int g, double examples)
         {
             bool given = false;
             return () =>
             {
                 if (given) throw new InvalidOperationException("Offline alternating minimisation takes one gradient step per block and epoch (weight steps = 1).");
                 given = true;
-                var range = Enumerable.Range(blockFirstTensor[l], blockPlayers[l].Variables.Count);
-                return range.Select(k => problem.GradientSum(k) / examples).ToArray();
+                var count = Scalars.Of(examples);
+                return problem.Groups[g].Parameters.Select(k => problem.GradientSum(k) / count).ToArray();
             };
         }
 
-        private Func<CoActivationMemory?> MemoryOf(int l)
+        private Func<CoActivationMemory?> MemoryOf(int g)
         {
+            var group = problem.Groups[g];
+            int l = group.Segments[0];
             if (!problem.Options.Memory || l == hidden || problem.Options.Offline) return () => null;
             CoActivationMemory? updated = null;
             return () =>
@@ -529,7 +633,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
                 {
                     var (inputs, target) = MemoryInputs(l);
                     // Block 1's prediction at the weights of this iteration is its forward value.
-                    RecordPenalty(l, target, l == 0 ? forward[0] : splits[l].ApplyLinear(Input(l), BlockWeights(l)));
+                    RecordPenalty(l, target, l == 0 ? forward[0] : splits[l].ApplyLinear(Input(l), Weights, pass));
                     updated = problem.UpdateMemory(l, inputs, target);
                 }
                 return updated;
@@ -540,36 +644,44 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         private (Tensor Inputs, Tensor Codes) MemoryInputs(int l)
         {
             using var _ = no_grad();
-            var a = splits[l].DenseInput(Input(l));
+            var a = splits[l].DenseInput(Input(l)[0]);
             var ones = torch.ones(a.shape[0], 1, dtype: a.dtype, device: a.device);
             return (cat(new[] { a, ones }, 1), codes[l].detach());
         }
 
-        /// ∇ of block l's local objective at the current weights: the mean loss for the output block,
-        /// the mean squared distance to the codes (or the hinge for a step block) for a hidden one.
-        private IReadOnlyList<Tensor> LocalGradient(int l)
+        /// ∇ of a weight sub-problem's objective at the current weights: the sum over its segments of
+        /// the mean loss for the output segment and the mean squared distance to the codes (or the
+        /// hinge for a step block) for a hidden one.
+        private IReadOnlyList<Tensor> LocalGradient(int g)
         {
             using var _ = enable_grad();
-            var weights = BlockWeights(l);
-            var reuse = l == 0 ? Reusable(0, null, 0) : null; // block 1's input, x, never changes
-            Tensor objective;
-            if (l == hidden)
+            var group = problem.Groups[g];
+            var parameters = group.Parameters.Select(i => Weights[i]).ToArray();
+            var batchSize = Scalars.Of(BatchSize);
+            Tensor? objective = null;
+            foreach (var l in group.Segments)
             {
-                var output = Output(Input(l));
-                var loss = program.Loss.PerExample(output, Batch.Labels).sum();
-                lossSum = loss.ToDouble();
-                objective = loss / BatchSize;
+                Tensor term;
+                if (l == hidden)
+                {
+                    var output = Output(Input(l));
+                    var loss = program.Loss.PerExample(output, Batch.Labels).sum();
+                    lossSum = loss.ToDouble();
+                    term = loss / batchSize;
+                }
+                else
+                {
+                    var reuse = segments[l].ReadsOnlyInput ? Reusable(l, null, 0) : null; // a segment reading only x: its input never changes
+                    var prediction = reuse ?? splits[l].ApplyLinear(Input(l), Weights, pass);
+                    var target = codes[l].detach();
+                    RecordPenalty(l, target, prediction);
+                    term = problem.Options.StepBlocks == StepBlockLoss.Hinge && splits[l].StepActivation
+                        ? Weighted(l, F.relu(-prediction * target.sign()).sum()) / batchSize
+                        : Weighted(l, (target - prediction).square().sum()) / batchSize;
+                }
+                objective = objective is null ? term : objective + term;
             }
-            else
-            {
-                var prediction = reuse ?? splits[l].ApplyLinear(Input(l), weights);
-                var target = codes[l].detach();
-                RecordPenalty(l, target, prediction);
-                objective = problem.Options.StepBlocks == StepBlockLoss.Hinge && splits[l].StepActivation
-                    ? Weighted(l, F.relu(-prediction * target.sign()).sum()) / BatchSize
-                    : Weighted(l, (target - prediction).square().sum()) / BatchSize;
-            }
-            return autograd.grad(new[] { objective }, weights.ToArray()).Select(g => g.detach()).ToArray();
+            return autograd.grad(new[] { objective! }, parameters).Select(t => t.detach()).ToArray();
         }
 
         private void RecordPenalty(int l, Tensor target, Tensor prediction)
@@ -601,6 +713,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         public override void Dispose()
         {
             DisposeEncoding();
+            pass?.Dispose();
             foreach (var s in codeStates) s.Dispose();
             foreach (var c in codes) c.Dispose();
             base.Dispose();

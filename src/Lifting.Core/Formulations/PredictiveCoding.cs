@@ -30,8 +30,8 @@ public sealed class PredictiveCoding : ContrastiveFormulation
     public override string Description =>
         $"predictive coding: top-down contrastive surrogate with the quadratic penaliser ½‖z_k − f_k(z_(k−1))‖², {Options} (seed 002 §3.2.1)";
 
-    public override IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings) =>
-        new PredictiveCodingEnergy(program, weights, batch.Inputs, spacings, Options.AutogradLocalGradients, Options.Preconditioned);
+    public override IContrastiveEnergy Energy(NestedProgram program, IReadOnlyList<Tensor> weights, MiniBatch batch, IReadOnlyList<double> spacings, ForwardPass? pass = null) =>
+        new PredictiveCodingEnergy(program, weights, batch.Inputs, spacings, Options.AutogradLocalGradients, Options.Preconditioned) { Pass = pass };
 }
 
 internal sealed class PredictiveCodingEnergy : LevelEnergy
@@ -60,32 +60,28 @@ internal sealed class PredictiveCodingEnergy : LevelEnergy
         return (a, f, e);
     }
 
+    /// d_k = ε_k − Σ_{s consumes k} β_{k→s} (∂f_s/∂z_k)ᵀ ε_s, and d_L = ε_L + pull.
     public override IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> z, Tensor? pull)
     {
         var (a, f, e) = Predictions(z);
-        var d = new Tensor[Count];
-        for (int k = 0; k < Count - 1; k++)
-        {
-            var up = Levels[k + 1];
-            var back = up.InputVjp(z[k], up.ActivationVjp(a[k + 1], f[k + 1], e[k + 1]), BlockWeights(k + 1));
-            d[k] = e[k].add_(back, alpha: -Spacings[k]);
-        }
-        d[^1] = pull is null ? e[^1] : e[^1].add_(pull);
-        return Preconditioned(d);
+        var d = e.ToArray();
+        AddInputProducts(z, s => Levels[s].ActivationVjp(a[s], f[s], e[s]), d, (k, s) => -Coupling(k, s));
+        if (pull is not null) d[^1] = d[^1].add_(pull);
+        return Preconditioned(d, z);
     }
 
     public override void AddWeightGradient(IReadOnlyList<Tensor> z, double coefficient, IReadOnlyList<Tensor> into)
     {
         var (a, f, e) = Predictions(z);
         for (int k = 0; k < Count; k++)
-            Levels[k].AddWeightGradient(Below(z, k), Levels[k].ActivationVjp(a[k], f[k], e[k]), BlockWeights(k), BlockSlice(into, k), -coefficient * LevelWeights[k]);
+            Levels[k].AddWeightGradient(Below(z, k), Levels[k].ActivationVjp(a[k], f[k], e[k]), Weights, into, -coefficient * LevelWeights[k], Pass);
     }
 
     public override Tensor Energy(IReadOnlyList<Tensor> z)
     {
         var (_, _, e) = Predictions(z);
         Tensor total = zeros(z[0].shape[0], dtype: z[0].dtype, device: z[0].device);
-        for (int k = 0; k < Count; k++) total = total + 0.5 * LevelWeights[k] * Activations.PerExample(e[k].square());
+        for (int k = 0; k < Count; k++) total = total + Scalars.Of(0.5 * LevelWeights[k]) * Activations.PerExample(e[k].square());
         return total;
     }
 }

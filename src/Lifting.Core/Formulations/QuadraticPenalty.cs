@@ -60,7 +60,7 @@ public sealed class QuadraticPenalty : IFormulation
 
     public ILiftedProblem Lift(LiftContext context, Weights weights)
     {
-        if (context.Program.Blocks.Count < 2)
+        if (context.Program.Segments.Count < 2)
             throw new ArgumentException("The penalty method needs a program with at least two blocks; add a Cut().");
         return new Problem(this, context, weights);
     }
@@ -110,13 +110,14 @@ public sealed class QuadraticPenalty : IFormulation
             }
         }
 
-        private sealed class Game : BatchGame
+        /// Q = ℓ + (μ/2) Σ_v ‖h_v − f_v(inputs of v)‖².
+        private sealed class Game : ConstraintGame
         {
             private readonly Problem problem;
             private readonly Tensor[] h;
             private readonly StepState[] hStates;
 
-            public Game(Problem problem, MiniBatch batch) : base(batch)
+            public Game(Problem problem, MiniBatch batch) : base(batch, problem)
             {
                 this.problem = problem;
                 (h, hStates) = problem.states.Gather(batch.Indices);
@@ -129,31 +130,15 @@ public sealed class QuadraticPenalty : IFormulation
 
             public override IReadOnlyList<Player> Players { get; }
 
-            protected override Tensor EvaluateSum()
-            {
-                var program = problem.Program;
-                var w = problem.Weights.Tensors;
-                int hidden = program.Blocks.Count - 1;
-                var defects = new Tensor[hidden];
-                var previous = Batch.Inputs;
-                Tensor penalty = zeros(1, dtype: h[0].dtype, device: h[0].device).squeeze();
-                for (int l = 0; l < hidden; l++)
-                {
-                    // The first block's output is evaluated once while the weights are held fixed.
-                    var f = l == 0
-                        ? Reuse("f1", Formulations.PlayerNames.Weights, MultipleShooting.Slice(program, w, 0),
-                            () => program.ForwardBlock(0, Batch.Inputs, MultipleShooting.Slice(program, w, 0)))
-                        : program.ForwardBlock(l, previous, MultipleShooting.Slice(program, w, l));
-                    var g = h[l] - f;
-                    defects[l] = g;
-                    penalty = penalty + g.square().sum();
-                    previous = h[l];
-                }
-                var output = program.ForwardBlock(hidden, previous, MultipleShooting.Slice(program, w, hidden));
-                var loss = program.Loss.PerExample(output, Batch.Labels).sum();
-                Record(loss, defects);
-                return loss + 0.5 * problem.mu * penalty;
-            }
+            protected override Tensor Value(int l) => h[l];
+
+            protected override Tensor Defect(int l, Tensor f) => h[l] - f;
+
+            protected override Tensor AddTerm(Tensor total, int l, Tensor g) => total + g.square().sum();
+
+            protected override Tensor LossSum(Tensor output) => problem.Program.Loss.PerExample(output, Batch.Labels).sum();
+
+            protected override Tensor Combine(Tensor lossSum, Tensor penalty) => lossSum + Scalars.Of(0.5 * problem.mu) * penalty;
 
             public override void Commit() => problem.states.Scatter(Batch.Indices, h, hStates);
         }

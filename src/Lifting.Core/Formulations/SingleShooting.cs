@@ -25,12 +25,18 @@ public sealed class SingleShooting : IFormulation
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
+        /// Back-propagation's pass: batch statistics recomputed (and differentiated) at every evaluation.
+        public ForwardPass? Pass(MiniBatch batch) => PassFor(batch, holdFixed: false);
+
         private sealed class Game : BatchGame
         {
             private readonly Problem problem;
+            private readonly ForwardPass? pass;
+
             public Game(Problem problem, MiniBatch batch) : base(batch)
             {
                 this.problem = problem;
+                pass = problem.Pass(batch);
                 Players = new[] { problem.WeightsPlayer() };
             }
 
@@ -38,13 +44,19 @@ public sealed class SingleShooting : IFormulation
 
             protected override Tensor EvaluateSum()
             {
-                var output = problem.Program.Forward(Batch.Inputs, problem.Weights.Tensors);
+                var output = problem.Program.Forward(Batch.Inputs, problem.Weights.Tensors, pass);
                 var loss = problem.Program.Loss.PerExample(output, Batch.Labels).sum();
                 Record(loss, Array.Empty<Tensor>());
                 return loss;
             }
 
             public override void Commit() { }
+
+            public override void Dispose()
+            {
+                pass?.Dispose();
+                base.Dispose();
+            }
         }
     }
 }

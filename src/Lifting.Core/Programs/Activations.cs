@@ -41,45 +41,52 @@ public interface IActivation
     Tensor Preimage(Tensor h);
 }
 
+/// An activation's closed-form vector–Jacobian product σ'(a)ᵀv, given a and f = σ(a). An activation
+/// that implements it gets the lifted families' fast paths; any other is differentiated by autograd.
+public interface IActivationDerivative
+{
+    Tensor Vjp(Tensor a, Tensor f, Tensor v);
+}
+
 /// The built-in activations.
 public static class Activations
 {
     public static IActivation ReLU { get; } = new Builtin("relu", ActivationRange.NonNegative, true,
-        x => F.relu(x), u => F.relu(u), h => h.clone(),
+        x => F.relu(x), u => F.relu(u), h => h.clone(), (a, f, v) => v * (a > Scalars.Zero).to_type(v.dtype),
         new Potential(z => 0.5 * PerExample(z * z), a => 0.5 * PerExample(F.relu(a).square())));
 
     public static IActivation Tanh { get; } = new Builtin("tanh", new ActivationRange(-1, 1), true,
-        x => x.tanh(), u => u.tanh(), h => h.clamp(-1 + 1e-6, 1 - 1e-6).atanh(),
+        x => x.tanh(), u => u.tanh(), h => h.clamp(-1 + 1e-6, 1 - 1e-6).atanh(), (a, f, v) => v * (Scalars.One - f * f),
         new Potential(
             z => PerExample(0.5 * (xlogy(1 + z, 1 + z) + xlogy(1 - z, 1 - z))),
             a => PerExample(a.abs() + F.softplus(-2 * a.abs()) - Math.Log(2))));
 
     public static IActivation Sigmoid { get; } = new Builtin("sigmoid", new ActivationRange(0, 1), true,
-        x => x.sigmoid(), u => u.sigmoid(), h => h.clamp(1e-6, 1 - 1e-6).logit(),
+        x => x.sigmoid(), u => u.sigmoid(), h => h.clamp(1e-6, 1 - 1e-6).logit(), (a, f, v) => v * f * (Scalars.One - f),
         new Potential(z => PerExample(xlogy(z, z) + xlogy(1 - z, 1 - z)), a => PerExample(F.softplus(a))));
 
     public static IActivation HardTanh { get; } = new Builtin("hardtanh", new ActivationRange(-1, 1), true,
-        x => x.clamp(-1, 1), u => u.clamp(-1, 1), h => h.clone(),
+        x => x.clamp(Scalars.MinusOne, Scalars.One), u => u.clamp(Scalars.MinusOne, Scalars.One), h => h.clone(), (a, f, v) => v * (a.abs() < Scalars.One).to_type(v.dtype),
         new Potential(z => 0.5 * PerExample(z * z),
             a => PerExample(where(a.abs() <= 1, 0.5 * a * a, a.abs() - 0.5))));
 
     public static IActivation Identity { get; } = new Builtin("identity", ActivationRange.Real, true,
-        x => x.alias(), u => u.alias(), h => h.clone(),
+        x => x.alias(), u => u.alias(), h => h.clone(), (a, f, v) => v,
         new Potential(z => 0.5 * PerExample(z * z), a => 0.5 * PerExample(a * a)));
 
     /// Softmax along the last dimension; G is the negative entropy on the simplex, G* = logsumexp.
     public static IActivation Softmax { get; } = new Builtin("softmax", new ActivationRange(0, 1), true,
-        x => x.softmax(-1), u => u.softmax(-1), h => h.clamp_min(1e-12).log(),
+        x => x.softmax(-1), u => u.softmax(-1), h => h.clamp_min(1e-12).log(), (a, f, v) => f * (v - (f * v).sum(-1, keepdim: true)),
         new Potential(z => PerExample(xlogy(z, z)), a => PerExample(a.logsumexp(-1))));
 
     /// sign(x) ∈ {−1, 1}: not differentiable. G = indicator of [−1, 1], G*(a) = ‖a‖₁, ∇G* = sign.
     public static IActivation Sign { get; } = new Builtin("sign", new ActivationRange(-1, 1), false,
-        x => x.sign(), u => u.clamp(-1, 1), h => h.clone(),
+        x => x.sign(), u => u.clamp(Scalars.MinusOne, Scalars.One), h => h.clone(), (a, f, v) => zeros_like(v),
         new Potential(z => zeros(z.shape[0], dtype: z.dtype, device: z.device), a => PerExample(a.abs())));
 
     /// Heaviside step 1[x > 0] ∈ {0, 1}: not differentiable. G = indicator of [0, 1], G*(a) = Σ relu(a).
     public static IActivation Step { get; } = new Builtin("step", new ActivationRange(0, 1), false,
-        x => (x > 0).to_type(x.dtype), u => u.clamp(0, 1), h => h.clone(),
+        x => (x > Scalars.Zero).to_type(x.dtype), u => u.clamp(Scalars.Zero, Scalars.One), h => h.clone(), (a, f, v) => zeros_like(v),
         new Potential(z => zeros(z.shape[0], dtype: z.dtype, device: z.device), a => PerExample(F.relu(a))));
 
     /// sign with the straight-through estimator (Bengio et al. 2013; seed 004 §4, binary nets): the
@@ -118,6 +125,18 @@ public static class Activations
         ?? throw new ArgumentException($"Unknown activation '{name}' (known: {string.Join(", ", All.Select(a => a.Name))}).");
 
     internal static Tensor PerExample(Tensor t) => t.reshape(t.shape[0], -1).sum(1);
+
+    /// σ'(a)ᵀ v given f = σ(a): the activation's closed form (`IActivationDerivative`) or autograd.
+    public static Tensor Vjp(IActivation activation, Tensor a, Tensor f, Tensor v) =>
+        activation is IActivationDerivative d ? d.Vjp(a, f, v) : AutogradVjp(activation, a, v);
+
+    /// σ'(a)ᵀ v by autograd through `activation.Apply`.
+    public static Tensor AutogradVjp(IActivation activation, Tensor a, Tensor v)
+    {
+        using var _ = enable_grad();
+        var x = a.detach().requires_grad_(true);
+        return autograd.grad(new[] { activation.Apply(x) }, new[] { x }, new[] { v })[0].detach();
+    }
 
     private sealed class Potential : IConvexPotential
     {
@@ -158,16 +177,19 @@ public static class Activations
         public override string ToString() => Name;
     }
 
-    private sealed class Builtin : IActivation
+    private sealed class Builtin : IActivation, IActivationDerivative
     {
         private readonly Func<Tensor, Tensor> apply, reparametrise, preimage;
+        private readonly Func<Tensor, Tensor, Tensor, Tensor> vjp;
 
         public Builtin(string name, ActivationRange range, bool differentiable, Func<Tensor, Tensor> apply,
-            Func<Tensor, Tensor> reparametrise, Func<Tensor, Tensor> preimage, IConvexPotential? potential)
+            Func<Tensor, Tensor> reparametrise, Func<Tensor, Tensor> preimage, Func<Tensor, Tensor, Tensor, Tensor> vjp, IConvexPotential? potential)
         {
             Name = name; Range = range; Differentiable = differentiable; Potential = potential;
-            this.apply = apply; this.reparametrise = reparametrise; this.preimage = preimage;
+            this.apply = apply; this.reparametrise = reparametrise; this.preimage = preimage; this.vjp = vjp;
         }
+
+        public Tensor Vjp(Tensor a, Tensor f, Tensor v) => vjp(a, f, v);
 
         public string Name { get; }
         public ActivationRange Range { get; }

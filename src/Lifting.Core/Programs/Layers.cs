@@ -3,29 +3,38 @@ using F = TorchSharp.torch.nn.functional;
 
 namespace Lifting.Programs;
 
-/// Fully connected layer f(h; W, b) = W h + b on flat inputs.
-public sealed class Dense : ILayer
+/// Fully connected layer f(h; W, b) = W h + b on flat inputs. Declares its local derivatives:
+/// (∂f/∂h)ᵀv = v W, ∂⟨v, f⟩/∂W = vᵀh, ∂⟨v, f⟩/∂b = Σ_batch v.
+public sealed class Dense : ILayer, ILocalDerivatives, IFullyConnected
 {
-    public Dense(long inputs, long outputs)
+    public Dense(long inputs, long outputs, bool bias = true)
     {
         if (inputs <= 0) throw new ArgumentOutOfRangeException(nameof(inputs), $"Dense layer needs a positive input size, got {inputs}.");
         if (outputs <= 0) throw new ArgumentOutOfRangeException(nameof(outputs), $"Dense layer needs a positive output size, got {outputs}.");
         Inputs = inputs;
         Outputs = outputs;
-        Parameters = new[]
-        {
-            new ParameterSpec("weight", new[] { outputs, inputs }, Initialisers.UniformFanIn(inputs)),
-            new ParameterSpec("bias", new[] { outputs }, Initialisers.UniformFanIn(inputs)),
-        };
+        HasBias = bias;
+        var weight = new ParameterSpec("weight", new[] { outputs, inputs }, Initialisers.UniformFanIn(inputs));
+        Parameters = bias ? new[] { weight, new ParameterSpec("bias", new[] { outputs }, Initialisers.UniformFanIn(inputs)) } : new[] { weight };
     }
 
     public long Inputs { get; }
     public long Outputs { get; }
-    public string Name => $"dense({Inputs}→{Outputs})";
+    public bool HasBias { get; }
+    public string Name => HasBias ? $"dense({Inputs}→{Outputs})" : $"dense({Inputs}→{Outputs}, no bias)";
     public long[] InputShape => new[] { Inputs };
     public long[] OutputShape => new[] { Outputs };
     public IReadOnlyList<ParameterSpec> Parameters { get; }
-    public Tensor Forward(Tensor input, IReadOnlyList<Tensor> parameters) => F.linear(input, parameters[0], parameters[1]);
+    public Tensor Forward(Tensor input, IReadOnlyList<Tensor> parameters) => F.linear(input, parameters[0], HasBias ? parameters[1] : null);
+
+    public Tensor InputVjp(int input, LocalCall call, Tensor v) => v.mm(call.Parameters[0]);
+
+    public void AddParameterVjp(LocalCall call, Tensor v, IReadOnlyList<Tensor> into, double scale)
+    {
+        var alpha = Scalars.Of(scale);
+        into[0].add_(v.t().mm(call.Input(0)), alpha: alpha);
+        if (HasBias) into[1].add_(v.sum(0, keepdim: false), alpha: alpha);
+    }
 }
 
 /// 2-D convolution over [C, H, W] inputs, with bias.
@@ -87,7 +96,7 @@ public sealed class Pool2d : ILayer
 }
 
 /// Flattens [B, …] to [B, prod(…)].
-public sealed class Flatten : ILayer
+public sealed class Flatten : ILayer, ILocalDerivatives
 {
     public Flatten(long[] inputShape)
     {
@@ -100,10 +109,24 @@ public sealed class Flatten : ILayer
     public long[] OutputShape { get; }
     public IReadOnlyList<ParameterSpec> Parameters => Array.Empty<ParameterSpec>();
     public Tensor Forward(Tensor input, IReadOnlyList<Tensor> parameters) => input.reshape(input.shape[0], -1);
+
+    public Tensor InputVjp(int input, LocalCall call, Tensor v) => v.reshape(Shape(v.shape[0]));
+
+    public void AddParameterVjp(LocalCall call, Tensor v, IReadOnlyList<Tensor> into, double scale) { }
+
+    private long[] Shape(long batch)
+    {
+        var shape = new long[InputShape.Length + 1];
+        shape[0] = batch;
+        InputShape.CopyTo(shape, 1);
+        return shape;
+    }
 }
 
-/// An activation applied elementwise (or, for softmax, along the last dimension) as a layer.
-public sealed class ActivationLayer : ILayer
+/// An activation applied elementwise (or, for softmax, along the last dimension) as a layer. Its
+/// local derivative is the activation's closed form (`IActivationDerivative`) where it has one,
+/// autograd otherwise.
+public sealed class ActivationLayer : ILayer, IActivationOperation, ILocalDerivatives
 {
     public ActivationLayer(IActivation activation, long[] shape)
     {
@@ -118,4 +141,28 @@ public sealed class ActivationLayer : ILayer
     public long[] OutputShape { get; }
     public IReadOnlyList<ParameterSpec> Parameters => Array.Empty<ParameterSpec>();
     public Tensor Forward(Tensor input, IReadOnlyList<Tensor> parameters) => Activation.Apply(input);
+
+    public Tensor InputVjp(int input, LocalCall call, Tensor v) => Activations.Vjp(Activation, call.Input(0), call.Output, v);
+
+    public void AddParameterVjp(LocalCall call, Tensor v, IReadOnlyList<Tensor> into, double scale) { }
+}
+
+/// A one-input layer as a graph operation (what a chain's nodes are).
+public sealed class LayerOperation : IOperation
+{
+    public LayerOperation(ILayer layer)
+    {
+        Layer = layer;
+        InputShapes = new[] { layer.InputShape };
+    }
+
+    public ILayer Layer { get; }
+    public string Name => Layer.Name;
+    public IReadOnlyList<long[]> InputShapes { get; }
+    public long[] OutputShape => Layer.OutputShape;
+    public IReadOnlyList<ParameterSpec> Parameters => Layer.Parameters;
+    public IReadOnlyList<BufferSpec> Buffers => Array.Empty<BufferSpec>();
+    public bool HasMode => false;
+    public Tensor Forward(IReadOnlyList<Tensor> inputs, IReadOnlyList<Tensor> parameters, OperationContext context) => Layer.Forward(inputs[0], parameters);
+    public override string ToString() => Name;
 }

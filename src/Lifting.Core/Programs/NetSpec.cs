@@ -9,8 +9,16 @@ namespace Lifting.Programs;
 /// - a comma-separated layer list, e.g.
 ///   "conv:6:5:1:2, relu, maxpool:2, conv:16:5, relu, maxpool:2, cut, flatten, dense:120, relu, dense:84, relu, dense:10"
 ///   with conv:CHANNELS:KERNEL[:STRIDE[:PADDING]], maxpool:K[:STRIDE], avgpool:K[:STRIDE], flatten,
-///   dense:UNITS, any activation name, and cut (explicit block boundaries; without any, the program
-///   is cut after each hidden activation). Dense after an image flattens it first.
+///   dense:UNITS, any activation name, batchnorm, layernorm, dropout:P, and cut (explicit block
+///   boundaries; without any, the program is cut after each hidden activation, residual block and
+///   recurrent step). Dense after an image flattens it first. Graphs:
+///   - res:WIDTH[:BLOCKS[:DEPTH]]: BLOCKS residual blocks y = x + f(x) (default 1), f being DEPTH
+///     dense layers of WIDTH units (default 2) with the hidden activation between them (a
+///     projection on the skip when the input is not WIDTH wide), e.g.
+///     "flatten, dense:128, relu, res:128:8, dense:10" (a residual MLP of 8 blocks);
+///   - elman:HIDDEN[:CUT-EVERY[:VALUES]]: an Elman RNN h_t = tanh(W x_t + U h_(t−1) + b) with tied
+///     weights, reading an image row by row (or VALUES values per step, 1 = pixel by pixel), cut after
+///     every CUT-EVERY-th step (default 1, 0 = only the output), e.g. "elman:64, dense:10".
 ///
 /// The last layer must produce one output per class.
 public static class NetSpec
@@ -30,13 +38,13 @@ public static class NetSpec
             program = Net.Mlp(inputShape, sizes, hidden, loss);
         }
         else if (!text.Contains(',') && !text.Contains(':')) program = Zoo.ByName(text, inputShape, classes, loss);
-        else program = Layers(text, inputShape, loss);
+        else program = Layers(text, inputShape, hidden, loss);
         if (Shapes.Size(program.OutputShape) != classes || program.OutputShape.Length != 1)
             throw new ArgumentException($"--net {spec}: the network ends with [{Shapes.Show(program.OutputShape)}] outputs but the data has {classes} classes");
         return program;
     }
 
-    private static NestedProgram Layers(string spec, long[] inputShape, ILoss loss)
+    private static NestedProgram Layers(string spec, long[] inputShape, IActivation hidden, ILoss loss)
     {
         var net = Net.Input(inputShape);
         foreach (var raw in spec.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
@@ -61,6 +69,39 @@ public static class NetSpec
                     case "maxpool": Arity(3); net = net.MaxPool2d(Arg(1, -1, "a kernel size"), Arg(2, 0, "a stride")); break;
                     case "avgpool": Arity(3); net = net.AvgPool2d(Arg(1, -1, "a kernel size"), Arg(2, 0, "a stride")); break;
                     case "flatten": Arity(1); net = net.Flatten(); break;
+                    case "batchnorm": Arity(1); net = net.BatchNorm(); break;
+                    case "layernorm": Arity(1); net = net.LayerNorm(); break;
+                    case "dropout":
+                        Arity(2);
+                        net = net.Dropout(parts.Length > 1 && double.TryParse(parts[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var p) && p >= 0 && p < 1 ? p
+                            : throw new ArgumentException($"--net: '{raw}' needs a probability 0 <= P < 1"));
+                        break;
+                    case "res":
+                    {
+                        Arity(4);
+                        long width = Arg(1, -1, "a width"), blocks = Arg(2, 1, "a block count"), depth = Arg(3, 2, "a depth");
+                        if (width < 1 || blocks < 1 || depth < 1) throw new ArgumentException($"--net: '{raw}': width, blocks and depth must be >= 1");
+                        if (net.Shape.Length != 1) net = net.Flatten();
+                        for (long b = 0; b < blocks; b++)
+                            net = net.Residual(body =>
+                            {
+                                for (long d = 0; d < depth; d++)
+                                {
+                                    body = body.Dense(width);
+                                    if (d < depth - 1) body = body.Activation(hidden);
+                                }
+                                return body;
+                            });
+                        break;
+                    }
+                    case "elman":
+                    {
+                        Arity(4);
+                        long units = Arg(1, -1, "a hidden size"), every = Arg(2, 1, "a cut interval"), values = Arg(3, 0, "a count of values per step");
+                        if (units < 1) throw new ArgumentException($"--net: '{raw}': the hidden size must be >= 1");
+                        net = net.Elman(units, cutEvery: (int)every, valuesPerStep: values);
+                        break;
+                    }
                     case "cut": Arity(1); net = net.Cut(); break;
                     case "dense":
                         Arity(2);

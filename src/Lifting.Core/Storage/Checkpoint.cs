@@ -47,7 +47,10 @@ public sealed class Checkpoint : IDisposable
         var tensors = new List<NamedTensor>();
         foreach (var (name, t) in snapshot.Problem.StateTensors) tensors.Add(new NamedTensor("problem/" + name, t));
         if (snapshot.Selected is { } selected)
+        {
             for (int i = 0; i < selected.Tensors.Count; i++) tensors.Add(new NamedTensor("selected/" + snapshot.Program.ParameterNames[i], selected.Tensors[i]));
+            for (int i = 0; i < selected.Buffers.Count; i++) tensors.Add(new NamedTensor("selected/" + snapshot.Program.BufferNames[i], selected.Buffers[i]));
+        }
         using var rng = random.get_rng_state();
         tensors.Add(new NamedTensor("rng/cpu", rng));
         var meta = new Dictionary<string, string>(metadata ?? new Dictionary<string, string>())

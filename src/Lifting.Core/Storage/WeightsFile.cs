@@ -22,7 +22,9 @@ public static class WeightsFile
             ["program"] = weights.Program.ToString(),
         };
         var names = weights.Program.ParameterNames;
-        SafeTensors.Save(path, weights.Tensors.Select((t, i) => new NamedTensor(names[i], t)).ToArray(), meta);
+        var buffers = weights.Program.BufferNames;
+        SafeTensors.Save(path, weights.Tensors.Select((t, i) => new NamedTensor(names[i], t))
+            .Concat(weights.Buffers.Select((t, i) => new NamedTensor(buffers[i], t))).ToArray(), meta);
     }
 
     /// The weights of `program` stored at `path`, on `device`: every parameter by name, with the
@@ -40,11 +42,12 @@ public static class WeightsFile
         return file.Metadata;
     }
 
-    /// The tensors named `prefix + parameter name` of `file` as weights of `program`.
+    /// The tensors named `prefix + parameter name` (and `prefix + buffer name`) of `file` as weights
+    /// of `program`.
     internal static Weights FromFile(TensorFile file, NestedProgram program, Device device, string name, string prefix)
     {
         var names = program.ParameterNames;
-        var expected = names.Select(n => prefix + n).ToHashSet();
+        var expected = names.Concat(program.BufferNames).Select(n => prefix + n).ToHashSet();
         var extra = file.Tensors.Select(t => t.Name).Where(n => n.StartsWith(prefix, StringComparison.Ordinal) && !expected.Contains(n)).FirstOrDefault();
         if (extra is not null) throw new DataFormatException($"{name}: tensor '{extra}' is not a parameter of the program {program}");
         using var scope = NewDisposeScope();
@@ -58,6 +61,16 @@ public static class WeightsFile
                 throw new DataFormatException($"{name}: parameter '{names[i]}' has shape [{Shapes.Show(stored.shape)}], the program expects [{Shapes.Show(spec.Shape)}]");
             tensors[i] = stored.to(device).clone().requires_grad_(true).DetachFromDisposeScope();
         }
-        return new Weights(program, tensors);
+        var buffers = new Tensor[program.BufferNames.Count];
+        for (int i = 0; i < buffers.Length; i++)
+        {
+            var bufferName = program.BufferNames[i];
+            if (!file.Contains(prefix + bufferName)) throw new DataFormatException($"{name}: no tensor for buffer '{bufferName}' (running statistics) of the program {program}");
+            var stored = file[prefix + bufferName];
+            if (!stored.shape.SequenceEqual(program.BufferSpecs[i].Shape))
+                throw new DataFormatException($"{name}: buffer '{bufferName}' has shape [{Shapes.Show(stored.shape)}], the program expects [{Shapes.Show(program.BufferSpecs[i].Shape)}]");
+            buffers[i] = stored.to(device).clone().DetachFromDisposeScope();
+        }
+        return new Weights(program, tensors, buffers);
     }
 }

@@ -22,8 +22,8 @@ public sealed record MemoryEstimate(long Parameters, long WeightBytes, long PerE
     {
         // Sizes in double: a program the size of a typo overflows long arithmetic.
         double parameters = program.ParameterSpecs.Sum(s => Size(s.Shape));
-        var outputs = program.Blocks.SelectMany(b => b.Layers).Select(l => Size(l.OutputShape)).ToArray();
-        double hidden = program.Blocks.Take(program.Blocks.Count - 1).Sum(b => Size(b.OutputShape));
+        var outputs = program.Nodes.Select(n => Size(n.OutputShape)).ToArray();
+        double hidden = program.Segments.Take(program.Segments.Count - 1).Sum(s => Size(s.OutputShape));
         int liftedPlayers = Math.Max(0, formulation.PlayerNames.Count - 1);
         double weights = parameters * 4 * elementSize;
         double perExample = (double)trainingExamples * hidden * liftedPlayers * elementSize;

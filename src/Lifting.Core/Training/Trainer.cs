@@ -75,7 +75,7 @@ public static class Trainer
             state = resume.State;
             selectedWeights = resume.SelectedWeights(program, options.Device);
         }
-        else state = state with { InitialLoss = Evaluate(program, problem.Weights.Tensors, train, options.DType).Loss };
+        else state = state with { InitialLoss = Evaluate(program, problem.Weights, train, options.DType).Loss };
         observer.OnStart(options.Epochs, batches);
         var history = new List<EpochMetrics>(state.History);
         var selection = data.HasValidation ? Selection.ValidationAccuracy : Selection.LastEpoch;
@@ -115,7 +115,7 @@ public static class Trainer
                 {
                     using var scope = NewDisposeScope();
                     using var owned = batch;
-                    var typed = Cast(batch, options.DType);
+                    var typed = Cast(batch, options.DType, (long)(epoch - 1) * batches + b);
                     using var game = problem.Batch(typed);
                     if (options.CosineToBackprop && b == 0)
                     {
@@ -157,9 +157,9 @@ public static class Trainer
                 problem.EndEpoch(epoch);
 
                 var defects = problem.MeasureDefects();
-                var trainLoss = Evaluate(program, problem.Weights.Tensors, train, options.DType).Loss;
-                var validation = data.HasValidation ? Evaluate(program, problem.Weights.Tensors, data.Validation, options.DType) : null;
-                var test = Evaluate(program, problem.Weights.Tensors, data.Test, options.DType);
+                var trainLoss = Evaluate(program, problem.Weights, train, options.DType).Loss;
+                var validation = data.HasValidation ? Evaluate(program, problem.Weights, data.Validation, options.DType) : null;
+                var test = Evaluate(program, problem.Weights, data.Test, options.DType);
                 NativeMemory.ReleaseFreePages();
                 var metrics = new EpochMetrics(epoch, trainLoss, objectiveSum / b, lossSum / b, validation, test,
                     earlierSeconds + timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics)
@@ -275,12 +275,20 @@ public static class Trainer
         TrainingOptions options, ITrainingObserver? observer = null, Weights? initialWeights = null) =>
         Train(program, data, method.Formulation, method.Solver, method.StepRules, options, observer, initialWeights);
 
-    private static MiniBatch Cast(MiniBatch batch, ScalarType dtype) =>
-        batch.Inputs.dtype == dtype ? batch
-        : new MiniBatch(batch.Indices, batch.Inputs.to_type(dtype), batch.Labels);
+    /// The batch in the run's dtype, numbered as step `step` of the run.
+    private static MiniBatch Cast(MiniBatch batch, ScalarType dtype, long step) =>
+        new(batch.Indices, batch.Inputs.dtype == dtype ? batch.Inputs : batch.Inputs.to_type(dtype), batch.Labels) { Step = step };
+
+    /// Accuracy and mean loss of the plain forward pass over a dataset, in evaluation mode (running
+    /// statistics, no dropout).
+    public static Evaluation Evaluate(NestedProgram program, Weights weights, Dataset data, ScalarType dtype = ScalarType.Float32, int batchSize = 1000)
+    {
+        using var pass = program.HasModes ? ForwardPass.Evaluation(weights) : null;
+        return Evaluate(program, weights.Tensors, data, dtype, batchSize, pass);
+    }
 
     /// Accuracy and mean loss of the plain forward pass over a dataset (NaN for an empty one).
-    public static Evaluation Evaluate(NestedProgram program, IReadOnlyList<Tensor> weights, Dataset data, ScalarType dtype = ScalarType.Float32, int batchSize = 1000)
+    public static Evaluation Evaluate(NestedProgram program, IReadOnlyList<Tensor> weights, Dataset data, ScalarType dtype = ScalarType.Float32, int batchSize = 1000, ForwardPass? pass = null)
     {
         VectorMath.Prepare();
         using var _ = no_grad();
@@ -290,7 +298,7 @@ public static class Trainer
         {
             using var scope = NewDisposeScope();
             using var owned = batch;
-            var output = program.Forward(batch.Inputs.to_type(dtype), weights);
+            var output = program.Forward(batch.Inputs.to_type(dtype), weights, pass);
             loss += program.Loss.PerExample(output, batch.Labels).sum().ToDouble();
             correct += output.argmax(1).eq(batch.Labels).sum().ToInt64();
         }
@@ -308,7 +316,9 @@ public static class Trainer
         Tensor[] reference;
         using (enable_grad())
         {
-            var loss = program.Loss.PerExample(program.Forward(batch.Inputs, weights.Tensors), batch.Labels).mean();
+            // A training pass that leaves the running statistics alone: a diagnostic changes nothing.
+            using var pass = program.HasModes ? new ForwardPass(ProgramMode.Train, weights.Buffers, 0, batch.Step, updatesStatistics: false) : null;
+            var loss = program.Loss.PerExample(program.Forward(batch.Inputs, weights.Tensors, pass), batch.Labels).mean();
             reference = autograd.grad(new[] { loss }, weights.Tensors.ToArray()).ToArray();
         }
         var a = cat(method.Select(t => t.flatten()).ToArray());
