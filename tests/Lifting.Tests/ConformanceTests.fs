@@ -53,6 +53,8 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     "feedback alignment", (fun () -> FeedbackAlignment(FeedbackKind.Random)), 0.1, false
     "direct feedback alignment", (fun () -> FeedbackAlignment(FeedbackKind.Direct)), 0.1, false
     "sign-symmetric feedback", (fun () -> FeedbackAlignment(FeedbackKind.SignSymmetric)), 0.1, false
+    // Deeply supervised nets: weights and heads descend ℓ + λ Σ_l ℓ(head_l(h_l)) (λ held constant).
+    "deeply supervised nets", (fun () -> DeeplySupervised([| 0.5 |], 0)), 0.1, false
     // Seed 004: codes live for one mini-batch; generic solvers see the gradient of Q_μ.
     "online alternating minimisation", (fun () -> OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions(Mu = MuSchedule(1.0)))), 0.05, false
     "online alternating minimisation, memories", (fun () -> OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions(Mu = MuSchedule(1.0), Memory = true))), 0.05, false
@@ -115,6 +117,7 @@ let limits : (string * (unit -> IFormulation) * (LimitPoint -> unit) * float * f
     "augmented Lagrangian at the adjoint multipliers", (fun () -> MultipleShooting(MultipleShootingOptions(Augmentation = 1.0))), adjointMultipliers, 0.1, 1e-8
     "quadratic penalty, μ = 1000, states equilibrated", (fun () -> QuadraticPenalty(PenaltySchedule.Fixed 1000.0)), equilibratedStates, 0.5 / 1001.0, 2e-2
     "feedback alignment with the feedback set to the forward weights (B = Wᵀ)", (fun () -> FeedbackAlignment(FeedbackKind.Random)), feedbackFromWeights, 0.1, 1e-10
+    "deeply supervised nets with λ = 0", (fun () -> DeeplySupervised([| 0.0 |], 0)), ignore, 0.1, 1e-10
 ]
 
 let formulationCases = [
