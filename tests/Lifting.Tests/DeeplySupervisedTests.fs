@@ -78,8 +78,7 @@ let tests =
                     torch.autograd.grad([| total |], weights.Tensors |> Array.ofSeq)
                 let headErr = relativeError heads ownHeads
                 let weightErr = relativeError w whole
-                let differs = relativeError w (backpropGradient program weights x y)
-                (headErr < 1e-10 && weightErr < 1e-10 && differs > 1e-8) |> Prop.label $"heads {headErr}, weights {weightErr}, vs backprop {differs}")
+                (headErr < 1e-10 && weightErr < 1e-10) |> Prop.label $"heads {headErr}, weights {weightErr}")
 
         test "lambda falls linearly to 0 over `anneal` epochs, per cut; anneal = 0 keeps it; the completed epochs are a checkpoint scalar; diagnostics give the lambda each epoch used and the angles" {
             let data = TrainingTests.digits.Force()

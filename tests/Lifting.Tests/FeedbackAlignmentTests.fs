@@ -109,7 +109,9 @@ let tests =
                 let fa = direction FeedbackKind.Random program weights x y (fun p -> set (feedback p 1) (drawn.Value.t()))
                 let coincide = relativeError dfa fa
                 let differs = relativeError dfa (backpropGradient program weights x y)
-                (atW < 1e-10 && coincide < 1e-12 && differs > 1e-6) |> Prop.label $"DFA(B = W2^T) vs backprop {atW}, DFA vs FA {coincide}, random B vs backprop {differs}")
+                // Unless every hidden ReLU is off on the batch (then no signal reaches layer 1 at all).
+                let dead = dfa.[0].abs().max().ToDouble() = 0.0
+                (atW < 1e-10 && coincide < 1e-12 && (differs > 1e-6 || dead)) |> Prop.label $"DFA(B = W2^T) vs backprop {atW}, DFA vs FA {coincide}, random B vs backprop {differs}")
 
         testPropertyWithConfig config "sign-symmetric feedback with weights whose entries are +-c (c per layer) gives back-propagation's gradient (relative error < 1e-10) on random ReLU and tanh MLPs" <|
             Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
