@@ -37,6 +37,10 @@ public sealed record LimitCase(string Name, Func<IFormulation> Create, Action<Li
 /// A lifted batch game over a whole random program's batch, for `LimitCase.Reach`.
 public sealed record LimitPoint(RandomProgram Case, Weights Weights, IBatchGame Game)
 {
+    /// The lifted problem the game belongs to, for limits reached through its shared state (e.g.
+    /// feedback alignment's feedback matrices set to the forward weights).
+    public ILiftedProblem? Problem { get; init; }
+
     public Player Player(string name) => Game.Players.FirstOrDefault(p => p.Name == name)
         ?? throw new ConformanceException($"The game has no player '{name}' (players: {string.Join(", ", Game.Players.Select(p => p.Name))}).");
 
@@ -193,7 +197,7 @@ public static class Conformance
         using var problem = formulation.Lift(context, weights);
         var batch = new MiniBatch(arange(program.Inputs.shape[0], dtype: ScalarType.Int64), program.Inputs, program.Labels);
         using var game = problem.Batch(batch);
-        var point = new LimitPoint(program, weights, game);
+        var point = new LimitPoint(program, weights, game) { Problem = problem };
         limit.Reach(point);
         var direction = game.Operator(new[] { point.Player(PlayerNames.Weights) })[0];
         return RelativeError(direction, reference);

@@ -49,6 +49,12 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     // Defined in F# in FormulationTests.fs: a new formulation joins with one row.
     "l1-penalty (F#)", (fun () -> FormulationTests.L1Penalty(1.0)), 0.02, false
     "fenchel back-propagation", (fun () -> FenchelBackprop([| 0.5 |])), 0.1, false
+    // The feedback-alignment family: the weights take the FA / DFA / sign-symmetric direction.
+    "feedback alignment", (fun () -> FeedbackAlignment(FeedbackKind.Random)), 0.1, false
+    "direct feedback alignment", (fun () -> FeedbackAlignment(FeedbackKind.Direct)), 0.1, false
+    "sign-symmetric feedback", (fun () -> FeedbackAlignment(FeedbackKind.SignSymmetric)), 0.1, false
+    // Deeply supervised nets: weights and heads descend ℓ + λ Σ_l ℓ(head_l(h_l)) (λ held constant).
+    "deeply supervised nets", (fun () -> DeeplySupervised([| 0.5 |], 0)), 0.1, false
     // Seed 004: codes live for one mini-batch; generic solvers see the gradient of Q_μ.
     "online alternating minimisation", (fun () -> OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions(Mu = MuSchedule(1.0)))), 0.05, false
     "online alternating minimisation, memories", (fun () -> OnlineAlternatingMinimisation(OnlineAlternatingMinimisationOptions(Mu = MuSchedule(1.0), Memory = true))), 0.05, false
@@ -94,6 +100,15 @@ let adjointMultipliers (p: LimitPoint) =
 /// The penalty's limit: states at their equilibrium for fixed weights (gradient steps on them alone).
 let equilibratedStates (p: LimitPoint) = p.Solve([| PlayerNames.States |], Solvers.GradientDescentAscent(), 300)
 
+/// Feedback alignment's limit: every feedback matrix F_l (in the weight's layout) set to W_l.
+let feedbackFromWeights (p: LimitPoint) =
+    let problem = match p.Problem with :? FeedbackAlignmentProblem as f -> f | _ -> failwith "not a feedback-alignment problem"
+    use _ = TorchSharp.torch.no_grad()
+    for site in problem.Sites do
+        match problem.Feedback.[site.Number - 1] with
+        | null -> ()
+        | f -> f.copy_(p.Weights.Tensors.[site.FirstParameter]) |> ignore
+
 /// Back-propagation limit rows: name, the formulation, how a batch game reaches the limit, the
 /// step size of its players there, and the tolerance on the relative error to back-propagation.
 let limits : (string * (unit -> IFormulation) * (LimitPoint -> unit) * float * float) list = [
@@ -101,6 +116,8 @@ let limits : (string * (unit -> IFormulation) * (LimitPoint -> unit) * float * f
     "multiple-shooting at the adjoint multipliers", (fun () -> MultipleShooting()), adjointMultipliers, 0.1, 1e-8
     "augmented Lagrangian at the adjoint multipliers", (fun () -> MultipleShooting(MultipleShootingOptions(Augmentation = 1.0))), adjointMultipliers, 0.1, 1e-8
     "quadratic penalty, μ = 1000, states equilibrated", (fun () -> QuadraticPenalty(PenaltySchedule.Fixed 1000.0)), equilibratedStates, 0.5 / 1001.0, 2e-2
+    "feedback alignment with the feedback set to the forward weights (B = Wᵀ)", (fun () -> FeedbackAlignment(FeedbackKind.Random)), feedbackFromWeights, 0.1, 1e-10
+    "deeply supervised nets with λ = 0", (fun () -> DeeplySupervised([| 0.0 |], 0)), ignore, 0.1, 1e-10
 ]
 
 let formulationCases = [

@@ -9,7 +9,8 @@ namespace Lifting;
 internal static class BuiltinMethods
 {
     public static IEnumerable<MethodDefinition> All =>
-        Core.Concat(FenchelBackpropMethods.All).Concat(ContrastiveMethods.All).Concat(DistPropMethods.All).Concat(AlternatingMinimisationMethods.All);
+        Core.Concat(FenchelBackpropMethods.All).Concat(ContrastiveMethods.All).Concat(DistPropMethods.All).Concat(AlternatingMinimisationMethods.All)
+            .Concat(FeedbackAlignmentMethods.All).Concat(DeeplySupervisedMethods.All);
 
     private static IEnumerable<MethodDefinition> Core => new[]
     {
