@@ -21,6 +21,10 @@ public sealed record Experiment
     public string? Label { get; init; }
     /// CSV data: the test fraction; null = 0.2.
     public double? TestFraction { get; init; }
+    /// CSV data: lines at the start of the file to skip.
+    public int SkipRows { get; init; }
+    /// CSV data: the first row is data (no header); false = detected.
+    public bool NoHeader { get; init; }
     /// MLP sizes, a zoo name or a layer list (`NetSpec`); null = inputs-128-classes.
     public string? Net { get; init; }
     public string Activation { get; init; } = "relu";
@@ -55,6 +59,8 @@ public sealed record Experiment
         new("data", "NAME|PATH", "digits and mnist-10k (embedded), fashion-mnist, a folder of IDX files, or a .csv[.gz] file of your own", "digits"),
         new("label", "NAME|INDEX", "CSV: the label column by header name or 0-based index (-1 = last)", "last column"),
         new("test-fraction", "F", "CSV: fraction of the rows held out for testing (other data has its own test split)", "0.2"),
+        new("skip-rows", "N", "CSV: lines at the start of the file to skip (1 for scikit-learn's exports, whose first line is a summary such as 569,30,malignant,benign)", "0"),
+        new("no-header", "", "CSV: the first row is data, not a header (default: a header when its fields are names above numbers)", "false", IsFlag: true),
         new("net", "SPEC", "784-256-10 (MLP sizes), lenet5, seed001-conv, or layers \"conv:6:5:1:2,relu,maxpool:2,cut,dense:120,relu,dense:10\"", "inputs-128-classes"),
         new("activation", "NAME", "hidden activation of an MLP: relu, tanh, sigmoid, hardtanh, identity, sign, step", "relu"),
         new("loss", "NAME", "cross-entropy or mse", "cross-entropy"),
@@ -129,6 +135,8 @@ public sealed record Experiment
             "data" => this with { Data = NonEmpty(flag, value) },
             "label" => this with { Label = NonEmpty(flag, value) },
             "test-fraction" => this with { TestFraction = OpenFraction(flag, value) },
+            "skip-rows" => this with { SkipRows = NonNegativeInt(flag, value) },
+            "no-header" => this with { NoHeader = Bool(flag, value) },
             "net" => this with { Net = NonEmpty(flag, value) },
             "activation" => this with { Activation = Known(flag, value, () => Programs.Activations.ByName(value)) },
             "loss" => this with { Loss = Known(flag, value, () => Programs.Losses.ByName(value)) },
@@ -188,6 +196,9 @@ public sealed record Experiment
 
     /// The program's initialisation scheme for `Init`.
     public Lifting.Programs.InitialisationScheme InitScheme() => Lifting.Programs.Initialisation.Parse(Init);
+
+    /// The CSV layout for `SkipRows` and `NoHeader`.
+    public Lifting.Data.CsvFormat CsvFormat() => new() { SkipRows = SkipRows, Header = NoHeader ? false : null };
 
     /// The data loader's scaling for `InputScaling`.
     public Lifting.Data.InputScaling Scaling() => InputScaling == "unit" ? Lifting.Data.InputScaling.UnitRange : Lifting.Data.InputScaling.Standardise;

@@ -103,6 +103,7 @@ public sealed class PreparedRun : IDisposable
         Scaling = e.Scaling(),
         Label = e.Label,
         TestFraction = e.TestFraction,
+        Csv = e.CsvFormat(),
     };
 
     /// Every setting of the run, method defaults included, and the environment it ran in: enough
@@ -118,6 +119,8 @@ public sealed class PreparedRun : IDisposable
         {
             o["label"] = e.Label;
             o["test-fraction"] = e.TestFraction;
+            o["skip-rows"] = e.SkipRows;
+            o["no-header"] = e.NoHeader;
         }
         o["net"] = e.Net;
         o["activation"] = e.Activation;

@@ -1,0 +1,97 @@
+/// What a newcomer trips on (issue 25, "What a newcomer trips on"): each behaviour with a test that
+/// failed before its fix.
+module Lifting.Tests.NewcomerTests
+
+open System
+open System.IO
+open System.Text.RegularExpressions
+open Expecto
+open Lifting.Data
+open Lifting.Host
+open Lifting.Training
+open Lifting.Tests.DataTests
+open Lifting.Tests.HostTests
+
+let private invariant = Globalization.CultureInfo.InvariantCulture
+
+/// A CSV file in a fresh folder.
+let csvFile (name: string) (text: string) =
+    let path = Path.Combine(tempDir (), name)
+    File.WriteAllText(path, text)
+    path
+
+/// Three separable classes of `count` rows (4 features, integer labels 0–2), as scikit-learn's
+/// load_iris exports them: a summary line "150,4,setosa,versicolor,virginica" first, no header.
+let irisLike (count: int) (summary: bool) =
+    let rng = Random(5)
+    let rows =
+        [ for i in 0 .. count - 1 ->
+              let k = i % 3
+              let f (scale: float) = (float k * scale + rng.NextDouble()).ToString("F3", invariant)
+              $"{f 3.0},{f 2.0},{f 1.0},{f 0.5},{k}" ]
+    let lines = if summary then $"{count},4,setosa,versicolor,virginica" :: rows else rows
+    String.Join("\n", lines) + "\n"
+
+/// Exit code 2, one line on standard error holding every fragment and none of `absent`.
+let refused (args: string list) (fragments: string list) (absent: string list) =
+    let code, _, err = lifting args
+    Expect.equal code 2 $"exit code 2 for %A{args}: {err}"
+    Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
+    for f in fragments do Expect.stringContains err f $"the message names '{f}'"
+    for a in absent do Expect.isFalse (err.Contains(a: string)) $"the message does not say '{a}': {err}"
+
+[<Tests>]
+let tests =
+    testList "NewcomerTests" [
+        // ---- CSV files as they come -----------------------------------------------------------
+        test "CSV: --skip-rows 1 reads a scikit-learn export (summary line first, no header) end to end, config and eval included" {
+            let path = csvFile "iris-sklearn.csv" (irisLike 150 true)
+            let run = newDir ()
+            let code, out, err = lifting [ "train"; "--data"; path; "--skip-rows"; "1"; "--net"; "4-16-3"; "--epochs"; "3"; "--json"; "--out"; run ]
+            Expect.equal code 0 $"exit 0: {err}"
+            let config = readJson (Path.Combine(run, "config.json"))
+            Expect.equal (config.GetProperty("skip-rows").GetInt32()) 1 "the config records the skipped lines"
+            Expect.isFalse (config.GetProperty("no-header").GetBoolean()) "and the header setting"
+            let summary = readJson (Path.Combine(run, "summary.json"))
+            Expect.equal (text summary "status") "completed" "completed"
+            let code, _, err = lifting [ "eval"; run; "--json" ]
+            Expect.equal code 0 $"eval reads the file as the run did: {err}"
+            let code, _, err = lifting [ "eval"; run; "--data"; path; "--skip-rows"; "1"; "--json" ]
+            Expect.equal code 0 $"eval on given data with --skip-rows: {err}"
+        }
+        test "CSV: a first line alone of another width is named as a summary line, and --skip-rows suggested" {
+            let path = csvFile "summary.csv" (irisLike 30 true |> fun t -> t.Replace("30,4,setosa,versicolor,virginica", "30,4,setosa"))
+            refused [ "train"; "--data"; path ] [ "line 2 has 5 fields, expected 3 like line 1"; "--skip-rows 1" ] []
+        }
+        test "CSV: --no-header takes the first row as data" {
+            let headed = csvFile "headed.csv" ("width,height,kind\n" + String.Join("\n", [ for i in 0 .. 29 -> $"{i},{i % 3},{i % 2}" ]))
+            refused [ "train"; "--data"; headed; "--no-header" ] [ "line 1"; "'width' is not a number" ] []
+            let plain = csvFile "plain.csv" (String.Join("\n", [ for i in 0 .. 29 -> $"{i},{i % 3},{i % 2}" ]))
+            let code, _, err = lifting [ "train"; "--data"; plain; "--no-header"; "--epochs"; "1"; "--net"; "2-4-2"; "--out"; newDir () ]
+            Expect.equal code 0 $"a file without a header trains with --no-header: {err}"
+        }
+        test "CSV: a UTF-8 byte-order mark is not part of the first column's name" {
+            let t = CsvData.Parse("\uFEFFwidth,height,kind\na,2,3\nb,4,5\n", "bom.csv", "width")
+            Expect.equal t.Columns.[0] "width" "the first name without the mark"
+            Expect.equal t.LabelColumn "width" "--label finds it by name"
+            let path = Path.Combine(tempDir (), "bom-file.csv")
+            File.WriteAllText(path, "width,height,kind\na,2,3\nb,4,5\n", Text.UTF8Encoding(true))
+            Expect.equal (File.ReadAllBytes(path).[0]) 0xEFuy "the file starts with a byte-order mark"
+            Expect.equal (CsvData.Read(path, "width")).Columns.[0] "width" "read from a file"
+        }
+
+        test "blame: duplicate CSV header names are named with both columns" {
+            let path = csvFile "dup.csv" ("x,y,x,label\n" + String.Join("\n", [ for i in 0 .. 29 -> $"{i},{i},oops,{i % 2}" ]))
+            refused [ "train"; "--data"; path ] [ "columns 0 and 2 are both named 'x'" ] [ "oops" ]
+        }
+        test "blame: a header-only CSV says it has no data rows" {
+            let path = csvFile "header-only.csv" "a,b,label\n"
+            refused [ "train"; "--data"; path ] [ "no data rows" ] [ "not a number" ]
+        }
+        test "blame: 5.1e+300 is finite but outside float32's range, in which CSV data is read" {
+            let path = csvFile "huge.csv" ("a,b,label\n" + String.Join("\n", [ for i in 0 .. 29 -> (if i = 7 then "5.1e+300" else string i) + $",1,{i % 2}" ]))
+            refused [ "train"; "--data"; path ] [ "line 9"; "'5.1e+300'"; "float32" ] [ "not a finite number" ]
+            let infinite = csvFile "inf.csv" ("a,b,label\n" + String.Join("\n", [ for i in 0 .. 29 -> (if i = 7 then "Infinity" else string i) + $",1,{i % 2}" ]))
+            refused [ "train"; "--data"; infinite ] [ "'Infinity' is not a finite number" ] []
+        }
+    ]
