@@ -46,7 +46,13 @@ public static class EvalCommand
                 _ => throw new UsageException($"--weights: '{which}' is not selected or final"),
             };
             var path = folder.File(file);
-            if (!File.Exists(path)) throw new UsageException($"{folder.Path}: no {file} (the run did not complete)");
+            if (!File.Exists(path))
+            {
+                var status = File.Exists(folder.File(RunFolder.Summary)) ? folder.ReadJson(RunFolder.Summary)["status"]?.GetValue<string>() : null;
+                throw new UsageException(status == RunOutcome.Completed
+                    ? $"{folder.Path}: {file} is missing, though the run completed (deleted or moved?)"
+                    : $"{folder.Path}: {file} is missing: the run is {status ?? "without a summary"}, and weights are written when a run completes{(status == RunOutcome.Interrupted ? $" (lifting resume {folder.Path})" : "")}");
+            }
             IReadOnlyDictionary<string, string> metadata;
             try { metadata = WeightsFile.Metadata(path); }
             catch (DataFormatException x) { throw new UsageException(x.Message); }

@@ -225,7 +225,7 @@ public sealed record Experiment
         : throw new UsageException($"{flag}: '{value}' is not an integer");
 
     private static int PositiveInt(string flag, string value) =>
-        Int(flag, value) is var v and > 0 ? v : throw new UsageException($"{flag}: {value} must be a positive integer");
+        Int(flag, value) is var v and > 0 ? v : throw new UsageException($"{flag}: {value} must be a positive integer (>= 1)");
 
     private static int NonNegativeInt(string flag, string value) =>
         Int(flag, value) is var v and >= 0 ? v : throw new UsageException($"{flag}: {value} must be >= 0");

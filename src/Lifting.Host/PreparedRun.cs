@@ -52,6 +52,10 @@ public sealed class PreparedRun : IDisposable
         catch (DataFormatException x) { throw new UsageException($"--data {e.Data}: {x.Message}"); }
         try
         {
+            // A batch the size of the whole split is one mini-batch; the default is used so on data
+            // smaller than it, a larger batch asked for is refused.
+            if (e.Batch > data.Train.Count && e.Batch != new Experiment().Batch)
+                throw new UsageException($"--batch {e.Batch}: more than the {data.Train.Count} training examples (give at most {data.Train.Count}, one mini-batch of the whole training split)");
             var flat = data.Train.ExampleShape.Aggregate(1L, (a, b) => a * b);
             var net = e.Net ?? $"{flat}-128-{data.Train.ClassCount}";
             NestedProgram program;
@@ -59,8 +63,11 @@ public sealed class PreparedRun : IDisposable
             catch (ArgumentException x) { throw new UsageException(x.Message.StartsWith("--net", StringComparison.Ordinal) ? x.Message : $"--net {net}: {x.Message}"); }
             if (method.Formulation.PlayerNames.Count > 1 && program.Blocks.Count < 2)
                 throw new UsageException($"--net {net}: a single block, but {method.Name} lifts the network at its cuts; give a hidden layer or a cut");
-            var estimate = MemoryEstimate.Of(program, data.Train.Count, e.Batch, method.Formulation);
+            var estimate = MemoryEstimate.Of(program, data.Train.Count, Math.Min(e.Batch, data.Train.Count), method.Formulation);
             var available = MemoryEstimate.AvailableBytes();
+            if (estimate.TotalBytes > available && estimate.ActivationBytes > Math.Max(estimate.WeightBytes, estimate.PerExampleBytes))
+                throw new UsageException(string.Create(CultureInfo.InvariantCulture,
+                    $"--batch {e.Batch}: a mini-batch of {net} needs at least {MemoryEstimate.Show(estimate.ActivationBytes)} of activations, the whole run {MemoryEstimate.Show(estimate.TotalBytes)}, but {MemoryEstimate.Show(available)} of memory is available; give a smaller batch"));
             if (estimate.TotalBytes > available)
                 throw new UsageException(string.Create(CultureInfo.InvariantCulture,
                     $"--net {net}: the run needs at least {MemoryEstimate.Show(estimate.TotalBytes)} ({estimate.Parameters:N0} parameters, {MemoryEstimate.Show(estimate.PerExampleBytes)} of per-example state) but {MemoryEstimate.Show(available)} of memory is available"));

@@ -120,7 +120,13 @@ public static class TrainCommand
             var status = folder.ReadJson(RunFolder.Summary)["status"]?.GetValue<string>() ?? "";
             if (status == RunOutcome.Completed) throw new UsageException($"{path}: the run is completed; nothing to resume");
             if (status == RunOutcome.Diverged) throw new UsageException($"{path}: the run diverged; resuming would diverge again (train anew with other settings)");
-            if (!File.Exists(folder.File(RunFolder.CheckpointFile))) throw new UsageException($"{path}: no checkpoint (the run stopped before its first epoch ended); train anew");
+            if (!File.Exists(folder.File(RunFolder.CheckpointFile)))
+            {
+                var done = folder.ReadMetrics().Count;
+                throw new UsageException(done > 0
+                    ? $"{path}: {RunFolder.CheckpointFile} is missing, though {done} epoch{(done == 1 ? " is" : "s are")} done (deleted or moved?); train anew"
+                    : $"{path}: no checkpoint (the run stopped before its first epoch ended); train anew");
+            }
             var experiment = Experiment.FromJsonFile(folder.File(RunFolder.Config));
             using var prepared = PreparedRun.Prepare(experiment);
             using var checkpoint = LoadCheckpoint(folder);

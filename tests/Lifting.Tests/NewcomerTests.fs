@@ -80,6 +80,14 @@ let tests =
             Expect.equal (CsvData.Read(path, "width")).Columns.[0] "width" "read from a file"
         }
 
+        // ---- Misplaced blame ---------------------------------------------------------------------
+        test "blame: --batch larger than the data names --batch, not --net" {
+            refused [ "train"; "--batch"; "100000000" ] [ "--batch 100000000"; "1294 training examples" ] [ "--net"; "GiB" ]
+        }
+        test "blame: --threads -2 says threads must be >= 1, and a flag given twice says so" {
+            refused [ "train"; "--threads"; "-2" ] [ "--threads"; "-2"; ">= 1" ] []
+            refused [ "train"; "--threads"; "1"; "--threads"; "-2" ] [ "--threads"; "given 2 times"; "give it once" ] [ "expects a single argument" ]
+        }
         test "blame: duplicate CSV header names are named with both columns" {
             let path = csvFile "dup.csv" ("x,y,x,label\n" + String.Join("\n", [ for i in 0 .. 29 -> $"{i},{i},oops,{i % 2}" ]))
             refused [ "train"; "--data"; path ] [ "columns 0 and 2 are both named 'x'" ] [ "oops" ]
@@ -88,10 +96,25 @@ let tests =
             let path = csvFile "header-only.csv" "a,b,label\n"
             refused [ "train"; "--data"; path ] [ "no data rows" ] [ "not a number" ]
         }
+        test "blame: --out in a place no folder can be made names --out, not a file .NET could not find" {
+            refused [ "train"; "--out"; "/proc/x" ] [ "--out /proc/x"; "cannot be created" ] [ "Could not find file" ]
+        }
         test "blame: 5.1e+300 is finite but outside float32's range, in which CSV data is read" {
             let path = csvFile "huge.csv" ("a,b,label\n" + String.Join("\n", [ for i in 0 .. 29 -> (if i = 7 then "5.1e+300" else string i) + $",1,{i % 2}" ]))
             refused [ "train"; "--data"; path ] [ "line 9"; "'5.1e+300'"; "float32" ] [ "not a finite number" ]
             let infinite = csvFile "inf.csv" ("a,b,label\n" + String.Join("\n", [ for i in 0 .. 29 -> (if i = 7 then "Infinity" else string i) + $",1,{i % 2}" ]))
             refused [ "train"; "--data"; infinite ] [ "'Infinity' is not a finite number" ] []
+        }
+        test "blame: eval of a run whose weights file was deleted says the file is missing; resume of one whose checkpoint was deleted says so" {
+            let dir = newDir ()
+            let code, _, err = lifting [ "train"; "--net"; "64-16-10"; "--epochs"; "1"; "--out"; dir ]
+            Expect.equal code 0 err
+            File.Delete(Path.Combine(dir, "weights-selected.safetensors"))
+            refused [ "eval"; dir ] [ "weights-selected.safetensors"; "missing" ] [ "did not complete" ]
+            let broken = newDir ()
+            let code, _, _ = liftingCancelled [ "train"; "--net"; "64-16-10"; "--epochs"; "3"; "--out"; broken ] (afterEpoch 1)
+            Expect.equal code 130 "interrupted after epoch 1"
+            File.Delete(Path.Combine(broken, "checkpoint.safetensors"))
+            refused [ "resume"; broken ] [ "checkpoint.safetensors"; "missing" ] [ "before its first epoch" ]
         }
     ]
