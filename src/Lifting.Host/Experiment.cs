@@ -48,6 +48,8 @@ public sealed record Experiment
     /// The parameters' initialisation: "default" (each layer's own), "glorot" (Glorot-uniform
     /// weights, zero biases) or "glorot-negative-first" (and the first layer all-negative; seed 002).
     public string Init { get; init; } = "default";
+    /// Which epoch is reported: "best" (highest validation accuracy) or "last" (no selection on validation).
+    public string Select { get; init; } = "best";
     /// A run whose training loss exceeds this many times its start has diverged.
     public double MaxLossRatio { get; init; } = 100;
     /// The method's parameters that differ from its defaults (invariant text).
@@ -69,6 +71,7 @@ public sealed record Experiment
         new("batch", "N", "mini-batch size", "64"),
         new("seed", "N", "seed of the initial weights and the mini-batch order", "0"),
         new("patience", "N", "stop after N epochs without a better validation accuracy (0 = off)", "0"),
+        new("select", "best|last", "the reported epoch: best = highest validation accuracy, last = the last epoch (no selection on validation; for validation splits too small to select on)", "best"),
         new("iterations", "N", "solver iterations per mini-batch", "1"),
         new("cosine", "", "log the cosine between the weight update and backprop's gradient", "false", IsFlag: true),
         new("device", "auto|cpu|cuda", "where tensors live", "auto"),
@@ -145,6 +148,7 @@ public sealed record Experiment
             "batch" => this with { Batch = PositiveInt(flag, value) },
             "seed" => this with { Seed = Int(flag, value) },
             "patience" => this with { Patience = NonNegativeInt(flag, value) },
+            "select" => this with { Select = value.Trim().ToLowerInvariant() is "best" or "last" ? value.Trim().ToLowerInvariant() : throw new UsageException($"{flag}: '{value}' is not best or last") },
             "iterations" => this with { Iterations = PositiveInt(flag, value) },
             "cosine" => this with { Cosine = Bool(flag, value) },
             "device" => this with { Device = Known(flag, value, () => Devices.Parse(value)).Trim().ToLowerInvariant() },
@@ -199,6 +203,9 @@ public sealed record Experiment
 
     /// The CSV layout for `SkipRows` and `NoHeader`.
     public Lifting.Data.CsvFormat CsvFormat() => new() { SkipRows = SkipRows, Header = NoHeader ? false : null };
+
+    /// The trainer's selection for `Select`.
+    public Lifting.Training.Selection Selection() => Select == "last" ? Lifting.Training.Selection.LastEpoch : Lifting.Training.Selection.ValidationAccuracy;
 
     /// The data loader's scaling for `InputScaling`.
     public Lifting.Data.InputScaling Scaling() => InputScaling == "unit" ? Lifting.Data.InputScaling.UnitRange : Lifting.Data.InputScaling.Standardise;

@@ -35,10 +35,18 @@ public sealed class PreparedRun : IDisposable
     public EngineInfo Engine { get; }
     public bool IsCsv { get; }
 
+    /// Validation splits smaller than this are too coarse to select an epoch on (a warning).
+    public const int SmallValidation = 100;
+
+    /// Lines to print before the run (e.g. a validation split too small to select on).
+    public IReadOnlyList<string> Warnings { get; private init; } = Array.Empty<string>();
+
     public static PreparedRun Prepare(Experiment e)
     {
         if (e.Patience > 0 && e.ValidationFraction == 0)
             throw new UsageException("--patience needs a validation split; --validation-fraction 0 leaves none");
+        if (e.Patience > 0 && e.Select == "last")
+            throw new UsageException($"--patience {e.Patience}: early stopping selects on validation; --select last does not (give one of them)");
         // Set only when it changes: LibTorch's pool is process-wide, and resizing it while another
         // run in the process computes is not safe.
         if (e.Threads is { } threads && threads != Threads.Count) Threads.Set(threads);
@@ -82,6 +90,7 @@ public sealed class PreparedRun : IDisposable
                 IterationsPerBatch = e.Iterations,
                 CosineToBackprop = e.Cosine,
                 MaxLossRatio = e.MaxLossRatio,
+                Selection = e.Selection(),
             };
             options.Validate();
             var engine = EngineInfo.Current(device);
@@ -93,7 +102,11 @@ public sealed class PreparedRun : IDisposable
                 Threads = engine.Threads,
                 TestFraction = csv ? e.TestFraction ?? Lifting.Data.DataOptions.DefaultTestFraction : null,
             };
-            return new PreparedRun(resolved, method, data, program, options, engine, csv);
+            var warnings = new List<string>();
+            if (data.HasValidation && e.Select == "best" && data.Validation.Count < SmallValidation)
+                warnings.Add(string.Create(CultureInfo.InvariantCulture,
+                    $"warning: the validation split has {data.Validation.Count} examples (its accuracy moves in steps of {1.0 / data.Validation.Count:F3}), too few to select an epoch on; raise --validation-fraction, or give --select last to report the last epoch"));
+            return new PreparedRun(resolved, method, data, program, options, engine, csv) { Warnings = warnings };
         }
         catch
         {
@@ -137,6 +150,7 @@ public sealed class PreparedRun : IDisposable
         o["batch"] = e.Batch;
         o["seed"] = e.Seed;
         o["patience"] = e.Patience;
+        o["select"] = e.Select;
         o["iterations"] = e.Iterations;
         o["cosine"] = e.Cosine;
         o["device"] = e.Device;

@@ -123,11 +123,14 @@ public static class Runner
         s["net"] = run.Experiment.Net;
         s["epochs"] = history.Count;
         s["planned_epochs"] = run.Options.Epochs;
-        var selected = result?.Selected ?? history.Where(m => m.ValidationAccuracy is not null).OrderByDescending(m => m.ValidationAccuracy).ThenBy(m => m.Epoch).FirstOrDefault()
+        var onValidation = run.Options.Selection == Selection.ValidationAccuracy;
+        var selected = result?.Selected
+            ?? (onValidation ? history.Where(m => m.ValidationAccuracy is not null).OrderByDescending(m => m.ValidationAccuracy).ThenBy(m => m.Epoch).FirstOrDefault() : null)
             ?? history.LastOrDefault();
         if (selected is not null)
         {
-            s["selected_by"] = selected.ValidationAccuracy is null ? "last_epoch" : "validation_accuracy";
+            var byValidation = result is not null ? result.SelectedBy == Selection.ValidationAccuracy : onValidation && selected.ValidationAccuracy is not null;
+            s["selected_by"] = byValidation ? "validation_accuracy" : "last_epoch";
             s["selected_epoch"] = selected.Epoch;
             s["validation_accuracy"] = Number(selected.ValidationAccuracy);
             s["test_accuracy"] = Number(selected.TestAccuracy);

@@ -150,12 +150,13 @@ public static class TrainCommand
                          $"device {run.Engine.Device}, {run.Engine.Threads} threads, LibTorch {run.Engine.LibTorch}");
         output.WriteLine($"  program   {run.Program}");
         foreach (var (key, value) in run.Method.Summary) output.WriteLine($"  {key,-18}{value}");
+        foreach (var warning in run.Warnings) output.WriteLine(warning);
         output.WriteLine($"  run folder {folder.Path}{(resume is null ? "" : $" (resuming: {resume})")}");
         var outcome = Runner.Execute(run, folder, progress, context.Cancellation, resume);
         var s = outcome.Summary;
         if (outcome.Status == RunOutcome.Completed)
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"selected epoch {s["selected_epoch"]} by {(s["selected_by"]?.GetValue<string>() == "validation_accuracy" ? "validation accuracy" : "last epoch (no validation split)")}: " +
+                $"selected epoch {s["selected_epoch"]} by {(s["selected_by"]?.GetValue<string>() == "validation_accuracy" ? "validation accuracy" : run.Options.Selection == Lifting.Training.Selection.LastEpoch ? "last epoch (--select last)" : "last epoch (no validation split)")}: " +
                 $"validation {s["validation_accuracy"]?.ToJsonString() ?? "–"}, test {s["test_accuracy"]}; last epoch: test {s["final_test_accuracy"]}" +
                 $"{(s["defect"] is { } d ? $"; defect {d}" : "")}; run folder {folder.Path}"));
         else context.Error.WriteLine($"lifting: run {outcome.Status}: {s["message"]}");

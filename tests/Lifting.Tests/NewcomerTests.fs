@@ -117,4 +117,26 @@ let tests =
             File.Delete(Path.Combine(broken, "checkpoint.safetensors"))
             refused [ "resume"; broken ] [ "checkpoint.safetensors"; "missing" ] [ "before its first epoch" ]
         }
+
+        // ---- Selection on a tiny validation split -------------------------------------------------
+        test "a validation split too small to select on gets a warning; --select last reports the last epoch" {
+            let path = csvFile "iris.csv" (irisLike 150 false)
+            let run = newDir ()
+            let code, out, err = lifting [ "train"; "--data"; path; "--net"; "4-16-3"; "--epochs"; "3"; "--out"; run ]
+            Expect.equal code 0 err
+            Expect.stringContains out "warning: the validation split has 12 examples" "a warning names the split's size"
+            Expect.stringContains out "--select last" "and the way out"
+            let last = newDir ()
+            let code, _, err = lifting [ "train"; "--data"; path; "--net"; "4-16-3"; "--epochs"; "3"; "--select"; "last"; "--out"; last ]
+            Expect.equal code 0 err
+            let summary = readJson (Path.Combine(last, "summary.json"))
+            Expect.equal (text summary "selected_by") "last_epoch" "selected by the last epoch"
+            Expect.equal (summary.GetProperty("selected_epoch").GetInt32()) 3 "the last epoch"
+            Expect.equal (summary.GetProperty("test_accuracy").GetDouble()) (summary.GetProperty("final_test_accuracy").GetDouble()) "its test accuracy is the final one"
+            Expect.equal (text (readJson (Path.Combine(last, "config.json"))) "select") "last" "the config records it"
+            let digits = newDir ()
+            let code, out, err = lifting [ "train"; "--net"; "64-16-10"; "--epochs"; "1"; "--out"; digits ]
+            Expect.equal code 0 err
+            Expect.isFalse (out.Contains "warning:") $"no warning for the digits' 144 validation examples: {out}"
+        }
     ]

@@ -44,7 +44,8 @@ public enum Selection
 {
     /// The epoch with the highest validation accuracy (the first of equals).
     ValidationAccuracy,
-    /// The last epoch: the run had no validation split.
+    /// The last epoch: the run had no validation split, or was asked for the last epoch
+    /// (`TrainingOptions.Selection`).
     LastEpoch,
 }
 

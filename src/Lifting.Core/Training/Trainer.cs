@@ -78,7 +78,7 @@ public static class Trainer
         else state = state with { InitialLoss = Evaluate(program, problem.Weights.Tensors, train, options.DType).Loss };
         observer.OnStart(options.Epochs, batches);
         var history = new List<EpochMetrics>(state.History);
-        var selection = data.HasValidation ? Selection.ValidationAccuracy : Selection.LastEpoch;
+        var selection = data.HasValidation && options.Selection == Selection.ValidationAccuracy ? Selection.ValidationAccuracy : Selection.LastEpoch;
         double bestValidation = state.BestValidation;
         int selectedEpoch = state.SelectedEpoch;
         bool stoppedEarly = false;
@@ -175,7 +175,7 @@ public static class Trainer
                     throw Diverged(epoch, null, string.Create(CultureInfo.InvariantCulture,
                         $"the training loss {trainLoss:G4} is more than {options.MaxLossRatio:G4} times its start {state.InitialLoss:G4}"), checkpointable, program, nonFinite: false);
                 history.Add(metrics);
-                if (validation is not null && validation.Accuracy > bestValidation)
+                if (selection == Selection.ValidationAccuracy && validation is not null && validation.Accuracy > bestValidation)
                 {
                     bestValidation = validation.Accuracy;
                     selectedEpoch = epoch;
