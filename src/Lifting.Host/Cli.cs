@@ -131,5 +131,13 @@ public static class Cli
         return command;
     }
 
+    /// A small quantity as people read it: 4.20e-01 (not .NET's 4.20E-001); 0 as "0".
+    public static string Sci(double v, int digits = 2) =>
+        v == 0 ? "0" : !double.IsFinite(v) ? v.ToString(CultureInfo.InvariantCulture)
+        : v.ToString(SciFormat(digits), CultureInfo.InvariantCulture);
+
+    /// The custom format of `Sci`: "0.00e+00" for two digits after the point.
+    public static string SciFormat(int digits) => (digits > 0 ? "0." + new string('0', digits) : "0") + "e+00";
+
     internal static string F(double v, string format = "F4") => double.IsFinite(v) ? v.ToString(format, CultureInfo.InvariantCulture) : v.ToString(CultureInfo.InvariantCulture);
 }

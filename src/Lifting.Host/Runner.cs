@@ -108,6 +108,12 @@ public static class Runner
         { } d => JsonValue.Create(d.ToString(CultureInfo.InvariantCulture)),
     };
 
+    /// A small quantity (a defect) to 6 significant digits: rounding it to 6 decimals would make
+    /// 4.2e-8 a 0.
+    private static JsonNode? Significant(double v) =>
+        v == 0 || !double.IsFinite(v) ? Number(v)
+        : JsonValue.Create(double.Parse(v.ToString("G6", CultureInfo.InvariantCulture), CultureInfo.InvariantCulture));
+
     /// What the run reached: a pure function of the config and the machine (no timings), so two
     /// runs of one config write the same summary.json byte for byte.
     public static JsonObject Summary(PreparedRun run, string status, string? message, IReadOnlyList<EpochMetrics> history, TrainingResult? result)
@@ -145,12 +151,12 @@ public static class Runner
             s["state_bytes"] = result.StateBytes;
             if (run.Method.Formulation.PlayerNames.Count > 1)
             {
-                s["defect"] = Number(result.FinalDefect);
-                s["defect_before_finish"] = Number(result.DefectBeforeFinish);
-                s["batch_defect"] = Number(result.FinalBatchDefect);
+                s["defect"] = Significant(result.FinalDefect);
+                s["defect_before_finish"] = Significant(result.DefectBeforeFinish);
+                s["batch_defect"] = Significant(result.FinalBatchDefect);
             }
         }
-        else if (history.Count > 0 && history[^1].Defects.Count > 0) s["defect"] = Number(history[^1].MeanDefect);
+        else if (history.Count > 0 && history[^1].Defects.Count > 0) s["defect"] = Significant(history[^1].MeanDefect);
         s["threads"] = run.Engine.Threads;
         return s;
     }

@@ -211,7 +211,7 @@ public static class Sweep
             var statuses = all.Where(d => d.Outcome.Status != RunOutcome.Completed).GroupBy(d => d.Outcome.Status).Select(g => $"{g.Count()} {g.Key}").ToArray();
             var name = group.Key.Length == 0 ? method : group.Key.Replace("method=", "", StringComparison.Ordinal);
             md.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {name} | {family} | {ok.Length}/{all.Length}{(statuses.Length > 0 ? $" ({string.Join(", ", statuses)})" : "")} | {MeanSd(test, "F4")} | {MeanSd(validation, "F4")} | {(defect.Length == 0 ? "–" : MeanSd(defect, "E1"))} | {seconds:F3} | {ratio:F2} |"));
+                $"| {name} | {family} | {ok.Length}/{all.Length}{(statuses.Length > 0 ? $" ({string.Join(", ", statuses)})" : "")} | {MeanSd(test, "F4")} | {MeanSd(validation, "F4")} | {(defect.Length == 0 ? "–" : MeanSd(defect, Cli.SciFormat(1)))} | {seconds:F3} | {ratio:F2} |"));
             rows.Add(new JsonObject
             {
                 ["point"] = name, ["method"] = method, ["family"] = family, ["runs"] = all.Length, ["completed"] = ok.Length,

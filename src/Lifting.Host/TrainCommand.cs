@@ -141,6 +141,17 @@ public static class TrainCommand
         catch (Lifting.Data.DataFormatException x) { throw new UsageException($"{folder.Path}: {x.Message}"); }
     }
 
+    /// "; defect 3.10e-02", or with the penalty's feasibility pass "; defect 3.10e-02 at the end of
+    /// training, 0 after the feasibility pass": the first is the figure the sweep and demo tables report.
+    internal static string DefectText(JsonObject s)
+    {
+        static double? Value(JsonNode? n) => n is JsonValue v && v.TryGetValue<double>(out var d) ? d : null;
+        if (Value(s["defect"]) is not { } after) return "";
+        if (Value(s["defect_before_finish"]) is { } before && before != after)
+            return $"; defect {Cli.Sci(before)} at the end of training, {Cli.Sci(after)} after the feasibility pass";
+        return $"; defect {Cli.Sci(after)}";
+    }
+
     private static int Train(PreparedRun run, RunFolder folder, CliContext context, bool json, bool plain, Checkpoint? resume)
     {
         var output = context.Output;
@@ -158,7 +169,7 @@ public static class TrainCommand
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"selected epoch {s["selected_epoch"]} by {(s["selected_by"]?.GetValue<string>() == "validation_accuracy" ? "validation accuracy" : run.Options.Selection == Lifting.Training.Selection.LastEpoch ? "last epoch (--select last)" : "last epoch (no validation split)")}: " +
                 $"validation {s["validation_accuracy"]?.ToJsonString() ?? "–"}, test {s["test_accuracy"]}; last epoch: test {s["final_test_accuracy"]}" +
-                $"{(s["defect"] is { } d ? $"; defect {d}" : "")}; run folder {folder.Path}"));
+                $"{DefectText(s)}; run folder {folder.Path}"));
         else context.Error.WriteLine($"lifting: run {outcome.Status}: {s["message"]}");
         if (json)
         {

@@ -139,4 +139,26 @@ let tests =
             Expect.equal code 0 err
             Expect.isFalse (out.Contains "warning:") $"no warning for the digits' 144 validation examples: {out}"
         }
+
+        // ---- Numbers as people read them ---------------------------------------------------------
+        test "defects print as 4.20e-01, not 4.20E-001" {
+            let m = EpochMetrics(1, 0.5, 0.6, 0.5, Evaluation(0.9, 0.3), Evaluation(0.8, 0.4), 1.0, [| 0.42; 0.047 |], 0.1, [| 612.0; 0.0123 |], Nullable(), readOnlyDict [])
+            let line = Progress.FormatEpoch(m, 3)
+            Expect.stringContains line "defect 4.20e-01/4.70e-02" $"defects: {line}"
+            Expect.stringContains line "|λ|² 6.12e+02/1.23e-02" $"multiplier norms: {line}"
+            Expect.isFalse (line.Contains "E-0" || line.Contains "E+0") $"no three-digit exponents: {line}"
+        }
+        test "the penalty's closing line reports the defect the table reports (before the feasibility pass), and the pass's" {
+            let dir = newDir ()
+            let code, out, err = lifting [ "train"; "--method"; "penalty"; "--net"; "64-16-16-10"; "--epochs"; "2"; "--out"; dir ]
+            Expect.equal code 0 err
+            let summary = readJson (Path.Combine(dir, "summary.json"))
+            let before = summary.GetProperty("defect_before_finish").GetDouble()
+            Expect.isGreaterThan before 0.0 "the penalty leaves a defect before its feasibility pass"
+            let closing = out.Split('\n') |> Array.find (fun l -> l.StartsWith "selected epoch")
+            let shown = Regex.Match(closing, @"defect ([0-9.]+e[+-][0-9]+)")
+            Expect.isTrue shown.Success $"the closing line shows a defect in e-notation: {closing}"
+            Expect.isLessThan (abs (Double.Parse(shown.Groups.[1].Value, invariant) - before)) (0.006 * before) $"the defect before the pass, to three digits: {closing}"
+            Expect.stringContains closing "after the feasibility pass" "and says what the pass left"
+        }
     ]
