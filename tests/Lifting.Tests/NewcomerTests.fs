@@ -161,4 +161,33 @@ let tests =
             Expect.isLessThan (abs (Double.Parse(shown.Groups.[1].Value, invariant) - before)) (0.006 * before) $"the defect before the pass, to three digits: {closing}"
             Expect.stringContains closing "after the feasibility pass" "and says what the pass left"
         }
+
+        // ---- Checkpoints that cannot resume silently --------------------------------------------
+        test "a checkpoint or weights file with a flipped byte (in the tensors or the metadata) is refused with one line; an intact one resumes" {
+            let start () =
+                let dir = newDir ()
+                let code, _, _ = liftingCancelled [ "train"; "--net"; "64-16-10"; "--epochs"; "3"; "--out"; dir ] (afterEpoch 1)
+                Expect.equal code 130 "interrupted after epoch 1"
+                dir
+            let flip (path: string) (at: int64 -> byte[] -> int) =
+                let bytes = File.ReadAllBytes path
+                let i = at (BitConverter.ToInt64(bytes, 0)) bytes
+                bytes.[i] <- bytes.[i] ^^^ 0x01uy
+                File.WriteAllBytes(path, bytes)
+            // The last byte of the data section: a bit of the generator state or a weight.
+            let payload = start ()
+            flip (Path.Combine(payload, "checkpoint.safetensors")) (fun _ bytes -> bytes.Length - 1)
+            refused [ "resume"; payload ] [ "checkpoint.safetensors"; "checksum" ] []
+            // A digit of the trainer state in the metadata ("CompletedEpochs":1 becomes 0), the JSON still valid.
+            let metadata = start ()
+            flip (Path.Combine(metadata, "checkpoint.safetensors")) (fun length bytes ->
+                let header = Text.Encoding.UTF8.GetString(bytes, 8, int length)
+                8 + Text.Encoding.UTF8.GetByteCount(header.Substring(0, header.IndexOf("CompletedEpochs") + "CompletedEpochs\\u0022:".Length)))
+            refused [ "resume"; metadata ] [ "checksum" ] []
+            let intact = start ()
+            let code, _, err = lifting [ "resume"; intact ]
+            Expect.equal code 0 $"an intact checkpoint resumes: {err}"
+            flip (Path.Combine(intact, "weights-selected.safetensors")) (fun _ bytes -> bytes.Length - 2)
+            refused [ "eval"; intact ] [ "weights-selected.safetensors"; "checksum" ] []
+        }
     ]
