@@ -37,6 +37,8 @@ public static class Runner
                     folder.Create();
                     folder.WriteJson(RunFolder.Config, run.Config());
                 }
+                // Extended (resume --epochs N): the config plans the new count.
+                else if (resume.State.Epochs != run.Options.Epochs) folder.WriteJson(RunFolder.Config, run.Config());
                 folder.ResetMetrics(history.Select(MetricsLine));
                 folder.WriteJson(RunFolder.Summary, Summary(run, RunOutcome.Running, null, history, null));
                 started = true;

@@ -105,8 +105,14 @@ public static class TrainCommand
 
     public static Command Resume(CliContext context)
     {
-        var command = new Command("resume", "Continue an interrupted run from its checkpoint, in its folder; it ends exactly as the uninterrupted run would.");
+        var command = new Command("resume", "Continue an interrupted run from its checkpoint, in its folder; it ends exactly as the uninterrupted run would. --epochs N extends a run (completed or not) to N epochs.");
         var run = new Argument<string>("RUN") { Description = "the run folder" };
+        var epochs = new Option<string>("--epochs")
+        {
+            Description = "extend the run to N epochs in all (N >= the planned epochs); equal to a run planned with N epochs when no schedule of the method depends on the planned count (docs/host.md)",
+            HelpName = "N",
+        };
+        command.Add(epochs);
         var json = new Option<bool>("--json") { Description = "make the last line of output a JSON summary" };
         var plain = new Option<bool>("--plain") { Description = "plain lines instead of live progress bars" };
         command.Add(run);
@@ -118,7 +124,17 @@ public static class TrainCommand
             using var folder = RunFolder.Existing(path);
             folder.Claim();
             var status = folder.ReadJson(RunFolder.Summary)["status"]?.GetValue<string>() ?? "";
-            if (status == RunOutcome.Completed) throw new UsageException($"{path}: the run is completed; nothing to resume");
+            var experiment = Experiment.FromJsonFile(folder.File(RunFolder.Config));
+            var planned = experiment.Epochs;
+            if (parsed.GetValue(epochs) is { } text)
+            {
+                experiment = experiment.Set("epochs", text, fromFlag: true);
+                if (experiment.Epochs < planned)
+                    throw new UsageException($"--epochs {experiment.Epochs}: fewer than the {planned} epochs the run plans; a run can be extended, not shortened");
+                if (status == RunOutcome.Completed && experiment.Epochs == planned)
+                    throw new UsageException($"--epochs {experiment.Epochs}: the run is completed with its {planned} epochs; give more to extend it");
+            }
+            else if (status == RunOutcome.Completed) throw new UsageException($"{path}: the run is completed; nothing to resume (--epochs N extends it to N epochs)");
             if (status == RunOutcome.Diverged) throw new UsageException($"{path}: the run diverged; resuming would diverge again (train anew with other settings)");
             if (!File.Exists(folder.File(RunFolder.CheckpointFile)))
             {
@@ -127,9 +143,12 @@ public static class TrainCommand
                     ? $"{path}: {RunFolder.CheckpointFile} is missing, though {done} epoch{(done == 1 ? " is" : "s are")} done (deleted or moved?); train anew"
                     : $"{path}: no checkpoint (the run stopped before its first epoch ended); train anew");
             }
-            var experiment = Experiment.FromJsonFile(folder.File(RunFolder.Config));
             using var prepared = PreparedRun.Prepare(experiment);
             using var checkpoint = LoadCheckpoint(folder);
+            if (checkpoint.State.Epochs > experiment.Epochs)
+                throw new UsageException($"{path}: the checkpoint plans {checkpoint.State.Epochs} epochs, config.json {experiment.Epochs}; resume --epochs {checkpoint.State.Epochs}");
+            if (status == RunOutcome.Completed && checkpoint.State.CompletedEpochs < planned)
+                throw new UsageException($"{path}: the run completed after {checkpoint.State.CompletedEpochs} of {planned} epochs (stopped early by --patience); extending it would stop again");
             return Train(prepared, folder, context, parsed.GetValue(json), parsed.GetValue(plain), checkpoint);
         });
         return command;

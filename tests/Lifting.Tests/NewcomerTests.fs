@@ -190,4 +190,28 @@ let tests =
             flip (Path.Combine(intact, "weights-selected.safetensors")) (fun _ bytes -> bytes.Length - 2)
             refused [ "eval"; intact ] [ "weights-selected.safetensors"; "checksum" ] []
         }
+
+        // ---- Extending a run ---------------------------------------------------------------------
+        test "resume --epochs N extends a completed run, and an interrupted one, to N epochs: for backprop (no schedule over the planned count) it ends byte for byte as a run planned with N; shortening is refused" {
+            let settings = [ "--net"; "64-16-10"; "--epochs"; "2" ]
+            let whole = newDir ()
+            let code, _, err = lifting [ "train"; "--net"; "64-16-10"; "--epochs"; "4"; "--out"; whole ]
+            Expect.equal code 0 err
+            let completed = newDir ()
+            let code, _, err = lifting ([ "train" ] @ settings @ [ "--out"; completed ])
+            Expect.equal code 0 err
+            refused [ "resume"; completed ] [ "completed"; "--epochs N" ] []
+            refused [ "resume"; completed; "--epochs"; "1" ] [ "--epochs 1"; "fewer than the 2" ] []
+            let code, _, err = lifting [ "resume"; completed; "--epochs"; "4" ]
+            Expect.equal code 0 $"extending a completed run: {err}"
+            let interrupted = newDir ()
+            let code, _, _ = liftingCancelled ([ "train" ] @ settings @ [ "--out"; interrupted ]) (afterEpoch 1)
+            Expect.equal code 130 "interrupted after epoch 1"
+            let code, _, err = lifting [ "resume"; interrupted; "--epochs"; "4" ]
+            Expect.equal code 0 $"extending an interrupted run: {err}"
+            for dir in [ completed; interrupted ] do
+                for f in [ "weights.safetensors"; "weights-selected.safetensors"; "metrics.jsonl"; "summary.json"; "config.json" ] do
+                    Expect.sequenceEqual (bytes dir f) (bytes whole f) $"{f}: the extended run ends as the run planned with 4 epochs"
+            refused [ "resume"; completed; "--epochs"; "3" ] [ "fewer than the 4" ] []
+        }
     ]

@@ -54,8 +54,10 @@ public static class Trainer
         observer ??= Observers.None;
         control ??= new TrainingControl();
         var resume = control.ResumeFrom;
-        if (resume is not null && resume.State.Epochs != options.Epochs)
-            throw new ArgumentException($"The checkpoint plans {resume.State.Epochs} epochs, these options {options.Epochs}.");
+        // A checkpoint continues its plan, or extends it to more epochs (schedules that depend on
+        // the planned count then follow the new count from the next epoch on).
+        if (resume is not null && options.Epochs < resume.State.Epochs)
+            throw new ArgumentException($"The checkpoint plans {resume.State.Epochs} epochs, these options {options.Epochs}: a run can be extended, not shortened.");
         random.manual_seed(options.Seed);
         var train = data.Train;
         var weights = initialWeights ?? program.Initialise(options.Seed, options.Device, options.DType);
@@ -72,7 +74,7 @@ public static class Trainer
         if (resume is not null)
         {
             resume.RestoreInto(checkpointable!);
-            state = resume.State;
+            state = resume.State with { Epochs = options.Epochs };
             selectedWeights = resume.SelectedWeights(program, options.Device);
         }
         else state = state with { InitialLoss = Evaluate(program, problem.Weights.Tensors, train, options.DType).Loss };
