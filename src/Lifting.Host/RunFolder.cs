@@ -15,6 +15,7 @@ namespace Lifting.Host;
 ///   weights.safetensors           the final weights (`WeightsFile`)
 ///   weights-selected.safetensors  the weights of the epoch selected on validation
 ///   plots/*.png                   loss, accuracies, defect, multiplier norms
+///   events.out.tfevents.*         TensorBoard scalars and weight histograms (`TensorBoardLog`), one file per process
 ///
 /// A folder is created only once every input has been checked, and a non-empty folder is never
 /// written into unless `--force` clears it first, so results of different runs never mix. Every

@@ -22,8 +22,10 @@ public sealed record RunOutcome(string Status, int ExitCode, JsonObject Summary,
 /// summary says so (completed, interrupted, diverged, failed) and its plots are drawn.
 public static class Runner
 {
-    public static RunOutcome Execute(PreparedRun run, RunFolder folder, Progress progress, CancellationToken cancellation, Checkpoint? resume = null, string? title = null)
+    public static RunOutcome Execute(PreparedRun run, RunFolder folder, Progress progress, CancellationToken cancellation, Checkpoint? resume = null, string? title = null,
+        int logEvery = TensorBoardLog.DefaultLogEvery)
     {
+        TensorBoardLog? events = null;
         var history = new List<EpochMetrics>(resume?.State.History ?? Array.Empty<EpochMetrics>());
         bool started = false;
         var wall = System.Diagnostics.Stopwatch.StartNew();
@@ -40,19 +42,35 @@ public static class Runner
                 // Extended (resume --epochs N): the config plans the new count.
                 else if (resume.State.Epochs != run.Options.Epochs) folder.WriteJson(RunFolder.Config, run.Config());
                 folder.ResetMetrics(history.Select(MetricsLine));
+                events = TensorBoardLog.Open(folder.Path, logEvery, progress.Line);
+                events?.Start(batches);
                 folder.WriteJson(RunFolder.Summary, Summary(run, RunOutcome.Running, null, history, null));
                 started = true;
                 progress.Start(title ?? run.Method.Name, epochs, batches, resume?.State.CompletedEpochs ?? 0);
             },
-            Batch = progress.Batch,
+            Batch = (epoch, batch, batches, loss, objective) =>
+            {
+                progress.Batch(epoch, batch, batches);
+                events?.Batch(epoch, batch, loss, objective);
+            },
             Epoch = m =>
             {
                 history.Add(m);
                 folder.AppendMetrics(MetricsLine(m));
+                events?.Epoch(m);
                 progress.Epoch(m, epochs);
             },
         };
-        var control = new TrainingControl { Cancellation = cancellation, OnCheckpoint = folder.SaveCheckpoint, ResumeFrom = resume };
+        var control = new TrainingControl
+        {
+            Cancellation = cancellation,
+            OnCheckpoint = snapshot =>
+            {
+                folder.SaveCheckpoint(snapshot);
+                events?.Weights(snapshot);
+            },
+            ResumeFrom = resume,
+        };
         try
         {
             using var result = progress.Run(() => Trainer.Train(run.Program, run.Data, run.Method.Formulation, run.Method.Solver, run.Method.StepRules,
@@ -197,10 +215,10 @@ public static class Runner
     private sealed class Observer : ITrainingObserver
     {
         public Action<int, int>? Start { get; init; }
-        public Action<int, int, int>? Batch { get; init; }
+        public Action<int, int, int, double, double>? Batch { get; init; }
         public Action<EpochMetrics>? Epoch { get; init; }
         public void OnStart(int epochs, int batchesPerEpoch) => Start?.Invoke(epochs, batchesPerEpoch);
-        public void OnBatch(int epoch, int batch, int batchesPerEpoch) => Batch?.Invoke(epoch, batch, batchesPerEpoch);
+        public void OnBatch(int epoch, int batch, int batchesPerEpoch, double loss, double objective) => Batch?.Invoke(epoch, batch, batchesPerEpoch, loss, objective);
         public void OnEpoch(EpochMetrics metrics) => Epoch?.Invoke(metrics);
     }
 }

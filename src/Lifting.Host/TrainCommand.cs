@@ -13,7 +13,18 @@ namespace Lifting.Host;
 /// the method catalog validates their values. A flag that is neither is refused naming both.
 public static class TrainCommand
 {
-    private static readonly string[] HostOptions = { "config", "out", "force", "json", "plain" };
+    private static readonly string[] HostOptions = { "config", "out", "force", "json", "plain", "log-every" };
+
+    private static Option<string> LogEveryOption() => new("--log-every")
+    {
+        Description = $"TensorBoard: log the mini-batch loss every N mini-batches (0 = per epoch only) [default: {TensorBoardLog.DefaultLogEvery}]",
+        HelpName = "N",
+    };
+
+    private static int LogEvery(ParseResult parsed, Option<string> option) =>
+        parsed.GetValue(option) is not { } text ? TensorBoardLog.DefaultLogEvery
+        : int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n >= 0 ? n
+        : throw new UsageException($"--log-every: '{text}' must be an integer >= 0");
 
     public static Command Create(string[] args, CliContext context)
     {
@@ -26,7 +37,8 @@ public static class TrainCommand
         var force = new Option<bool>("--force") { Description = "replace the contents of a non-empty --out folder" };
         var json = new Option<bool>("--json") { Description = "make the last line of output a JSON summary" };
         var plain = new Option<bool>("--plain") { Description = "plain lines instead of live progress bars" };
-        foreach (var o in new Option[] { config, output, force, json, plain }) command.Add(o);
+        var logEvery = LogEveryOption();
+        foreach (var o in new Option[] { config, output, force, json, plain, logEvery }) command.Add(o);
 
         var runOptions = new List<(RunKey Key, Option Option)>();
         foreach (var key in Experiment.Keys)
@@ -77,7 +89,7 @@ public static class TrainCommand
             }
             using var folder = RunFolder.ForOutput(parsed.GetValue(output), parsed.GetValue(force), e.Method);
             using var run = PreparedRun.Prepare(e);
-            return Train(run, folder, context, parsed.GetValue(json), parsed.GetValue(plain), resume: null);
+            return Train(run, folder, context, parsed.GetValue(json), parsed.GetValue(plain), resume: null, LogEvery(parsed, logEvery));
         });
         return command;
     }
@@ -118,6 +130,8 @@ public static class TrainCommand
         command.Add(run);
         command.Add(json);
         command.Add(plain);
+        var logEvery = LogEveryOption();
+        command.Add(logEvery);
         command.SetAction(parsed =>
         {
             var path = parsed.GetValue(run)!;
@@ -149,7 +163,7 @@ public static class TrainCommand
                 throw new UsageException($"{path}: the checkpoint plans {checkpoint.State.Epochs} epochs, config.json {experiment.Epochs}; resume --epochs {checkpoint.State.Epochs}");
             if (status == RunOutcome.Completed && checkpoint.State.CompletedEpochs < planned)
                 throw new UsageException($"{path}: the run completed after {checkpoint.State.CompletedEpochs} of {planned} epochs (stopped early by --patience); extending it would stop again");
-            return Train(prepared, folder, context, parsed.GetValue(json), parsed.GetValue(plain), checkpoint);
+            return Train(prepared, folder, context, parsed.GetValue(json), parsed.GetValue(plain), checkpoint, LogEvery(parsed, logEvery));
         });
         return command;
     }
@@ -171,7 +185,7 @@ public static class TrainCommand
         return $"; defect {Cli.Sci(after)}";
     }
 
-    private static int Train(PreparedRun run, RunFolder folder, CliContext context, bool json, bool plain, Checkpoint? resume)
+    private static int Train(PreparedRun run, RunFolder folder, CliContext context, bool json, bool plain, Checkpoint? resume, int logEvery)
     {
         var output = context.Output;
         var progress = Progress.Create(output, context.Live && !plain);
@@ -182,7 +196,7 @@ public static class TrainCommand
         foreach (var (key, value) in run.Method.Summary) output.WriteLine($"  {key,-18}{value}");
         foreach (var warning in run.Warnings) output.WriteLine(warning);
         output.WriteLine($"  run folder {folder.Path}{(resume is null ? "" : $" (resuming: {resume})")}");
-        var outcome = Runner.Execute(run, folder, progress, context.Cancellation, resume);
+        var outcome = Runner.Execute(run, folder, progress, context.Cancellation, resume, logEvery: logEvery);
         var s = outcome.Summary;
         if (outcome.Status == RunOutcome.Completed)
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,

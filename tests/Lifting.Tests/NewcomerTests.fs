@@ -40,6 +40,35 @@ let refused (args: string list) (fragments: string list) (absent: string list) =
     for f in fragments do Expect.stringContains err f $"the message names '{f}'"
     for a in absent do Expect.isFalse (err.Contains(a: string)) $"the message does not say '{a}': {err}"
 
+/// CRC-32C (Castagnoli), the checksum of TFRecord framing, bit by bit.
+let crc32c (bytes: byte[]) (offset: int) (count: int) =
+    let mutable crc = 0xFFFFFFFFu
+    for i in offset .. offset + count - 1 do
+        crc <- crc ^^^ uint32 bytes.[i]
+        for _ in 0 .. 7 do
+            crc <- if crc &&& 1u <> 0u then (crc >>> 1) ^^^ 0x82F63B78u else crc >>> 1
+    crc ^^^ 0xFFFFFFFFu
+
+/// TFRecord's masked CRC: rotated right by 15 bits plus a constant.
+let maskedCrc bytes offset count =
+    let c = crc32c bytes offset count
+    ((c >>> 15) ||| (c <<< 17)) + 0xa282ead8u
+
+/// The records of a TensorBoard event file, each checked against its framing: uint64 length,
+/// uint32 masked CRC of the length, the data, uint32 masked CRC of the data; parsed as
+/// tensorboard.Event protocol buffers.
+let readEvents (path: string) =
+    let bytes = File.ReadAllBytes path
+    let mutable at = 0
+    [ while at < bytes.Length do
+          Expect.isLessThanOrEqual (at + 12) bytes.Length $"a whole record header at byte {at}"
+          let length = int (BitConverter.ToUInt64(bytes, at))
+          Expect.equal (BitConverter.ToUInt32(bytes, at + 8)) (maskedCrc bytes at 8) $"the length's CRC at byte {at}"
+          Expect.isLessThanOrEqual (at + 12 + length + 4) bytes.Length $"a whole record at byte {at}"
+          Expect.equal (BitConverter.ToUInt32(bytes, at + 12 + length)) (maskedCrc bytes (at + 12) length) $"the data's CRC at byte {at}"
+          yield Tensorboard.Event.Parser.ParseFrom(bytes, at + 12, length)
+          at <- at + 12 + length + 4 ]
+
 [<Tests>]
 let tests =
     testList "NewcomerTests" [
@@ -213,5 +242,46 @@ let tests =
                 for f in [ "weights.safetensors"; "weights-selected.safetensors"; "metrics.jsonl"; "summary.json"; "config.json" ] do
                     Expect.sequenceEqual (bytes dir f) (bytes whole f) $"{f}: the extended run ends as the run planned with 4 epochs"
             refused [ "resume"; completed; "--epochs"; "3" ] [ "fewer than the 4" ] []
+        }
+
+        // ---- TensorBoard ---------------------------------------------------------------------------
+        test "every run folder gets a TensorBoard event file: valid TFRecord framing, scalars per epoch (losses, accuracies, lifted objective, defects and multiplier norms per block, diagnostics) and every N mini-batches, weight histograms" {
+            let find (dir: string) =
+                let files = Directory.GetFiles(dir, "events.out.tfevents.*")
+                Expect.equal files.Length 1 $"one event file in {dir}"
+                readEvents files.[0]
+            let values (events: Tensorboard.Event list) =
+                [ for e in events do
+                      if not (isNull e.Summary) then
+                          for v in e.Summary.Value -> v.Tag, e.Step, v ]
+            let extraprop = newDir ()
+            let code, _, err = lifting [ "train"; "--method"; "extraprop"; "--net"; "64-16-16-10"; "--epochs"; "2"; "--log-every"; "5"; "--out"; extraprop ]
+            Expect.equal code 0 err
+            let events = find extraprop
+            Expect.equal events.Head.FileVersion "brain.Event:2" "the file starts with its version record"
+            let tagged = values events
+            let tags = tagged |> List.map (fun (t, _, _) -> t) |> set
+            for tag in [ "loss/train"; "loss/validation"; "loss/test"; "accuracy/validation"; "accuracy/test"; "lifted/objective"; "lifted/loss_term"
+                         "defect/mean"; "defect/block1"; "defect/block2"; "defect/last_batch"; "multipliers/block1"; "multipliers/block2"; "time/epoch_seconds"
+                         "batch/loss"; "batch/lifted_objective" ] do
+                Expect.contains tags tag $"the tag {tag}"
+            let metrics = File.ReadAllLines(Path.Combine(extraprop, "metrics.jsonl")) |> Array.map (fun l -> Text.Json.JsonDocument.Parse(l).RootElement)
+            for epoch in 1 .. 2 do
+                let _, _, v = tagged |> List.find (fun (t, s, _) -> t = "loss/train" && s = int64 epoch)
+                Expect.floatClose Accuracy.medium (float v.SimpleValue) (metrics.[epoch - 1].GetProperty("train_loss").GetDouble()) $"loss/train at epoch {epoch} is the metrics' train loss"
+            let batchSteps = tagged |> List.filter (fun (t, _, _) -> t = "batch/loss") |> List.map (fun (_, s, _) -> s)
+            let perEpoch = (1294 + 63) / 64
+            Expect.equal batchSteps [ for s in 5 .. 5 .. 2 * perEpoch -> int64 s ] "batch/loss every 5 mini-batches, counted from the start"
+            let histograms = tagged |> List.filter (fun (t, _, v) -> t.StartsWith "weights/" && not (isNull v.Histo))
+            let histogramTags = histograms |> List.map (fun (t, _, _) -> t) |> set
+            Expect.equal histogramTags.Count 6 $"a histogram of each of the 6 weight tensors: {histogramTags}"
+            Expect.equal (histograms |> List.map (fun (_, s, _) -> s) |> List.distinct |> List.sort) [ 1L; 2L ] "per epoch"
+            for _, _, v in histograms do Expect.isGreaterThan v.Histo.Num 0.0 "each counts the tensor's values"
+            let penalty = newDir ()
+            let code, _, err = lifting [ "train"; "--method"; "penalty"; "--net"; "64-16-16-10"; "--epochs"; "1"; "--log-every"; "0"; "--out"; penalty ]
+            Expect.equal code 0 err
+            let tags = values (find penalty) |> List.map (fun (t, _, _) -> t) |> set
+            Expect.contains tags "diagnostics/mu" "the formulation's diagnostics (the penalty's μ)"
+            Expect.isFalse (tags.Contains "batch/loss") "--log-every 0: per epoch only"
         }
     ]

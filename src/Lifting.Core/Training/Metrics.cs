@@ -99,6 +99,9 @@ public interface ITrainingObserver
 {
     void OnStart(int epochs, int batchesPerEpoch) { }
     void OnBatch(int epoch, int batch, int batchesPerEpoch) { }
+    /// After each mini-batch, with its loss term and lifted objective (each at the batch's last
+    /// operator evaluation, as `EpochMetrics` averages them); by default `OnBatch` above.
+    void OnBatch(int epoch, int batch, int batchesPerEpoch, double loss, double objective) => OnBatch(epoch, batch, batchesPerEpoch);
     void OnEpoch(EpochMetrics metrics) { }
 }
 

@@ -133,7 +133,8 @@ public static class Trainer
                     if (!double.IsFinite(objective))
                         throw Diverged(epoch, b + 1, $"the lifted objective is {Show(objective)}", checkpointable, program, nonFinite: true);
                     objectiveSum += objective;
-                    lossSum += game.Loss;
+                    var batchLoss = game.Loss;
+                    lossSum += batchLoss;
                     if (b == batches - 1)
                     {
                         multiplierNorms = game.MultiplierNorms.ToArray();
@@ -143,7 +144,7 @@ public static class Trainer
                         timer.Start();
                     }
                     b++;
-                    observer.OnBatch(epoch, b, batches);
+                    observer.OnBatch(epoch, b, batches, batchLoss, objective);
                     if (control.Cancellation.IsCancellationRequested && b < batches)
                     {
                         timer.Stop();
