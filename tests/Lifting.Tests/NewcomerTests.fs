@@ -284,4 +284,27 @@ let tests =
             Expect.contains tags "diagnostics/mu" "the formulation's diagnostics (the penalty's μ)"
             Expect.isFalse (tags.Contains "batch/loss") "--log-every 0: per epoch only"
         }
+
+        // ---- bench -------------------------------------------------------------------------------
+        test "bench refuses --epochs 1, and a method that settles in every epoch after the first, before anything trains" {
+            for args, fragment in [ [ "bench"; "--data"; "digits"; "--net"; "64-16-10"; "--epochs"; "1"; "--methods"; "backprop,extraprop" ], "--epochs 1"
+                                    [ "bench"; "--data"; "digits"; "--net"; "64-16-10"; "--epochs"; "2"; "--methods"; "backprop,extraprop:settle=0.5" ], "settles" ] do
+                let code, out, err = lifting args
+                Expect.equal code 2 $"exit 2: {err}"
+                Expect.stringContains err fragment "names the problem"
+                Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
+                Expect.equal out "" "nothing printed, so nothing trained"
+        }
+        test "bench's per-example figure says what it holds: DistProp at its defaults keeps the first cut's multipliers per example (H floats), with per-class multipliers nothing" {
+            let code, out, err = lifting [ "bench"; "--data"; "digits"; "--net"; "64-32-10"; "--epochs"; "2"; "--repeats"; "1"; "--methods"; "distprop,distprop:multipliers=class"; "--json" ]
+            Expect.equal code 0 err
+            use doc = Text.Json.JsonDocument.Parse(lastLine out)
+            let rows = doc.RootElement.EnumerateArray() |> Array.ofSeq
+            let variables (r: Text.Json.JsonElement) = [ for p in r.GetProperty("per_example_variables").EnumerateObject() -> p.Name, p.Value.GetInt64() ]
+            Expect.equal (rows.[0].GetProperty("per_example_bytes").GetInt64()) 128L "32 multipliers of 4 bytes per example"
+            Expect.equal (variables rows.[0]) [ "lambda1", 128L ] "all of them the first cut's multipliers"
+            Expect.equal (rows.[1].GetProperty("per_example_bytes").GetInt64()) 0L "per-class multipliers: nothing per example"
+            Expect.isEmpty (variables rows.[1]) "and no variable"
+            Expect.stringContains out "per-example state 128 B (lambda1 128 B)" "the table line names the variable"
+        }
     ]

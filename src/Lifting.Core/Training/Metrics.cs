@@ -81,6 +81,11 @@ public sealed record TrainingResult(
     /// `PerExampleBytes` is the per-example store's share divided by the training set's size.
     public long StateBytes { get; init; }
 
+    /// What `PerExampleBytes` holds: bytes per example of each variable of the per-example store,
+    /// its step-rule state (`NAME#slotK`, `NAME#memoryK`) counted with it. Empty when nothing is
+    /// kept per example.
+    public IReadOnlyDictionary<string, long> PerExampleVariables { get; init; } = new Dictionary<string, long>();
+
     /// The metrics of the selected epoch.
     public EpochMetrics Selected => Epochs[SelectedEpoch - 1];
 

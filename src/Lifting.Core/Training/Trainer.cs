@@ -216,6 +216,9 @@ public static class Trainer
                 SelectedWeights = selectedWeights!,
                 Engine = EngineInfo.Current(options.Device),
                 StateBytes = problem.StateBytes,
+                PerExampleVariables = problem.Store.Names
+                    .GroupBy(n => n.Split('#')[0])
+                    .ToDictionary(g => g.Key, g => g.Sum(n => problem.Store[n].NumberOfElements * problem.Store[n].ElementSize) / Math.Max(1, train.Count)),
             };
         }
         catch
