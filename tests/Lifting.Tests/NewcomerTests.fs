@@ -307,4 +307,22 @@ let tests =
             Expect.isEmpty (variables rows.[1]) "and no variable"
             Expect.stringContains out "per-example state 128 B (lambda1 128 B)" "the table line names the variable"
         }
+
+        // ---- The test runner ---------------------------------------------------------------------
+        test "the test runner prints a plain line per test as it finishes (no ANSI escapes when redirected) and ends with 'N passed, N failed'" {
+            let info = Diagnostics.ProcessStartInfo("dotnet", RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+            info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Lifting.Tests.dll"))
+            for a in [ "--filter"; "CsvDataTests" ] do info.ArgumentList.Add a
+            use p = match Diagnostics.Process.Start info with null -> failwith "could not start dotnet" | p -> p
+            let out = p.StandardOutput.ReadToEndAsync()
+            let err = p.StandardError.ReadToEndAsync()
+            p.WaitForExit()
+            Expect.equal p.ExitCode 0 $"the filtered run passes: {err.Result}"
+            let text = out.Result
+            Expect.isFalse (text.Contains '\u001b') $"no ANSI escapes in redirected output: {text}"
+            let lines = text.Split('\n') |> Array.map (fun l -> l.TrimEnd())
+            let finished = lines |> Array.filter (fun l -> Regex.IsMatch(l, @"^\[\d+/6\] ok +[0-9.]+ s  CsvDataTests\."))
+            Expect.equal finished.Length 6 $"one line per test with its name and time: {text}"
+            Expect.equal (lines |> Array.filter (fun l -> l <> "") |> Array.last) "6 passed, 0 failed" "the closing line"
+        }
     ]
