@@ -48,6 +48,8 @@ public static class Bench
 
     private static int Run(Experiment experiment, string[] methods, int repeats, bool json, TextWriter output)
     {
+        if (experiment.Epochs < 2)
+            throw new UsageException($"--epochs {experiment.Epochs}: bench times the learning epochs after the first (a warm-up); give at least 2");
         // Each entry as written (NAME or NAME:PARAM=VALUE;...), under the method's catalog name.
         var settings = new MethodSettings[methods.Length];
         var resolved = new ResolvedMethod[methods.Length];
@@ -60,6 +62,10 @@ public static class Bench
                 settings[i] = parsed with { Method = resolved[i].Name };
             }
             catch (ArgumentException x) { throw new UsageException($"--methods: {x.Message.TrimEnd('.')}"); }
+            // Before anything trains: a method whose schedule holds a player (settling) in every
+            // epoch after the first leaves nothing to time.
+            if (LearningEpochsAfterFirst(Methods.Resolve(settings[i]), experiment.Epochs) == 0)
+                throw new UsageException($"--epochs {experiment.Epochs}: {settings[i].Label} settles (holds its weights) in every epoch after the first, which leaves no learning epoch to time; give more epochs");
         }
         using var prepared = PreparedRun.Prepare(experiment with { Method = resolved[0].Name });
         var data = prepared.Data;
@@ -68,7 +74,7 @@ public static class Bench
         output.WriteLine($"bench on {experiment.Data}, {prepared.Experiment.Net}, batch {experiment.Batch}, {experiment.Epochs} epochs, " +
                          $"{repeats} rounds, device {device.type}, {Threads.Count} threads, {Environment.ProcessorCount} cores");
 
-        var runs = resolved.Select(_ => new List<(double Seconds, double Ratio, double PeakMiB, long Bytes, double Accuracy)>()).ToArray();
+        var runs = resolved.Select(_ => new List<(double Seconds, double Ratio, double PeakMiB, long Bytes, IReadOnlyDictionary<string, long> Variables, double Accuracy)>()).ToArray();
         for (int round = 0; round < repeats; round++)
         {
             double? reference = null;
@@ -84,7 +90,7 @@ public static class Bench
                     throw new UsageException($"--epochs {experiment.Epochs}: {method.Name} has no learning epoch after the first; give more epochs");
                 var seconds = Median(learning);
                 reference ??= seconds;
-                runs[m].Add((seconds, seconds / reference.Value, PeakMemoryBytes() / 1048576.0, result.PerExampleBytes, result.Selected.TestAccuracy));
+                runs[m].Add((seconds, seconds / reference.Value, PeakMemoryBytes() / 1048576.0, result.PerExampleBytes, result.PerExampleVariables, result.Selected.TestAccuracy));
             }
         }
 
@@ -101,16 +107,39 @@ public static class Bench
                 ["ratio_min"] = Math.Round(r.Min(x => x.Ratio), 3),
                 ["ratio_max"] = Math.Round(r.Max(x => x.Ratio), 3),
                 ["per_example_bytes"] = r[0].Bytes,
+                ["per_example_variables"] = r[0].Variables,
                 ["peak_rss_mib"] = Math.Round(Median(r.Select(x => x.PeakMiB)), 1),
                 ["test_accuracy"] = Math.Round(r[0].Accuracy, 4), // at the epoch selected on validation
             };
             rows.Add(row);
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"  {settings[m].Label.PadRight(width)} {row["seconds_per_epoch"],8:F3} s/epoch  ×{row["ratio"],5:F2} (rounds {row["ratio_min"]:F2}–{row["ratio_max"]:F2})  " +
-                $"per-example state {row["per_example_bytes"]} B  peak RSS {row["peak_rss_mib"]} MiB  test acc {row["test_accuracy"]:F4}"));
+                $"per-example state {row["per_example_bytes"]} B{Contents(r[0].Variables)}  peak RSS {row["peak_rss_mib"]} MiB  test acc {row["test_accuracy"]:F4}"));
         }
         if (json) output.WriteLine(JsonSerializer.Serialize(rows));
         return 0;
+    }
+
+    /// " (lambda1 1024 B)": what the per-example figure holds, each variable with its step-rule state.
+    private static string Contents(IReadOnlyDictionary<string, long> variables) =>
+        variables.Count == 0 ? "" : $" ({string.Join(", ", variables.Select(v => $"{v.Key} {v.Value} B"))})";
+
+    /// The epochs after the first in which no player's schedule holds it (the trainer's rule).
+    private static int LearningEpochsAfterFirst(ResolvedMethod method, int epochs)
+    {
+        int learning = 0;
+        for (int epoch = 1; epoch <= epochs; epoch++)
+        {
+            bool held = false;
+            foreach (var player in method.Formulation.PlayerNames)
+                if (method.StepRules(player) is Lifting.Solvers.IScheduledStepRule scheduled)
+                {
+                    scheduled.Advance(epoch, epochs);
+                    held |= scheduled.Holding;
+                }
+            if (epoch > 1 && !held) learning++;
+        }
+        return learning;
     }
 
     private static double Median(IEnumerable<double> values)

@@ -39,6 +39,8 @@ public static class Cli
             var context = new CliContext(output, error, cancellation, live);
             var root = Root(args, context);
             var parsed = root.Parse(args);
+            if (parsed.Errors.Count > 0 && parsed.Action is not HelpAction && Repeated(parsed.Errors[0].Message, args) is { } repeated)
+                throw new UsageException(repeated);
             if (parsed.Errors.Count > 0 && parsed.Action is not HelpAction)
                 throw new UsageException(OneLine(parsed.Errors[0].Message) + $" (see lifting {(parsed.CommandResult.Command == root ? "" : parsed.CommandResult.Command.Name + " ")}--help)");
             return parsed.Invoke(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false });
@@ -57,6 +59,23 @@ public static class Cli
 
     private static bool IsUserError(Exception e) => e is UsageException or DataFormatException or ArgumentException
         or InvalidOperationException or IOException or UnauthorizedAccessException or JsonException;
+
+    /// "--threads is given 2 times (1, -2); give it once" for System.CommandLine's "Option
+    /// '--threads' expects a single argument but 2 were provided", which reads as if one flag had
+    /// been given two values.
+    private static string? Repeated(string message, string[] args)
+    {
+        var match = System.Text.RegularExpressions.Regex.Match(message, "^Option '(--[^']+)' expects a single argument");
+        if (!match.Success) return null;
+        var name = match.Groups[1].Value;
+        var values = new List<string>();
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i] == name && i + 1 < args.Length) values.Add(args[i + 1]);
+            else if (args[i].StartsWith(name + "=", StringComparison.Ordinal) || args[i].StartsWith(name + ":", StringComparison.Ordinal)) values.Add(args[i][(name.Length + 1)..]);
+        }
+        return values.Count < 2 ? null : $"{name} is given {values.Count} times ({string.Join(", ", values)}); give it once";
+    }
 
     internal static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
 
@@ -111,6 +130,14 @@ public static class Cli
         });
         return command;
     }
+
+    /// A small quantity as people read it: 4.20e-01 (not .NET's 4.20E-001); 0 as "0".
+    public static string Sci(double v, int digits = 2) =>
+        v == 0 ? "0" : !double.IsFinite(v) ? v.ToString(CultureInfo.InvariantCulture)
+        : v.ToString(SciFormat(digits), CultureInfo.InvariantCulture);
+
+    /// The custom format of `Sci`: "0.00e+00" for two digits after the point.
+    public static string SciFormat(int digits) => (digits > 0 ? "0." + new string('0', digits) : "0") + "e+00";
 
     internal static string F(double v, string format = "F4") => double.IsFinite(v) ? v.ToString(format, CultureInfo.InvariantCulture) : v.ToString(CultureInfo.InvariantCulture);
 }

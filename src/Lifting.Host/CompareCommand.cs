@@ -29,7 +29,7 @@ public static class CompareCommand
             markdown.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
             foreach (var r in rows)
                 markdown.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {r.Name} | {r.Method} | {r.Status} | {r.Epochs} | {r.Selected} | {Show(r.Validation)} | {Show(r.Test)} | {(r.Defect is { } d ? d.ToString("E2", CultureInfo.InvariantCulture) : "–")} | {Show(r.SecondsPerEpoch, "F3")} | {Show(r.SecondsPerEpoch / reference, "F2")} |"));
+                    $"| {r.Name} | {r.Method} | {r.Status} | {r.Epochs} | {r.Selected} | {Show(r.Validation)} | {Show(r.Test)} | {(r.Defect is { } d ? Cli.Sci(d) : "–")} | {Show(r.SecondsPerEpoch, "F3")} | {Show(r.SecondsPerEpoch / reference, "F2")} |"));
             context.Output.Write(markdown.ToString());
             target.Create();
             target.WriteText("comparison.md", markdown.ToString());

@@ -22,17 +22,21 @@ public static class EvalCommand
         var data = new Option<string>("--data") { Description = "data to evaluate on (as for train); default: the run's own", HelpName = "NAME|PATH" };
         var label = new Option<string>("--label") { Description = "CSV: the label column (default: the run's for its own data, else the last column)", HelpName = "NAME|INDEX" };
         var testFraction = new Option<string>("--test-fraction") { Description = "CSV: fraction of the rows in the test split", HelpName = "F" };
+        var skipRows = new Option<string>("--skip-rows") { Description = "CSV: lines at the start of the file to skip (default: the run's for its own data, else 0)", HelpName = "N" };
+        var noHeader = new Option<bool>("--no-header") { Description = "CSV: the first row is data, not a header (default: the run's for its own data, else detected)" };
         var weights = new Option<string>("--weights") { Description = "selected (the validation-selected epoch, default) or final", HelpName = "selected|final" };
         var json = new Option<bool>("--json") { Description = "print one JSON line" };
-        foreach (var o in new Option[] { data, label, testFraction, weights, json }) command.Add(o);
+        foreach (var o in new Option[] { data, label, testFraction, skipRows, noHeader, weights, json }) command.Add(o);
         command.Add(runArgument);
         command.SetAction(parsed =>
         {
             var folder = RunFolder.Existing(parsed.GetValue(runArgument)!);
             var e = Experiment.FromJsonFile(folder.File(RunFolder.Config));
             if (parsed.GetValue(data) is { } d)
-                e = e.Set("data", d, fromFlag: true) with { Label = null, TestFraction = null };
+                e = e.Set("data", d, fromFlag: true) with { Label = null, TestFraction = null, SkipRows = 0, NoHeader = false };
             if (parsed.GetValue(label) is { } l) e = e.Set("label", l, fromFlag: true);
+            if (parsed.GetValue(skipRows) is { } k) e = e.Set("skip-rows", k, fromFlag: true);
+            if (parsed.GetResult(noHeader) is not null) e = e.Set("no-header", parsed.GetValue(noHeader) ? "true" : "false", fromFlag: true);
             if (parsed.GetValue(testFraction) is { } t) e = e.Set("test-fraction", t, fromFlag: true);
             var which = (parsed.GetValue(weights) ?? "selected").Trim().ToLowerInvariant();
             var file = which switch
@@ -42,7 +46,13 @@ public static class EvalCommand
                 _ => throw new UsageException($"--weights: '{which}' is not selected or final"),
             };
             var path = folder.File(file);
-            if (!File.Exists(path)) throw new UsageException($"{folder.Path}: no {file} (the run did not complete)");
+            if (!File.Exists(path))
+            {
+                var status = File.Exists(folder.File(RunFolder.Summary)) ? folder.ReadJson(RunFolder.Summary)["status"]?.GetValue<string>() : null;
+                throw new UsageException(status == RunOutcome.Completed
+                    ? $"{folder.Path}: {file} is missing, though the run completed (deleted or moved?)"
+                    : $"{folder.Path}: {file} is missing: the run is {status ?? "without a summary"}, and weights are written when a run completes{(status == RunOutcome.Interrupted ? $" (lifting resume {folder.Path})" : "")}");
+            }
             IReadOnlyDictionary<string, string> metadata;
             try { metadata = WeightsFile.Metadata(path); }
             catch (DataFormatException x) { throw new UsageException(x.Message); }

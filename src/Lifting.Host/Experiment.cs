@@ -21,6 +21,10 @@ public sealed record Experiment
     public string? Label { get; init; }
     /// CSV data: the test fraction; null = 0.2.
     public double? TestFraction { get; init; }
+    /// CSV data: lines at the start of the file to skip.
+    public int SkipRows { get; init; }
+    /// CSV data: the first row is data (no header); false = detected.
+    public bool NoHeader { get; init; }
     /// MLP sizes, a zoo name or a layer list (`NetSpec`); null = inputs-128-classes.
     public string? Net { get; init; }
     public string Activation { get; init; } = "relu";
@@ -44,6 +48,8 @@ public sealed record Experiment
     /// The parameters' initialisation: "default" (each layer's own), "glorot" (Glorot-uniform
     /// weights, zero biases) or "glorot-negative-first" (and the first layer all-negative; seed 002).
     public string Init { get; init; } = "default";
+    /// Which epoch is reported: "best" (highest validation accuracy) or "last" (no selection on validation).
+    public string Select { get; init; } = "best";
     /// A run whose training loss exceeds this many times its start has diverged.
     public double MaxLossRatio { get; init; } = 100;
     /// The method's parameters that differ from its defaults (invariant text).
@@ -55,6 +61,8 @@ public sealed record Experiment
         new("data", "NAME|PATH", "digits and mnist-10k (embedded), fashion-mnist, a folder of IDX files, or a .csv[.gz] file of your own", "digits"),
         new("label", "NAME|INDEX", "CSV: the label column by header name or 0-based index (-1 = last)", "last column"),
         new("test-fraction", "F", "CSV: fraction of the rows held out for testing (other data has its own test split)", "0.2"),
+        new("skip-rows", "N", "CSV: lines at the start of the file to skip (1 for scikit-learn's exports, whose first line is a summary such as 569,30,malignant,benign)", "0"),
+        new("no-header", "", "CSV: the first row is data, not a header (default: a header when its fields are names above numbers)", "false", IsFlag: true),
         new("net", "SPEC", "784-256-10 (MLP sizes), lenet5, seed001-conv, or layers \"conv:6:5:1:2,relu,maxpool:2,cut,dense:120,relu,dense:10\"", "inputs-128-classes"),
         new("activation", "NAME", "hidden activation of an MLP: relu, tanh, sigmoid, hardtanh, identity, sign, step", "relu"),
         new("loss", "NAME", "cross-entropy or mse", "cross-entropy"),
@@ -63,6 +71,7 @@ public sealed record Experiment
         new("batch", "N", "mini-batch size", "64"),
         new("seed", "N", "seed of the initial weights and the mini-batch order", "0"),
         new("patience", "N", "stop after N epochs without a better validation accuracy (0 = off)", "0"),
+        new("select", "best|last", "the reported epoch: best = highest validation accuracy, last = the last epoch (no selection on validation; for validation splits too small to select on)", "best"),
         new("iterations", "N", "solver iterations per mini-batch", "1"),
         new("cosine", "", "log the cosine between the weight update and backprop's gradient", "false", IsFlag: true),
         new("device", "auto|cpu|cuda", "where tensors live", "auto"),
@@ -129,6 +138,8 @@ public sealed record Experiment
             "data" => this with { Data = NonEmpty(flag, value) },
             "label" => this with { Label = NonEmpty(flag, value) },
             "test-fraction" => this with { TestFraction = OpenFraction(flag, value) },
+            "skip-rows" => this with { SkipRows = NonNegativeInt(flag, value) },
+            "no-header" => this with { NoHeader = Bool(flag, value) },
             "net" => this with { Net = NonEmpty(flag, value) },
             "activation" => this with { Activation = Known(flag, value, () => Programs.Activations.ByName(value)) },
             "loss" => this with { Loss = Known(flag, value, () => Programs.Losses.ByName(value)) },
@@ -137,6 +148,7 @@ public sealed record Experiment
             "batch" => this with { Batch = PositiveInt(flag, value) },
             "seed" => this with { Seed = Int(flag, value) },
             "patience" => this with { Patience = NonNegativeInt(flag, value) },
+            "select" => this with { Select = value.Trim().ToLowerInvariant() is "best" or "last" ? value.Trim().ToLowerInvariant() : throw new UsageException($"{flag}: '{value}' is not best or last") },
             "iterations" => this with { Iterations = PositiveInt(flag, value) },
             "cosine" => this with { Cosine = Bool(flag, value) },
             "device" => this with { Device = Known(flag, value, () => Devices.Parse(value)).Trim().ToLowerInvariant() },
@@ -189,6 +201,12 @@ public sealed record Experiment
     /// The program's initialisation scheme for `Init`.
     public Lifting.Programs.InitialisationScheme InitScheme() => Lifting.Programs.Initialisation.Parse(Init);
 
+    /// The CSV layout for `SkipRows` and `NoHeader`.
+    public Lifting.Data.CsvFormat CsvFormat() => new() { SkipRows = SkipRows, Header = NoHeader ? false : null };
+
+    /// The trainer's selection for `Select`.
+    public Lifting.Training.Selection Selection() => Select == "last" ? Lifting.Training.Selection.LastEpoch : Lifting.Training.Selection.ValidationAccuracy;
+
     /// The data loader's scaling for `InputScaling`.
     public Lifting.Data.InputScaling Scaling() => InputScaling == "unit" ? Lifting.Data.InputScaling.UnitRange : Lifting.Data.InputScaling.Standardise;
 
@@ -214,7 +232,7 @@ public sealed record Experiment
         : throw new UsageException($"{flag}: '{value}' is not an integer");
 
     private static int PositiveInt(string flag, string value) =>
-        Int(flag, value) is var v and > 0 ? v : throw new UsageException($"{flag}: {value} must be a positive integer");
+        Int(flag, value) is var v and > 0 ? v : throw new UsageException($"{flag}: {value} must be a positive integer (>= 1)");
 
     private static int NonNegativeInt(string flag, string value) =>
         Int(flag, value) is var v and >= 0 ? v : throw new UsageException($"{flag}: {value} must be >= 0");

@@ -35,10 +35,18 @@ public sealed class PreparedRun : IDisposable
     public EngineInfo Engine { get; }
     public bool IsCsv { get; }
 
+    /// Validation splits smaller than this are too coarse to select an epoch on (a warning).
+    public const int SmallValidation = 100;
+
+    /// Lines to print before the run (e.g. a validation split too small to select on).
+    public IReadOnlyList<string> Warnings { get; private init; } = Array.Empty<string>();
+
     public static PreparedRun Prepare(Experiment e)
     {
         if (e.Patience > 0 && e.ValidationFraction == 0)
             throw new UsageException("--patience needs a validation split; --validation-fraction 0 leaves none");
+        if (e.Patience > 0 && e.Select == "last")
+            throw new UsageException($"--patience {e.Patience}: early stopping selects on validation; --select last does not (give one of them)");
         // Set only when it changes: LibTorch's pool is process-wide, and resizing it while another
         // run in the process computes is not safe.
         if (e.Threads is { } threads && threads != Threads.Count) Threads.Set(threads);
@@ -52,6 +60,10 @@ public sealed class PreparedRun : IDisposable
         catch (DataFormatException x) { throw new UsageException($"--data {e.Data}: {x.Message}"); }
         try
         {
+            // A batch the size of the whole split is one mini-batch; the default is used so on data
+            // smaller than it, a larger batch asked for is refused.
+            if (e.Batch > data.Train.Count && e.Batch != new Experiment().Batch)
+                throw new UsageException($"--batch {e.Batch}: more than the {data.Train.Count} training examples (give at most {data.Train.Count}, one mini-batch of the whole training split)");
             var flat = data.Train.ExampleShape.Aggregate(1L, (a, b) => a * b);
             var net = e.Net ?? $"{flat}-128-{data.Train.ClassCount}";
             NestedProgram program;
@@ -59,8 +71,11 @@ public sealed class PreparedRun : IDisposable
             catch (ArgumentException x) { throw new UsageException(x.Message.StartsWith("--net", StringComparison.Ordinal) ? x.Message : $"--net {net}: {x.Message}"); }
             if (method.Formulation.PlayerNames.Count > 1 && program.Segments.Count < 2)
                 throw new UsageException($"--net {net}: a single block, but {method.Name} lifts the network at its cuts; give a hidden layer or a cut");
-            var estimate = MemoryEstimate.Of(program, data.Train.Count, e.Batch, method.Formulation);
+            var estimate = MemoryEstimate.Of(program, data.Train.Count, Math.Min(e.Batch, data.Train.Count), method.Formulation);
             var available = MemoryEstimate.AvailableBytes();
+            if (estimate.TotalBytes > available && estimate.ActivationBytes > Math.Max(estimate.WeightBytes, estimate.PerExampleBytes))
+                throw new UsageException(string.Create(CultureInfo.InvariantCulture,
+                    $"--batch {e.Batch}: a mini-batch of {net} needs at least {MemoryEstimate.Show(estimate.ActivationBytes)} of activations, the whole run {MemoryEstimate.Show(estimate.TotalBytes)}, but {MemoryEstimate.Show(available)} of memory is available; give a smaller batch"));
             if (estimate.TotalBytes > available)
                 throw new UsageException(string.Create(CultureInfo.InvariantCulture,
                     $"--net {net}: the run needs at least {MemoryEstimate.Show(estimate.TotalBytes)} ({estimate.Parameters:N0} parameters, {MemoryEstimate.Show(estimate.PerExampleBytes)} of per-example state) but {MemoryEstimate.Show(available)} of memory is available"));
@@ -75,6 +90,7 @@ public sealed class PreparedRun : IDisposable
                 IterationsPerBatch = e.Iterations,
                 CosineToBackprop = e.Cosine,
                 MaxLossRatio = e.MaxLossRatio,
+                Selection = e.Selection(),
             };
             options.Validate();
             var engine = EngineInfo.Current(device);
@@ -86,7 +102,11 @@ public sealed class PreparedRun : IDisposable
                 Threads = engine.Threads,
                 TestFraction = csv ? e.TestFraction ?? Lifting.Data.DataOptions.DefaultTestFraction : null,
             };
-            return new PreparedRun(resolved, method, data, program, options, engine, csv);
+            var warnings = new List<string>();
+            if (data.HasValidation && e.Select == "best" && data.Validation.Count < SmallValidation)
+                warnings.Add(string.Create(CultureInfo.InvariantCulture,
+                    $"warning: the validation split has {data.Validation.Count} examples (its accuracy moves in steps of {1.0 / data.Validation.Count:F3}), too few to select an epoch on; raise --validation-fraction, or give --select last to report the last epoch"));
+            return new PreparedRun(resolved, method, data, program, options, engine, csv) { Warnings = warnings };
         }
         catch
         {
@@ -103,6 +123,7 @@ public sealed class PreparedRun : IDisposable
         Scaling = e.Scaling(),
         Label = e.Label,
         TestFraction = e.TestFraction,
+        Csv = e.CsvFormat(),
     };
 
     /// Every setting of the run, method defaults included, and the environment it ran in: enough
@@ -118,6 +139,8 @@ public sealed class PreparedRun : IDisposable
         {
             o["label"] = e.Label;
             o["test-fraction"] = e.TestFraction;
+            o["skip-rows"] = e.SkipRows;
+            o["no-header"] = e.NoHeader;
         }
         o["net"] = e.Net;
         o["activation"] = e.Activation;
@@ -127,6 +150,7 @@ public sealed class PreparedRun : IDisposable
         o["batch"] = e.Batch;
         o["seed"] = e.Seed;
         o["patience"] = e.Patience;
+        o["select"] = e.Select;
         o["iterations"] = e.Iterations;
         o["cosine"] = e.Cosine;
         o["device"] = e.Device;

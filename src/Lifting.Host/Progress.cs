@@ -26,8 +26,8 @@ public abstract class Progress
     {
         var line = string.Create(CultureInfo.InvariantCulture,
             $"epoch {m.Epoch,3}/{epochs}  train loss {m.TrainLoss:F4}  objective {m.Objective:G4} (loss term {m.LossTerm:G4})  val acc {Show(m.ValidationAccuracy)}  test acc {m.TestAccuracy:F4}  {m.Seconds:F2} s");
-        if (m.Defects.Count > 0) line += $"  defect {string.Join("/", m.Defects.Select(d => d.ToString("E2", CultureInfo.InvariantCulture)))}";
-        if (m.MultiplierNorms.Count > 0) line += $"  |λ|² {string.Join("/", m.MultiplierNorms.Select(d => d.ToString("E2", CultureInfo.InvariantCulture)))}";
+        if (m.Defects.Count > 0) line += $"  defect {string.Join("/", m.Defects.Select(d => Cli.Sci(d)))}";
+        if (m.MultiplierNorms.Count > 0) line += $"  |λ|² {string.Join("/", m.MultiplierNorms.Select(d => Cli.Sci(d)))}";
         if (m.CosineToBackprop is { } c) line += string.Create(CultureInfo.InvariantCulture, $"  cos {c:F3}");
         foreach (var (k, v) in m.Diagnostics) line += string.Create(CultureInfo.InvariantCulture, $"  {k} {v:G4}");
         if (m.Held.Count > 0) line += $"  (settling: {string.Join(", ", m.Held)} held)";
@@ -114,10 +114,10 @@ public abstract class Progress
             // A short line: a line wider than the terminal would break the bars' redraw (the full
             // record is in metrics.jsonl).
             if (epochLines) console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"epoch {m.Epoch,3}/{epochs}  train loss {m.TrainLoss:F4}  val acc {Show(m.ValidationAccuracy)}  test acc {m.TestAccuracy:F4}{(m.Defects.Count > 0 ? $"  defect {m.MeanDefect:E2}" : "")}  {m.Seconds:F2} s{(m.Held.Count > 0 ? "  (settling)" : "")}"), Style.Plain);
+                $"epoch {m.Epoch,3}/{epochs}  train loss {m.TrainLoss:F4}  val acc {Show(m.ValidationAccuracy)}  test acc {m.TestAccuracy:F4}{(m.Defects.Count > 0 ? $"  defect {Cli.Sci(m.MeanDefect)}" : "")}  {m.Seconds:F2} s{(m.Held.Count > 0 ? "  (settling)" : "")}"), Style.Plain);
             if (epochTask is null) return;
             epochTask.Value = m.Epoch;
-            var defect = m.Defects.Count > 0 ? string.Create(CultureInfo.InvariantCulture, $" defect {m.MeanDefect:E1}") : "";
+            var defect = m.Defects.Count > 0 ? string.Create(CultureInfo.InvariantCulture, $" defect {Cli.Sci(m.MeanDefect, 1)}") : "";
             epochTask.Description = Markup.Escape(string.Create(CultureInfo.InvariantCulture,
                 $"{title}: epoch {m.Epoch}/{epochs} loss {m.TrainLoss:F3} val {Show(m.ValidationAccuracy)}{defect}"));
         }

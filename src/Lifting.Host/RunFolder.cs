@@ -15,6 +15,7 @@ namespace Lifting.Host;
 ///   weights.safetensors           the final weights (`WeightsFile`)
 ///   weights-selected.safetensors  the weights of the epoch selected on validation
 ///   plots/*.png                   loss, accuracies, defect, multiplier norms
+///   events.out.tfevents.*         TensorBoard scalars and weight histograms (`TensorBoardLog`), one file per process
 ///
 /// A folder is created only once every input has been checked, and a non-empty folder is never
 /// written into unless `--force` clears it first, so results of different runs never mix. Every
@@ -61,7 +62,35 @@ public sealed class RunFolder : IDisposable
             throw new UsageException($"--out {path}: the folder is not empty; choose a new folder or add --force to replace its contents");
         var parent = System.IO.Path.GetDirectoryName(folder.Path);
         if (parent is not null && System.IO.File.Exists(parent)) throw new UsageException($"--out {path}: {parent} is a file");
+        CheckCreatable(folder.Path, $"--out {path}");
         return folder;
+    }
+
+    /// Refuses, before anything runs, a folder that cannot be created or written (a read-only or
+    /// virtual file system such as /proc, a missing permission): a probe folder is made and
+    /// removed in the nearest existing ancestor, or in the folder itself when it exists.
+    private static void CheckCreatable(string fullPath, string what)
+    {
+        var existing = fullPath;
+        while (!Directory.Exists(existing))
+        {
+            if (System.IO.File.Exists(existing)) throw new UsageException($"{what}: {existing} is a file, so the folder cannot be created");
+            existing = System.IO.Path.GetDirectoryName(existing);
+            if (existing is null) return;
+        }
+        var probe = System.IO.Path.Combine(existing, $".lifting-probe-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        try
+        {
+            Directory.CreateDirectory(probe);
+            Directory.Delete(probe);
+        }
+        catch (Exception x) when (x is IOException or UnauthorizedAccessException)
+        {
+            var reason = x is UnauthorizedAccessException ? "permission denied" : "the file system refuses new entries";
+            throw new UsageException(existing == fullPath
+                ? $"{what}: the folder cannot be written ({reason})"
+                : $"{what}: the folder cannot be created in {existing} ({reason})");
+        }
     }
 
     /// `path` when given, otherwise a fresh default folder runs/YYYYMMDD-HHMMSS-NAME (numbered if
@@ -74,7 +103,12 @@ public sealed class RunFolder : IDisposable
 
     /// The first free folder of `stem`, `stem`-2, `stem`-3, …, chosen again at `Create` if another
     /// run has taken it meanwhile.
-    public static RunFolder ForNumbered(string stem) => new(FirstFree(stem), numberedStem: stem);
+    public static RunFolder ForNumbered(string stem)
+    {
+        var folder = new RunFolder(FirstFree(stem), numberedStem: stem);
+        CheckCreatable(folder.Path, $"the run folder {folder.Path} (give --out elsewhere)");
+        return folder;
+    }
 
     private static string FirstFree(string stem)
     {

@@ -22,8 +22,10 @@ public sealed record RunOutcome(string Status, int ExitCode, JsonObject Summary,
 /// summary says so (completed, interrupted, diverged, failed) and its plots are drawn.
 public static class Runner
 {
-    public static RunOutcome Execute(PreparedRun run, RunFolder folder, Progress progress, CancellationToken cancellation, Checkpoint? resume = null, string? title = null)
+    public static RunOutcome Execute(PreparedRun run, RunFolder folder, Progress progress, CancellationToken cancellation, Checkpoint? resume = null, string? title = null,
+        int logEvery = TensorBoardLog.DefaultLogEvery)
     {
+        TensorBoardLog? events = null;
         var history = new List<EpochMetrics>(resume?.State.History ?? Array.Empty<EpochMetrics>());
         bool started = false;
         var wall = System.Diagnostics.Stopwatch.StartNew();
@@ -37,20 +39,38 @@ public static class Runner
                     folder.Create();
                     folder.WriteJson(RunFolder.Config, run.Config());
                 }
+                // Extended (resume --epochs N): the config plans the new count.
+                else if (resume.State.Epochs != run.Options.Epochs) folder.WriteJson(RunFolder.Config, run.Config());
                 folder.ResetMetrics(history.Select(MetricsLine));
+                events = TensorBoardLog.Open(folder.Path, logEvery, progress.Line);
+                events?.Start(batches);
                 folder.WriteJson(RunFolder.Summary, Summary(run, RunOutcome.Running, null, history, null));
                 started = true;
                 progress.Start(title ?? run.Method.Name, epochs, batches, resume?.State.CompletedEpochs ?? 0);
             },
-            Batch = progress.Batch,
+            Batch = (epoch, batch, batches, loss, objective) =>
+            {
+                progress.Batch(epoch, batch, batches);
+                events?.Batch(epoch, batch, loss, objective);
+            },
             Epoch = m =>
             {
                 history.Add(m);
                 folder.AppendMetrics(MetricsLine(m));
+                events?.Epoch(m);
                 progress.Epoch(m, epochs);
             },
         };
-        var control = new TrainingControl { Cancellation = cancellation, OnCheckpoint = folder.SaveCheckpoint, ResumeFrom = resume };
+        var control = new TrainingControl
+        {
+            Cancellation = cancellation,
+            OnCheckpoint = snapshot =>
+            {
+                folder.SaveCheckpoint(snapshot);
+                events?.Weights(snapshot);
+            },
+            ResumeFrom = resume,
+        };
         try
         {
             using var result = progress.Run(() => Trainer.Train(run.Program, run.Data, run.Method.Formulation, run.Method.Solver, run.Method.StepRules,
@@ -108,6 +128,12 @@ public static class Runner
         { } d => JsonValue.Create(d.ToString(CultureInfo.InvariantCulture)),
     };
 
+    /// A small quantity (a defect) to 6 significant digits: rounding it to 6 decimals would make
+    /// 4.2e-8 a 0.
+    private static JsonNode? Significant(double v) =>
+        v == 0 || !double.IsFinite(v) ? Number(v)
+        : JsonValue.Create(double.Parse(v.ToString("G6", CultureInfo.InvariantCulture), CultureInfo.InvariantCulture));
+
     /// What the run reached: a pure function of the config and the machine (no timings), so two
     /// runs of one config write the same summary.json byte for byte.
     public static JsonObject Summary(PreparedRun run, string status, string? message, IReadOnlyList<EpochMetrics> history, TrainingResult? result)
@@ -123,11 +149,14 @@ public static class Runner
         s["net"] = run.Experiment.Net;
         s["epochs"] = history.Count;
         s["planned_epochs"] = run.Options.Epochs;
-        var selected = result?.Selected ?? history.Where(m => m.ValidationAccuracy is not null).OrderByDescending(m => m.ValidationAccuracy).ThenBy(m => m.Epoch).FirstOrDefault()
+        var onValidation = run.Options.Selection == Selection.ValidationAccuracy;
+        var selected = result?.Selected
+            ?? (onValidation ? history.Where(m => m.ValidationAccuracy is not null).OrderByDescending(m => m.ValidationAccuracy).ThenBy(m => m.Epoch).FirstOrDefault() : null)
             ?? history.LastOrDefault();
         if (selected is not null)
         {
-            s["selected_by"] = selected.ValidationAccuracy is null ? "last_epoch" : "validation_accuracy";
+            var byValidation = result is not null ? result.SelectedBy == Selection.ValidationAccuracy : onValidation && selected.ValidationAccuracy is not null;
+            s["selected_by"] = byValidation ? "validation_accuracy" : "last_epoch";
             s["selected_epoch"] = selected.Epoch;
             s["validation_accuracy"] = Number(selected.ValidationAccuracy);
             s["test_accuracy"] = Number(selected.TestAccuracy);
@@ -142,12 +171,12 @@ public static class Runner
             s["state_bytes"] = result.StateBytes;
             if (run.Method.Formulation.PlayerNames.Count > 1)
             {
-                s["defect"] = Number(result.FinalDefect);
-                s["defect_before_finish"] = Number(result.DefectBeforeFinish);
-                s["batch_defect"] = Number(result.FinalBatchDefect);
+                s["defect"] = Significant(result.FinalDefect);
+                s["defect_before_finish"] = Significant(result.DefectBeforeFinish);
+                s["batch_defect"] = Significant(result.FinalBatchDefect);
             }
         }
-        else if (history.Count > 0 && history[^1].Defects.Count > 0) s["defect"] = Number(history[^1].MeanDefect);
+        else if (history.Count > 0 && history[^1].Defects.Count > 0) s["defect"] = Significant(history[^1].MeanDefect);
         s["threads"] = run.Engine.Threads;
         return s;
     }
@@ -186,10 +215,10 @@ public static class Runner
     private sealed class Observer : ITrainingObserver
     {
         public Action<int, int>? Start { get; init; }
-        public Action<int, int, int>? Batch { get; init; }
+        public Action<int, int, int, double, double>? Batch { get; init; }
         public Action<EpochMetrics>? Epoch { get; init; }
         public void OnStart(int epochs, int batchesPerEpoch) => Start?.Invoke(epochs, batchesPerEpoch);
-        public void OnBatch(int epoch, int batch, int batchesPerEpoch) => Batch?.Invoke(epoch, batch, batchesPerEpoch);
+        public void OnBatch(int epoch, int batch, int batchesPerEpoch, double loss, double objective) => Batch?.Invoke(epoch, batch, batchesPerEpoch, loss, objective);
         public void OnEpoch(EpochMetrics metrics) => Epoch?.Invoke(metrics);
     }
 }

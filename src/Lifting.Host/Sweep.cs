@@ -110,9 +110,14 @@ public static class Sweep
         var output = context.Output;
         var points = definition.Points(source);
         // Every point is resolved and checked before anything is written.
+        var warnings = new List<string>();
         foreach (var (label, e, _) in points)
         {
-            try { using var _ = PreparedRun.Prepare(e); }
+            try
+            {
+                using var prepared = PreparedRun.Prepare(e);
+                warnings.AddRange(prepared.Warnings.Where(w => !warnings.Contains(w)));
+            }
             catch (Exception x) when (x is UsageException or ArgumentException or Lifting.Data.DataFormatException)
             {
                 throw new UsageException($"{source}: point {label}: {x.Message}");
@@ -125,6 +130,7 @@ public static class Sweep
             ["axes"] = new JsonObject(definition.Axes.Select(a => KeyValuePair.Create(a.Key, (JsonNode?)new JsonArray(a.Values.Select(v => v.DeepClone()).ToArray())))),
         });
         output.WriteLine($"{title}: {points.Count} runs into {folder.Path}");
+        foreach (var warning in warnings) output.WriteLine(warning);
         var done = new List<Done>();
         var wall = System.Diagnostics.Stopwatch.StartNew();
         int exit = 0;
@@ -205,7 +211,7 @@ public static class Sweep
             var statuses = all.Where(d => d.Outcome.Status != RunOutcome.Completed).GroupBy(d => d.Outcome.Status).Select(g => $"{g.Count()} {g.Key}").ToArray();
             var name = group.Key.Length == 0 ? method : group.Key.Replace("method=", "", StringComparison.Ordinal);
             md.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {name} | {family} | {ok.Length}/{all.Length}{(statuses.Length > 0 ? $" ({string.Join(", ", statuses)})" : "")} | {MeanSd(test, "F4")} | {MeanSd(validation, "F4")} | {(defect.Length == 0 ? "–" : MeanSd(defect, "E1"))} | {seconds:F3} | {ratio:F2} |"));
+                $"| {name} | {family} | {ok.Length}/{all.Length}{(statuses.Length > 0 ? $" ({string.Join(", ", statuses)})" : "")} | {MeanSd(test, "F4")} | {MeanSd(validation, "F4")} | {(defect.Length == 0 ? "–" : MeanSd(defect, Cli.SciFormat(1)))} | {seconds:F3} | {ratio:F2} |"));
             rows.Add(new JsonObject
             {
                 ["point"] = name, ["method"] = method, ["family"] = family, ["runs"] = all.Length, ["completed"] = ok.Length,

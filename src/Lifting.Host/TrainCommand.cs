@@ -13,7 +13,18 @@ namespace Lifting.Host;
 /// the method catalog validates their values. A flag that is neither is refused naming both.
 public static class TrainCommand
 {
-    private static readonly string[] HostOptions = { "config", "out", "force", "json", "plain" };
+    private static readonly string[] HostOptions = { "config", "out", "force", "json", "plain", "log-every" };
+
+    private static Option<string> LogEveryOption() => new("--log-every")
+    {
+        Description = $"TensorBoard: log the mini-batch loss every N mini-batches (0 = per epoch only) [default: {TensorBoardLog.DefaultLogEvery}]",
+        HelpName = "N",
+    };
+
+    private static int LogEvery(ParseResult parsed, Option<string> option) =>
+        parsed.GetValue(option) is not { } text ? TensorBoardLog.DefaultLogEvery
+        : int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) && n >= 0 ? n
+        : throw new UsageException($"--log-every: '{text}' must be an integer >= 0");
 
     public static Command Create(string[] args, CliContext context)
     {
@@ -26,7 +37,8 @@ public static class TrainCommand
         var force = new Option<bool>("--force") { Description = "replace the contents of a non-empty --out folder" };
         var json = new Option<bool>("--json") { Description = "make the last line of output a JSON summary" };
         var plain = new Option<bool>("--plain") { Description = "plain lines instead of live progress bars" };
-        foreach (var o in new Option[] { config, output, force, json, plain }) command.Add(o);
+        var logEvery = LogEveryOption();
+        foreach (var o in new Option[] { config, output, force, json, plain, logEvery }) command.Add(o);
 
         var runOptions = new List<(RunKey Key, Option Option)>();
         foreach (var key in Experiment.Keys)
@@ -77,7 +89,7 @@ public static class TrainCommand
             }
             using var folder = RunFolder.ForOutput(parsed.GetValue(output), parsed.GetValue(force), e.Method);
             using var run = PreparedRun.Prepare(e);
-            return Train(run, folder, context, parsed.GetValue(json), parsed.GetValue(plain), resume: null);
+            return Train(run, folder, context, parsed.GetValue(json), parsed.GetValue(plain), resume: null, LogEvery(parsed, logEvery));
         });
         return command;
     }
@@ -105,26 +117,53 @@ public static class TrainCommand
 
     public static Command Resume(CliContext context)
     {
-        var command = new Command("resume", "Continue an interrupted run from its checkpoint, in its folder; it ends exactly as the uninterrupted run would.");
+        var command = new Command("resume", "Continue an interrupted run from its checkpoint, in its folder; it ends exactly as the uninterrupted run would. --epochs N extends a run (completed or not) to N epochs.");
         var run = new Argument<string>("RUN") { Description = "the run folder" };
+        var epochs = new Option<string>("--epochs")
+        {
+            Description = "extend the run to N epochs in all (N >= the planned epochs); equal to a run planned with N epochs when no schedule of the method depends on the planned count (docs/host.md)",
+            HelpName = "N",
+        };
+        command.Add(epochs);
         var json = new Option<bool>("--json") { Description = "make the last line of output a JSON summary" };
         var plain = new Option<bool>("--plain") { Description = "plain lines instead of live progress bars" };
         command.Add(run);
         command.Add(json);
         command.Add(plain);
+        var logEvery = LogEveryOption();
+        command.Add(logEvery);
         command.SetAction(parsed =>
         {
             var path = parsed.GetValue(run)!;
             using var folder = RunFolder.Existing(path);
             folder.Claim();
             var status = folder.ReadJson(RunFolder.Summary)["status"]?.GetValue<string>() ?? "";
-            if (status == RunOutcome.Completed) throw new UsageException($"{path}: the run is completed; nothing to resume");
-            if (status == RunOutcome.Diverged) throw new UsageException($"{path}: the run diverged; resuming would diverge again (train anew with other settings)");
-            if (!File.Exists(folder.File(RunFolder.CheckpointFile))) throw new UsageException($"{path}: no checkpoint (the run stopped before its first epoch ended); train anew");
             var experiment = Experiment.FromJsonFile(folder.File(RunFolder.Config));
+            var planned = experiment.Epochs;
+            if (parsed.GetValue(epochs) is { } text)
+            {
+                experiment = experiment.Set("epochs", text, fromFlag: true);
+                if (experiment.Epochs < planned)
+                    throw new UsageException($"--epochs {experiment.Epochs}: fewer than the {planned} epochs the run plans; a run can be extended, not shortened");
+                if (status == RunOutcome.Completed && experiment.Epochs == planned)
+                    throw new UsageException($"--epochs {experiment.Epochs}: the run is completed with its {planned} epochs; give more to extend it");
+            }
+            else if (status == RunOutcome.Completed) throw new UsageException($"{path}: the run is completed; nothing to resume (--epochs N extends it to N epochs)");
+            if (status == RunOutcome.Diverged) throw new UsageException($"{path}: the run diverged; resuming would diverge again (train anew with other settings)");
+            if (!File.Exists(folder.File(RunFolder.CheckpointFile)))
+            {
+                var done = folder.ReadMetrics().Count;
+                throw new UsageException(done > 0
+                    ? $"{path}: {RunFolder.CheckpointFile} is missing, though {done} epoch{(done == 1 ? " is" : "s are")} done (deleted or moved?); train anew"
+                    : $"{path}: no checkpoint (the run stopped before its first epoch ended); train anew");
+            }
             using var prepared = PreparedRun.Prepare(experiment);
             using var checkpoint = LoadCheckpoint(folder);
-            return Train(prepared, folder, context, parsed.GetValue(json), parsed.GetValue(plain), checkpoint);
+            if (checkpoint.State.Epochs > experiment.Epochs)
+                throw new UsageException($"{path}: the checkpoint plans {checkpoint.State.Epochs} epochs, config.json {experiment.Epochs}; resume --epochs {checkpoint.State.Epochs}");
+            if (status == RunOutcome.Completed && checkpoint.State.CompletedEpochs < planned)
+                throw new UsageException($"{path}: the run completed after {checkpoint.State.CompletedEpochs} of {planned} epochs (stopped early by --patience); extending it would stop again");
+            return Train(prepared, folder, context, parsed.GetValue(json), parsed.GetValue(plain), checkpoint, LogEvery(parsed, logEvery));
         });
         return command;
     }
@@ -135,7 +174,18 @@ public static class TrainCommand
         catch (Lifting.Data.DataFormatException x) { throw new UsageException($"{folder.Path}: {x.Message}"); }
     }
 
-    private static int Train(PreparedRun run, RunFolder folder, CliContext context, bool json, bool plain, Checkpoint? resume)
+    /// "; defect 3.10e-02", or with the penalty's feasibility pass "; defect 3.10e-02 at the end of
+    /// training, 0 after the feasibility pass": the first is the figure the sweep and demo tables report.
+    internal static string DefectText(JsonObject s)
+    {
+        static double? Value(JsonNode? n) => n is JsonValue v && v.TryGetValue<double>(out var d) ? d : null;
+        if (Value(s["defect"]) is not { } after) return "";
+        if (Value(s["defect_before_finish"]) is { } before && before != after)
+            return $"; defect {Cli.Sci(before)} at the end of training, {Cli.Sci(after)} after the feasibility pass";
+        return $"; defect {Cli.Sci(after)}";
+    }
+
+    private static int Train(PreparedRun run, RunFolder folder, CliContext context, bool json, bool plain, Checkpoint? resume, int logEvery)
     {
         var output = context.Output;
         var progress = Progress.Create(output, context.Live && !plain);
@@ -144,14 +194,15 @@ public static class TrainCommand
                          $"device {run.Engine.Device}, {run.Engine.Threads} threads, LibTorch {run.Engine.LibTorch}");
         output.WriteLine($"  program   {run.Program}");
         foreach (var (key, value) in run.Method.Summary) output.WriteLine($"  {key,-18}{value}");
+        foreach (var warning in run.Warnings) output.WriteLine(warning);
         output.WriteLine($"  run folder {folder.Path}{(resume is null ? "" : $" (resuming: {resume})")}");
-        var outcome = Runner.Execute(run, folder, progress, context.Cancellation, resume);
+        var outcome = Runner.Execute(run, folder, progress, context.Cancellation, resume, logEvery: logEvery);
         var s = outcome.Summary;
         if (outcome.Status == RunOutcome.Completed)
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"selected epoch {s["selected_epoch"]} by {(s["selected_by"]?.GetValue<string>() == "validation_accuracy" ? "validation accuracy" : "last epoch (no validation split)")}: " +
+                $"selected epoch {s["selected_epoch"]} by {(s["selected_by"]?.GetValue<string>() == "validation_accuracy" ? "validation accuracy" : run.Options.Selection == Lifting.Training.Selection.LastEpoch ? "last epoch (--select last)" : "last epoch (no validation split)")}: " +
                 $"validation {s["validation_accuracy"]?.ToJsonString() ?? "–"}, test {s["test_accuracy"]}; last epoch: test {s["final_test_accuracy"]}" +
-                $"{(s["defect"] is { } d ? $"; defect {d}" : "")}; run folder {folder.Path}"));
+                $"{DefectText(s)}; run folder {folder.Path}"));
         else context.Error.WriteLine($"lifting: run {outcome.Status}: {s["message"]}");
         if (json)
         {

@@ -11,15 +11,31 @@ public sealed record CsvTable(string Name, IReadOnlyList<string> Columns, string
     public int Count => Labels.Length;
 }
 
+/// How a CSV file is laid out beyond what is detected: leading lines to skip (e.g. the summary line
+/// `569,30,malignant,benign` that scikit-learn's exports start with) and whether the first row
+/// is a header (null: detected).
+public sealed record CsvFormat
+{
+    /// Lines at the start of the file to ignore, whatever they hold.
+    public int SkipRows { get; init; }
+
+    /// True: the first row (after the skipped lines) is a header; false: it is data; null: a
+    /// header when one of its fields is not a number above a field that is.
+    public bool? Header { get; init; }
+
+    public static CsvFormat Default { get; } = new();
+}
+
 /// A user's own tabular data (`--data FILE.csv`, plain or gzip-compressed):
 ///
+/// - `CsvFormat.SkipRows` leading lines are skipped; a UTF-8 byte-order mark is dropped;
 /// - fields separated by commas (tabs when the first line has tabs and no commas), optionally
 ///   quoted with "…" ("" inside quotes is a quote); blank lines are skipped;
-/// - a header row is detected: the first row is a header when one of its fields is not a number
-///   while the field below it is;
+/// - a header row is detected (unless `CsvFormat.Header` says): the first row is a header when one
+///   of its fields is not a number while the field below it is; header names must be unique;
 /// - the label column is named (`label`: a header name) or numbered (0-based, negative from the
 ///   end: −1 is the last column, the default); every other column is a feature and must hold
-///   finite numbers;
+///   finite numbers within float32's range (the data is read as float32);
 /// - labels are class names: when all are integers they are ordered numerically, otherwise
 ///   ordinally; class k is the k-th name. A given list of class names (a trained network's)
 ///   fixes the mapping instead, and a label outside it is refused.
@@ -35,8 +51,8 @@ public static class CsvData
         path.EndsWith(".csv", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".csv.gz", StringComparison.OrdinalIgnoreCase)
         || path.EndsWith(".tsv", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".tsv.gz", StringComparison.OrdinalIgnoreCase);
 
-    public static CsvTable Read(string path, string? label = null, IReadOnlyList<string>? classNames = null) =>
-        Parse(ReadText(path), Path.GetFileName(path), label, classNames);
+    public static CsvTable Read(string path, string? label = null, IReadOnlyList<string>? classNames = null, CsvFormat? format = null) =>
+        Parse(ReadText(path), Path.GetFileName(path), label, classNames, format);
 
     /// The file's text, decompressed when it starts with the gzip magic; refuses binary content.
     internal static string ReadText(string path)
@@ -69,29 +85,49 @@ public static class CsvData
     }
 
     /// Parses CSV text (see the class comment). Errors name the file, the line and the column.
-    public static CsvTable Parse(string text, string name, string? label = null, IReadOnlyList<string>? classNames = null)
+    public static CsvTable Parse(string text, string name, string? label = null, IReadOnlyList<string>? classNames = null, CsvFormat? format = null)
     {
+        format ??= CsvFormat.Default;
+        if (format.SkipRows < 0) throw new DataFormatException($"{name}: cannot skip {format.SkipRows} lines (expected >= 0)");
+        if (text.Length > 0 && text[0] == '\uFEFF') text = text[1..]; // a UTF-8 byte-order mark is not part of the first name
         var lines = new List<(int Number, string[] Fields)>();
         char? separator = null;
         int number = 0;
         foreach (var raw in text.Split('\n'))
         {
             number++;
+            if (number <= format.SkipRows) continue;
             var line = raw.TrimEnd('\r');
             if (string.IsNullOrWhiteSpace(line)) continue;
             separator ??= line.Contains('\t') && !line.Contains(',') ? '\t' : ',';
             lines.Add((number, Split(line, separator.Value, name, number)));
         }
-        if (lines.Count == 0) throw new DataFormatException($"{name}: no rows");
+        if (lines.Count == 0)
+            throw new DataFormatException(format.SkipRows > 0 ? $"{name}: no rows after the {format.SkipRows} skipped lines" : $"{name}: no rows");
         int columns = lines[0].Fields.Length;
         if (columns < 2) throw new DataFormatException($"{name}: line {lines[0].Number} has {columns} field; a CSV needs at least one feature and a label");
-        foreach (var (n, fields) in lines)
-            if (fields.Length != columns) throw new DataFormatException($"{name}: line {n} has {fields.Length} fields, expected {columns} like line {lines[0].Number}");
+        for (int r = 1; r < lines.Count; r++)
+        {
+            var (n, fields) = lines[r];
+            if (fields.Length == columns) continue;
+            // The first line alone differs from the rest: a summary line before the table.
+            var hint = r == 1 && lines.Count > 2 && lines[2].Fields.Length == fields.Length
+                ? $" (is line {lines[0].Number} a summary line before the table? --skip-rows {lines[0].Number} skips it)" : "";
+            throw new DataFormatException($"{name}: line {n} has {fields.Length} fields, expected {columns} like line {lines[0].Number}{hint}");
+        }
 
-        bool header = lines.Count > 1 && Enumerable.Range(0, columns).Any(j => !IsNumber(lines[0].Fields[j]) && IsNumber(lines[1].Fields[j]));
+        bool LooksLikeHeader(int below) => Enumerable.Range(0, columns).Any(j => !IsNumber(lines[0].Fields[j]) && IsNumber(lines[below].Fields[j]));
+        bool header = format.Header ?? (lines.Count > 1 ? LooksLikeHeader(1) : LooksLikeNames(lines[0].Fields));
         var names = header ? lines[0].Fields.Select(f => f.Trim()).ToArray() : Enumerable.Range(0, columns).Select(j => $"column {j}").ToArray();
         var rows = header ? lines.Skip(1).ToList() : lines;
-        if (rows.Count == 0) throw new DataFormatException($"{name}: a header and no data rows");
+        if (rows.Count == 0) throw new DataFormatException($"{name}: a header (line {lines[0].Number}) and no data rows");
+        if (header)
+            for (int j = 0; j < columns; j++)
+            {
+                int k = Array.FindIndex(names, j + 1, n => string.Equals(n, names[j], StringComparison.Ordinal));
+                if (k >= 0)
+                    throw new DataFormatException($"{name}: line {lines[0].Number}: columns {j} and {k} are both named '{names[j]}'; give the columns unique names (or --no-header to number them)");
+            }
 
         int labelIndex = LabelIndex(label, names, header, name);
         var features = new float[rows.Count * (columns - 1)];
@@ -110,9 +146,13 @@ public static class CsvData
                     continue;
                 }
                 if (field.Length == 0) throw new DataFormatException($"{name}: line {n}, column '{names[j]}': empty value (missing values are not supported)");
-                if (!float.TryParse(field, NumberStyles.Float, CultureInfo.InvariantCulture, out var v))
+                if (!double.TryParse(field, NumberStyles.Float, CultureInfo.InvariantCulture, out var d))
                     throw new DataFormatException($"{name}: line {n}, column '{names[j]}': '{field}' is not a number");
-                if (!float.IsFinite(v)) throw new DataFormatException($"{name}: line {n}, column '{names[j]}': '{field}' is not a finite number");
+                if (!double.IsFinite(d)) throw new DataFormatException($"{name}: line {n}, column '{names[j]}': '{field}' is not a finite number");
+                var v = (float)d;
+                if (!float.IsFinite(v))
+                    throw new DataFormatException(string.Create(CultureInfo.InvariantCulture,
+                        $"{name}: line {n}, column '{names[j]}': '{field}' is outside float32's range (±{float.MaxValue:G3}), in which CSV features are read"));
                 features[i * (columns - 1) + k++] = v;
             }
         }
@@ -152,6 +192,10 @@ public static class CsvData
         return found >= 0 ? found
             : throw new DataFormatException($"{name}: no column '{text}' (columns: {string.Join(", ", names)})");
     }
+
+    /// A single line with no row below it is a header when none of its fields is a number (a lone
+    /// data row has numeric features).
+    private static bool LooksLikeNames(string[] fields) => fields.All(f => !IsNumber(f));
 
     private static bool IsNumber(string field) => double.TryParse(field.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out _);
 

@@ -113,6 +113,10 @@ public sealed record DataOptions
 
     public const double DefaultTestFraction = 0.2;
 
+    /// CSV data: leading lines to skip and whether the first row is a header (`CsvFormat`); null =
+    /// none skipped, header detected. Refused for other data.
+    public CsvFormat? Csv { get; init; }
+
     /// Statistics to standardise with instead of the training split's (evaluating a trained
     /// network on new data uses the statistics it was trained with).
     public Normalisation? FixedNormalisation { get; init; }

@@ -40,6 +40,8 @@ public static class DatasetCatalog
             throw new DataFormatException($"{nameOrPath}: a label column ('{options.Label}') applies to CSV data only");
         if (!csv && options.TestFraction is not null)
             throw new DataFormatException($"{nameOrPath}: a test fraction applies to CSV data only; this data comes with its own test split");
+        if (!csv && options.Csv is { } format && format != CsvFormat.Default)
+            throw new DataFormatException($"{nameOrPath}: skipping lines and header settings apply to CSV data only");
         IReadOnlyList<string> classNames = Array.Empty<string>();
         var (train, test) = nameOrPath.ToLowerInvariant() switch
         {
@@ -156,7 +158,7 @@ public static class DatasetCatalog
     /// (`DataOptions.TestFraction` of the rows, at least one), each part keeping the file's order.
     private static (Raw, Raw) Csv(string path, DataOptions options, out IReadOnlyList<string> classNames)
     {
-        var table = CsvData.Read(path, options.Label, options.ClassNames);
+        var table = CsvData.Read(path, options.Label, options.ClassNames, options.Csv);
         classNames = table.ClassNames;
         var name = Path.GetFileName(path);
         var stem = name.Split('.')[0];

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -44,9 +45,18 @@ public sealed class TensorFile : IDisposable
 ///     the rest    the tensors' values, row-major, little-endian, back to back in file order
 ///
 /// Data types: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL.
+///
+/// Every file written here carries a checksum in its metadata, "sha256" = the SHA-256 (hex) of
+/// the tensor entries (name, dtype, shape, in file order), the other metadata (sorted by key) and
+/// the data section; a file whose checksum does not match is refused when read, so flipped bits
+/// in a checkpoint or a weights file never resume or evaluate silently. Files without the key
+/// (other writers) are read unchecked.
 public static class SafeTensors
 {
     private const string MetadataKey = "__metadata__";
+
+    /// The metadata key of the checksum.
+    public const string ChecksumKey = "sha256";
 
     private static readonly (ScalarType Type, string Code)[] Codes =
     {
@@ -60,13 +70,10 @@ public static class SafeTensors
     {
         var names = new HashSet<string>();
         var header = new JsonObject();
-        if (metadata is { Count: > 0 })
-        {
-            var meta = new JsonObject();
-            foreach (var (k, v) in metadata) meta[k] = v;
-            header[MetadataKey] = meta;
-        }
+        var meta = new JsonObject();
+        header[MetadataKey] = meta;
         var blobs = new List<byte[]>();
+        var entries = new List<(string Name, string Code, long[] Shape)>();
         long offset = 0;
         foreach (var (name, value) in tensors)
         {
@@ -81,8 +88,12 @@ public static class SafeTensors
                 ["data_offsets"] = new JsonArray(JsonValue.Create(offset), JsonValue.Create(offset + bytes.Length)),
             };
             blobs.Add(bytes);
+            entries.Add((name, Code(cpu.dtype), cpu.shape));
             offset += bytes.Length;
         }
+        var kept = (metadata ?? new Dictionary<string, string>()).Where(p => p.Key != ChecksumKey).ToArray();
+        foreach (var (k, v) in kept) meta[k] = v;
+        meta[ChecksumKey] = Checksum(entries, kept, blobs);
         var json = Encoding.UTF8.GetBytes(header.ToJsonString());
         var padded = (json.Length + 7) / 8 * 8;
         var length = new byte[8];
@@ -120,8 +131,10 @@ public static class SafeTensors
         var lengthBytes = new byte[8];
         if (stream.ReadAtLeast(lengthBytes, 8, throwOnEndOfStream: false) < 8) throw new DataFormatException($"{name}: truncated: too short for a safetensors header");
         var headerLength = BinaryPrimitives.ReadUInt64LittleEndian(lengthBytes);
-        if (headerLength > 100_000_000 || (stream.CanSeek && (long)headerLength > stream.Length - 8))
+        if (headerLength > 100_000_000)
             throw new DataFormatException($"{name}: not a safetensors file (header length {headerLength})");
+        if (stream.CanSeek && (long)headerLength > stream.Length - 8)
+            throw new DataFormatException($"{name}: truncated: the header needs {headerLength} bytes, the file holds {stream.Length - 8} after the length");
         var headerBytes = new byte[headerLength];
         if (stream.ReadAtLeast(headerBytes, headerBytes.Length, throwOnEndOfStream: false) < headerBytes.Length)
             throw new DataFormatException($"{name}: truncated header");
@@ -154,6 +167,7 @@ public static class SafeTensors
         }
         entries.Sort((a, b) => a.Begin.CompareTo(b.Begin));
         var tensors = new List<NamedTensor>();
+        var blobs = new List<byte[]>();
         try
         {
             long position = 0;
@@ -166,10 +180,17 @@ public static class SafeTensors
                 var bytes = new byte[end - begin];
                 if (stream.ReadAtLeast(bytes, bytes.Length, throwOnEndOfStream: false) < bytes.Length)
                     throw new DataFormatException($"{name}: truncated: tensor '{key}' needs {bytes.Length} bytes");
+                blobs.Add(bytes);
                 var t = empty(shape, dtype: type);
                 if (bytes.Length > 0) t.bytes = bytes;
                 tensors.Add(new NamedTensor(key, t));
                 position = end;
+            }
+            if (metadata.TryGetValue(ChecksumKey, out var expected))
+            {
+                var actual = Checksum(entries.Select(e => (e.Name, Code(e.Type), e.Shape)).ToList(), metadata.Where(p => p.Key != ChecksumKey).ToArray(), blobs);
+                if (!string.Equals(actual, expected, StringComparison.OrdinalIgnoreCase))
+                    throw new DataFormatException($"{name}: corrupt: its SHA-256 checksum does not match its contents (the tensors or the metadata changed after it was written)");
             }
         }
         catch
@@ -178,6 +199,31 @@ public static class SafeTensors
             throw;
         }
         return new TensorFile(tensors, metadata);
+    }
+
+    /// SHA-256 (lower-case hex) of the entries, the metadata sorted by key and the data, each
+    /// field followed by a NUL byte.
+    private static string Checksum(IReadOnlyList<(string Name, string Code, long[] Shape)> entries, IReadOnlyList<KeyValuePair<string, string>> metadata, IReadOnlyList<byte[]> blobs)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        void Field(string text)
+        {
+            hash.AppendData(Encoding.UTF8.GetBytes(text));
+            hash.AppendData(stackalloc byte[] { 0 });
+        }
+        foreach (var (name, code, shape) in entries)
+        {
+            Field(name);
+            Field(code);
+            Field(string.Join(",", shape));
+        }
+        foreach (var (k, v) in metadata.OrderBy(p => p.Key, StringComparer.Ordinal))
+        {
+            Field(k);
+            Field(v);
+        }
+        foreach (var blob in blobs) hash.AppendData(blob);
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
     private static string Code(ScalarType type) =>

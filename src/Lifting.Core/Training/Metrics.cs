@@ -44,7 +44,8 @@ public enum Selection
 {
     /// The epoch with the highest validation accuracy (the first of equals).
     ValidationAccuracy,
-    /// The last epoch: the run had no validation split.
+    /// The last epoch: the run had no validation split, or was asked for the last epoch
+    /// (`TrainingOptions.Selection`).
     LastEpoch,
 }
 
@@ -80,6 +81,11 @@ public sealed record TrainingResult(
     /// `PerExampleBytes` is the per-example store's share divided by the training set's size.
     public long StateBytes { get; init; }
 
+    /// What `PerExampleBytes` holds: bytes per example of each variable of the per-example store,
+    /// its step-rule state (`NAME#slotK`, `NAME#memoryK`) counted with it. Empty when nothing is
+    /// kept per example.
+    public IReadOnlyDictionary<string, long> PerExampleVariables { get; init; } = new Dictionary<string, long>();
+
     /// The metrics of the selected epoch.
     public EpochMetrics Selected => Epochs[SelectedEpoch - 1];
 
@@ -98,6 +104,9 @@ public interface ITrainingObserver
 {
     void OnStart(int epochs, int batchesPerEpoch) { }
     void OnBatch(int epoch, int batch, int batchesPerEpoch) { }
+    /// After each mini-batch, with its loss term and lifted objective (each at the batch's last
+    /// operator evaluation, as `EpochMetrics` averages them); by default `OnBatch` above.
+    void OnBatch(int epoch, int batch, int batchesPerEpoch, double loss, double objective) => OnBatch(epoch, batch, batchesPerEpoch);
     void OnEpoch(EpochMetrics metrics) { }
 }
 

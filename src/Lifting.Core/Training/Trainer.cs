@@ -54,8 +54,10 @@ public static class Trainer
         observer ??= Observers.None;
         control ??= new TrainingControl();
         var resume = control.ResumeFrom;
-        if (resume is not null && resume.State.Epochs != options.Epochs)
-            throw new ArgumentException($"The checkpoint plans {resume.State.Epochs} epochs, these options {options.Epochs}.");
+        // A checkpoint continues its plan, or extends it to more epochs (schedules that depend on
+        // the planned count then follow the new count from the next epoch on).
+        if (resume is not null && options.Epochs < resume.State.Epochs)
+            throw new ArgumentException($"The checkpoint plans {resume.State.Epochs} epochs, these options {options.Epochs}: a run can be extended, not shortened.");
         random.manual_seed(options.Seed);
         var train = data.Train;
         var weights = initialWeights ?? program.Initialise(options.Seed, options.Device, options.DType);
@@ -72,13 +74,13 @@ public static class Trainer
         if (resume is not null)
         {
             resume.RestoreInto(checkpointable!);
-            state = resume.State;
+            state = resume.State with { Epochs = options.Epochs };
             selectedWeights = resume.SelectedWeights(program, options.Device);
         }
         else state = state with { InitialLoss = Evaluate(program, problem.Weights, train, options.DType).Loss };
         observer.OnStart(options.Epochs, batches);
         var history = new List<EpochMetrics>(state.History);
-        var selection = data.HasValidation ? Selection.ValidationAccuracy : Selection.LastEpoch;
+        var selection = data.HasValidation && options.Selection == Selection.ValidationAccuracy ? Selection.ValidationAccuracy : Selection.LastEpoch;
         double bestValidation = state.BestValidation;
         int selectedEpoch = state.SelectedEpoch;
         bool stoppedEarly = false;
@@ -131,7 +133,8 @@ public static class Trainer
                     if (!double.IsFinite(objective))
                         throw Diverged(epoch, b + 1, $"the lifted objective is {Show(objective)}", checkpointable, program, nonFinite: true);
                     objectiveSum += objective;
-                    lossSum += game.Loss;
+                    var batchLoss = game.Loss;
+                    lossSum += batchLoss;
                     if (b == batches - 1)
                     {
                         multiplierNorms = game.MultiplierNorms.ToArray();
@@ -141,7 +144,7 @@ public static class Trainer
                         timer.Start();
                     }
                     b++;
-                    observer.OnBatch(epoch, b, batches);
+                    observer.OnBatch(epoch, b, batches, batchLoss, objective);
                     if (control.Cancellation.IsCancellationRequested && b < batches)
                     {
                         timer.Stop();
@@ -175,7 +178,7 @@ public static class Trainer
                     throw Diverged(epoch, null, string.Create(CultureInfo.InvariantCulture,
                         $"the training loss {trainLoss:G4} is more than {options.MaxLossRatio:G4} times its start {state.InitialLoss:G4}"), checkpointable, program, nonFinite: false);
                 history.Add(metrics);
-                if (validation is not null && validation.Accuracy > bestValidation)
+                if (selection == Selection.ValidationAccuracy && validation is not null && validation.Accuracy > bestValidation)
                 {
                     bestValidation = validation.Accuracy;
                     selectedEpoch = epoch;
@@ -213,6 +216,9 @@ public static class Trainer
                 SelectedWeights = selectedWeights!,
                 Engine = EngineInfo.Current(options.Device),
                 StateBytes = problem.StateBytes,
+                PerExampleVariables = problem.Store.Names
+                    .GroupBy(n => n.Split('#')[0])
+                    .ToDictionary(g => g.Key, g => g.Sum(n => problem.Store[n].NumberOfElements * problem.Store[n].ElementSize) / Math.Max(1, train.Count)),
             };
         }
         catch

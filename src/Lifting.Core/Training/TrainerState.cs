@@ -7,7 +7,7 @@ namespace Lifting.Training;
 /// (`Lifting.Storage.Checkpoint`). Step-rule schedules are not saved: they follow the epoch.
 public sealed record TrainerState
 {
-    /// The planned number of epochs (a checkpoint continues the same plan).
+    /// The planned number of epochs (a checkpoint continues the same plan, or a longer one).
     public int Epochs { get; init; }
     public int CompletedEpochs { get; init; }
     /// Mini-batches of epoch `CompletedEpochs + 1` already done (0 at an epoch boundary).

@@ -21,6 +21,10 @@ public sealed record TrainingOptions
     /// Stop as diverged when the plain training loss after an epoch exceeds this many times the
     /// loss of the initial weights (a blow-up); infinity = only non-finite values stop a run.
     public double MaxLossRatio { get; init; } = double.PositiveInfinity;
+    /// How the reported epoch is chosen: on validation accuracy (the default; the last epoch when
+    /// there is no validation split) or always the last epoch (`Selection.LastEpoch`: nothing is
+    /// selected on validation, e.g. when the split is too small to tell epochs apart).
+    public Selection Selection { get; init; } = Selection.ValidationAccuracy;
 
     public void Validate()
     {
@@ -29,5 +33,7 @@ public sealed record TrainingOptions
         if (IterationsPerBatch < 1) throw new ArgumentOutOfRangeException(nameof(IterationsPerBatch), $"Invalid iterations per batch: {IterationsPerBatch} (expected >= 1).");
         if (!(MaxLossRatio > 1)) throw new ArgumentOutOfRangeException(nameof(MaxLossRatio), $"Invalid max loss ratio: {MaxLossRatio} (expected > 1).");
         if (Patience < 0) throw new ArgumentOutOfRangeException(nameof(Patience), $"Invalid patience: {Patience} (expected >= 0).");
+        if (Patience > 0 && Selection == Selection.LastEpoch)
+            throw new ArgumentException($"Early stopping (patience {Patience}) selects on validation; Selection.LastEpoch does not.");
     }
 }
