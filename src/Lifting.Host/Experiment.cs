@@ -80,7 +80,7 @@ public sealed record Experiment
         new("validation-fraction", "F", "training examples held out for validation; selection (best epoch, early stopping) uses them", "0.1"),
         new("split-seed", "N", "seed of the validation (and CSV test) split", MethodParameter.Format(Lifting.Data.DataOptions.DefaultSplitSeed)),
         new("input-scaling", "standardise|unit", "standardise inputs with the training split's statistics (per feature for CSV), or keep them raw", "standardise"),
-        new("init", "default|glorot|glorot-negative-first", "initialisation: each layer's own, Glorot-uniform weights with zero biases, or those with the first layer all-negative (seed 002's dead-ReLU start)", "default"),
+        new("init", "default|glorot|glorot-negative-first|he", "initialisation: each layer's own, Glorot-uniform weights with zero biases, those with the first layer all-negative (seed 002's dead-ReLU start), or He (Kaiming) uniform weights with zero biases", "default"),
         new("max-loss-ratio", "R", "stop as diverged when the training loss exceeds R times its start", "100"),
     };
 

@@ -27,6 +27,11 @@ let slowTests : string list =
       "ContrastiveTests.level-wise preconditioning keeps the clamped solution and keeps a large inference step stable where plain steps diverge (weights x3)"
       // 45.6 s
       "PackageTests.a fresh C# console project outside the repository builds against the Lifting.Core package and runs the README's C# example (digits, ExtraProp, 5 epochs: test accuracy >= 0.8)"
+      // 3 nets × 9 methods (one per family), 10 epochs each on the digits: about 4 minutes together
+      yield! [ for (method, floors) in GraphTests.familyFloors do
+                 for ((what, spec), floor) in List.zip GraphTests.familyNets floors do
+                     if floor.IsSome then
+                         $"GraphTests.lifting train --net \"{spec}\" --method {method} ({what} on the digits, 10 epochs) reaches >= {floor.Value} test accuracy at the validation-selected epoch" ]
       // 33.0 s
       "ScriptTests.compare.fsx trains backprop and ExtraProp on digits (5 epochs), prints both test accuracies (>= 0.8) and writes the plot as a PNG"
     ]

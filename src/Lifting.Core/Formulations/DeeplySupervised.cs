@@ -70,7 +70,7 @@ public sealed class DeeplySupervised : IFormulation
     /// λ_l per cut (the outputs of blocks 1 … L−1) from one value or one per cut.
     public static double[] WeightsPerCut(NestedProgram program, IReadOnlyList<double> lambda)
     {
-        int cuts = program.Blocks.Count - 1;
+        int cuts = program.Segments.Count - 1;
         if (cuts == 0)
             throw new ArgumentException("Deeply supervised nets need a program with at least one cut (a block output for a companion classifier); this one is one block.");
         if (lambda.Count != 1 && lambda.Count != cuts)
@@ -101,7 +101,7 @@ public sealed class DeeplySupervisedProblem : LiftedProblem
         var states = new List<StepState>();
         for (int l = 0; l < initial.Length; l++)
         {
-            long inputs = context.Program.Blocks[l].OutputShape.Aggregate(1L, (a, b) => a * b);
+            long inputs = context.Program.Segments[l].OutputShape.Aggregate(1L, (a, b) => a * b);
             var init = Initialisers.UniformFanIn(inputs);
             foreach (var (name, shape) in new[] { ("weight", new[] { outputs, inputs }), ("bias", new[] { outputs }) })
             {
@@ -158,9 +158,10 @@ public sealed class DeeplySupervisedProblem : LiftedProblem
             using var scope = NewDisposeScope();
             var (x, y) = LayerAngles.ProbeBatch(Context);
             using var batch = new MiniBatch(arange(x.shape[0], dtype: ScalarType.Int64, device: x.device), x, y);
-            using var game = new DsnGame(this, batch, used);
+            using var game = new DsnGame(this, batch, used, measuring: true);
             var direction = game.Operator(new[] { WeightsPlayer() })[0];
-            foreach (var (k, v) in LayerAngles.ToBackprop(Program, Weights.Tensors, direction, x, y)) d[k] = v;
+            using var measuring = ForwardPass.Measuring(Program, Weights, Context.Seed);
+            foreach (var (k, v) in LayerAngles.ToBackprop(Program, Weights.Tensors, direction, x, y, measuring)) d[k] = v;
             return d;
         }
     }
@@ -182,19 +183,25 @@ public sealed class DeeplySupervisedProblem : LiftedProblem
     /// The game on one mini-batch: the weights and the heads descend the deeply supervised
     /// objective Σ_i [ℓ(ŷ_i) + Σ_l λ_l ℓ(head_l(h_l,i))] by back-propagation; a head whose λ_l is
     /// 0 is not evaluated (its direction is 0).
+    /// Back-propagation's pass for programs with batch normalisation or dropout.
+    internal ForwardPass? TrainingPass(MiniBatch batch) => PassFor(batch, holdFixed: false);
+
     private sealed class DsnGame : BatchGame
     {
         private readonly DeeplySupervisedProblem problem;
+        private readonly ForwardPass? pass;
         private readonly double[] lambda;
         private readonly Tensor[] lambdaTensors;
 
-        public DsnGame(DeeplySupervisedProblem problem, MiniBatch batch, double[]? lambda = null) : base(batch)
+        public DsnGame(DeeplySupervisedProblem problem, MiniBatch batch, double[]? lambda = null, bool measuring = false) : base(batch)
         {
             this.problem = problem;
             // The problem's 0-d λ tensors for training; others (diagnostics) made here, in the caller's scope.
             this.lambda = lambda ?? problem.Lambda.ToArray();
             lambdaTensors = lambda is null ? problem.lambdaTensors
                 : lambda.Select(l => tensor(l, dtype: problem.Context.DType, device: problem.Context.Device)).ToArray();
+            // A diagnostic's game leaves the running statistics alone.
+            pass = measuring ? ForwardPass.Measuring(problem.Program, problem.Weights, problem.Context.Seed) : problem.TrainingPass(batch);
             Players = new[] { problem.WeightsPlayer(), problem.HeadsPlayer() };
         }
 
@@ -206,12 +213,15 @@ public sealed class DeeplySupervisedProblem : LiftedProblem
             var weights = problem.Weights.Tensors;
             var labels = Batch.Labels;
             var terms = new List<Tensor>();
-            var h = Batch.Inputs;
-            var outputShape = new[] { h.shape[0] }.Concat(program.OutputShape).ToArray();
-            for (int l = 0; l < program.Blocks.Count; l++)
+            var x = Batch.Inputs;
+            var h = x;
+            var outputShape = new[] { x.shape[0] }.Concat(program.OutputShape).ToArray();
+            var segments = program.Segments;
+            var values = new Tensor[segments.Count];
+            for (int l = 0; l < segments.Count; l++)
             {
-                h = program.ForwardBlock(l, h, program.BlockWeights(weights, l));
-                if (l == program.Blocks.Count - 1 || lambda[l] == 0) continue;
+                h = values[l] = segments[l].Forward(segments[l].InputsFrom(x, values), weights, pass);
+                if (l == segments.Count - 1 || lambda[l] == 0) continue;
                 var head = F.linear(h.reshape(h.shape[0], -1), problem.heads[2 * l], problem.heads[2 * l + 1]).reshape(outputShape);
                 terms.Add(program.Loss.PerExample(head, labels).sum().mul(lambdaTensors[l]));
             }
@@ -222,5 +232,11 @@ public sealed class DeeplySupervisedProblem : LiftedProblem
         }
 
         public override void Commit() { }
+
+        public override void Dispose()
+        {
+            pass?.Dispose();
+            base.Dispose();
+        }
     }
 }

@@ -18,11 +18,15 @@ public enum FeedbackKind
     Direct,
 }
 
-/// One layer with parameters of a chain program, seen by a feedback-alignment pass: its position
-/// in the flat layer list, the position of its first parameter, and, for direct feedback alignment,
-/// the layer whose output receives the output error (the last of the activations that directly
-/// follow it, or the layer itself).
-public sealed record FeedbackSite(int Number, int Layer, ILayer Definition, int FirstParameter, int InjectionLayer, long[] InjectionShape);
+/// One weight of a program seen by a feedback-alignment pass: the nodes that use it (one, or every
+/// step of an unrolled cell), its number from the input, its first parameter (the weight), and for
+/// direct feedback alignment the value where each use receives the output error (after the
+/// activations that directly follow the node, or the node's own output) and that value's shape.
+public sealed record FeedbackSite(int Number, IReadOnlyList<int> Nodes, IOperation Definition, int FirstParameter, IReadOnlyList<int> InjectionValues, long[] InjectionShape)
+{
+    /// The value of the first node using the weight.
+    public int Node => Nodes[0];
+}
 
 /// Feedback alignment: back-propagation's backward pass with a per-layer rule for the one thing it
 /// changes, the signal a layer with parameters sends to its input. With ℓ the batch's mean loss,
@@ -97,33 +101,76 @@ public sealed class FeedbackAlignment : IFormulation
         _ => "dfa",
     };
 
-    /// The program's layers in order (flattened over the blocks).
-    public static IReadOnlyList<ILayer> Layers(NestedProgram program) => program.Blocks.SelectMany(b => b.Layers).ToArray();
-
-    /// The layers with parameters, numbered from 1 at the input. Checks that `kind` can send a
-    /// signal through every one that needs to (FA and sign-symmetric: dense and conv2d layers).
+    /// The weights of the program's nodes with parameters, numbered from 1 at the input (a tied
+    /// weight once, with all its uses). Checks that `kind` can send a signal through every node that
+    /// needs to: FA and sign-symmetric replace the weight transport of dense and conv2d layers and
+    /// pass through batch and layer normalisation exactly; any other node with parameters above the
+    /// first is refused by name.
     public static IReadOnlyList<FeedbackSite> Sites(NestedProgram program, FeedbackKind kind)
     {
-        var layers = Layers(program);
-        var sites = new List<FeedbackSite>();
-        int parameter = 0;
-        for (int j = 0; j < layers.Count; j++)
+        var nodes = program.Nodes;
+        var consumers = new List<int>[nodes.Count + 1];
+        for (int v = 0; v <= nodes.Count; v++) consumers[v] = new List<int>();
+        foreach (var node in nodes) foreach (var i in node.Inputs) consumers[i].Add(node.Value);
+        // The value where a use of a weight receives DFA's signal: through the activations that
+        // directly (and only) follow it.
+        int Injection(int value)
         {
-            var layer = layers[j];
-            if (layer.Parameters.Count > 0)
-            {
-                int t = j;
-                while (t + 1 < layers.Count && layers[t + 1] is ActivationLayer) t++;
-                sites.Add(new FeedbackSite(sites.Count + 1, j, layer, parameter, t, layers[t].OutputShape));
-            }
-            parameter += layer.Parameters.Count;
+            while (consumers[value].Count == 1 && program.NodeOf(consumers[value][0]) is { Activation: not null } next && next.Inputs.Count == 1) value = next.Value;
+            return value;
         }
-        if (sites.Count == 0) throw new ArgumentException("Feedback alignment needs a program with at least one layer with parameters; this one has none.");
+        var byWeight = new Dictionary<int, List<Node>>();
+        var order = new List<int>();
+        foreach (var node in nodes.Where(n => n.Parameters.Count > 0))
+        {
+            var key = node.Parameters[0];
+            if (!byWeight.TryGetValue(key, out var uses)) { byWeight[key] = uses = new List<Node>(); order.Add(key); }
+            uses.Add(node);
+        }
+        if (order.Count == 0) throw new ArgumentException("Feedback alignment needs a program with at least one layer with parameters; this one has none.");
+        var sites = order.Select((key, k) =>
+        {
+            var uses = byWeight[key];
+            var injections = uses.Select(u => Injection(u.Value)).ToArray();
+            var shape = program.ValueShape(injections[0]);
+            if (injections.Any(v => !program.ValueShape(v).SequenceEqual(shape)))
+                throw new ArgumentException($"Direct feedback alignment needs the uses of a tied weight to inject into values of one shape; {uses[0].Name}'s differ.");
+            return new FeedbackSite(k + 1, uses.Select(u => u.Value).ToArray(), uses[0].Operation, key, injections, shape);
+        }).ToList();
         if (kind != FeedbackKind.Direct)
-            foreach (var s in sites.Skip(1))
-                if (s.Definition is not (Dense or Conv2d))
-                    throw new ArgumentException($"{DefaultName(kind)} sends its signal below dense and conv2d layers only; layer {s.Number} is '{s.Definition.Name}'.");
+        {
+            var learns = Learns(program);
+            foreach (var site in sites)
+                foreach (var value in site.Nodes)
+                {
+                    var node = program.NodeOf(value);
+                    if (!node.Inputs.Any(i => learns[i])) continue;
+                    if (node.Layer is Dense or Conv2d || node.Operation is BatchNorm or LayerNorm) continue;
+                    throw new ArgumentException($"{DefaultName(kind)} sends its signal below dense and conv2d layers only; layer {site.Number} is '{node.Operation.Name}'.");
+                }
+        }
         return sites;
+    }
+
+    /// Whether each value needs a signal: a node with parameters computes it or lies below it.
+    private static bool[] Learns(NestedProgram program)
+    {
+        var learns = new bool[program.Nodes.Count + 1];
+        foreach (var node in program.Nodes) learns[node.Value] = node.Parameters.Count > 0 || node.Inputs.Any(i => learns[i]);
+        return learns;
+    }
+
+    /// Whether each value has a node with parameters among its consumers, transitively (a hidden
+    /// site's output does; the top's does not).
+    private static bool[] Above(NestedProgram program)
+    {
+        var above = new bool[program.Nodes.Count + 1];
+        for (int j = program.Nodes.Count - 1; j >= 0; j--)
+        {
+            var node = program.Nodes[j];
+            foreach (var i in node.Inputs) above[i] |= node.Parameters.Count > 0 || above[node.Value];
+        }
+        return above;
     }
 
     /// The fixed random feedback of each site (null where the kind needs none): FA, for every site
@@ -135,17 +182,20 @@ public sealed class FeedbackAlignment : IFormulation
         var sites = Sites(program, kind);
         var feedback = new Tensor?[sites.Count];
         if (kind == FeedbackKind.SignSymmetric) return feedback;
+        var learns = Learns(program);
+        var above = Above(program);
         using var generator = new Generator(FeedbackSeed(seed));
         long outputs = Shapes.Size(program.OutputShape);
         for (int k = 0; k < sites.Count; k++)
         {
             var site = sites[k];
-            if (kind == FeedbackKind.Random && k > 0)
+            // FA: a weight whose nodes send a signal below (not the first layer); DFA: a weight below the top.
+            if (kind == FeedbackKind.Random && site.Nodes.Any(v => program.NodeOf(v).Inputs.Any(i => learns[i])))
             {
                 var spec = program.ParameterSpecs[site.FirstParameter];
                 feedback[k] = spec.Init(spec.Shape, generator, dtype, device).detach();
             }
-            else if (kind == FeedbackKind.Direct && k < sites.Count - 1)
+            else if (kind == FeedbackKind.Direct && site.Nodes.All(v => above[v]))
                 feedback[k] = Initialisers.UniformFanIn(outputs)(new[] { Shapes.Size(site.InjectionShape), outputs }, generator, dtype, device).detach();
         }
         return feedback;
@@ -176,70 +226,58 @@ public sealed class FeedbackAlignment : IFormulation
 
     /// One forward and one feedback-alignment backward pass on a batch: the weight direction for the
     /// batch's mean loss (one tensor per parameter, in the program's order) and each example's loss.
-    /// `feedback` has one entry per site (`Sites`, `DrawFeedback`).
+    /// `feedback` has one entry per site (`Sites`, `DrawFeedback`). On a graph the backward pass
+    /// visits the nodes in reverse topological order, a value's signal being the sum its consumers
+    /// send; a tied weight sums the directions of its uses, each use's signal below going through
+    /// the weight's one feedback.
     public static FeedbackPass Backward(NestedProgram program, IReadOnlyList<Tensor> weights, Tensor inputs, Tensor labels,
-        FeedbackKind kind, IReadOnlyList<Tensor?> feedback)
+        FeedbackKind kind, IReadOnlyList<Tensor?> feedback, ForwardPass? pass = null)
     {
         if (weights.Count != program.ParameterSpecs.Count)
             throw new ArgumentException($"Expected {program.ParameterSpecs.Count} parameter tensors, got {weights.Count}.");
         var sites = Sites(program, kind);
         if (feedback.Count != sites.Count)
             throw new ArgumentException($"Expected {sites.Count} feedback entries (one per layer with parameters), got {feedback.Count}.");
-        var layers = Layers(program);
-        int n = layers.Count;
-        var siteAt = new FeedbackSite?[n];
-        foreach (var s in sites) siteAt[s.Layer] = s;
-        var top = sites[^1];
-        int Number(FeedbackSite s) => s.Number - 1;
-
-        // Which layers need the signal at their input: back-propagation's rule (a layer with
-        // parameters lies below) for FA and sign-symmetric; for DFA only the layers above the top
-        // site and the activations between a site and its injection point.
-        var needsInput = new bool[n];
-        if (kind == FeedbackKind.Direct)
-        {
-            for (int j = top.Layer + 1; j < n; j++) needsInput[j] = true;
-            foreach (var s in sites)
-                for (int j = s.Layer + 1; j <= s.InjectionLayer; j++) needsInput[j] = true;
-        }
-        else
-            for (int j = 1; j < n; j++) needsInput[j] = needsInput[j - 1] || layers[j - 1].Parameters.Count > 0;
-        var injection = new int[n];
+        var nodes = program.Nodes;
+        int n = nodes.Count;
+        var siteOf = new FeedbackSite?[n + 1];
+        var injection = new int[n + 1];
         Array.Fill(injection, -1);
+        foreach (var s in sites)
+            foreach (var v in s.Nodes) siteOf[v] = s;
+        var learns = Learns(program);
+        var above = Above(program);
         if (kind == FeedbackKind.Direct)
-            foreach (var s in sites.Take(sites.Count - 1)) injection[s.InjectionLayer] = Number(s);
+            foreach (var s in sites)
+                if (feedback[s.Number - 1] is not null)
+                    foreach (var v in s.InjectionValues) injection[v] = s.Number - 1;
 
-        IReadOnlyList<Tensor> Params(int j, int first) => Enumerable.Range(first, layers[j].Parameters.Count).Select(i => weights[i]).ToArray();
-        var firstParameter = new int[n];
-        for (int j = 1; j < n; j++) firstParameter[j] = firstParameter[j - 1] + layers[j - 1].Parameters.Count;
+        IReadOnlyList<Tensor> Params(Node node) => node.Parameters.Select(i => weights[i]).ToArray();
 
-        // Forward pass: every layer's input; layers other than dense and flatten keep a one-layer
-        // graph when the backward pass goes through them (their parameters' VJP, their input's VJP).
-        var inputsOf = new Tensor[n];
-        var local = new (Tensor Input, Tensor Output)?[n];
-        var h = inputs;
+        // Forward pass: every value; a node whose products go through autograd (conv, pooling, a
+        // layer without closed-form derivatives, normalisation) keeps a one-node graph.
+        var values = new Tensor[n + 1];
+        var local = new (Tensor[] Inputs, Tensor Output)?[n + 1];
+        values[0] = inputs;
         using (no_grad())
-            for (int j = 0; j < n; j++)
+            foreach (var node in nodes)
             {
-                inputsOf[j] = h;
-                var layer = layers[j];
-                bool hasParameters = layer.Parameters.Count > 0;
-                switch (layer)
+                var args = node.Inputs.Select(i => values[i]).ToArray();
+                bool closed = node.Derivatives is not null && (node.Parameters.Count == 0 || node.Layer is Dense);
+                if (closed || !learns[node.Value])
                 {
-                    case Dense: h = F.linear(h, weights[firstParameter[j]], weights[firstParameter[j] + 1]); break;
-                    case Flatten: h = h.reshape(h.shape[0], -1); break;
-                    default:
-                        if (!hasParameters && !needsInput[j]) { h = layer.Forward(h, Array.Empty<Tensor>()); break; }
-                        using (enable_grad())
-                        {
-                            // A layer with parameters sends its input signal through its own rule
-                            // (a separate graph), not through this one.
-                            var input = needsInput[j] && !hasParameters ? h.detach().requires_grad_(true) : h.detach();
-                            var output = layer.Forward(input, Params(j, firstParameter[j]));
-                            local[j] = (input, output);
-                            h = output.detach();
-                        }
-                        break;
+                    values[node.Value] = program.Apply(node, args, weights, pass);
+                    continue;
+                }
+                using (enable_grad())
+                {
+                    // A node with parameters sends its input signal through its own rule (a separate
+                    // graph), unless it is a normalisation layer, whose exact product it uses.
+                    bool exactInput = node.Parameters.Count == 0 || node.Operation is BatchNorm or LayerNorm;
+                    var leaves = node.Inputs.Select((i, k) => exactInput && learns[i] ? args[k].detach().requires_grad_(true) : args[k].detach()).ToArray();
+                    var output = program.Apply(node, leaves, weights, pass);
+                    local[node.Value] = (leaves, output);
+                    values[node.Value] = output.detach();
                 }
             }
 
@@ -247,60 +285,67 @@ public sealed class FeedbackAlignment : IFormulation
         Tensor perExample, e;
         using (enable_grad())
         {
-            var output = h.detach().requires_grad_(true);
+            var output = values[n].detach().requires_grad_(true);
             var losses = program.Loss.PerExample(output, labels);
             e = autograd.grad(new[] { losses.mean() }, new[] { output })[0].detach();
             perExample = losses.detach();
         }
         var errorRows = e.reshape(e.shape[0], -1);
 
-        var gradients = new Tensor[weights.Count];
-        Tensor? g = e;
+        var gradients = new Tensor?[weights.Count];
+        void AddGradient(int index, Tensor g)
+        {
+            using var _ = no_grad();
+            gradients[index] = gradients[index] is { } sum ? sum.add_(g) : g;
+        }
+        var signals = new Tensor?[n + 1];
+        signals[n] = e;
+        void Send(int value, Tensor signal) => signals[value] = signals[value] is { } existing ? existing + signal : signal;
         for (int j = n - 1; j >= 0; j--)
         {
-            var layer = layers[j];
-            if (injection[j] >= 0)
-            {
-                // DFA: B_l e arrives at this layer's output, whatever came from above.
-                var b = feedback[injection[j]] ?? throw new ArgumentException($"Direct feedback alignment needs a feedback matrix for layer {injection[j] + 1}.");
+            var node = nodes[j];
+            int v = node.Value;
+            if (injection[v] >= 0)
                 using (no_grad())
-                    g = errorRows.mm(b.t()).reshape(new[] { e.shape[0] }.Concat(layer.OutputShape).ToArray());
-            }
-            if (g is null) continue;
-            int first = firstParameter[j];
-            var site = siteAt[j];
-            switch (layer)
+                    // DFA: B_l e arrives at this value, whatever came from above.
+                    signals[v] = errorRows.mm(feedback[injection[v]]!.t()).reshape(new[] { e.shape[0] }.Concat(program.ValueShape(v)).ToArray());
+            var g = signals[v];
+            if (g is null || !learns[v]) continue;
+            signals[v] = null;
+            bool sendsBelow = kind != FeedbackKind.Direct || node.Parameters.Count == 0;
+            if (node.Parameters.Count > 0 && node.Layer is Dense dense)
             {
-                case Dense:
-                    using (no_grad())
-                    {
-                        gradients[first] = g.t().mm(inputsOf[j]);
-                        gradients[first + 1] = g.sum(0L);
-                        g = needsInput[j] ? g.mm(FeedbackWeight(kind, weights[first], feedback[Number(site!)])) : null;
-                    }
-                    break;
-                case Flatten:
-                    g = needsInput[j] ? g.reshape(inputsOf[j].shape) : null;
-                    break;
-                default:
-                    if (local[j] is not { } graph) { g = null; break; }
-                    var (input, output) = graph;
-                    bool hasParameters = layer.Parameters.Count > 0;
-                    var wrt = (hasParameters ? Params(j, first) : new[] { input }).ToArray();
-                    var vjp = autograd.grad(new[] { output }, wrt, grad_outputs: new[] { g });
-                    if (hasParameters)
-                    {
-                        for (int p = 0; p < wrt.Length; p++) gradients[first + p] = vjp[p].detach();
-                        g = needsInput[j] ? ConvInputSignal(layer, inputsOf[j], Params(j, first), kind, feedback[Number(site!)], g) : null;
-                    }
-                    else g = needsInput[j] ? vjp[0].detach() : null;
-                    break;
+                using (no_grad())
+                {
+                    AddGradient(node.Parameters[0], g.t().mm(values[node.Inputs[0]]));
+                    if (dense.HasBias) AddGradient(node.Parameters[1], g.sum(0L));
+                    if (sendsBelow && learns[node.Inputs[0]])
+                        Send(node.Inputs[0], g.mm(FeedbackWeight(kind, weights[node.Parameters[0]], feedback[siteOf[v]!.Number - 1])));
+                }
+                continue;
             }
-            if (kind != FeedbackKind.Direct && j <= sites[0].Layer) break; // nothing below learns
+            if (node.Parameters.Count == 0 && node.Derivatives is { } derivatives)
+            {
+                var call = new LocalCall(i => values[node.Inputs[i]], node.Inputs.Count, Array.Empty<Tensor>(), () => values[v]);
+                using (no_grad())
+                    for (int i = 0; i < node.Inputs.Count; i++)
+                        if (learns[node.Inputs[i]]) Send(node.Inputs[i], derivatives.InputVjp(i, call, g));
+                continue;
+            }
+            if (local[v] is not { } graph) continue;
+            var (leaves, output) = graph;
+            var inputsWanted = Enumerable.Range(0, leaves.Length).Where(i => leaves[i].requires_grad && learns[node.Inputs[i]] && sendsBelow).ToArray();
+            var wrt = inputsWanted.Select(i => leaves[i]).Concat(Params(node)).ToArray();
+            var vjp = autograd.grad(new[] { output }, wrt, grad_outputs: new[] { g });
+            int k = 0;
+            foreach (var i in inputsWanted) Send(node.Inputs[i], vjp[k++].detach());
+            for (int p = 0; p < node.Parameters.Count; p++, k++) AddGradient(node.Parameters[p], vjp[k].detach());
+            if (node.Parameters.Count > 0 && node.Layer is Conv2d && sendsBelow && learns[node.Inputs[0]])
+                Send(node.Inputs[0], ConvInputSignal(node.Layer, values[node.Inputs[0]], Params(node), kind, feedback[siteOf[v]!.Number - 1], g));
         }
         using (no_grad())
             for (int i = 0; i < gradients.Length; i++) gradients[i] ??= zeros_like(weights[i]);
-        return new FeedbackPass(gradients, perExample);
+        return new FeedbackPass(gradients!, perExample);
     }
 
     /// The signal below a conv2d layer: its input VJP with the rule's kernel in place of its own.
@@ -344,6 +389,9 @@ public sealed class FeedbackAlignmentProblem : LiftedProblem
 
     public override IBatchGame Batch(MiniBatch batch) => new FeedbackGame(this, batch);
 
+    /// Back-propagation's pass for programs with batch normalisation or dropout.
+    internal ForwardPass? TrainingPass(MiniBatch batch) => PassFor(batch, holdFixed: false);
+
     /// `angle-K` per layer with parameters K: the angle in degrees between this method's direction
     /// and back-propagation's gradient on the probe batch, at the current weights.
     public override IReadOnlyDictionary<string, double> Diagnostics
@@ -352,8 +400,9 @@ public sealed class FeedbackAlignmentProblem : LiftedProblem
         {
             using var scope = NewDisposeScope();
             var (x, y) = LayerAngles.ProbeBatch(Context);
-            var pass = FeedbackAlignment.Backward(Program, Weights.Tensors, x, y, Kind, feedback);
-            return LayerAngles.ToBackprop(Program, Weights.Tensors, pass.Gradients, x, y);
+            using var measuring = ForwardPass.Measuring(Program, Weights, Context.Seed);
+            var pass = FeedbackAlignment.Backward(Program, Weights.Tensors, x, y, Kind, feedback, measuring);
+            return LayerAngles.ToBackprop(Program, Weights.Tensors, pass.Gradients, x, y, measuring);
         }
     }
 
@@ -363,12 +412,14 @@ public sealed class FeedbackAlignmentProblem : LiftedProblem
     {
         private readonly FeedbackAlignmentProblem problem;
         private readonly MiniBatch batch;
+        private readonly ForwardPass? pass;
         private Tensor? lastLoss;
 
         public FeedbackGame(FeedbackAlignmentProblem problem, MiniBatch batch)
         {
             this.problem = problem;
             this.batch = batch;
+            pass = problem.TrainingPass(batch);
             Players = new[] { problem.WeightsPlayer() };
         }
 
@@ -381,7 +432,7 @@ public sealed class FeedbackAlignmentProblem : LiftedProblem
             Tensor[] directions;
             using (var scope = NewDisposeScope())
             {
-                var pass = FeedbackAlignment.Backward(problem.Program, problem.Weights.Tensors, batch.Inputs, batch.Labels, problem.Kind, problem.feedback);
+                var pass = FeedbackAlignment.Backward(problem.Program, problem.Weights.Tensors, batch.Inputs, batch.Labels, problem.Kind, problem.feedback, this.pass);
                 lastLoss?.Dispose();
                 using (no_grad()) lastLoss = pass.Losses.mean().DetachFromDisposeScope();
                 directions = pass.Gradients.Select(t => t.MoveToOuterDisposeScope()).ToArray();
@@ -393,7 +444,7 @@ public sealed class FeedbackAlignmentProblem : LiftedProblem
         {
             using var _ = no_grad();
             using var scope = NewDisposeScope();
-            return problem.Program.Loss.PerExample(problem.Program.Forward(batch.Inputs, problem.Weights.Tensors), batch.Labels).mean().ToDouble();
+            return problem.Program.Loss.PerExample(problem.Program.Forward(batch.Inputs, problem.Weights.Tensors, pass), batch.Labels).mean().ToDouble();
         }
 
         public IReadOnlyList<double> Defects => Array.Empty<double>();
@@ -406,6 +457,7 @@ public sealed class FeedbackAlignmentProblem : LiftedProblem
         {
             lastLoss?.Dispose();
             lastLoss = null;
+            pass?.Dispose();
         }
     }
 }

@@ -47,10 +47,10 @@ public sealed record LiftContext(
         int hidden = Program.Segments.Count - 1;
         var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
         var x = Train.Inputs;
-        using var pass = Program.BufferSpecs.Count > 0 ? ForwardPass.Evaluation(weights) : null;
         for (long start = 0; start < x.shape[0]; start += chunk)
         {
             using var scope = NewDisposeScope();
+            using var pass = ForwardPass.Measuring(Program, weights, Seed); // batch statistics of the chunk
             var h = x.narrow(0, start, Math.Min(chunk, x.shape[0] - start)).to(DType);
             var values = new Tensor[hidden];
             for (int l = 0; l < hidden; l++)

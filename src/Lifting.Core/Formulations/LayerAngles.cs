@@ -28,13 +28,13 @@ public static class LayerAngles
 
     /// `angle-K` for every layer with parameters: `direction` (one tensor per parameter, in the
     /// program's order) against back-propagation's gradient on (x, y) at `weights`.
-    public static IReadOnlyDictionary<string, double> ToBackprop(NestedProgram program, IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor> direction, Tensor x, Tensor y)
+    public static IReadOnlyDictionary<string, double> ToBackprop(NestedProgram program, IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor> direction, Tensor x, Tensor y, ForwardPass? pass = null)
     {
         using var scope = NewDisposeScope();
         Tensor[] reference;
         using (enable_grad())
         {
-            var loss = program.Loss.PerExample(program.Forward(x, weights), y).mean();
+            var loss = program.Loss.PerExample(program.Forward(x, weights, pass), y).mean();
             reference = autograd.grad(new[] { loss }, weights.ToArray()).Select(t => t.detach()).ToArray();
         }
         return Between(program, direction, reference);
@@ -48,20 +48,19 @@ public static class LayerAngles
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var angles = new Dictionary<string, double>();
-        int first = 0, number = 0;
-        foreach (var layer in program.Blocks.SelectMany(block => block.Layers))
+        int number = 0;
+        var seen = new HashSet<int>();
+        // Per node with parameters not seen before (a tied parameter belongs to its first user).
+        foreach (var node in program.Nodes)
         {
-            int count = layer.Parameters.Count;
-            if (count > 0)
-            {
-                number++;
-                var u = cat(Enumerable.Range(first, count).Select(i => a[i].flatten()).ToArray()).to_type(ScalarType.Float64);
-                var v = cat(Enumerable.Range(first, count).Select(i => b[i].flatten()).ToArray()).to_type(ScalarType.Float64);
-                double nu = u.norm().ToDouble(), nv = v.norm().ToDouble();
-                double cosine = nu > 0 && nv > 0 ? Math.Clamp(u.dot(v).ToDouble() / (nu * nv), -1, 1) : 0;
-                angles[$"angle-{number}"] = Math.Acos(cosine) * 180 / Math.PI;
-            }
-            first += count;
+            var own = node.Parameters.Where(seen.Add).ToArray();
+            if (own.Length == 0) continue;
+            number++;
+            var u = cat(own.Select(i => a[i].flatten()).ToArray()).to_type(ScalarType.Float64);
+            var v = cat(own.Select(i => b[i].flatten()).ToArray()).to_type(ScalarType.Float64);
+            double nu = u.norm().ToDouble(), nv = v.norm().ToDouble();
+            double cosine = nu > 0 && nv > 0 ? Math.Clamp(u.dot(v).ToDouble() / (nu * nv), -1, 1) : 0;
+            angles[$"angle-{number}"] = Math.Acos(cosine) * 180 / Math.PI;
         }
         return angles;
     }

@@ -117,7 +117,6 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
         long elements = 0;
         var x = Context.Train.Inputs;
         using var everyExample = rows is null ? arange(x.shape[0], dtype: ScalarType.Int64, device: x.device) : null;
-        using var pass = Program.BufferSpecs.Count > 0 ? ForwardPass.Evaluation(Weights) : null;
         var all = rows ?? everyExample!;
         var n = all.shape[0];
         for (long start = 0; start < n; start += chunk)
@@ -125,6 +124,7 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
             using var scope = NewDisposeScope();
             var idx = all.narrow(0, start, Math.Min(chunk, n - start));
             var input = x.index_select(0, idx).to(Context.DType);
+            using var pass = ForwardPass.Measuring(Program, Weights, Context.Seed); // batch statistics of the chunk
             var values = new Tensor[hidden];
             for (int l = 0; l < hidden; l++)
             {

@@ -36,6 +36,12 @@ public sealed class ForwardPass : IDisposable
     public static ForwardPass Training(Weights weights, int seed, long step, bool holdFixed) =>
         new(ProgramMode.Train, weights.Buffers, seed, step, holdFixed);
 
+    /// A pass that computes batch statistics (held for the pass) without touching the running
+    /// statistics: the forward pass that initialises lifted states over the training set chunk by
+    /// chunk, and the defect measured there, see what a lifted step sees.
+    public static ForwardPass? Measuring(NestedProgram program, Weights weights, int seed) =>
+        program.HasModes ? new(ProgramMode.Train, weights.Buffers, seed, -1, holdFixed: true, updatesStatistics: false) : null;
+
     /// A training pass of `program` at training step `batch.Step`, or null when the program has no
     /// operation with a mode (most programs): what a batch game evaluates the program through.
     public static ForwardPass? For(NestedProgram program, Weights weights, int seed, long step, bool holdFixed) =>

@@ -12,19 +12,23 @@ public enum InitialisationScheme
     /// back-propagation stays at chance with inputs in [0, 1] and Fenchel back-propagation with a
     /// large enough β does not (seed 002 §5).
     NegativeFirstLayer,
+    /// He (Kaiming) uniform weights U(±√(6 / fan_in)) and zero biases (He et al. 2015): the variance
+    /// that keeps ReLU activations' scale through depth.
+    He,
 }
 
 /// Initialisation schemes by name (the host's `--init`) and their application to a program.
 public static class Initialisation
 {
     /// The names `Parse` knows, in the order of `InitialisationScheme`.
-    public static IReadOnlyList<string> Names { get; } = new[] { "default", "glorot", "glorot-negative-first" };
+    public static IReadOnlyList<string> Names { get; } = new[] { "default", "glorot", "glorot-negative-first", "he" };
 
     public static InitialisationScheme Parse(string name) => name.Trim().ToLowerInvariant() switch
     {
         "default" => InitialisationScheme.LayerDefault,
         "glorot" => InitialisationScheme.Glorot,
         "glorot-negative-first" => InitialisationScheme.NegativeFirstLayer,
+        "he" or "kaiming" => InitialisationScheme.He,
         _ => throw new ArgumentException($"Unknown initialisation '{name}' (known: {string.Join(", ", Names)})."),
     };
 
@@ -43,6 +47,7 @@ public static class Initialisation
         {
             if (spec.Shape.Length < 2) return Initialisers.Zeros;
             var (fanIn, fanOut) = Initialisers.Fans(spec.Shape);
+            if (scheme == InitialisationScheme.He) return Initialisers.HeUniform(fanIn);
             return scheme == InitialisationScheme.NegativeFirstLayer && i == first
                 ? Initialisers.NegativeGlorotUniform(fanIn, fanOut)
                 : Initialisers.GlorotUniform(fanIn, fanOut);

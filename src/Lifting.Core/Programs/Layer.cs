@@ -40,6 +40,15 @@ public static class Initialisers
         return (rand(shape, dtype: dtype, generator: generator) * (2 * bound) - bound).to(device);
     };
 
+    /// He (Kaiming) uniform (He et al. 2015): U(−b, b) with b = √(6 / fan_in), the scale that keeps a
+    /// ReLU layer's output variance equal to its input's.
+    public static Initialiser HeUniform(long fanIn) => (shape, generator, dtype, device) =>
+    {
+        if (fanIn <= 0) throw new ArgumentOutOfRangeException(nameof(fanIn), $"Invalid fan-in: {fanIn} (expected > 0).");
+        var bound = Math.Sqrt(6.0 / fanIn);
+        return (rand(shape, dtype: dtype, generator: generator) * (2 * bound) - bound).to(device);
+    };
+
     /// All-negative Glorot-uniform: U(−b, 0) with b = √(6 / (fan_in + fan_out)), the first layer of
     /// seed 002's Fenchel back-propagation experiment (appendix C, `glorot_neg_uniform` = −|U(−b, b)|):
     /// with non-negative inputs and zero biases every first-layer pre-activation is ≤ 0, so every
