@@ -13,6 +13,7 @@ using Lifting.Training;
 //   dotnet run --project src/Lifting.Examples -c Release -- distprop-table|distprop-memory|distprop-carry|distprop-sweep KEY=VALUE ...
 //                                                                                   seed 001 Table 1 side by side, memory, defaults, robustness
 //   dotnet run --project src/Lifting.Examples -c Release -- am EXPERIMENT KEY=VALUE ...  seed 004's experiments (docs/results/am-*.md)
+//   dotnet run --project src/Lifting.Examples -c Release -- rnn seqmnist KEY=VALUE ...    seed 004 appendix C, sequential MNIST-10k (docs/results/rnn-seqmnist-*.md)
 //   dotnet run --project src/Lifting.Examples -c Release -- depth ladder KEY=VALUE ...   issue 30's depth ladder, resumable (docs/results/depth-ladder.md)
 // sweep's keys are data, net, activation, epochs, batch, seed, patience, iterations, cosine, threads and
 // method; every other key is a parameter of the method (`lifting methods` lists them), e.g.
@@ -45,6 +46,7 @@ static int Run(string[] args)
     if (args.FirstOrDefault() == "distprop-sweep") return Lifting.Examples.DistPropSweep.Run(settings);
     if (args.FirstOrDefault() == "contrastive-probe") return Lifting.Examples.ContrastiveProbe.Run(settings);
     if (args.FirstOrDefault() == "contrastive") return Lifting.Examples.ContrastiveTable.Run(settings, args);
+    if (args.FirstOrDefault() == "rnn") return Lifting.Examples.SequentialMnist.Run(args.ElementAtOrDefault(1) ?? "", Lifting.Examples.Settings.Parse(args.Skip(2)), args);
     if (args.FirstOrDefault() == "depth") return Lifting.Examples.DepthLadder.Run(args.ElementAtOrDefault(1) ?? "", Lifting.Examples.Settings.Parse(args.Skip(2)), args);
 
     var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };

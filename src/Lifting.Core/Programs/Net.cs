@@ -476,11 +476,32 @@ public sealed class Net
         if (explicitCuts.Count > 0) chosen = explicitCuts;
         else
         {
-            // Residual sums and unrolled steps; and top-level activations a parameterised node follows.
-            chosen = used.Where(p => p.Boundary).Select(p => value[p]).Where(v => v < used.Count).ToList();
+            // Residual sums and unrolled steps; and top-level activations a parameterised node
+            // follows, where the segment ending there would hold parameters (not a ReLU right after
+            // an RNN's last state, say).
+            var candidates = new SortedSet<int>(used.Where(p => p.Boundary).Select(p => value[p]).Where(v => v < used.Count));
             for (int i = 0; i < used.Count; i++)
                 if (used[i].Operation is LayerOperation { Layer: ActivationLayer } && !used[i].Name.Contains('.')
-                    && used.Skip(i + 1).Any(p => p.Parameters.Length > 0)) chosen.Add(i + 1);
+                    && used.Skip(i + 1).Any(p => p.Parameters.Length > 0)) candidates.Add(i + 1);
+            chosen = new List<int>();
+            foreach (var v in candidates)
+                if (used[v - 1].Boundary || HoldsParameters(v)) chosen.Add(v);
+
+            bool HoldsParameters(int target)
+            {
+                var stack = new Stack<int>(new[] { target });
+                var seen = new HashSet<int>();
+                while (stack.Count > 0)
+                {
+                    var v = stack.Pop();
+                    if (!seen.Add(v)) continue;
+                    var piece = used[v - 1];
+                    if (piece.Parameters.Length > 0) return true;
+                    foreach (var input in piece.Inputs)
+                        if (input is not null && !chosen.Contains(value[input])) stack.Push(value[input]);
+                }
+                return false;
+            }
         }
         return new NestedProgram(InputShape, nodes, chosen, loss, specs, Unique(names), bufferSpecs, Unique(bufferNames));
     }
