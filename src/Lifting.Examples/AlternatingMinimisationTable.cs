@@ -97,8 +97,8 @@ public static class AlternatingMinimisationTable
             (epoch, b, _) =>
             {
                 if (epoch != 1 || b != earlyBatch) return;
-                earlyValidation = Trainer.Evaluate(program, weights.Tensors, data.Validation, precision);
-                earlyTest = Trainer.Evaluate(program, weights.Tensors, data.Test, precision);
+                earlyValidation = Trainer.Evaluate(program, weights, data.Validation, precision);
+                earlyTest = Trainer.Evaluate(program, weights, data.Test, precision);
                 Console.WriteLine($"   {tag} after {b} mini-batches: val {F(earlyValidation.Accuracy)} test {F(earlyTest.Accuracy)}");
             });
         using var result = Trainer.Train(program, data, method.Formulation, method.Solver, method.StepRules,

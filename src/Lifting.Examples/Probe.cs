@@ -86,7 +86,7 @@ public static class Probe
                 Console.WriteLine($"settle {epoch - epochs,2}  defect {defect:E2}");
             else
             {
-                var accuracy = Trainer.Evaluate(program, problem.Weights.Tensors, data.Validation).Accuracy;
+                var accuracy = Trainer.Evaluate(program, problem.Weights, data.Validation).Accuracy;
                 Console.WriteLine($"epoch {epoch,2}  validation acc {accuracy:F4}  defect {defect:E2}  mean λ error {errors / visited:F3}  mean cosine {cosines / visited:F3}");
             }
         }

@@ -77,7 +77,7 @@ public static class EvalCommand
             foreach (var (name, set) in new[] { ("train", split.Train), ("validation", split.Validation), ("test", split.Test) })
             {
                 if (set.Count == 0) continue;
-                var evaluation = Trainer.Evaluate(program, loaded.Tensors, set, loaded.Tensors[0].dtype);
+                var evaluation = Trainer.Evaluate(program, loaded, set, loaded.Tensors[0].dtype);
                 result[name] = new JsonObject { ["examples"] = set.Count, ["accuracy"] = Math.Round(evaluation.Accuracy, 6), ["loss"] = Math.Round(evaluation.Loss, 6) };
                 if (!parsed.GetValue(json))
                     context.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name,-11} {set.Count,6} examples  accuracy {evaluation.Accuracy:F4}  loss {evaluation.Loss:F4}"));
