@@ -32,7 +32,7 @@ namespace Lifting.Examples;
 public static class DepthLadder
 {
     public sealed record Cell(string Net, int Depth, string Activation, string Method, string Cuts, int Seed,
-        double Test, double Validation, int Epoch, double FinalTest, double Defect, double SecondsPerEpoch,
+        double Test, double Validation, int Epoch, double FinalTest, double Defect, double CpuSecondsPerEpoch,
         double FirstAngle, double MedianAngle, double LastAngle, double FirstNorm, double LastNorm, string? Failure);
 
     public static int Run(string experiment, Settings s, string[] args)
@@ -66,7 +66,7 @@ public static class DepthLadder
                         var cell = TrainCell(data, kind, depth, activation, width, method, cuts, seed, epochs, batch);
                         done[key] = cell;
                         File.AppendAllText(statePath, JsonSerializer.Serialize(cell) + "\n");
-                        Console.WriteLine($"   test {F(cell.Test)} (epoch {cell.Epoch}), defect {cell.Defect:G3}, {cell.SecondsPerEpoch:F1} s/epoch, angles {F(cell.FirstAngle, "F0")}/{F(cell.MedianAngle, "F0")}/{F(cell.LastAngle, "F0")}{(cell.Failure is null ? "" : ", " + cell.Failure)}");
+                        Console.WriteLine($"   test {F(cell.Test)} (epoch {cell.Epoch}), defect {cell.Defect:G3}, {cell.CpuSecondsPerEpoch:F1} CPU s/epoch, angles {F(cell.FirstAngle, "F0")}/{F(cell.MedianAngle, "F0")}/{F(cell.LastAngle, "F0")}{(cell.Failure is null ? "" : ", " + cell.Failure)}");
                         Write(output, command, data, done.Values.ToList(), epochs, batch, width);
                     }
         Write(output, command, data, done.Values.ToList(), epochs, batch, width);
@@ -131,48 +131,53 @@ public static class DepthLadder
         var resolved = Methods.Resolve(settings);
         var options = new TrainingOptions { Epochs = epochs, BatchSize = batch, Seed = seed, MaxLossRatio = 100 };
         var clock = Stopwatch.StartNew();
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
         try
         {
             using var weights = program.Initialise(seed, options.Device, options.DType);
-            var snapshot = new LastStep(weights, epochs);
+            using var snapshot = new LastStep(weights, epochs);
             using var result = Trainer.Train(program, data, resolved, options, snapshot, weights);
+            // Process CPU time per epoch (the machine is shared: wall time drifts 2x), evaluation included.
+            var cpuPerEpoch = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds / result.Epochs.Count;
             var (first, median, last, firstNorm, lastNorm) = snapshot.Angles(program, data, seed, batch);
             return new Cell(kind, depth, activation, method, cuts, seed, result.Selected.TestAccuracy, result.Selected.ValidationAccuracy ?? double.NaN,
-                result.SelectedEpoch, result.Final.TestAccuracy, result.FinalDefect, result.SecondsPerEpoch, first, median, last, firstNorm, lastNorm, null);
+                result.SelectedEpoch, result.Final.TestAccuracy, result.FinalDefect, cpuPerEpoch, first, median, last, firstNorm, lastNorm, null);
         }
         catch (TrainingDivergedException e)
         {
             return new Cell(kind, depth, activation, method, cuts, seed, double.NaN, double.NaN, 0, double.NaN, double.NaN,
-                clock.Elapsed.TotalSeconds / epochs, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, "diverged: " + e.Message.Split('\n')[0]);
+                (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds / epochs, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, "diverged: " + e.Message.Split('\n')[0]);
         }
     }
 
-    /// The weights before the run's last mini-batch step (kept by the observer) and, after
-    /// training, that step's update Δw per layer against backprop's gradient at the weights before
-    /// it on the same batch: the angle between −Δw and the gradient, and ‖Δw‖. Backprop's own row
-    /// measures the same (its Adam step is not its gradient either).
+    /// The weights around one mid-training step (the second mini-batch of epoch ⌈E/2⌉, before any
+    /// settling phase holds the weights) and, after training, that step's update Δw per layer
+    /// against backprop's gradient at the weights before it on the same batch: the angle between
+    /// −Δw and the gradient, and ‖Δw‖. Backprop's own row measures the same (its Adam step is not
+    /// its gradient either).
     private sealed class LastStep : ITrainingObserver, IDisposable
     {
         private readonly Weights live;
         private readonly int epochs;
-        private Weights? before;
+        private Weights? before, after;
 
         public LastStep(Weights live, int epochs) { this.live = live; this.epochs = epochs; }
 
+        private int Epoch => (epochs + 1) / 2;
+
         public void OnBatch(int epoch, int batch, int batchesPerEpoch)
         {
-            if (epoch != epochs || batch != batchesPerEpoch - 1) return;
-            before?.Dispose();
-            before = live.Clone();
+            if (epoch != Epoch || batchesPerEpoch < 2) return;
+            if (batch == 1) { before?.Dispose(); before = live.Clone(); }
+            if (batch == 2) { after?.Dispose(); after = live.Clone(); }
         }
 
         public (double First, double Median, double Last, double FirstNorm, double LastNorm) Angles(NestedProgram program, DataSplit data, int seed, int batchSize)
         {
-            if (before is null) return (double.NaN, double.NaN, double.NaN, double.NaN, double.NaN);
+            if (before is null || after is null) return (double.NaN, double.NaN, double.NaN, double.NaN, double.NaN);
             using var scope = NewDisposeScope();
-            var order = MiniBatches.Permutation(data.Train.Count, seed, epochs);
-            var start = (data.Train.Count - 1) / batchSize * batchSize;
-            var rows = tensor(order.Skip(start).ToArray());
+            var order = MiniBatches.Permutation(data.Train.Count, seed, Epoch);
+            var rows = tensor(order.Skip(batchSize).Take(batchSize).ToArray());
             var x = data.Train.Inputs.index_select(0, rows);
             var y = data.Train.Labels.index_select(0, rows);
             Tensor[] reference;
@@ -183,7 +188,7 @@ public static class DepthLadder
                 reference = autograd.grad(new[] { loss }, before.Tensors.ToArray()).Select(t => t.detach()).ToArray();
             }
             using var _ = no_grad();
-            var step = before.Tensors.Zip(live.Tensors, (b, a) => b - a).ToArray(); // −Δw
+            var step = before.Tensors.Zip(after.Tensors, (b, a) => b - a).ToArray(); // −Δw
             var angles = LayerAngles.Between(program, step, reference).OrderBy(kv => int.Parse(kv.Key.Split('-')[1], CultureInfo.InvariantCulture)).Select(kv => kv.Value).ToArray();
             var seen = new HashSet<int>();
             var norms = program.Nodes.Select(node => node.Parameters.Where(seen.Add).ToArray()).Where(p => p.Length > 0)
@@ -192,7 +197,11 @@ public static class DepthLadder
             return (angles[0], sorted[sorted.Length / 2], angles[^1], norms[0], norms[^1]);
         }
 
-        public void Dispose() => before?.Dispose();
+        public void Dispose()
+        {
+            before?.Dispose();
+            after?.Dispose();
+        }
     }
 
     private static string F(double v, string format = "F4") => double.IsNaN(v) ? "—" : v.ToString(format, CultureInfo.InvariantCulture);
@@ -203,7 +212,7 @@ public static class DepthLadder
         md.AppendLine($"<!-- produced by: {command} -->");
         md.AppendLine($"# Depth ladder ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test, {epochs} epochs, batch {batch}, width {width})");
         md.AppendLine();
-        md.AppendLine("Test accuracy at the validation-selected epoch (— diverged); lifted methods cut after every hidden layer (or residual block), every 5th, or once before the output layer (`every`, `every5`, `last`). Angles: degrees between the last step's update −Δw and backprop's gradient before it, per layer (the median over the layers in the table; first and last layer in the JSON); time: s/epoch as a ratio to default backprop on the same network.");
+        md.AppendLine("Test accuracy at the validation-selected epoch (— diverged); lifted methods cut after every hidden layer (or residual block), every 5th, or once before the output layer (`every`, `every5`, `last`). Angles: degrees between one mid-training step's update −Δw (the second mini-batch of epoch ⌈E/2⌉) and backprop's gradient before it, per layer (the median over the layers in the table; first and last layer in the JSON; backprop's own Adam step is far from 0° too); time: process CPU seconds per epoch (evaluation included) as a ratio to default backprop on the same network (wall time drifts 2x on this shared machine).");
         md.AppendLine();
         var nets = cells.Select(c => (c.Net, c.Activation, c.Depth)).Distinct().OrderBy(t => t.Net).ThenBy(t => t.Activation).ThenBy(t => t.Depth).ToArray();
         var rows = cells.Select(c => (c.Method, c.Cuts)).Distinct().ToArray();
@@ -219,9 +228,9 @@ public static class DepthLadder
                 var accuracies = here.Select(c => c.Test).ToArray();
                 var mean = accuracies.Average();
                 line.Append(' ').Append(here.Length == 1 ? F(mean) : $"{F(mean)} ± {F(Sd(accuracies))}");
-                var backprop = cells.Where(c => c.Method == "backprop" && c.Net == n.Net && c.Activation == n.Activation && c.Depth == n.Depth).Select(c => c.SecondsPerEpoch).DefaultIfEmpty(double.NaN).Average();
+                var backprop = cells.Where(c => c.Method == "backprop" && c.Net == n.Net && c.Activation == n.Activation && c.Depth == n.Depth).Select(c => c.CpuSecondsPerEpoch).DefaultIfEmpty(double.NaN).Average();
                 var angle = here.Select(c => c.MedianAngle).Average();
-                line.Append($" ({F(angle, "F0")}°, {F(here.Average(c => c.SecondsPerEpoch) / backprop, "F1")}×) |");
+                line.Append($" ({F(angle, "F0")}°, {F(here.Average(c => c.CpuSecondsPerEpoch) / backprop, "F1")}×) |");
             }
             md.AppendLine(line.ToString());
         }
