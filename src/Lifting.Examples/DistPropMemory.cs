@@ -21,8 +21,8 @@ public static class DistPropMemory
     private static readonly (string Label, MethodSettings Method, string Net)[] Rows =
     {
         ("ExtraProp (per-example states and multipliers)", new MethodSettings("extraprop"), "seed001-conv"),
-        ("DistProp, multipliers per class (Algorithm 1)", new MethodSettings("distprop").With("multipliers", "class"), "seed001-conv-distprop"),
-        ("DistProp, multipliers per example", new MethodSettings("distprop").With("multipliers", "example"), "seed001-conv-distprop"),
+        ("DistProp, multipliers per class (Algorithm 1)", new MethodSettings("distprop-seed001").With("multipliers", "class"), "seed001-conv-distprop"),
+        ("DistProp, multipliers per example", new MethodSettings("distprop-seed001").With("multipliers", "example"), "seed001-conv-distprop"),
         ("DistProp, reduced constraint, one multiplier per example (§5)", new MethodSettings("distprop-reduced"), "seed001-conv-distprop"),
     };
 

@@ -12,21 +12,21 @@ namespace Lifting.Examples;
 /// configurations whose validation-selected test accuracy is within 10 % of the best (≥ 0.9 × best),
 /// the same on validation accuracy, and every configuration.
 ///
-///   distprop-sweep [methods=distprop,extraprop] [net=784-256-10] [epochs=10] [seed=0] [out=...]
+///   distprop-sweep [methods=distprop,distprop-seed001,extraprop] [net=784-256-10] [epochs=10] [seed=0] [out=...]
 public static class DistPropSweep
 {
     /// The two levels of each factor, per method.
     public static readonly IReadOnlyDictionary<string, (string Name, string Low, string High)[]> Factors =
         new Dictionary<string, (string, string, string)[]>
         {
-            ["distprop"] = new[]
+            ["distprop-seed001"] = new[]
             {
                 ("eps", "0.1", "0.5"), ("samples", "1", "16"), ("lr", "0.003", "0.03"),
                 ("lr-states", "0.03", "0.3"), ("lr-multipliers", "0.003", "0.03"), ("multipliers", "class", "example"),
             },
-            // Centred on its defaults (ε 0.2, S 16, Adam 0.001, Gaussian step 0.1, multiplier step 0.1,
-            // per example); σ stays at 1.
-            ["distprop-fixed-scale-adam"] = new[]
+            // Centred on the default's settings (ε 0.2, S 16, Adam 0.001, Gaussian step 0.1,
+            // multiplier step 0.1, per example); σ stays at 1.
+            ["distprop"] = new[]
             {
                 ("eps", "0.1", "0.4"), ("samples", "1", "16"), ("lr", "0.0003", "0.003"),
                 ("lr-states", "0.03", "0.3"), ("lr-multipliers", "0.03", "0.3"), ("multipliers", "class", "example"),

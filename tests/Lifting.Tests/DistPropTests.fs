@@ -304,38 +304,39 @@ let tests =
                 Expect.equal (changed.[i].ToBoolean()) ([ 2L; 7L; 4L ] |> List.contains i) $"row {i}"
         }
 
-        test "DistProp trains the digits (late cut, defaults) to >= 0.9 test accuracy at the validation-selected epoch, keeping one multiplier row per example" {
-            use result = digitsRun (MethodSettings "distprop") 15 0
+        test "DistProp with seed 001's settings (distprop-seed001) trains the digits (late cut) to >= 0.9 test accuracy at the validation-selected epoch, keeping one multiplier row per example" {
+            use result = digitsRun (MethodSettings "distprop-seed001") 15 0
             Expect.isGreaterThanOrEqual result.Selected.TestAccuracy 0.9 $"test accuracy {result.Selected.TestAccuracy}"
             Expect.equal result.PerExampleBytes (32L * 4L) "λ_1[i] ∈ ℝ³² per example, float32 (constant multiplier steps keep no state)"
             Expect.isGreaterThan result.StateBytes 0L "the Gaussians are state"
             Expect.isTrue (Double.IsFinite result.FinalDefect) "a finite z-score defect"
         }
 
-        test "distprop-tight holds the constraint: on the digits (late cut, 20 epochs) its final defect is under a quarter of distprop's, at >= 0.9 test accuracy" {
-            use loose = digitsRun (MethodSettings "distprop") 20 0
+        test "the retired distprop-tight (means at radius √H, λ-step 0.1, cosine schedule on seed 001's settings) holds the constraint: on the digits (late cut, 20 epochs) its final defect is under a quarter of distprop-seed001's, at >= 0.9 test accuracy" {
+            use loose = digitsRun (MethodSettings "distprop-seed001") 20 0
             use tight = digitsRun (MethodSettings "distprop-tight") 20 0
-            Expect.isLessThan tight.FinalDefect (loose.FinalDefect / 4.0) $"defects: distprop-tight {tight.FinalDefect}, distprop {loose.FinalDefect}"
+            Expect.isLessThan tight.FinalDefect (loose.FinalDefect / 4.0) $"defects: distprop-tight {tight.FinalDefect}, distprop-seed001 {loose.FinalDefect}"
             Expect.isGreaterThanOrEqual tight.Selected.TestAccuracy 0.9 $"test accuracy {tight.Selected.TestAccuracy}"
         }
 
-        test "distprop-fixed-scale holds the constraint with σ = 1: on the digits (late cut, 20 epochs) its final defect is under a quarter of distprop's, at >= 0.9 test accuracy" {
-            use loose = digitsRun (MethodSettings "distprop") 20 0
-            use fixedScale = digitsRun (MethodSettings "distprop-fixed-scale") 20 0
-            Expect.isLessThan fixedScale.FinalDefect (loose.FinalDefect / 4.0) $"defects: distprop-fixed-scale {fixedScale.FinalDefect}, distprop {loose.FinalDefect}"
-            Expect.isGreaterThanOrEqual fixedScale.Selected.TestAccuracy 0.9 $"test accuracy {fixedScale.Selected.TestAccuracy}"
-            for epoch in fixedScale.Epochs do
+        test "the default distprop (σ held at 1, the former distprop-fixed-scale-adam) holds the constraint: on the digits (late cut, 20 epochs) its final defect is under a quarter of distprop-seed001's, at >= 0.9 test accuracy, σ_1 = 1 throughout; the retired names resolve to the same run" {
+            use named = digitsRun (MethodSettings "distprop") 20 0
+            use retired = digitsRun (MethodSettings "distprop-fixed-scale-adam") 20 0
+            use spelled = digitsRun (MethodSettings("distprop-fixed-scale").With("optimizer", "adam").With("lr", 0.001)) 20 0
+            use loose = digitsRun (MethodSettings "distprop-seed001") 20 0
+            Expect.equal retired.FinalDefect named.FinalDefect "the retired name is the same run"
+            Expect.equal spelled.FinalDefect named.FinalDefect "the same final defect as the spelled-out settings"
+            Expect.sequenceEqual (named.Epochs |> Seq.map (fun e -> e.ValidationAccuracy)) (spelled.Epochs |> Seq.map (fun e -> e.ValidationAccuracy)) "the same validation accuracy every epoch"
+            Expect.isLessThan named.FinalDefect (loose.FinalDefect / 4.0) $"defects: distprop {named.FinalDefect}, distprop-seed001 {loose.FinalDefect}"
+            Expect.isGreaterThanOrEqual named.Selected.TestAccuracy 0.9 $"test accuracy {named.Selected.TestAccuracy}"
+            for epoch in named.Epochs do
                 Expect.floatClose Accuracy.high epoch.Diagnostics.["sigma1"] 1.0 $"σ_1 stays 1 (epoch {epoch.Epoch})"
         }
 
-        test "distprop-fixed-scale-adam is distprop-fixed-scale with optimizer=adam, lr=0.001 (the same run to the last epoch), and on the digits (late cut, 20 epochs) its final defect is under a quarter of distprop's, at >= 0.9 test accuracy" {
-            use named = digitsRun (MethodSettings "distprop-fixed-scale-adam") 20 0
-            use spelled = digitsRun (MethodSettings("distprop-fixed-scale").With("optimizer", "adam").With("lr", 0.001)) 20 0
-            use loose = digitsRun (MethodSettings "distprop") 20 0
-            Expect.equal named.FinalDefect spelled.FinalDefect "the same final defect as the spelled-out settings"
-            Expect.sequenceEqual (named.Epochs |> Seq.map (fun e -> e.ValidationAccuracy)) (spelled.Epochs |> Seq.map (fun e -> e.ValidationAccuracy)) "the same validation accuracy every epoch"
-            Expect.isLessThan named.FinalDefect (loose.FinalDefect / 4.0) $"defects: distprop-fixed-scale-adam {named.FinalDefect}, distprop {loose.FinalDefect}"
-            Expect.isGreaterThanOrEqual named.Selected.TestAccuracy 0.9 $"test accuracy {named.Selected.TestAccuracy}"
+        test "a retired method name in the host is one line naming what it was" {
+            let e = Expect.throwsC (fun () -> Methods.Find "distprop-tight" |> ignore) id
+            Expect.stringContains e.Message "--method distprop-seed001 --feature-scale-means true --lr-multipliers 0.1 --schedule cosine" "the spelled-out settings"
+            Expect.isFalse (Methods.All |> Seq.exists (fun m -> m.Name = "distprop-tight")) "not listed"
         }
 
         test "diagnostics: gap1 is the distance from each class's mean f_1(x) to μ_1(c), spread1 the within-class deviation, alignment1/opposed1 the cosine and sign of λ_i against g_ε(z_i), radius1/synthetic-radius1 the real and synthetic distances to μ_1, nearest-mean1 the fraction of f_1(x_i) nearest in z-score to μ_1(y_i), mean-accuracy the last block at the means" {
@@ -386,9 +387,9 @@ let tests =
         }
 
         test "distprop's default of not extrapolating the weights is moot with another solver; asked for explicitly, it is refused there" {
-            let gda = Methods.Resolve(MethodSettings("distprop").With("solver", "gda"))
+            let gda = Methods.Resolve(MethodSettings("distprop-seed001").With("solver", "gda"))
             Expect.stringContains gda.Solver.Name "gda" "the named solver, without weight extrapolation"
-            let ex = Expect.throwsC (fun () -> Methods.Resolve(MethodSettings("distprop").With("solver", "gda").With("extrapolate-weights", false)) |> ignore) id
+            let ex = Expect.throwsC (fun () -> Methods.Resolve(MethodSettings("distprop-seed001").With("solver", "gda").With("extrapolate-weights", false)) |> ignore) id
             Expect.stringContains ex.Message "extrapolate-weights=false applies to the extragradient solver, not 'gda'" "one line naming both"
             let default' = Methods.Resolve(MethodSettings "distprop")
             Expect.stringContains default'.Solver.Name "per-player extrapolation" "by default extragradient without the weights' extrapolation"
@@ -396,7 +397,7 @@ let tests =
 
         testSequenced <| test "DistProp training leaves no tensor behind, redrawing the variates or not, per class or per example" {
             let live () = DisposeScopeManager.Statistics.ThreadTotalLiveCount
-            for settings in [ MethodSettings "distprop"; MethodSettings("distprop").With("multipliers", "class").With("resample", false).With("extrapolate-weights", true) ] do
+            for settings in [ MethodSettings "distprop"; MethodSettings("distprop-seed001").With("multipliers", "class").With("resample", false).With("extrapolate-weights", true) ] do
                 (digitsRun settings 1 3).Dispose()
                 let before = live ()
                 (digitsRun settings 2 3).Dispose()

@@ -129,7 +129,7 @@ let familyFloors : (string * float option list) list = [
     "pcn", [ Some 0.9; Some 0.74; Some 0.87 ]
     "fenchel-bp", [ Some 0.93; Some 0.83; Some 0.92 ]
     // DistProp lifts only values every path to the output passes through: not an RNN's steps.
-    "distprop-fixed-scale-adam", [ Some 0.45; None; Some 0.5 ]
+    "distprop", [ Some 0.45; None; Some 0.5 ]
     "am-adam", [ Some 0.93; Some 0.78; Some 0.92 ]
     "fa", [ Some 0.87; Some 0.74; Some 0.89 ]
     "dsn", [ Some 0.91; Some 0.85; Some 0.92 ]

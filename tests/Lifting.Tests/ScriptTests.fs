@@ -54,6 +54,6 @@ let tests =
             let code, _, err = examples [ "distprop-sweep"; "methods=distprop,nosuch"; "out=" + Path.Combine(Path.GetTempPath(), "unwritten-" + Guid.NewGuid().ToString("N") + ".md") ]
             Expect.equal code 2 $"exit 2: {err}"
             Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
-            Expect.stringContains err "examples: error: Unknown sweep method 'nosuch' (expected one of: distprop, distprop-fixed-scale-adam, extraprop)" err
+            Expect.stringContains err "examples: error: Unknown sweep method 'nosuch' (expected one of: distprop-seed001, distprop, extraprop)" err
         }
     ]

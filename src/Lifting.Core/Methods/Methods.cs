@@ -171,13 +171,24 @@ public static class Methods
         }
     }
 
+    /// The settings a retired method name stands for (e.g. `distprop-tight`), or null.
+    public static string? Retired(string name) =>
+        DistPropMethods.Retired.TryGetValue(name.Trim().ToLowerInvariant(), out var spelled) ? spelled : null;
+
     public static MethodDefinition Find(string name)
     {
         var key = name.Trim();
+        if (Retired(key) is { } spelled)
+        {
+            var replacement = MethodSettings.Parse(spelled);
+            var flags = string.Join(" ", replacement.Values.Select(kv => $"--{kv.Key} {kv.Value}"));
+            throw new ArgumentException($"Method '{key}' was retired (one default per family); it is --method {replacement.Method}{(flags.Length > 0 ? " " + flags : "")}.");
+        }
         lock (gate)
             return registry.FirstOrDefault(m => string.Equals(m.Name, key, StringComparison.OrdinalIgnoreCase))
                 ?? throw new ArgumentException($"Unknown method '{name}' (known: {string.Join(", ", registry.Select(m => m.Name))}).");
     }
+
 
     public static ResolvedMethod Resolve(string name) => Resolve(new MethodSettings(name));
 
@@ -185,6 +196,14 @@ public static class Methods
     /// the method. Fresh step rules every time: scheduled rules carry per-run state.
     public static ResolvedMethod Resolve(MethodSettings settings)
     {
+        // A retired name stands for its spelled-out settings (the caller's values on top).
+        if (Retired(settings.Method) is { } spelled)
+        {
+            var replacement = MethodSettings.Parse(spelled);
+            var merged = new Dictionary<string, string>(replacement.Values);
+            foreach (var (k, v) in settings.Values) merged[k] = v;
+            return Resolve(replacement with { Values = merged });
+        }
         var method = Find(settings.Method);
         foreach (var name in settings.Values.Keys)
             if (method.Parameter(name) is null)
