@@ -329,7 +329,7 @@ public static class Trainer
         }
         var a = cat(method.Select(t => t.flatten()).ToArray());
         var c = cat(reference.Select(t => t.flatten()).ToArray());
-        return (a.dot(c) / (a.norm() * c.norm() + 1e-30)).ToDouble();
+        return (a.dot(c) / (a.norm() * c.norm()).Plus(1e-30)).ToDouble();
     }
 }
 
