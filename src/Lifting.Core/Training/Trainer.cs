@@ -49,6 +49,7 @@ public static class Trainer
     {
         options.Validate();
         VectorMath.Prepare();
+        NativeMemory.Configure(); // the C heap's thresholds, once per process
         if (options.Patience > 0 && !data.HasValidation)
             throw new ArgumentException($"Early stopping (patience {options.Patience}) needs a validation split; this data has none.");
         observer ??= Observers.None;
