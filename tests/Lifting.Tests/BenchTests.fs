@@ -73,6 +73,20 @@ let tests =
             else Expect.stringStarts Lifting.NativeMemory.HeapConfiguration "default" "left alone"
         }
 
+        test "the end-of-epoch trim hands back a heap holding more than 64 MiB free and leaves a smaller one alone" {
+            Lifting.NativeMemory.Configure()
+            if OperatingSystem.IsLinux() && Lifting.NativeMemory.HeapConfiguration.StartsWith "mmap" then
+                Lifting.NativeMemory.ReleaseFreePages() |> ignore
+                Expect.isFalse (Lifting.NativeMemory.ReleaseFreePages()) "just trimmed: nothing to hand back"
+                // 12 blocks of 16 MiB (below the 32 MiB mmap threshold: from the heap), then freed.
+                let blocks = [ for _ in 1 .. 12 -> TorchSharp.torch.ones([| 4L * 1024L * 1024L |]) ]
+                for b in blocks do b.Dispose()
+                let free = Lifting.NativeMemory.FreeHeapBytes()
+                Expect.isGreaterThan free Lifting.NativeMemory.FreeBytesBeforeTrim $"192 MiB freed into the heap ({free} B free)"
+                Expect.isTrue (Lifting.NativeMemory.ReleaseFreePages()) "trimmed"
+                Expect.isLessThan (Lifting.NativeMemory.FreeHeapBytes()) free "the heap holds less free memory after the trim"
+        }
+
         test "bench --scale: width and depth rewrite the MLP, bad axes are refused before training; the ratio curves are drawn as a PNG" {
             Expect.equal (Bench.Scaled("784-256-10", "depth", 3L)) "784-256-256-256-10" "depth: hidden layers of the first's width"
             Expect.equal (Bench.Scaled("784-256-128-10", "width", 64L)) "784-64-64-10" "width: every hidden layer"

@@ -49,12 +49,14 @@ let digits = lazy (DatasetCatalog.Load "digits")
 /// One method of every family, each on the digits MLP for one epoch.
 let families = [ "backprop"; "extraprop"; "penalty"; "distprop"; "am-adam"; "pcn"; "fenchel-bp"; "fa" ]
 
-let trainOneEpoch (name: string) =
+let trainEpochs (epochs: int) (name: string) =
     let data = digits.Force()
     let program = Lifting.Programs.Net.Input(data.Train.ExampleShape).Flatten().Dense(32).ReLU().Dense(10).CrossEntropy()
     let m = Methods.Resolve(MethodSettings(name))
-    use result = Trainer.Train(program, data, m.Formulation, m.Solver, m.StepRules, TrainingOptions(Epochs = 1, BatchSize = 64, Seed = 3))
+    use result = Trainer.Train(program, data, m.Formulation, m.Solver, m.StepRules, TrainingOptions(Epochs = epochs, BatchSize = 64, Seed = 3))
     result.Selected.TestAccuracy
+
+let trainOneEpoch (name: string) = trainEpochs 1 name
 
 /// A batch game whose two shared variables receive one and the same gradient tensor from
 /// autograd (the two inputs of a sum): Σ_i L_i = Σ (w1 + w2) ⊙ c.
@@ -139,6 +141,14 @@ let tests =
             let directions = (game :> IGame).Operator((game :> IGame).Players).[0]
             for d in directions do
                 Expect.isTrue (torch.allclose(d, c / 8.0, 0.0, 0.0)) $"c/B exactly, got {d.str()}"
+        }
+
+        test "the Scalar cache does not grow with the run: values that change every step or epoch (Adam's bias corrections, mu, schedule factors) are held for the call" {
+            for name in [ "penalty"; "am-adam"; "extraprop" ] do
+                trainEpochs 1 name |> ignore
+                let before = Scalars.Cached
+                trainEpochs 2 name |> ignore
+                Expect.equal Scalars.Cached before $"{name}: two epochs cache no value one did not"
         }
 
         test "every family trains beside a thread forcing garbage collections without a LibTorch failure" {
