@@ -123,17 +123,88 @@ public static class NativeMemory
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
     private static extern int MallocTrim(UIntPtr pad);
 
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mallopt")]
+    private static extern int MallOpt(int parameter, int value);
+
+    private const int TrimThresholdParameter = -1, MmapThresholdParameter = -3; // M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
+
     private static bool unavailable = !OperatingSystem.IsLinux();
 
-    /// Returns the C heap's free pages to the operating system (glibc `malloc_trim`). LibTorch's CPU
-    /// tensors come from the C heap; when training steps and evaluations of different sizes
-    /// interleave, glibc's heap keeps growing with free but unreturned pages (measured on
-    /// MNIST-10k: about 250 MB per epoch, docs/engine.md). The trainer calls this once per epoch;
-    /// it takes a few milliseconds. A no-op off Linux or without glibc.
-    public static void ReleaseFreePages()
+    /// The C heap's mmap threshold `Configure` sets: allocations below it come from the heap and
+    /// are reused after they are freed; at most 32 MiB on 64-bit glibc (its largest accepted value).
+    public const int MmapThreshold = 32 << 20;
+
+    /// The C heap's trim threshold `Configure` sets: free memory at the heap's top is handed back to
+    /// the operating system at `free` only above this; the trainer's end-of-epoch
+    /// `ReleaseFreePages` hands it back regardless.
+    public const int TrimThreshold = 1 << 30;
+
+    private static readonly Lazy<string> configured = new(ConfigureOnce, LazyThreadSafetyMode.ExecutionAndPublication);
+
+    /// What `Configure` did: "mmap 32 MiB, trim 1024 MiB", or why it left glibc's defaults.
+    public static string HeapConfiguration => configured.Value;
+
+    /// Sets the C heap's mmap and trim thresholds once for the process (glibc `mallopt`), unless
+    /// the environment sets them already (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
+    /// GLIBC_TUNABLES) or LIFTING_HEAP=default asks for glibc's defaults. Why: glibc's default
+    /// mmap threshold starts at 128 KiB and its trim threshold follows it, so a training step's
+    /// W-sized temporaries are mapped and unmapped, or the heap's top is returned and refaulted,
+    /// at every step: a backprop epoch on Fashion-MNIST took 40–130 K minor page faults against
+    /// 1–3 K for a plain TorchSharp loop (issue 26). With the thresholds raised, freed blocks are
+    /// reused; `ReleaseFreePages` still returns the free pages once per epoch, so the resident
+    /// size stays bounded by one epoch's peak (docs/engine.md, "Memory discipline", measured).
+    /// The trainer calls this; idempotent; a no-op off Linux/glibc.
+    public static void Configure() => _ = configured.Value;
+
+    private static string ConfigureOnce()
     {
-        if (unavailable) return;
-        try { MallocTrim(UIntPtr.Zero); }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { unavailable = true; }
+        if (unavailable) return "default (not Linux)";
+        if (Environment.GetEnvironmentVariable("LIFTING_HEAP") is "default") return "default (LIFTING_HEAP=default)";
+        foreach (var name in new[] { "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES" })
+            if (!string.IsNullOrEmpty(Environment.GetEnvironmentVariable(name))) return $"default (the environment sets {name})";
+        try
+        {
+            bool ok = MallOpt(MmapThresholdParameter, MmapThreshold) == 1 && MallOpt(TrimThresholdParameter, TrimThreshold) == 1;
+            return ok ? $"mmap {MmapThreshold >> 20} MiB, trim {TrimThreshold >> 20} MiB" : "default (mallopt refused)";
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return "default (no glibc mallopt)"; }
+    }
+
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+    private struct MallInfo2
+    {
+        public UIntPtr Arena, OrdinaryBlocks, SmallBlocks, MappedBlocks, MappedBytes, MaxAllocated, FastFreeBytes, AllocatedBytes, FreeBytes, TopReleasable;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mallinfo2")]
+    private static extern MallInfo2 MallInfo();
+
+    /// `ReleaseFreePages` trims only when the C heap holds more free bytes than this.
+    public const long FreeBytesBeforeTrim = 64L << 20;
+
+    /// The C heap's free bytes (glibc `mallinfo2`, all arenas), or -1 where unknown.
+    public static long FreeHeapBytes()
+    {
+        if (unavailable) return -1;
+        try { return (long)MallInfo().FreeBytes; }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return -1; }
+    }
+
+    /// Returns the C heap's free pages to the operating system (glibc `malloc_trim`) when it holds
+    /// more than `FreeBytesBeforeTrim` free bytes (or always, where that is unknown). LibTorch's
+    /// CPU tensors come from the C heap; when training steps and evaluations of different sizes
+    /// interleave, glibc's heap keeps growing with free but unreturned pages (measured on
+    /// MNIST-10k: about 250 MB per epoch, docs/engine.md). A heap holding less than that is left
+    /// alone: trimming it every epoch handed back the step's working set, which the next epoch
+    /// faulted in again (about 850 minor faults per backprop epoch on Fashion-MNIST 784-256-10
+    /// against 26 for a plain TorchSharp loop). The trainer calls this once per epoch; it takes a
+    /// few milliseconds. A no-op off Linux or without glibc. Returns whether it trimmed.
+    public static bool ReleaseFreePages()
+    {
+        if (unavailable) return false;
+        var free = FreeHeapBytes();
+        if (free >= 0 && free <= FreeBytesBeforeTrim) return false;
+        try { MallocTrim(UIntPtr.Zero); return true; }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { unavailable = true; return false; }
     }
 }

@@ -33,6 +33,7 @@ catch (Exception e) when (e is ArgumentException or FormatException or InvalidOp
 
 static int Run(string[] args)
 {
+    if (args.FirstOrDefault() == "scalar-audit") return Lifting.Examples.ScalarAuditCommand.Run(args.Skip(1).ToArray());
     var settings = Lifting.Examples.Settings.Parse(args.Skip(1));
     if (settings.ContainsKey("threads")) Threads.Set(settings.Int("threads", 0));
     if (args.FirstOrDefault() == "table") return Lifting.Examples.ResultsTable.Run(settings);

@@ -146,7 +146,7 @@ public static class Plots
     /// Draws `curves` and writes the PNG atomically. On a log scale the values are drawn as log10
     /// on an axis from the decade below the smallest to the decade above the largest, labelled at
     /// each decade (values ≤ 0 are left out).
-    public static void Save(string path, string title, string yLabel, IReadOnlyList<Curve> curves, bool log)
+    public static void Save(string path, string title, string yLabel, IReadOnlyList<Curve> curves, bool log, string xLabel = "epoch")
     {
         using var plot = new Plot();
         double low = double.PositiveInfinity, high = double.NegativeInfinity;
@@ -182,7 +182,7 @@ public static class Plots
             plot.Axes.SetLimitsY(from, to);
         }
         plot.Title(title);
-        plot.XLabel("epoch");
+        plot.XLabel(xLabel);
         plot.YLabel(yLabel + (log ? " (log scale)" : ""));
         // The legend goes where the first curve is not: below a rising one, above a falling one.
         var first = curves.FirstOrDefault(c => c.Values.Length > 1);

@@ -428,7 +428,8 @@ let tests =
             Expect.equal code 0 $"exit 0: {err}"
             use doc = JsonDocument.Parse(lastLine out)
             let rows = doc.RootElement.EnumerateArray() |> Array.ofSeq
-            Expect.equal rows.Length 2 "one row per method"
+            Expect.equal rows.Length 3 "one row per method, and the engine floor's last"
+            Expect.equal (rows.[2].GetProperty("method").GetString()) Lifting.Host.Bench.FloorLabel "the floor row"
             Expect.equal (rows.[0].GetProperty("ratio").GetDouble()) 1.0 "the first method is the reference"
             Expect.isGreaterThan (rows.[1].GetProperty("per_example_bytes").GetInt64()) 0L "extraprop keeps per-example state"
             Expect.equal (rows.[0].GetProperty("per_example_bytes").GetInt64()) 0L "backprop keeps none"
@@ -438,7 +439,7 @@ let tests =
             Expect.equal code 0 $"exit 0: {err}"
             use doc = JsonDocument.Parse(lastLine out)
             let rows = doc.RootElement.EnumerateArray() |> Array.ofSeq
-            Expect.equal [ for r in rows -> r.GetProperty("method").GetString() ] [ "extraprop"; "extraprop (inner=0, lr-states=0.25)" ] "one row per entry, labelled with its parameters"
+            Expect.equal [ for r in rows -> r.GetProperty("method").GetString() ] [ "extraprop"; "extraprop (inner=0, lr-states=0.25)"; Lifting.Host.Bench.FloorLabel ] "one row per entry, labelled with its parameters (the floor last)"
             Expect.notEqual (rows.[0].GetProperty("test_accuracy").GetDouble()) (rows.[1].GetProperty("test_accuracy").GetDouble()) "the parameters reach the run"
         }
         test "the config file is read and flags override it" {

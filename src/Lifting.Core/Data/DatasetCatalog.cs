@@ -137,7 +137,7 @@ public static class DatasetCatalog
                 values = (values - tensor(normalisation.FeatureMeans.Select(v => (float)v).ToArray()).reshape(featureShape))
                          / tensor(normalisation.FeatureStds.Select(v => (float)v).ToArray()).reshape(featureShape);
             }
-            var x = ((values - mean) / std).to(device);
+            var x = values.Minus(mean).Over(std).to(device);
             var y = tensor(raw.Labels).to(device);
             return new Dataset(raw.Name, x.MoveToOuterDisposeScope(), y.MoveToOuterDisposeScope(), classes);
         }

@@ -53,7 +53,7 @@ public static class MiniBatches
     {
         if (batchSize < 1) throw new ArgumentOutOfRangeException(nameof(batchSize), $"Invalid batch size: {batchSize} (expected >= 1).");
         for (long start = 0; start < data.Count; start += batchSize)
-            yield return Gather(data, arange(start, Math.Min(data.Count, start + batchSize), dtype: ScalarType.Int64, device: data.Inputs.device));
+            yield return Gather(data, ScalarFactories.Arange(start, Math.Min(data.Count, start + batchSize), ScalarType.Int64, data.Inputs.device));
     }
 
     /// The order of epoch `epoch` for `seed`: a Fisher–Yates shuffle.

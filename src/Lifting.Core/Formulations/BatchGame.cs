@@ -165,6 +165,7 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
             grads = autograd.grad(new[] { objective }, inputs, allow_unused: true).ToArray();
         }
         var result = new IReadOnlyList<Tensor>[players.Count];
+        IntPtr[]? pointers = null;
         int k = 0;
         for (int p = 0; p < players.Count; p++)
         {
@@ -173,13 +174,40 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
             for (int i = 0; i < directions.Length; i++, k++)
             {
                 var g = grads[k] is null || grads[k].IsInvalid ? zeros_like(inputs[k]) : grads[k].detach();
-                if (!player.RowIndexed) g = g / BatchSize;
-                directions[i] = player.Role == Role.Maximise ? -g : g;
+                if (player.RowIndexed && player.Role == Role.Minimise) { directions[i] = g; continue; }
+                // The division by the integer B (as `g / BatchSize` divides) and the negation, in
+                // place on the gradient when autograd handed out a tensor of its own (dense and
+                // shared with no other input's gradient: autograd passes one tensor to both
+                // inputs of a sum), otherwise on a copy.
+                using (no_grad())
+                {
+                    pointers ??= grads.Select(t => t is null || t.IsInvalid ? IntPtr.Zero : DataPointer(t)).ToArray();
+                    if (!OwnStorage(g, pointers, k)) g = g.clone();
+                    if (!player.RowIndexed) g.div_(Scalars.OfInteger(BatchSize));
+                    if (player.Role == Role.Maximise) g.neg_();
+                }
+                directions[i] = g;
             }
             result[p] = directions;
         }
         return result;
     }
+
+    /// True when `grads[k]` is dense and no other gradient of the list shares its memory.
+    private static bool OwnStorage(Tensor g, IntPtr[] pointers, int k)
+    {
+        if (!g.is_contiguous() || g.storage_offset() != 0 || pointers[k] == IntPtr.Zero) return false;
+        for (int j = 0; j < pointers.Length; j++)
+            if (j != k && pointers[j] == pointers[k]) return false;
+        return true;
+    }
+
+    private static IntPtr DataPointer(Tensor t) => t.dtype switch
+    {
+        ScalarType.Float32 => t.storage<float>().data_ptr(),
+        ScalarType.Float64 => t.storage<double>().data_ptr(),
+        _ => IntPtr.Zero,
+    };
 
     public double Objective()
     {
@@ -221,7 +249,7 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
         get
         {
             using var _ = no_grad();
-            return lastMultipliers.Select(m => { using var n = m.square().reshape(m.shape[0], -1).sum(1).mean(); return n.ToDouble(); }).ToArray();
+            return lastMultipliers.Select(m => { using var n = m.pow(Scalars.IntTwo).reshape(m.shape[0], -1).sum(1).mean(); return n.ToDouble(); }).ToArray();
         }
     }
 

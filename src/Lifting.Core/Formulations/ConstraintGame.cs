@@ -60,7 +60,7 @@ public abstract class ConstraintGame : BatchGame
     protected abstract Tensor LossSum(Tensor output);
 
     /// The objective from the loss sum and the sum of the constraints' terms.
-    protected virtual Tensor Combine(Tensor lossSum, Tensor terms) => terms + lossSum;
+    protected virtual Tensor Combine(Tensor lossSum, Tensor terms) => terms.Plus(lossSum);
 
     /// The multipliers to record for diagnostics (null: none).
     protected virtual IReadOnlyList<Tensor>? RecordedMultipliers => null;

@@ -146,7 +146,7 @@ public sealed class ContrastiveSurrogate : IBatchGame
 
     private Tensor LossGradient(Phase phase) => LocalGradients.LossGradient(loss, energy.Output(phase.Variables), batch.Labels);
 
-    private Tensor Pull(double nudge, Phase from) => (frozenPull ?? (options.Linearised ? LossGradient(free) : LossGradient(from))) * nudge;
+    private Tensor Pull(double nudge, Phase from) => (frozenPull ?? (options.Linearised ? LossGradient(free) : LossGradient(from))).mul(Scalars.Of(nudge));
 
     public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
     {
@@ -177,7 +177,7 @@ public sealed class ContrastiveSurrogate : IBatchGame
         var into = weights.Select(w => zeros_like(w)).ToArray();
         foreach (var phase in phases)
             if (phase.Coefficient != 0) energy.AddWeightGradient(phase.Variables, phase.Coefficient, into);
-        foreach (var g in into) g.div_(batch.Inputs.shape[0]);
+        foreach (var g in into) g.div_(Scalars.OfInteger(batch.Inputs.shape[0]));
         lastLoss = loss.PerExample(energy.Output(free.Variables), batch.Labels).mean().ToDouble();
         lastObjective = SurrogateValue();
         return into;
@@ -192,8 +192,8 @@ public sealed class ContrastiveSurrogate : IBatchGame
         {
             if (phase.Coefficient == 0) continue;
             var value = energy.Energy(phase.Variables);
-            if (phase.Nudge != 0) value = value + phase.Nudge * OuterLoss(phase);
-            total = total + phase.Coefficient * value;
+            if (phase.Nudge != 0) value = value.Plus(OuterLoss(phase).mul(Scalars.Of(phase.Nudge)));
+            total = total.Plus(value.mul(Scalars.Of(phase.Coefficient)));
         }
         return total.mean().ToDouble();
     }
@@ -205,7 +205,7 @@ public sealed class ContrastiveSurrogate : IBatchGame
         if (!options.Linearised) return loss.PerExample(output, batch.Labels);
         var freeOutput = energy.Output(free.Variables);
         var gradient = frozenPull ?? LossGradient(free);
-        return loss.PerExample(freeOutput, batch.Labels) + (gradient * (output - freeOutput)).reshape(output.shape[0], -1).sum(1);
+        return loss.PerExample(freeOutput, batch.Labels).Plus((gradient * (output - freeOutput)).reshape(output.shape[0], -1).sum(1));
     }
 
     public double Objective()

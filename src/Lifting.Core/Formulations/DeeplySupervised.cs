@@ -157,7 +157,7 @@ public sealed class DeeplySupervisedProblem : LiftedProblem
             for (int l = 0; l < used.Length; l++) d[$"lambda-{l + 1}"] = used[l];
             using var scope = NewDisposeScope();
             var (x, y) = LayerAngles.ProbeBatch(Context);
-            using var batch = new MiniBatch(arange(x.shape[0], dtype: ScalarType.Int64, device: x.device), x, y);
+            using var batch = new MiniBatch(ScalarFactories.Arange(x.shape[0], ScalarType.Int64, x.device), x, y);
             using var game = new DsnGame(this, batch, used, measuring: true);
             var direction = game.Operator(new[] { WeightsPlayer() })[0];
             using var measuring = ForwardPass.Measuring(Program, Weights, Context.Seed);

@@ -172,7 +172,7 @@ public sealed class DistProp : IFormulation
     /// or, reduced, ReLU(‖z‖₁ − ε) per row (the leading dimension).
     public static Tensor Constraint(Tensor z, DistPropOptions options)
     {
-        if (options.ReducedConstraint) return F.relu(z.abs().reshape(z.shape[0], -1).sum(1) - options.Epsilon);
+        if (options.ReducedConstraint) return F.relu(z.abs().reshape(z.shape[0], -1).sum(1).Minus(options.Epsilon));
         return options.Epsilon > 0 ? F.softshrink(z, options.Epsilon) : z;
     }
 
@@ -201,7 +201,7 @@ public sealed class DistProp : IFormulation
     private static Tensor ScaleGradient(Tensor v, double factor)
     {
         var frozen = v.detach();
-        return frozen + (v - frozen) * factor;
+        return frozen.Plus((v - frozen).Times(factor));
     }
 
     private sealed class Problem : LiftedProblem
@@ -243,8 +243,8 @@ public sealed class DistProp : IFormulation
             for (int l = 0; l < hidden; l++)
             {
                 var direction = randn(new[] { (long)classes, stateShapes[l].Aggregate(1L, (a, b) => a * b) }, dtype: context.DType, generator: generator);
-                var unit = (direction / direction.square().sum(1, keepdim: true).sqrt()).reshape(Shape(classes, stateShapes[l]));
-                if (options.FeatureScaleMeans) unit = unit * Math.Sqrt(direction.shape[1]);
+                var unit = (direction / direction.Squared().sum(1, keepdim: true).sqrt()).reshape(Shape(classes, stateShapes[l]));
+                if (options.FeatureScaleMeans) unit = unit.Times(Math.Sqrt(direction.shape[1]));
                 if (options.FixedMeans) meanWeights[l] = AddShared($"mu{l + 1}", unit.to(context.Device));
                 else
                 {
@@ -253,7 +253,7 @@ public sealed class DistProp : IFormulation
                     states.Add(meanState);
                     learnedStates.Add(mean);
                 }
-                var scaleStart = full(Shape(options.SharedScale ? 1 : classes, stateShapes[l]), inverseSoftplusOne, dtype: context.DType, device: context.Device);
+                var scaleStart = full(Shape(options.SharedScale ? 1 : classes, stateShapes[l]), Scalars.Of(inverseSoftplusOne), dtype: context.DType, device: context.Device);
                 if (options.FixedScales) scaleWeights[l] = AddShared($"sigma{l + 1}", scaleStart);
                 else
                 {
@@ -321,10 +321,10 @@ public sealed class DistProp : IFormulation
 
         /// μ_l(c), σ_l(c) for every class: [M, …].
         private (Tensor Mean, Tensor Scale) Gaussian(int l) => (meanWeights[l],
-            options.SharedScale ? F.softplus(scaleWeights[l]).expand(Shape(classes, stateShapes[l])) : F.softplus(scaleWeights[l]));
+            options.SharedScale ? Scalars.Softplus(scaleWeights[l]).expand(Shape(classes, stateShapes[l])) : Scalars.Softplus(scaleWeights[l]));
 
         /// h̃_l(c, s) = μ_l(c) + e_l(c, s) ⊙ σ_l(c): [M, S, …].
-        private Tensor Samples(int l, Tensor mean, Tensor scale) => mean.unsqueeze(1) + variates[l] * scale.unsqueeze(1);
+        private Tensor Samples(int l, Tensor mean, Tensor scale) => mean.unsqueeze(1).Plus(variates[l] * scale.unsqueeze(1));
 
         /// The first cut's z-scores of the examples with inputs `x` and labels `y`.
         private Tensor FirstZ(Tensor f1, Tensor labels, Tensor mean, Tensor scale) =>
@@ -351,7 +351,7 @@ public sealed class DistProp : IFormulation
             var (mean1, scale1) = Gaussian(0);
             var x = Context.Train.Inputs;
             var labels = Context.Train.Labels;
-            var all = rows ?? arange(x.shape[0], dtype: ScalarType.Int64, device: x.device);
+            var all = rows ?? ScalarFactories.Arange(x.shape[0], ScalarType.Int64, x.device);
             double sum = 0;
             long n = all.shape[0];
             for (long start = 0; start < n; start += 2048)
@@ -410,12 +410,12 @@ public sealed class DistProp : IFormulation
                     var count = Math.Min(2048, n - start);
                     var f = Forward(0, x.narrow(0, start, count).to(Context.DType)).reshape(count, -1);
                     var y = labels.narrow(0, start, count);
-                    sums.index_add_(0, y, f, 1);
-                    squares.index_add_(0, y, f.square(), 1);
-                    radius += (f - flatMeans.index_select(0, y)).square().sum().ToDouble();
+                    sums.index_add_(0, y, f, Scalars.IntOne);
+                    squares.index_add_(0, y, f.Squared(), Scalars.IntOne);
+                    radius += (f - flatMeans.index_select(0, y)).Squared().sum().ToDouble();
                     // Does the constraint carry the label? f_1(x) nearest, in z-score, to its own class's μ_1.
                     var zAll = (f.unsqueeze(1) - flatMeans.unsqueeze(0)) / flatScales.unsqueeze(0);
-                    nearest += zAll.square().sum(2).argmin(1).eq(y).sum().ToDouble();
+                    nearest += zAll.Squared().sum(2).argmin(1).eq(y).sum().ToDouble();
                     if (exampleMultipliers is not null && !options.ReducedConstraint)
                     {
                         // Does each example's multiplier still point along its current violation?
@@ -424,7 +424,7 @@ public sealed class DistProp : IFormulation
                         var g = Constraint((f - mean1.reshape(classes, -1).index_select(0, y)) / scale1.reshape(classes, -1).index_select(0, y), options);
                         var lambda = Store[exampleMultipliers.Keys[0]].narrow(0, start, count).reshape(count, -1).to(g.device);
                         alignment += F.cosine_similarity(lambda, g, 1, 1e-12).sum().ToDouble();
-                        opposed += (lambda * g).sum(1).lt(0).sum().ToDouble();
+                        opposed += (lambda * g).sum(1).lt(Scalars.OfInteger(0)).sum().ToDouble();
                     }
                 }
                 if (exampleMultipliers is not null && !options.ReducedConstraint)
@@ -432,35 +432,35 @@ public sealed class DistProp : IFormulation
                     d["alignment1"] = alignment / n;
                     d["opposed1"] = opposed / n;
                 }
-                var counts = bincount(labels, minlength: classes).to_type(Context.DType).clamp_min(1).unsqueeze(1);
+                var counts = bincount(labels, minlength: classes).to_type(Context.DType).clamp_min(Scalars.OfInteger(1)).unsqueeze(1);
                 var classMean = sums / counts;
                 // Root mean square of f_1(x) − its class's mean, over every example and feature.
-                var spread = ((squares.sum() - (counts * classMean.square()).sum()) / (n * width)).clamp_min(0).sqrt();
-                d["gap1"] = (classMean - mean1.reshape(classes, -1)).square().sum(1).sqrt().mean().ToDouble();
+                var spread = (squares.sum() - (counts * classMean.Squared()).sum()).OverInteger(n * width).clamp_min(Scalars.OfInteger(0)).sqrt();
+                d["gap1"] = (classMean - mean1.reshape(classes, -1)).Squared().sum(1).sqrt().mean().ToDouble();
                 d["spread1"] = spread.ToDouble();
                 // Where the last block is trained and where it is used: a synthetic sample lies about
                 // ‖e ⊙ σ‖ ≈ σ√H from its mean (a shell), a real feature within about ε·σ√H (a ball
                 // inside it). Root mean square distance to the class mean, real and synthetic.
                 d["radius1"] = Math.Sqrt(radius / n);
                 d["nearest-mean1"] = nearest / n;
-                d["synthetic-radius1"] = (variates[0] * scale1.unsqueeze(1)).reshape(classes * samples, -1).square().sum(1).mean().sqrt().ToDouble();
+                d["synthetic-radius1"] = (variates[0] * scale1.unsqueeze(1)).reshape(classes * samples, -1).Squared().sum(1).mean().sqrt().ToDouble();
                 // The same for deeper cuts over the synthetic samples, and the last block's accuracy on them.
                 var previous = Samples(0, mean1, scale1);
                 for (int l = 1; l < hidden; l++)
                 {
                     var (mean, scale) = Gaussian(l);
                     var f = Forward(l, previous.reshape(Shape(classes * samples, stateShapes[l - 1]))).reshape(classes, samples, -1);
-                    d[$"gap{l + 1}"] = (f.mean(new long[] { 1 }) - mean.reshape(classes, -1)).square().sum(1).sqrt().mean().ToDouble();
+                    d[$"gap{l + 1}"] = (f.mean(new long[] { 1 }) - mean.reshape(classes, -1)).Squared().sum(1).sqrt().mean().ToDouble();
                     d[$"spread{l + 1}"] = f.var(1, unbiased: false).mean().sqrt().ToDouble();
                     previous = Samples(l, mean, scale);
                 }
                 var output = Forward(hidden, previous.reshape(Shape(classes * samples, stateShapes[hidden - 1])));
-                var sampleLabels = arange(classes, dtype: ScalarType.Int64, device: output.device).repeat_interleave(samples);
+                var sampleLabels = ScalarFactories.Arange(classes, ScalarType.Int64, output.device).repeat_interleave(samples);
                 d["synthetic-accuracy"] = output.argmax(1).eq(sampleLabels).to_type(ScalarType.Float64).mean().ToDouble();
                 // The last block at the last cut's means themselves (e = 0), the centre of each shell.
                 var (lastMean, _) = Gaussian(hidden - 1);
                 var atMeans = Forward(hidden, lastMean.reshape(Shape(classes, stateShapes[hidden - 1])));
-                d["mean-accuracy"] = atMeans.argmax(1).eq(arange(classes, dtype: ScalarType.Int64, device: atMeans.device)).to_type(ScalarType.Float64).mean().ToDouble();
+                d["mean-accuracy"] = atMeans.argmax(1).eq(ScalarFactories.Arange(classes, ScalarType.Int64, atMeans.device)).to_type(ScalarType.Float64).mean().ToDouble();
                 for (int l = 0; l < hidden; l++)
                 {
                     var lambda = l == 0 && exampleMultipliers is not null ? Store[exampleMultipliers.Keys[0]] : sharedMultipliers[exampleMultipliers is null ? l : l - 1];
@@ -550,8 +550,8 @@ public sealed class DistProp : IFormulation
                     var lambda1 = p.exampleMultipliers is not null ? multipliers[0] : multipliers[0].index_select(0, Batch.Labels);
                     recorded[0] = lambda1;
                     var g1 = Constraint(z, options);
-                    total = total + (lambda1 * g1).sum();
-                    if (options.Augmentation > 0) total = total + Scalars.Of(0.5 * options.Augmentation) * g1.square().sum();
+                    total = total.Plus((lambda1 * g1).sum());
+                    if (options.Augmentation > 0) total = total.Plus(g1.Squared().sum().mul(Scalars.Of(0.5 * options.Augmentation)));
                     return total;
                 }
                 var g = Constraint(z.reshape(Shape(p.classes * p.samples, p.stateShapes[l])), options);
@@ -561,16 +561,16 @@ public sealed class DistProp : IFormulation
                     : multipliers[l].unsqueeze(1).expand(Shape(p.classes, p.samples, options.ReducedConstraint ? Array.Empty<long>() : p.stateShapes[l]));
                 recorded[l] = multipliers[l];
                 var terms = lambda.reshape(p.classes * p.samples, -1) * g.reshape(p.classes * p.samples, -1);
-                if (options.Augmentation > 0) terms = terms + Scalars.Of(0.5 * options.Augmentation) * g.reshape(p.classes * p.samples, -1).square();
+                if (options.Augmentation > 0) terms = terms.Plus(g.reshape(p.classes * p.samples, -1).Squared().mul(Scalars.Of(0.5 * options.Augmentation)));
                 var perClass = terms.sum(1).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
-                return total + (counts * perClass).sum();
+                return total.Plus((counts * perClass).sum());
             }
 
             /// The last block on the samples of the last cut, class c's loss weighted by n_c.
             protected override Tensor LossSum(Tensor output)
             {
                 var p = problem;
-                var sampleLabels = arange(p.classes, dtype: ScalarType.Int64, device: Batch.Labels.device).repeat_interleave(p.samples);
+                var sampleLabels = ScalarFactories.Arange(p.classes, ScalarType.Int64, Batch.Labels.device).repeat_interleave(p.samples);
                 var perClassLoss = p.Program.Loss.PerExample(output, sampleLabels).reshape((long)p.classes, p.samples).mean(new long[] { 1 });
                 return (counts * perClassLoss).sum();
             }

@@ -296,11 +296,11 @@ public sealed class FeedbackAlignment : IFormulation
         void AddGradient(int index, Tensor g)
         {
             using var _ = no_grad();
-            gradients[index] = gradients[index] is { } sum ? sum.add_(g) : g;
+            gradients[index] = gradients[index] is { } sum ? sum.PlusInPlace(g) : g;
         }
         var signals = new Tensor?[n + 1];
         signals[n] = e;
-        void Send(int value, Tensor signal) => signals[value] = signals[value] is { } existing ? existing + signal : signal;
+        void Send(int value, Tensor signal) => signals[value] = signals[value] is { } existing ? existing.Plus(signal) : signal;
         for (int j = n - 1; j >= 0; j--)
         {
             var node = nodes[j];

@@ -175,7 +175,7 @@ public sealed class FenchelBackprop : IFormulation
         double scale = 1.0 / inputs.shape[0];
         var signals = new Tensor?[n + 1];
         signals[n] = g;
-        void Send(int value, Tensor signal) => signals[value] = signals[value] is { } existing ? existing + signal : signal;
+        void Send(int value, Tensor signal) => signals[value] = signals[value] is { } existing ? existing.Plus(signal) : signal;
         for (int j = n - 1; j >= 0; j--)
         {
             var node = nodes[j];
@@ -214,7 +214,7 @@ public sealed class FenchelBackprop : IFormulation
                 {
                     var contribution = vjp[k].detach().mul(Scalars.Of(scale));
                     var index = node.Parameters[p];
-                    gradients[index] = gradients[index] is { } sum ? sum.add_(contribution) : contribution;
+                    gradients[index] = gradients[index] is { } sum ? sum.PlusInPlace(contribution) : contribution;
                 }
         }
         using (no_grad())

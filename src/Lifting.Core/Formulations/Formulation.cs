@@ -75,7 +75,7 @@ public sealed record LiftContext(
         using var scope = NewDisposeScope();
         var slots = StepRuleFor(player).Init(variable, rowIndexed);
         var memory = Enumerable.Range(0, SolverMemorySlots).Select(_ => zeros_like(variable).DetachFromDisposeScope()).ToArray();
-        return new StepState(slots.Slots, memory);
+        return new StepState(slots.Slots, memory, slots.Workspace) { Persistent = !rowIndexed };
     }
 }
 

@@ -16,6 +16,7 @@ namespace Lifting.Formulations;
 public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
 {
     private readonly Dictionary<string, Tensor> shared = new();
+    private readonly List<StepState> sharedStates = new();
 
     protected LiftedProblem(IFormulation formulation, LiftContext context, Weights weights)
     {
@@ -66,6 +67,7 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
         var state = Context.NewState(player, variable, rowIndexed: false);
         for (int s = 0; s < state.Slots.Count; s++) AddShared($"{name}#slot{s}", state.Slots[s]);
         for (int m = 0; m < state.Memory.Count; m++) AddShared($"{name}#memory{m}", state.Memory[m]);
+        sharedStates.Add(state); // its slots and memory are disposed as shared tensors, its workspace with it
         return (variable, state);
     }
 
@@ -116,7 +118,7 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
         var sums = new double[hidden];
         long elements = 0;
         var x = Context.Train.Inputs;
-        using var everyExample = rows is null ? arange(x.shape[0], dtype: ScalarType.Int64, device: x.device) : null;
+        using var everyExample = rows is null ? ScalarFactories.Arange(x.shape[0], ScalarType.Int64, x.device) : null;
         var all = rows ?? everyExample!;
         var n = all.shape[0];
         for (long start = 0; start < n; start += chunk)
@@ -161,6 +163,8 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
         evaluation?.Dispose();
         foreach (var t in shared.Values) t.Dispose();
         shared.Clear();
+        foreach (var s in sharedStates) s.DisposeWorkspace();
+        sharedStates.Clear();
         Store.Dispose();
         foreach (var s in WeightStates) s.Dispose();
     }

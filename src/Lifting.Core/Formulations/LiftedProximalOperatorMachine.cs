@@ -71,7 +71,7 @@ internal sealed class FenchelCouplingEnergy : LevelEnergy
         var d = new Tensor[Count];
         for (int k = 0; k < Count; k++) d[k] = u[k] - a[k];
         AddInputProducts(z, s => gap ? Levels[s].Activation.Apply(a[s]) - z[s] : -z[s], d, Coupling);
-        if (pull is not null) d[^1].add_(pull);
+        if (pull is not null) d[^1].PlusInPlace(pull);
         return Preconditioned(d, z);
     }
 
@@ -96,8 +96,8 @@ internal sealed class FenchelCouplingEnergy : LevelEnergy
         {
             var potential = Levels[k].Potential;
             var e = potential.G(z[k]) - Activations.PerExample(z[k] * a[k]);
-            if (gap) e = e + potential.Conjugate(a[k]);
-            total = total + Scalars.Of(LevelWeights[k]) * e;
+            if (gap) e = e.Plus(potential.Conjugate(a[k]));
+            total = total.Plus(e.mul(Scalars.Of(LevelWeights[k])));
         }
         return total;
     }

@@ -186,8 +186,8 @@ public sealed class MultipleShooting : IFormulation
             protected override Tensor AddTerm(Tensor total, int l, Tensor g)
             {
                 var constraint = Constraint(g, problem.options);
-                total = total + (lambda[l] * constraint).sum();
-                if (problem.options.Augmentation > 0) total = total + Scalars.Of(0.5 * problem.options.Augmentation) * constraint.square().sum();
+                total = total.Plus((lambda[l] * constraint).sum());
+                if (problem.options.Augmentation > 0) total = total.Plus(constraint.Squared().sum().mul(Scalars.Of(0.5 * problem.options.Augmentation)));
                 return total;
             }
 

@@ -107,7 +107,7 @@ internal sealed class Level
         {
             var plus = (Tensor[])inputs.Clone();
             var minus = (Tensor[])inputs.Clone();
-            plus[slot] = x + v * epsilon;
+            plus[slot] = x.Plus(v * epsilon);
             minus[slot] = x - v * epsilon;
             var jv = (Segment.Map.Forward(plus, w, pass) - Segment.Map.Forward(minus, w, pass)) / twice;
             var back = Segment.Map.InputVjps(inputs, jv, w, wanted, pass)[slot]!;

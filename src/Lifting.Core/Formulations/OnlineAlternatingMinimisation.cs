@@ -362,7 +362,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         public bool Accumulate(IReadOnlyList<(int Index, Tensor Sum)> gradients, long examples)
         {
             using var _ = no_grad();
-            foreach (var (k, sum) in gradients) gradientSums[k].add_(sum);
+            foreach (var (k, sum) in gradients) gradientSums[k].PlusInPlace(sum);
             seen += examples;
             if (seen > Context.ExampleCount)
                 throw new InvalidOperationException($"Offline alternating minimisation saw {seen} examples in an epoch of {Context.ExampleCount}: one AM iteration per mini-batch, every example once per epoch.");
@@ -476,13 +476,13 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             {
                 var g = codes[l] - splits[l].ApplyLinear(Inputs(l, u => activations[u]), Weights, pass);
                 defects[l] = g;
-                penalty = penalty + Weighted(l, g.square().sum());
+                penalty = penalty.Plus(Weighted(l, g.Squared().sum()));
                 activations[l] = splits[l].ApplyActivation(codes[l], pass);
             }
             var loss = program.Loss.PerExample(Output(Inputs(hidden, u => activations[u])), Batch.Labels).sum();
             Record(loss, defects);
             using var m = mu.ToScalar(); // μ changes with every batch: held for the call, not cached
-            return loss + m * penalty;
+            return loss.Plus(penalty.mul(m));
         }
 
         public void Encode()
@@ -566,11 +566,11 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
                 {
                     var prediction = Reusable(s, c, l)
                         ?? splits[s].ApplyLinear(Inputs(s, u => u == l ? Own() : splits[u].ApplyActivation(codes[u].detach(), pass)), Weights, pass);
-                    term = Weighted(s, (codes[s].detach() - prediction).square().sum());
+                    term = Weighted(s, (codes[s].detach() - prediction).Squared().sum());
                 }
-                objective = objective is null ? term : objective + term;
+                objective = objective is null ? term : objective.Plus(term);
             }
-            objective = objective! + Weighted(l, (c - forward[l]).square().sum());
+            objective = objective!.Plus(Weighted(l, (c - forward[l]).Squared().sum()));
             var scale = Math.Pow(problem.Options.CodeStepGrowth, hidden - 1 - l);
             if (scale != 1) objective = objective * Scalars.Of(scale);
             return new[] { autograd.grad(new[] { objective }, new[] { c }).Single().detach() };
@@ -677,9 +677,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
                     RecordPenalty(l, target, prediction);
                     term = problem.Options.StepBlocks == StepBlockLoss.Hinge && splits[l].StepActivation
                         ? Weighted(l, F.relu(-prediction * target.sign()).sum()) / batchSize
-                        : Weighted(l, (target - prediction).square().sum()) / batchSize;
+                        : Weighted(l, (target - prediction).Squared().sum()) / batchSize;
                 }
-                objective = objective is null ? term : objective + term;
+                objective = objective is null ? term : objective.Plus(term);
             }
             return autograd.grad(new[] { objective! }, parameters).Select(t => t.detach()).ToArray();
         }
@@ -688,7 +688,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         {
             using var _ = no_grad();
             var g = target - prediction.detach();
-            penalties[l] = w[l] * g.square().sum().ToDouble();
+            penalties[l] = w[l] * g.Squared().sum().ToDouble();
             meanDefects[l] = g.abs().mean().ToDouble();
         }
 

@@ -66,7 +66,7 @@ internal sealed class PredictiveCodingEnergy : LevelEnergy
         var (a, f, e) = Predictions(z);
         var d = e.ToArray();
         AddInputProducts(z, s => Levels[s].ActivationVjp(a[s], f[s], e[s]), d, (k, s) => -Coupling(k, s));
-        if (pull is not null) d[^1] = d[^1].add_(pull);
+        if (pull is not null) d[^1] = d[^1].PlusInPlace(pull);
         return Preconditioned(d, z);
     }
 
@@ -81,7 +81,7 @@ internal sealed class PredictiveCodingEnergy : LevelEnergy
     {
         var (_, _, e) = Predictions(z);
         Tensor total = zeros(z[0].shape[0], dtype: z[0].dtype, device: z[0].device);
-        for (int k = 0; k < Count; k++) total = total + Scalars.Of(0.5 * LevelWeights[k]) * Activations.PerExample(e[k].square());
+        for (int k = 0; k < Count; k++) total = total.Plus(Activations.PerExample(e[k].Squared()).mul(Scalars.Of(0.5 * LevelWeights[k])));
         return total;
     }
 }

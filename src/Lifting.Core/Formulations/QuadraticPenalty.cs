@@ -1,3 +1,4 @@
+using TorchSharp;
 using Lifting.Data;
 using Lifting.Programs;
 using Lifting.Solvers;
@@ -134,11 +135,15 @@ public sealed class QuadraticPenalty : IFormulation
 
             protected override Tensor Defect(int l, Tensor f) => h[l] - f;
 
-            protected override Tensor AddTerm(Tensor total, int l, Tensor g) => total + g.square().sum();
+            protected override Tensor AddTerm(Tensor total, int l, Tensor g) => total.Plus(g.Squared().sum());
 
             protected override Tensor LossSum(Tensor output) => problem.Program.Loss.PerExample(output, Batch.Labels).sum();
 
-            protected override Tensor Combine(Tensor lossSum, Tensor penalty) => lossSum + Scalars.Of(0.5 * problem.mu) * penalty;
+            protected override Tensor Combine(Tensor lossSum, Tensor penalty)
+            {
+                using var m = (0.5 * problem.mu).ToScalar(); // μ follows the epochs: held for the call, not cached
+                return lossSum.Plus(penalty.mul(m));
+            }
 
             public override void Commit() => problem.states.Scatter(Batch.Indices, h, hStates);
         }

@@ -53,30 +53,30 @@ public static class Activations
 {
     public static IActivation ReLU { get; } = new Builtin("relu", ActivationRange.NonNegative, true,
         x => F.relu(x), u => F.relu(u), h => h.clone(), (a, f, v) => v * (a > Scalars.Zero).to_type(v.dtype),
-        new Potential(z => 0.5 * PerExample(z * z), a => 0.5 * PerExample(F.relu(a).square())));
+        new Potential(z => PerExample(z * z).mul(Scalars.Half), a => PerExample(F.relu(a).Squared()).mul(Scalars.Half)));
 
     public static IActivation Tanh { get; } = new Builtin("tanh", new ActivationRange(-1, 1), true,
-        x => x.tanh(), u => u.tanh(), h => h.clamp(-1 + 1e-6, 1 - 1e-6).atanh(), (a, f, v) => v * (Scalars.One - f * f),
+        x => x.tanh(), u => u.tanh(), h => h.clamp(Scalars.Of(-1 + 1e-6), Scalars.Of(1 - 1e-6)).atanh(), (a, f, v) => v * (f * f).Subtracted(1.0),
         new Potential(
-            z => PerExample(0.5 * (xlogy(1 + z, 1 + z) + xlogy(1 - z, 1 - z))),
-            a => PerExample(a.abs() + F.softplus(-2 * a.abs()) - Math.Log(2))));
+            z => PerExample(xlogy(z.PlusInteger(1), z.PlusInteger(1)).Plus(xlogy(z.SubtractedInteger(1), z.SubtractedInteger(1))).mul(Scalars.Half)),
+            a => PerExample(a.abs().Plus(Scalars.Softplus(a.abs().TimesInteger(-2))).Minus(Math.Log(2)))));
 
     public static IActivation Sigmoid { get; } = new Builtin("sigmoid", new ActivationRange(0, 1), true,
-        x => x.sigmoid(), u => u.sigmoid(), h => h.clamp(1e-6, 1 - 1e-6).logit(), (a, f, v) => v * f * (Scalars.One - f),
-        new Potential(z => PerExample(xlogy(z, z) + xlogy(1 - z, 1 - z)), a => PerExample(F.softplus(a))));
+        x => x.sigmoid(), u => u.sigmoid(), h => h.clamp(Scalars.Of(1e-6), Scalars.Of(1 - 1e-6)).logit(), (a, f, v) => v * f * f.Subtracted(1.0),
+        new Potential(z => PerExample(xlogy(z, z).Plus(xlogy(z.SubtractedInteger(1), z.SubtractedInteger(1)))), a => PerExample(Scalars.Softplus(a))));
 
     public static IActivation HardTanh { get; } = new Builtin("hardtanh", new ActivationRange(-1, 1), true,
         x => x.clamp(Scalars.MinusOne, Scalars.One), u => u.clamp(Scalars.MinusOne, Scalars.One), h => h.clone(), (a, f, v) => v * (a.abs() < Scalars.One).to_type(v.dtype),
-        new Potential(z => 0.5 * PerExample(z * z),
-            a => PerExample(where(a.abs() <= 1, 0.5 * a * a, a.abs() - 0.5))));
+        new Potential(z => PerExample(z * z).mul(Scalars.Half),
+            a => PerExample(where(a.abs() <= Scalars.OfInteger(1), a.mul(Scalars.Half) * a, a.abs().Minus(0.5)))));
 
     public static IActivation Identity { get; } = new Builtin("identity", ActivationRange.Real, true,
         x => x.alias(), u => u.alias(), h => h.clone(), (a, f, v) => v,
-        new Potential(z => 0.5 * PerExample(z * z), a => 0.5 * PerExample(a * a)));
+        new Potential(z => PerExample(z * z).mul(Scalars.Half), a => PerExample(a * a).mul(Scalars.Half)));
 
     /// Softmax along the last dimension; G is the negative entropy on the simplex, G* = logsumexp.
     public static IActivation Softmax { get; } = new Builtin("softmax", new ActivationRange(0, 1), true,
-        x => x.softmax(-1), u => u.softmax(-1), h => h.clamp_min(1e-12).log(), (a, f, v) => f * (v - (f * v).sum(-1, keepdim: true)),
+        x => x.softmax(-1), u => u.softmax(-1), h => h.clamp_min(Scalars.Of(1e-12)).log(), (a, f, v) => f * (v - (f * v).sum(-1, keepdim: true)),
         new Potential(z => PerExample(xlogy(z, z)), a => PerExample(a.logsumexp(-1))));
 
     /// sign(x) ∈ {−1, 1}: not differentiable. G = indicator of [−1, 1], G*(a) = ‖a‖₁, ∇G* = sign.
@@ -168,8 +168,8 @@ public static class Activations
         {
             var exact = step.Apply(x.detach());
             if (!x.requires_grad) return exact;
-            var surrogate = (x * halfWidth + middle).clamp(step.Range.Lower, step.Range.Upper);
-            return surrogate - surrogate.detach() + exact;
+            var surrogate = x.Times(halfWidth).Plus(middle).clamp(Scalars.Of(step.Range.Lower), Scalars.Of(step.Range.Upper));
+            return (surrogate - surrogate.detach()).Plus(exact);
         }
 
         public Tensor Reparametrise(Tensor free) => step.Reparametrise(free);

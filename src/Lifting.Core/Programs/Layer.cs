@@ -28,7 +28,7 @@ public static class Initialisers
     public static Initialiser UniformFanIn(long fanIn) => (shape, generator, dtype, device) =>
     {
         var bound = 1.0 / Math.Sqrt(fanIn);
-        return (rand(shape, dtype: dtype, generator: generator) * (2 * bound) - bound).to(device);
+        return rand(shape, dtype: dtype, generator: generator).Times(2 * bound).Minus(bound).to(device);
     };
 
     public static Initialiser Zeros { get; } = (shape, _, dtype, device) => zeros(shape, dtype: dtype, device: device);
@@ -37,7 +37,7 @@ public static class Initialisers
     public static Initialiser GlorotUniform(long fanIn, long fanOut) => (shape, generator, dtype, device) =>
     {
         var bound = GlorotBound(fanIn, fanOut);
-        return (rand(shape, dtype: dtype, generator: generator) * (2 * bound) - bound).to(device);
+        return rand(shape, dtype: dtype, generator: generator).Times(2 * bound).Minus(bound).to(device);
     };
 
     /// He (Kaiming) uniform (He et al. 2015): U(−b, b) with b = √(6 / fan_in), the scale that keeps a
@@ -46,7 +46,7 @@ public static class Initialisers
     {
         if (fanIn <= 0) throw new ArgumentOutOfRangeException(nameof(fanIn), $"Invalid fan-in: {fanIn} (expected > 0).");
         var bound = Math.Sqrt(6.0 / fanIn);
-        return (rand(shape, dtype: dtype, generator: generator) * (2 * bound) - bound).to(device);
+        return rand(shape, dtype: dtype, generator: generator).Times(2 * bound).Minus(bound).to(device);
     };
 
     /// All-negative Glorot-uniform: U(−b, 0) with b = √(6 / (fan_in + fan_out)), the first layer of
@@ -56,7 +56,7 @@ public static class Initialisers
     public static Initialiser NegativeGlorotUniform(long fanIn, long fanOut) => (shape, generator, dtype, device) =>
     {
         var bound = GlorotBound(fanIn, fanOut);
-        return (rand(shape, dtype: dtype, generator: generator) * -bound).to(device);
+        return rand(shape, dtype: dtype, generator: generator).Times(-bound).to(device);
     };
 
     /// (fan_in, fan_out) of a weight tensor laid out [out, in, …kernel] (Dense [out, in], Conv2d

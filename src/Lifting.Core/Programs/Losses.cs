@@ -21,7 +21,7 @@ public static class Losses
     public static ILoss Mse { get; } = new Builtin("mse", (output, labels) =>
     {
         var target = F.one_hot(labels, output.shape[^1]).to_type(output.dtype);
-        return 0.5 * (output - target).square().sum(1);
+        return (output - target).Squared().sum(1).mul(Scalars.Half);
     });
 
     public static IReadOnlyList<ILoss> All { get; } = new[] { CrossEntropy, Mse };

@@ -43,8 +43,8 @@ public sealed class Add : Operation, ILocalDerivatives
 
     public override Tensor Forward(IReadOnlyList<Tensor> inputs, IReadOnlyList<Tensor> parameters, OperationContext context)
     {
-        var sum = inputs[0] + inputs[1];
-        for (int i = 2; i < inputs.Count; i++) sum = sum + inputs[i];
+        var sum = inputs[0].Plus(inputs[1]);
+        for (int i = 2; i < inputs.Count; i++) sum = sum.Plus(inputs[i]);
         return sum;
     }
 
@@ -198,8 +198,8 @@ public sealed class BatchNorm : Operation
         }
         var shape = x.dim() == 2 ? new long[] { 1, Features } : new long[] { 1, Features, 1, 1 };
         using var eps = Epsilon.ToScalar();
-        var scale = (variance + eps).rsqrt() * parameters[0];
-        return (x - mean.reshape(shape)) * scale.reshape(shape) + parameters[1].reshape(shape);
+        var scale = variance.add(eps, Scalars.IntOne).rsqrt() * parameters[0];
+        return ((x - mean.reshape(shape)) * scale.reshape(shape)).Plus(parameters[1].reshape(shape));
     }
 }
 

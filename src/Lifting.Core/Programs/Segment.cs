@@ -119,7 +119,7 @@ public sealed class LocalGraph
                 var target = inputSlots[j][i];
                 if (!needs[target] || (target < Inputs.Count && !wanted[target])) continue;
                 var g = node.Derivatives!.InputVjp(i, call, s);
-                signals[target] = signals[target] is { } existing ? existing + g : g;
+                signals[target] = signals[target] is { } existing ? existing.Plus(g) : g;
             }
         }
         return Enumerable.Range(0, Inputs.Count).Select(i => wanted[i] ? signals[i] ?? zeros_like(inputs[i]) : null).ToArray();

@@ -201,15 +201,15 @@ public sealed class AlternatingMinimisationSolver : ISolver
         if (memory.A.shape[0] != columns || memory.B.shape[1] != columns)
             throw new ArgumentException($"Co-activation memories of {memory.A.shape[0]} inputs for a layer with {columns} columns.");
         var a = memory.A;
-        var dead = a.diagonal() <= 0;
+        var dead = a.diagonal() <= Scalars.OfInteger(0);
         var keep = dead.to_type(a.dtype);
         // D + U with a unit diagonal for dead columns; L; the right-hand side keeps dead columns.
-        var upper = a.triu().add_(diag(keep));
+        var upper = a.triu().PlusInPlace(diag(keep));
         var lower = a.tril(-1);
         for (int sweep = 0; sweep < sweeps; sweep++)
         {
             using var step = NewDisposeScope();
-            var rhs = memory.B - augmented.mm(lower) + augmented * keep;
+            var rhs = (memory.B - augmented.mm(lower)).Plus(augmented * keep);
             augmented.copy_(linalg.solve_triangular(upper, rhs, upper: true, left: false));
         }
         weight.copy_(augmented.narrow(1, 0, inputs));

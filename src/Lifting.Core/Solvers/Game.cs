@@ -83,10 +83,11 @@ public interface IHoldFixed
 /// indexes examples: a formulation gathers and scatters them together with the variable.
 public sealed class StepState : IDisposable
 {
-    public StepState(IReadOnlyList<Tensor> slots, IReadOnlyList<Tensor>? memory = null)
+    public StepState(IReadOnlyList<Tensor> slots, IReadOnlyList<Tensor>? memory = null, IReadOnlyList<Tensor>? workspace = null)
     {
         Slots = slots;
         Memory = memory ?? Array.Empty<Tensor>();
+        Workspace = workspace ?? Array.Empty<Tensor>();
     }
 
     public static StepState Empty { get; } = new(Array.Empty<Tensor>());
@@ -97,10 +98,52 @@ public sealed class StepState : IDisposable
     /// Every tensor of this state, slots then memory (for gathering and scattering rows).
     public IEnumerable<Tensor> Tensors => Slots.Concat(Memory);
 
+    /// Scratch tensors the step rule writes its temporaries into at every step instead of
+    /// allocating them (Adam's denominator and displacement): allocated by `Init` for a variable
+    /// that lives for the run (not per example), never saved, gathered or read across steps.
+    /// A displacement returned in one of them is valid until the rule's next call on this state.
+    public IReadOnlyList<Tensor> Workspace { get; }
+
+    /// The step rule's host-side memory (e.g. Adam's step count as a number, so that no step reads
+    /// a count back from the device); null until the rule first uses it, when it reads its slots
+    /// once (which a checkpoint restores before training continues).
+    public object? Host { get; set; }
+
+
+    /// True for the state of a variable that lives for the run (weights, shared variables), false
+    /// for a batch's gathered rows: only a persistent state keeps a solver's snapshot tensor.
+    public bool Persistent { get; init; }
+
+    private Tensor? snapshot;
+
+    /// For a persistent state, a tensor shaped like `variable` that a solver copies the variable
+    /// into before an extrapolation and restores it from (allocated once, disposed with the
+    /// workspace); null otherwise.
+    public Tensor? SnapshotBuffer(Tensor variable)
+    {
+        if (!Persistent) return null;
+        if (snapshot is null || !snapshot.shape.SequenceEqual(variable.shape) || snapshot.dtype != variable.dtype)
+        {
+            snapshot?.Dispose();
+            using var _ = no_grad();
+            snapshot = empty_like(variable).DetachFromDisposeScope();
+        }
+        return snapshot;
+    }
+
+    /// Disposes the workspace only (for a state whose slots and memory another owner disposes).
+    public void DisposeWorkspace()
+    {
+        foreach (var w in Workspace) w.Dispose();
+        snapshot?.Dispose();
+        snapshot = null;
+    }
+
     public void Dispose()
     {
         foreach (var s in Slots) s.Dispose();
         foreach (var m in Memory) m.Dispose();
+        DisposeWorkspace();
     }
 }
 

@@ -23,7 +23,7 @@ public static class MirrorMaps
         public Tensor Step(Tensor x, Tensor displacement)
         {
             // In log space for stability: log x − d, then exp (and softmax for the simplex).
-            var logits = x.clamp_min(1e-30).log() - displacement;
+            var logits = x.clamp_min(Scalars.Of(1e-30)).log() - displacement;
             return normalise ? logits.softmax(-1) : logits.exp();
         }
     }

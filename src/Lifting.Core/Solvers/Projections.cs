@@ -29,9 +29,9 @@ public static class Projections
         public string Name => $"box[{lower}, {upper}]";
         public void ProjectInPlace(Tensor variable)
         {
-            if (double.IsNegativeInfinity(lower)) variable.clamp_(max: upper);
-            else if (double.IsPositiveInfinity(upper)) variable.clamp_(min: lower);
-            else variable.clamp_(lower, upper);
+            if (double.IsNegativeInfinity(lower)) variable.clamp_(max: Scalars.Of(upper));
+            else if (double.IsPositiveInfinity(upper)) variable.clamp_(min: Scalars.Of(lower));
+            else variable.clamp_(Scalars.Of(lower), Scalars.Of(upper));
         }
     }
 
@@ -44,6 +44,6 @@ public static class Projections
     private sealed class NonNegativeOrthant : IProjection
     {
         public string Name => "nonnegative";
-        public void ProjectInPlace(Tensor variable) => variable.clamp_(min: 0);
+        public void ProjectInPlace(Tensor variable) => variable.clamp_(min: Scalars.OfInteger(0));
     }
 }

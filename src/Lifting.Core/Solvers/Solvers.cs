@@ -32,7 +32,7 @@ public static class Solvers
         for (int i = 0; i < player.Variables.Count; i++)
         {
             var d = player.StepRule.Displacement(directions[i], player.StepStates[i]);
-            if (scale != 1.0) d = d * scale;
+            if (scale != 1.0) d = d.mul(Scalars.Of(scale));
             player.Variables[i].sub_(d);
             player.Projections[i].ProjectInPlace(player.Variables[i]);
         }
@@ -44,10 +44,13 @@ public static class Solvers
         for (int p = 0; p < players.Count; p++) Descend(players[p], directions[p]);
     }
 
+    /// Copies of the players' variables: into the variable's own snapshot tensor when its state
+    /// lives for the run (`StepState.SnapshotBuffer`: the weights), else fresh clones (a batch's rows).
     internal static Tensor[][] Snapshot(IReadOnlyList<Player> players)
     {
         using var _ = no_grad();
-        return players.Select(p => p.Variables.Select(v => v.detach().clone()).ToArray()).ToArray();
+        return players.Select(p => p.Variables.Select((v, i) =>
+            p.StepStates[i].SnapshotBuffer(v) is { } buffer ? buffer.copy_(v) : v.detach().clone()).ToArray()).ToArray();
     }
 
     internal static void Restore(IReadOnlyList<Player> players, Tensor[][] values)

@@ -63,7 +63,7 @@ public static class StepRules
         public ConstantRule(double lr) => this.lr = lr;
         public string Name => $"constant(lr={Show(lr)})";
         public StepState Init(Tensor variable, bool rowIndexed) => new(Array.Empty<Tensor>());
-        public Tensor Displacement(Tensor direction, StepState state) => direction * lr;
+        public Tensor Displacement(Tensor direction, StepState state) => direction.mul(Scalars.Of(lr));
     }
 
     private sealed class MomentumRule : IStepRule
@@ -82,8 +82,8 @@ public static class StepRules
 
         public Tensor Displacement(Tensor direction, StepState state)
         {
-            var buffer = state.Slots[0].mul_(momentum).add_(direction);
-            return nesterov ? direction.add(buffer, alpha: momentum).mul_(lr) : buffer.mul(lr);
+            var buffer = state.Slots[0].mul_(Scalars.Of(momentum)).add_(direction, Scalars.IntOne);
+            return nesterov ? direction.add(buffer, Scalars.Of(momentum)).mul_(Scalars.Of(lr)) : buffer.mul(Scalars.Of(lr));
         }
     }
 
@@ -98,14 +98,21 @@ public static class StepRules
         {
             using var _ = no_grad();
             using var scope = NewDisposeScope();
-            return new StepState(new[] { full_like(variable, initial).DetachFromDisposeScope() });
+            return new StepState(new[] { full_like(variable, Scalars.Of(initial)).DetachFromDisposeScope() },
+                workspace: rowIndexed ? null : new[] { empty_like(variable).DetachFromDisposeScope(), empty_like(variable).DetachFromDisposeScope() });
         }
 
         public Tensor Displacement(Tensor direction, StepState state)
         {
             var accumulator = state.Slots[0];
-            if (!frozen) accumulator.addcmul_(direction, direction, value: 1);
-            return direction * lr / (accumulator.sqrt() + eps);
+            if (!frozen) accumulator.addcmul_(direction, direction, value: Scalars.IntOne);
+            if (state.Workspace.Count == 2 && state.Workspace[0].shape.SequenceEqual(direction.shape))
+            {
+                // The same operations as below, into the variable's scratch tensors.
+                var denominator = state.Workspace[0].copy_(accumulator).sqrt_().add_(Scalars.Of(eps), Scalars.IntOne);
+                return state.Workspace[1].copy_(direction).mul_(Scalars.Of(lr)).div_(denominator);
+            }
+            return direction.mul(Scalars.Of(lr)).div_(accumulator.sqrt().add_(Scalars.Of(eps), Scalars.IntOne));
         }
     }
 
@@ -128,28 +135,48 @@ public static class StepRules
                 zeros_like(variable).DetachFromDisposeScope(),
                 zeros_like(variable).DetachFromDisposeScope(),
                 zeros(countShape, dtype: variable.dtype, device: variable.device).DetachFromDisposeScope(),
-            });
+            }, workspace: rowIndexed ? null : new[] { empty_like(variable).DetachFromDisposeScope(), empty_like(variable).DetachFromDisposeScope() });
         }
+
+        /// The step count of a single-count state, kept on the host: read from the count tensor
+        /// once (0 for a new run, the saved count after a resume), then counted here.
+        private sealed class Count { public double Steps; }
 
         public Tensor Displacement(Tensor direction, StepState state)
         {
             Tensor m = state.Slots[0], v = state.Slots[1], t = state.Slots[2];
+            // lerp_ has no Scalar overload: the weight is a 0-d tensor (TorchSharp's implicit
+            // conversion), created in the caller's dispose scope, as before.
             m.lerp_(direction, 1 - beta1);
-            v.mul_(beta2).addcmul_(direction, direction, value: 1 - beta2);
-            t.add_(1);
+            v.mul_(Scalars.Of(beta2)).addcmul_(direction, direction, value: Scalars.Of(1 - beta2));
             if (t.NumberOfElements == 1)
             {
-                // One count for the whole variable: the bias corrections are plain numbers.
-                var steps = t.ToDouble();
+                // One count for the whole variable: the bias corrections are plain numbers, from
+                // the count on the host (the tensor still counts, for checkpoints).
+                var count = state.Host as Count;
+                if (count is null) state.Host = count = new Count { Steps = t.ToDouble() };
+                t.add_(Scalars.IntOne, Scalars.IntOne);
+                var steps = ++count.Steps;
                 var c1 = 1 - Math.Pow(beta1, steps);
                 var c2 = 1 - Math.Pow(beta2, steps);
-                var denominator = v.sqrt().div_(Math.Sqrt(c2)).add_(eps);
-                return m.div(denominator).mul_(lr / c1);
+                // Values that change at every step: held for the call, not cached.
+                using var root = Math.Sqrt(c2).ToScalar();
+                using var size = (lr / c1).ToScalar();
+                if (state.Workspace.Count == 2 && state.Workspace[0].shape.SequenceEqual(v.shape))
+                {
+                    // v.sqrt().div_(√c2).add_(ε) and m.div(that).mul_(α/c1), into the scratch tensors.
+                    var scratch = state.Workspace[0].copy_(v).sqrt_().div_(root).add_(Scalars.Of(eps), Scalars.IntOne);
+                    return state.Workspace[1].copy_(m).div_(scratch).mul_(size);
+                }
+                var denominator = v.sqrt().div_(root).add_(Scalars.Of(eps), Scalars.IntOne);
+                return m.div(denominator).mul_(size);
             }
-            // Per-row counts: β^t via exp(t ln β), broadcast over each row.
-            var mHat = m / (1 - (t * Math.Log(beta1)).exp());
-            var vHat = v / (1 - (t * Math.Log(beta2)).exp());
-            return mHat.div_(vHat.sqrt_().add_(eps)).mul_(lr);
+            t.add_(Scalars.IntOne, Scalars.IntOne);
+            // Per-row counts: β^t via exp(t ln β), broadcast over each row (1 − x as TorchSharp's
+            // `1 - x` computes it: −x + 1).
+            var mHat = m.div(t.mul(Scalars.Of(Math.Log(beta1))).exp_().neg_().add_(Scalars.IntOne, Scalars.IntOne));
+            var vHat = v.div(t.mul(Scalars.Of(Math.Log(beta2))).exp_().neg_().add_(Scalars.IntOne, Scalars.IntOne));
+            return mHat.div_(vHat.sqrt_().add_(Scalars.Of(eps), Scalars.IntOne)).mul_(Scalars.Of(lr));
         }
     }
 }
@@ -201,7 +228,12 @@ public static class Schedules
         public void Advance(int epoch, int epochs) => factor = epoch > ActiveEpochs(epochs, settle) ? scale : 1.0;
         public bool Holding => factor == 0;
         public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state) => factor == 1.0 ? inner.Displacement(direction, state) : inner.Displacement(direction, state) * factor;
+        public Tensor Displacement(Tensor direction, StepState state)
+        {
+            if (factor == 1.0) return inner.Displacement(direction, state);
+            using var scale = factor.ToScalar();
+            return inner.Displacement(direction, state).mul(scale);
+        }
     }
 
     private sealed class CosineRule : IScheduledStepRule
@@ -221,6 +253,10 @@ public static class Schedules
         public bool Holding => factor == 0;
 
         public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state) => inner.Displacement(direction, state) * factor;
+        public Tensor Displacement(Tensor direction, StepState state)
+        {
+            using var scale = factor.ToScalar(); // changes every epoch: held for the call, not cached
+            return inner.Displacement(direction, state).mul(scale);
+        }
     }
 }

@@ -49,6 +49,7 @@ public static class Trainer
     {
         options.Validate();
         VectorMath.Prepare();
+        NativeMemory.Configure(); // the C heap's thresholds, once per process
         if (options.Patience > 0 && !data.HasValidation)
             throw new ArgumentException($"Early stopping (patience {options.Patience}) needs a validation split; this data has none.");
         observer ??= Observers.None;
@@ -329,7 +330,7 @@ public static class Trainer
         }
         var a = cat(method.Select(t => t.flatten()).ToArray());
         var c = cat(reference.Select(t => t.flatten()).ToArray());
-        return (a.dot(c) / (a.norm() * c.norm() + 1e-30)).ToDouble();
+        return (a.dot(c) / (a.norm() * c.norm()).Plus(1e-30)).ToDouble();
     }
 }
 
