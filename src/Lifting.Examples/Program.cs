@@ -44,6 +44,7 @@ static int Run(string[] args)
     if (args.FirstOrDefault() == "distprop-sweep") return Lifting.Examples.DistPropSweep.Run(settings);
     if (args.FirstOrDefault() == "contrastive-probe") return Lifting.Examples.ContrastiveProbe.Run(settings);
     if (args.FirstOrDefault() == "contrastive") return Lifting.Examples.ContrastiveTable.Run(settings, args);
+    if (args.FirstOrDefault() == "epc-probe") return Lifting.Examples.EpcProbe.Run(settings);
 
     var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
 

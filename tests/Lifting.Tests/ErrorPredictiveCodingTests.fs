@@ -49,6 +49,24 @@ let tests =
                 Expect.isLessThan d 1e-8 $"{rp}: ePC vs PCN {d}"
         }
 
+        testPropertyWithConfig config "with the per-example line search one step never raises the energy (beyond 1e-5 of it, rounding), also at beta = 1 on weights scaled by 3 (random MLPs and graphs)" <|
+            Prop.forAll (Arb.fromGen genProgram) (fun rp ->
+                use weights = rp.Initialise(rp.Seed)
+                using (torch.no_grad()) (fun _ -> for w in weights.Tensors do w.mul_(torch.tensor(3.0, dtype = f64)) |> ignore)
+                let e = ErrorPredictiveCoding(1.0).Infer(rp.Program, weights.Tensors, rp.Inputs, rp.Labels).Energies
+                e.[1] <= e.[0] * (1.0 + 1e-5) |> Prop.label $"{rp}: energy {e.[0]} -> {e.[1]}")
+
+        test "a steep linear program: one plain step of 1 raises the energy, the line search lowers it" {
+            let program = mlp 4L [ 6L; 6L; 6L ] 3L Activations.Identity Losses.CrossEntropy
+            let x, y = randomBatch 11 6L 4L 3L
+            use weights = program.Initialise(11, torch.CPU, f64)
+            using (torch.no_grad()) (fun _ -> for w in weights.Tensors do w.mul_(torch.tensor(2.5, dtype = f64)) |> ignore)
+            let plain = ErrorPredictiveCoding(1.0, lineSearch = false).Infer(program, weights.Tensors, x, y).Energies
+            let searched = ErrorPredictiveCoding(1.0).Infer(program, weights.Tensors, x, y).Energies
+            Expect.isGreaterThan plain.[1] plain.[0] $"plain step: energy {plain.[0]} -> {plain.[1]}"
+            Expect.isLessThan searched.[1] searched.[0] $"line search: energy {searched.[0]} -> {searched.[1]}"
+        }
+
         test "closed-form local products and autograd give the same direction (1e-12), with 3 steps of 0.5" {
             for rp in [ RandomPrograms.Mlp 5; RandomPrograms.ResidualGraph 6; RandomPrograms.RecurrentGraph 7 ] do
                 use weights = rp.Initialise(rp.Seed)
