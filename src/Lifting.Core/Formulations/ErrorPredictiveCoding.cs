@@ -145,14 +145,16 @@ public sealed class ErrorPredictiveCoding : WeightDirectionFormulation
                 // Per example, the step t = ‖d‖² / (‖d‖² + β q) that minimises E's quadratic model along −d,
                 // with the curvature of the loss along the output's displacement Δz = z_out(ε − ηd) −
                 // z_out(ε) from the secant s = ⟨∇ℓ(z_out + Δz) − ∇ℓ(z_out), Δz⟩ ≈ η² q; capped at η;
-                // then halved for the examples whose energy still rose by more than 1e-5 of itself (the network
-                // is not linear in ε).
+                // then halved (at most 10 times, then no step) for the examples whose energy still rose (the
+                // network is not linear in ε).
                 var shift = tz[^1] - z[^1];
                 var secant = Activations.PerExample((LocalGradients.LossGradient(program.Loss, tz[^1], labels) - gradient).mul_(shift)).clamp_min_(Scalars.Zero);
                 var squared = d.Select(t => Activations.PerExample(t.square())).Aggregate((x, y) => x + y);
                 var steps = squared.div(squared + secant.mul(curvatureScale)).nan_to_num_(StepSize).clamp_max_(eta);
                 var before = Energy(program, errors, z[^1], labels);
-                var allowed = before + before.abs().mul(Scalars.Of(1e-5)); // rounding, not a rise
+                // Rises below 1e-5 of the example's energy or of the batch's mean are rounding (a
+                // well-classified example's loss is near 0, where its float32 rounding dominates).
+                var allowed = before + before.abs().mul(Scalars.Of(1e-5)) + before.abs().mean().mul(Scalars.Of(1e-5));
                 bool moved = (steps < eta).any().ToBoolean();
                 for (int halving = 0; ; halving++)
                 {
@@ -167,7 +169,7 @@ public sealed class ErrorPredictiveCoding : WeightDirectionFormulation
                     }
                     var rose = Energy(program, trial, tz[^1], labels) > allowed;
                     if (!rose.any().ToBoolean()) break;
-                    steps = steps.where(rose.logical_not(), halving < 30 ? steps.mul(Scalars.Half) : zeros_like(steps));
+                    steps = steps.where(rose.logical_not(), halving < 10 ? steps.mul(Scalars.Half) : zeros_like(steps));
                     moved = true;
                 }
             }
