@@ -49,6 +49,7 @@ static int Run(string[] args)
     if (args.FirstOrDefault() == "contrastive") return Lifting.Examples.ContrastiveTable.Run(settings, args);
     if (args.FirstOrDefault() == "rnn") return Lifting.Examples.SequentialMnist.Run(args.ElementAtOrDefault(1) ?? "", Lifting.Examples.Settings.Parse(args.Skip(2)), args);
     if (args.FirstOrDefault() == "depth") return Lifting.Examples.DepthLadder.Run(args.ElementAtOrDefault(1) ?? "", Lifting.Examples.Settings.Parse(args.Skip(2)), args);
+    if (args.FirstOrDefault() == "epc-probe") return Lifting.Examples.EpcProbe.Run(settings);
 
     var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
 

@@ -66,6 +66,12 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     "lpom", (fun () -> LiftedProximalOperatorMachine(ContrastiveOptions(Beta = [| 1.0 |], InferenceSteps = 10))), 0.1, false
     "chl", (fun () -> ContrastiveHebbian(ContrastiveOptions(Beta = [| 0.2 |], Discount = 0.2, InferenceSteps = 10))), 0.1, false
     "eqprop", (fun () -> ContrastiveHebbian(ContrastiveOptions(Beta = [| 0.05 |], Discount = 0.1, Symmetric = true, InferenceSteps = 10))), 0.1, false
+    // Issue 27: weights-only methods whose direction comes from a pass of their own over the segments.
+    "newton-backprop", (fun () -> NewtonBackprop()), 0.1, false
+    "dual propagation", (fun () -> DualPropagation(0.5)), 0.1, false
+    "dual propagation, 3 sweeps", (fun () -> DualPropagation(0.5, 3)), 0.1, false
+    "error-based predictive coding", (fun () -> ErrorPredictiveCoding(0.5)), 0.1, false
+    "error-based predictive coding, 5 steps of 0.5", (fun () -> ErrorPredictiveCoding(0.5, 5, 0.5)), 0.1, false
 ]
 
 /// Solver rows: name, factory from the formulation's schedule, whether it solves saddle points,
@@ -118,6 +124,9 @@ let limits : (string * (unit -> IFormulation) * (LimitPoint -> unit) * float * f
     "quadratic penalty, μ = 1000, states equilibrated", (fun () -> QuadraticPenalty(PenaltySchedule.Fixed 1000.0)), equilibratedStates, 0.5 / 1001.0, 2e-2
     "feedback alignment with the feedback set to the forward weights (B = Wᵀ)", (fun () -> FeedbackAlignment(FeedbackKind.Random)), feedbackFromWeights, 0.1, 1e-10
     "deeply supervised nets with λ = 0", (fun () -> DeeplySupervised([| 0.0 |], 0)), ignore, 0.1, 1e-10
+    "newton-backprop (Newton states at the depth, back substitution)", (fun () -> NewtonBackprop()), ignore, 0.1, 1e-10
+    "dual propagation at β = 1e-6", (fun () -> DualPropagation(1e-6)), ignore, 0.1, 1e-6
+    "error-based predictive coding, one step at β = 1e-6", (fun () -> ErrorPredictiveCoding(1e-6)), ignore, 0.1, 1e-4
 ]
 
 let formulationCases = [

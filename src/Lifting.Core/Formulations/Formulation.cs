@@ -40,9 +40,12 @@ public sealed record LiftContext(
 
     /// The forward-pass values of every lifted value (the chain's block outputs h_1 … h_{L−1}) for
     /// every training example, in segment order, computed in chunks without a graph; the caller
-    /// owns the returned [N, …] tensors.
-    public Tensor[] ForwardStates(Weights weights, int chunk = 1024)
+    /// owns the returned [N, …] tensors. With `newtonIterations` > 0 the values of each chunk are
+    /// that many Newton multiple-shooting iterations from zero (`NewtonShooting`: every segment
+    /// evaluated at once per iteration; the forward pass itself from the graph's depth on).
+    public Tensor[] ForwardStates(Weights weights, int chunk = 1024, int newtonIterations = 0)
     {
+        if (newtonIterations < 0) throw new ArgumentOutOfRangeException(nameof(newtonIterations), $"Invalid Newton iterations: {newtonIterations} (expected >= 0; 0 = a sequential forward pass).");
         using var _ = no_grad();
         int hidden = Program.Segments.Count - 1;
         var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
@@ -53,10 +56,11 @@ public sealed record LiftContext(
             using var pass = ForwardPass.Measuring(Program, weights, Seed); // batch statistics of the chunk
             var h = x.narrow(0, start, Math.Min(chunk, x.shape[0] - start)).to(DType);
             var values = new Tensor[hidden];
+            var newton = newtonIterations > 0 ? NewtonShooting.Solve(Program, weights.Tensors, h, newtonIterations, pass: pass).States : null;
             for (int l = 0; l < hidden; l++)
             {
                 var segment = Program.Segments[l];
-                values[l] = segment.Forward(segment.InputsFrom(h, values), weights.Tensors, pass);
+                values[l] = newton is not null ? newton[l] : segment.Forward(segment.InputsFrom(h, values), weights.Tensors, pass);
                 parts[l].Add(values[l].detach().clone().MoveToOuterDisposeScope());
             }
         }

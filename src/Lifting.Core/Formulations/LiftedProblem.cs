@@ -156,7 +156,7 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
 
     /// The forward-pass block outputs h_1 … h_{L−1} for every training example (states
     /// initialised by one forward pass, seed 001 §3.1).
-    protected Tensor[] ForwardStatesOfTrainingSet(int chunk = 1024) => Context.ForwardStates(Weights, chunk);
+    protected Tensor[] ForwardStatesOfTrainingSet(int chunk = 1024, int newtonIterations = 0) => Context.ForwardStates(Weights, chunk, newtonIterations);
 
     public virtual void Dispose()
     {

@@ -26,6 +26,12 @@ public sealed record MultipleShootingOptions
     /// Initialise the states by one forward pass (seed 001 §3.1); otherwise at zero.
     public bool ForwardInitialisation { get; init; } = true;
 
+    /// With `ForwardInitialisation`: the states are that many Newton multiple-shooting iterations
+    /// on H(h) = h − f(h) = 0 from zero (seed 000; every segment evaluated at once per iteration),
+    /// instead of a sequential forward pass; from the lifted graph's depth on they are the forward
+    /// pass itself, with fewer iterations the deeper states are linearisations. 0 = the sequential pass.
+    public int NewtonInitialisation { get; init; }
+
     /// Replace the constraint of each block by the scalar ReLU(‖g‖₁ − ε) with one multiplier per
     /// example (seed 001 §5, the ImageNet memory reduction).
     public bool ReducedConstraint { get; init; }
@@ -46,6 +52,8 @@ public sealed record MultipleShootingOptions
         if (!(Epsilon >= 0) || double.IsInfinity(Epsilon)) throw new ArgumentOutOfRangeException(nameof(Epsilon), $"Invalid epsilon: {Epsilon} (expected a finite value >= 0).");
         if (!(Augmentation >= 0) || double.IsInfinity(Augmentation)) throw new ArgumentOutOfRangeException(nameof(Augmentation), $"Invalid augmentation c: {Augmentation} (expected a finite value >= 0).");
         if (ReparametriseStates && ProjectStates) throw new ArgumentException("States are either reparametrised or projected onto the activation's range, not both.");
+        if (NewtonInitialisation < 0) throw new ArgumentOutOfRangeException(nameof(NewtonInitialisation), $"Invalid newton-init: {NewtonInitialisation} (expected >= 0; 0 = a sequential forward pass).");
+        if (NewtonInitialisation > 0 && !ForwardInitialisation) throw new ArgumentException($"Invalid newton-init: {NewtonInitialisation} with states initialised at zero (Newton iterations initialise them in place of the forward pass).");
         if (Inequality && !ReducedConstraint) throw new ArgumentException("Invalid inequality: true without the reduced constraint (the inequality form is the reduced ‖g‖₁ − ε ≤ 0; set reduced too).");
         if (Inequality && Augmentation > 0) throw new ArgumentException($"Invalid augmentation c: {Augmentation} with the inequality form (expected 0: (c/2)‖g‖² is for equality constraints).");
     }
@@ -126,7 +134,7 @@ public sealed class MultipleShooting : IFormulation
                 .ToArray();
 
             var initial = options.ForwardInitialisation
-                ? ForwardStatesOfTrainingSet()
+                ? ForwardStatesOfTrainingSet(newtonIterations: options.NewtonInitialisation)
                 : Enumerable.Range(0, hidden).Select(l => zeros(Shape(context.ExampleCount, segments[l].OutputShape), dtype: context.DType, device: context.Device)).ToArray();
             var stateRows = new List<(string, Tensor)>();
             var multiplierRows = new List<(string, Tensor)>();

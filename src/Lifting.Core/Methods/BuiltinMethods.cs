@@ -10,7 +10,8 @@ internal static class BuiltinMethods
 {
     public static IEnumerable<MethodDefinition> All =>
         Core.Concat(FenchelBackpropMethods.All).Concat(ContrastiveMethods.All).Concat(DistPropMethods.All).Concat(AlternatingMinimisationMethods.All)
-            .Concat(FeedbackAlignmentMethods.All).Concat(DeeplySupervisedMethods.All);
+            .Concat(FeedbackAlignmentMethods.All).Concat(DeeplySupervisedMethods.All)
+            .Concat(NewtonShootingMethods.All).Concat(DualPropagationMethods.All).Concat(ErrorPredictiveCodingMethods.All);
 
     private static IEnumerable<MethodDefinition> Core => new[]
     {
@@ -68,6 +69,7 @@ internal static class BuiltinMethods
         parameters.Add(MethodParameter.Flag("project-states", false, "states projected onto the block's output activation's range after every step"));
         parameters.Add(MethodParameter.Flag("reduced", false, "one constraint ReLU(|g|_1 - eps) per example and block (seed 001 §5)"));
         parameters.Add(MethodParameter.Flag("inequality", false, "with reduced: the inequality |g|_1 - eps <= 0, multipliers projected onto lambda >= 0"));
+        parameters.Add(MethodParameter.Integer("newton-init", 0, "initialise the states by this many Newton multiple-shooting iterations from zero, every segment at once (seed 000; 0: a sequential forward pass)"));
         return new MethodDefinition(name, description, parameters, a =>
         {
             var formulation = new MultipleShooting(new MultipleShootingOptions
@@ -78,6 +80,7 @@ internal static class BuiltinMethods
                 ProjectStates = a.Flag("project-states"),
                 ReducedConstraint = a.Flag("reduced"),
                 Inequality = a.Flag("inequality"),
+                NewtonInitialisation = a.Integer("newton-init"),
             }, name);
             var named = PlayerRules.WithoutWeightExtrapolation(a);
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation, named), PlayerRules.Build(a, formulation));
