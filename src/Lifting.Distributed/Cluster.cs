@@ -132,7 +132,7 @@ public static class ClusterHosting
                 silo.ConfigureServices(services => services.AddSingleton(factory));
             })
             .ConfigureLogging(logging => logging.ClearProviders().AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel)
-                .AddFilter("Microsoft", LogLevel.Error).AddFilter("Orleans", logLevel))
+                .AddFilter("Microsoft", LogLevel.Error).AddFilter("Orleans", LogLevel.Error))
             .Build();
     }
 
