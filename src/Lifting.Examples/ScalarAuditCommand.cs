@@ -4,13 +4,13 @@ namespace Lifting.Examples;
 
 /// `scalar-audit [ASSEMBLY.dll ...]`: every TorchSharp Scalar temporary in the compiled code
 /// (docs/engine.md, "A TorchSharp race"), per method and callee, and the count per assembly; by
-/// default Lifting.Core, the host (lifting.dll) and Lifting.FSharp as built beside this program.
+/// default Lifting.Core, the host (lifting.dll), Lifting.FSharp and Lifting.Distributed as built beside this program.
 public static class ScalarAuditCommand
 {
     public static int Run(string[] paths)
     {
         var dir = AppContext.BaseDirectory;
-        if (paths.Length == 0) paths = new[] { "Lifting.Core.dll", "lifting.dll", "Lifting.FSharp.dll" }.Select(f => Path.Combine(dir, f)).ToArray();
+        if (paths.Length == 0) paths = new[] { "Lifting.Core.dll", "lifting.dll", "Lifting.FSharp.dll", "Lifting.Distributed.dll" }.Select(f => Path.Combine(dir, f)).ToArray();
         int total = 0;
         foreach (var path in paths)
         {

@@ -95,6 +95,7 @@ public static class Cli
         root.Add(EvalCommand.Create(context));
         root.Add(MethodsCommand(context));
         root.Add(Bench.Create(context));
+        root.Add(WorkerCommand.Create(context));
         root.SetAction(parsed =>
         {
             new HelpAction().Invoke(parsed);

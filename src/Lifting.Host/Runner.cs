@@ -6,6 +6,16 @@ using Lifting.Training;
 
 namespace Lifting.Host;
 
+/// What a run on several processes changes in `Runner.Execute`: the formulation and solver the
+/// trainer runs (the data-parallel ones), and calls when the folder exists and when the run ends.
+public sealed record RunHooks
+{
+    public Lifting.Formulations.IFormulation? Formulation { get; init; }
+    public Lifting.Solvers.ISolver? Solver { get; init; }
+    public Action<RunFolder>? Started { get; init; }
+    public Action? Ended { get; init; }
+}
+
 /// How a run ended, with its exit code: 0 completed, 130 interrupted (Ctrl-C), 3 diverged, 1 failed.
 public sealed record RunOutcome(string Status, int ExitCode, JsonObject Summary, IReadOnlyList<EpochMetrics> History, TimeSpan Wall)
 {
@@ -23,7 +33,7 @@ public sealed record RunOutcome(string Status, int ExitCode, JsonObject Summary,
 public static class Runner
 {
     public static RunOutcome Execute(PreparedRun run, RunFolder folder, Progress progress, CancellationToken cancellation, Checkpoint? resume = null, string? title = null,
-        int logEvery = TensorBoardLog.DefaultLogEvery)
+        int logEvery = TensorBoardLog.DefaultLogEvery, RunHooks? hooks = null)
     {
         TensorBoardLog? events = null;
         var history = new List<EpochMetrics>(resume?.State.History ?? Array.Empty<EpochMetrics>());
@@ -46,6 +56,7 @@ public static class Runner
                 events?.Start(batches);
                 folder.WriteJson(RunFolder.Summary, Summary(run, RunOutcome.Running, null, history, null));
                 started = true;
+                hooks?.Started?.Invoke(folder);
                 progress.Start(title ?? run.Method.Name, epochs, batches, resume?.State.CompletedEpochs ?? 0);
             },
             Batch = (epoch, batch, batches, loss, objective) =>
@@ -73,8 +84,9 @@ public static class Runner
         };
         try
         {
-            using var result = progress.Run(() => Trainer.Train(run.Program, run.Data, run.Method.Formulation, run.Method.Solver, run.Method.StepRules,
-                run.Options, observer, null, control));
+            using var result = progress.Run(() => Trainer.Train(run.Program, run.Data, hooks?.Formulation ?? run.Method.Formulation, hooks?.Solver ?? run.Method.Solver,
+                run.Method.StepRules, run.Options, observer, null, control));
+            hooks?.Ended?.Invoke();
             var metadata = run.WeightsMetadata();
             WeightsFile.Save(folder.File(RunFolder.Weights), result.Weights, metadata);
             WeightsFile.Save(folder.File(RunFolder.SelectedWeights), result.SelectedWeights, metadata);
@@ -100,6 +112,7 @@ public static class Runner
 
         RunOutcome End(string status, int code, string message)
         {
+            hooks?.Ended?.Invoke();
             var summary = Summary(run, status, message, history, null);
             folder.WriteJson(RunFolder.Summary, summary);
             folder.WriteJson(RunFolder.Timing, Timing(history));

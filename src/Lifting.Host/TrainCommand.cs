@@ -13,7 +13,7 @@ namespace Lifting.Host;
 /// the method catalog validates their values. A flag that is neither is refused naming both.
 public static class TrainCommand
 {
-    private static readonly string[] HostOptions = { "config", "out", "force", "json", "plain", "log-every" };
+    private static readonly string[] HostOptions = new[] { "config", "out", "force", "json", "plain", "log-every" }.Concat(ClusterFlags.Names).ToArray();
 
     private static Option<string> LogEveryOption() => new("--log-every")
     {
@@ -39,6 +39,8 @@ public static class TrainCommand
         var plain = new Option<bool>("--plain") { Description = "plain lines instead of live progress bars" };
         var logEvery = LogEveryOption();
         foreach (var o in new Option[] { config, output, force, json, plain, logEvery }) command.Add(o);
+        var cluster = new ClusterFlags();
+        foreach (var o in cluster.All) command.Add(o);
 
         var runOptions = new List<(RunKey Key, Option Option)>();
         foreach (var key in Experiment.Keys)
@@ -87,9 +89,10 @@ public static class TrainCommand
                                              $"(its parameters: {string.Join(", ", method.Parameters.Select(p => p.Name))}; see lifting train --method {method.Name} --help)");
                 throw new UsageException($"unexpected argument '{token}' (train takes options only; see lifting train --help)");
             }
+            var distributed = cluster.Read(parsed);
             using var folder = RunFolder.ForOutput(parsed.GetValue(output), parsed.GetValue(force), e.Method);
             using var run = PreparedRun.Prepare(e);
-            return Train(run, folder, context, parsed.GetValue(json), parsed.GetValue(plain), resume: null, LogEvery(parsed, logEvery));
+            return Train(run, folder, context, parsed.GetValue(json), parsed.GetValue(plain), resume: null, LogEvery(parsed, logEvery), distributed);
         });
         return command;
     }
@@ -132,8 +135,11 @@ public static class TrainCommand
         command.Add(plain);
         var logEvery = LogEveryOption();
         command.Add(logEvery);
+        var cluster = new ClusterFlags();
+        foreach (var o in cluster.All) command.Add(o);
         command.SetAction(parsed =>
         {
+            var distributed = cluster.Read(parsed);
             var path = parsed.GetValue(run)!;
             using var folder = RunFolder.Existing(path);
             folder.Claim();
@@ -163,7 +169,7 @@ public static class TrainCommand
                 throw new UsageException($"{path}: the checkpoint plans {checkpoint.State.Epochs} epochs, config.json {experiment.Epochs}; resume --epochs {checkpoint.State.Epochs}");
             if (status == RunOutcome.Completed && checkpoint.State.CompletedEpochs < planned)
                 throw new UsageException($"{path}: the run completed after {checkpoint.State.CompletedEpochs} of {planned} epochs (stopped early by --patience); extending it would stop again");
-            return Train(prepared, folder, context, parsed.GetValue(json), parsed.GetValue(plain), checkpoint, LogEvery(parsed, logEvery));
+            return Train(prepared, folder, context, parsed.GetValue(json), parsed.GetValue(plain), checkpoint, LogEvery(parsed, logEvery), distributed);
         });
         return command;
     }
@@ -185,18 +191,27 @@ public static class TrainCommand
         return $"; defect {Cli.Sci(after)}";
     }
 
-    private static int Train(PreparedRun run, RunFolder folder, CliContext context, bool json, bool plain, Checkpoint? resume, int logEvery)
+    private static int Train(PreparedRun run, RunFolder folder, CliContext context, bool json, bool plain, Checkpoint? resume, int logEvery, ClusterRequest? distributed = null)
     {
         var output = context.Output;
         var progress = Progress.Create(output, context.Live && !plain);
+        using var session = distributed is null ? null : ClusterSession.Open(distributed, run, line => progress.Line($"cluster: {line}"));
+        var hooks = session is null ? null : new RunHooks
+        {
+            Formulation = session.Run.Formulation,
+            Solver = session.Run.Solver,
+            Started = session.Started,
+            Ended = session.Ended,
+        };
         var data = run.Data;
         output.WriteLine($"{run.Method.Name} on {run.Experiment.Data} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), " +
                          $"device {run.Engine.Device}, {run.Engine.Threads} threads, LibTorch {run.Engine.LibTorch}");
         output.WriteLine($"  program   {run.Program}");
         foreach (var (key, value) in run.Method.Summary) output.WriteLine($"  {key,-18}{value}");
         foreach (var warning in run.Warnings) output.WriteLine(warning);
+        if (session is not null) output.WriteLine($"  cluster   {session.Describe()}");
         output.WriteLine($"  run folder {folder.Path}{(resume is null ? "" : $" (resuming: {resume})")}");
-        var outcome = Runner.Execute(run, folder, progress, context.Cancellation, resume, logEvery: logEvery);
+        var outcome = Runner.Execute(run, folder, progress, context.Cancellation, resume, logEvery: logEvery, hooks: hooks);
         var s = outcome.Summary;
         if (outcome.Status == RunOutcome.Completed)
             output.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -71,13 +71,13 @@ type private TwinGame(batch: MiniBatch, w1: Tensor, w2: Tensor, c: Tensor) =
 [<Tests>]
 let tests =
     testList "ScalarRaceTests" [
-        test "the audit finds the temporary TorchSharp makes for t * 0.5, and none in Lifting.Core, Lifting.Host or Lifting.FSharp" {
+        test "the audit finds the temporary TorchSharp makes for t * 0.5, and none in Lifting.Core, Lifting.Host, Lifting.FSharp or Lifting.Distributed" {
             let own = ScalarAudit.Sites(assemblyOf typeof<TwinGame>)
             Expect.exists own (fun s -> s.Method.Contains "halfOf" && s.Callee.Contains "op_Multiply") "t * 0.5 in this test assembly is found"
             // Upstream, accepted: TorchSharp's SummaryWriter.add_histogram (the host's TensorBoard
             // observer, once per weight tensor per epoch) makes its temporaries inside TorchSharp.
             let upstream = [ "TorchSharp.Modules.SummaryWriter::add_histogram(" ]
-            for t in [ typeof<Lifting.Scalars>; typeof<Lifting.Host.Cli>; typeof<Lifting.FSharp.Layers> ] do
+            for t in [ typeof<Lifting.Scalars>; typeof<Lifting.Host.Cli>; typeof<Lifting.FSharp.Layers>; typeof<Lifting.Distributed.DataParallelPlan> ] do
                 let sites = ScalarAudit.Sites(assemblyOf t) |> Seq.filter (fun s -> not (upstream |> List.exists s.Callee.StartsWith)) |> List.ofSeq
                 let listed = sites |> Seq.map string |> String.concat "\n  "
                 Expect.isEmpty sites $"Scalar temporaries in {t.Assembly.GetName().Name}:\n  {listed}"

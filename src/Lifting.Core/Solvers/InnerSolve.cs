@@ -32,6 +32,14 @@ public sealed class InnerSolve : ISolver
 
     public int MaxIterations { get; }
     public double Tolerance { get; }
+    /// The solver of the inner iterations (read by data-parallel training, which runs them on each
+    /// replica's shard of the batch).
+    public ISolver Inner => inner;
+    /// The solver of the outer step (read by data-parallel training, which runs it on the summed
+    /// directions of the replicas).
+    public ISolver Outer => outer;
+    /// The players the inner iterations move.
+    public IReadOnlyList<string> InnerPlayers => innerPlayers;
 
     public string Name => $"{outer.Name} after {inner.Name} on {string.Join("+", innerPlayers)} "
         + (Tolerance > 0 ? $"(to max|Δ| <= {Tolerance:G3}, at most {MaxIterations} iterations)" : $"({MaxIterations} iterations)");

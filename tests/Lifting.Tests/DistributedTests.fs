@@ -1,0 +1,266 @@
+module Lifting.Tests.DistributedTests
+
+open System
+open System.IO
+open System.Text.Json
+open Expecto
+open Lifting.Storage
+open Lifting.Tests.Support
+open Lifting.Tests.HostTests
+
+/// The weights file of a run folder as (name, values) pairs.
+let weightsOf (dir: string) =
+    use file = SafeTensors.Load(Path.Combine(dir, "weights.safetensors"))
+    [ for t in file.Tensors -> t.Name, t.Value.to_type(TorchSharp.torch.ScalarType.Float64).data<float>().ToArray() ]
+
+/// The largest |a − b| over every weight of two runs.
+let largestDifference (a: string) (b: string) =
+    List.zip (weightsOf a) (weightsOf b)
+    |> List.map (fun ((n1, x), (n2, y)) ->
+        if n1 <> n2 || x.Length <> y.Length then failwith $"different weights {n1} / {n2}"
+        Array.map2 (fun u v -> abs (u - v)) x y |> Array.fold max 0.0)
+    |> List.fold max 0.0
+
+let sameBytes (a: string) (b: string) =
+    File.ReadAllBytes(Path.Combine(a, "weights.safetensors")) = File.ReadAllBytes(Path.Combine(b, "weights.safetensors"))
+
+let run (args: string list) (dir: string) =
+    let code, out, err = lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; dir ] @ args)
+    if code <> 0 then failwith $"lifting train {String.Join(' ', args)} exited {code}: {err} {out}"
+    out
+
+let clusterJson (dir: string) = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "cluster.json"))).RootElement
+
+/// The methods data-parallel training covers, with the flags they need (docs/distributed.md).
+let covered =
+    [ "backprop", []; "fa", []; "dfa", []; "sign-symmetric", []; "dsn", []; "fenchel-bp", []
+      "pcn", []; "lpom", []; "chl", []; "eqprop", []; "distprop", [ "--multipliers"; "class" ] ]
+
+[<Tests>]
+let tests =
+    testList "DistributedTests" [
+        test "one in-process replica equals the one-process run byte for byte for every covered method; two differ only at rounding (float64: largest weight difference < 1e-9 after one epoch)" {
+            for (methodName, flags) in covered do
+                let args = [ "--method"; methodName; "--net"; "64-32-32-10"; "--epochs"; "1" ] @ flags
+                let single, one = scratchDir "single", scratchDir "one"
+                run args single |> ignore
+                run (args @ [ "--replicas"; "1" ]) one |> ignore
+                Expect.isTrue (sameBytes single one) $"{methodName}: one replica writes the one-process weights"
+                // Two replicas sum the batch's examples in two groups: a rounding difference, which
+                // CHL's and EqProp's inference amplifies to about 3e-3 in float32 after one epoch
+                // (3.8e-12 in float64), so the comparison is made in float64.
+                let single64, two64 = scratchDir "single64", scratchDir "two64"
+                run (args @ [ "--dtype"; "float64" ]) single64 |> ignore
+                run (args @ [ "--dtype"; "float64"; "--replicas"; "2" ]) two64 |> ignore
+                let d = largestDifference single64 two64
+                printfn "  %s: two replicas vs one process (float64), largest weight difference %.3g" methodName d
+                Expect.isLessThan d 1e-9 $"{methodName}: two replicas differ from one process by rounding only"
+        }
+
+        test "methods that keep per-example rows or alternate sub-problems are refused in one line, exit 2, nothing written" {
+            for (methodName, what) in [ "extraprop", "keeps per-example rows"; "penalty", "keeps per-example rows"; "distprop", "keeps per-example rows across steps (store/lambda1)"; "am-adam", "moves per-batch variables (codes)" ] do
+                let dir = Path.Combine(scratchDir "refused", "run")
+                let code, _, err = lifting [ "train"; "--data"; "digits"; "--method"; methodName; "--epochs"; "1"; "--replicas"; "2"; "--out"; dir; "--plain" ]
+                Expect.equal code 2 $"{methodName}: exit code"
+                Expect.stringContains err what $"{methodName}: says why"
+                Expect.equal (err.Trim().Split('\n').Length) 1 "one line"
+                Expect.isFalse (Directory.Exists dir) "nothing written"
+        }
+
+        test "two local workers (--workers 2, two processes, Orleans localhost clustering) train backprop on the digits to the weights of two in-process replicas byte for byte; cluster.json records the layout and the traffic" {
+            let args = [ "--method"; "backprop"; "--epochs"; "2" ]
+            let local, workers = scratchDir "inproc", scratchDir "workers"
+            run (args @ [ "--replicas"; "2" ]) local |> ignore
+            let out = run (args @ [ "--workers"; "2" ]) workers
+            Expect.stringContains out "2 replicas on 2 local workers" "the header names the cluster"
+            Expect.isTrue (sameBytes local workers) "the same weights, byte for byte"
+            let c = clusterJson workers
+            let layout = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("silo").GetString(), r.GetProperty("pid").GetInt32() ]
+            Expect.equal layout.Length 2 "two replicas"
+            Expect.notEqual (fst layout.[0]) (fst layout.[1]) "on two silos"
+            Expect.notEqual (snd layout.[0]) Environment.ProcessId "in other processes"
+            Expect.isGreaterThan (c.GetProperty("traffic").GetProperty("bytes_sent_per_step").GetInt64()) 0L "traffic counted"
+            Expect.isTrue (c.GetProperty("final").GetBoolean()) "written at the end"
+            for pid in c.GetProperty("worker_pids").EnumerateArray() do
+                let alive = try not (Diagnostics.Process.GetProcessById(pid.GetInt32()).HasExited) with _ -> false
+                Expect.isFalse alive "the workers end with the run"
+        }
+    ]
+
+/// A `lifting` process (dotnet lifting.dll ARGS) in `cwd` with extra environment variables; its
+/// output is drained into a buffer.
+let startLifting (args: string list) (cwd: string) (env: (string * string) list) =
+    let dotnet = match Environment.GetEnvironmentVariable "DOTNET_HOST_PATH" with null | "" -> "dotnet" | p -> p
+    let info = Diagnostics.ProcessStartInfo(dotnet, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = cwd)
+    info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "lifting.dll"))
+    for a in args do info.ArgumentList.Add a
+    for (k, v) in env do info.Environment.[k] <- v
+    let p = match Diagnostics.Process.Start info with null -> failwith "could not start dotnet" | p -> p
+    let output = Text.StringBuilder()
+    p.OutputDataReceived.Add(fun e -> if not (isNull e.Data) then lock output (fun () -> output.AppendLine e.Data |> ignore))
+    p.ErrorDataReceived.Add(fun e -> if not (isNull e.Data) then lock output (fun () -> output.AppendLine e.Data |> ignore))
+    p.BeginOutputReadLine()
+    p.BeginErrorReadLine()
+    p, output
+
+let stop (p: Diagnostics.Process) =
+    try
+        if not p.HasExited then p.Kill(true)
+        p.WaitForExit(10000) |> ignore
+    with _ -> ()
+
+/// A Redis server for the test: LIFTING_REDIS (redis://HOST:PORT, .ci/run starts one) or one
+/// started here on a free loopback port when redis-server is installed; None otherwise.
+let redis () =
+    match Environment.GetEnvironmentVariable "LIFTING_REDIS" with
+    | null | "" ->
+        let port = Lifting.Distributed.ClusterHosting.FreePort()
+        try
+            let info = Diagnostics.ProcessStartInfo("redis-server", $"--port {port} --bind 127.0.0.1 --save \"\" --appendonly no", UseShellExecute = false, RedirectStandardOutput = true)
+            match Diagnostics.Process.Start info with
+            | null -> None
+            | p ->
+                p.BeginOutputReadLine()
+                Threading.Thread.Sleep 500
+                Some($"redis://127.0.0.1:{port}", Some p)
+        with :? ComponentModel.Win32Exception -> None
+    | url -> Some(url, None)
+
+/// Waits until `check` holds (polling), failing after `seconds`.
+let waitFor (seconds: float) (what: string) (check: unit -> bool) =
+    let timer = Diagnostics.Stopwatch.StartNew()
+    while not (check ()) do
+        if timer.Elapsed.TotalSeconds > seconds then failwith $"timed out waiting for {what}"
+        Threading.Thread.Sleep 200
+
+/// Starts `n` workers on the Redis cluster `url` with cluster id `id`; waits for their ready lines.
+let redisWorkers (url: string) (id: string) (n: int) (cwd: string) (env: (string * string) list) =
+    [ for _ in 1 .. n ->
+        let silo, gateway = Lifting.Distributed.ClusterHosting.FreePort(), Lifting.Distributed.ClusterHosting.FreePort()
+        startLifting [ "worker"; "--cluster"; url; "--cluster-id"; id; "--silo-port"; string silo; "--gateway-port"; string gateway; "--threads"; "1" ] cwd env ]
+    |> fun workers ->
+        for (p, output) in workers do
+            waitFor 60.0 "a worker's ready line" (fun () -> p.HasExited || (lock output (fun () -> output.ToString())).Contains("lifting worker: silo"))
+            if p.HasExited then failwith $"a worker exited: {output}"
+        workers
+
+let metricsLines (dir: string) =
+    let f = Path.Combine(dir, "metrics.jsonl")
+    if File.Exists f then (try File.ReadAllLines(f).Length with _ -> 0) else 0
+
+[<Tests>]
+let clusterTests =
+    testList "DistributedTests" [
+        test "two silos through a real Redis server (lifting worker --cluster redis://…) train backprop on the digits to the weights of two in-process replicas byte for byte" {
+            match redis () with
+            | None -> skiptest "no Redis: set LIFTING_REDIS or install redis-server (.ci/run does)"
+            | Some(url, server) ->
+                let id = "test-" + Guid.NewGuid().ToString("N").[..7]
+                let workers = redisWorkers url id 2 (scratchDir "cwd") []
+                try
+                    let local, remote = scratchDir "inproc", scratchDir "redis"
+                    run [ "--epochs"; "2"; "--replicas"; "2" ] local |> ignore
+                    let out = run [ "--epochs"; "2"; "--cluster"; url; "--cluster-id"; id ] remote
+                    Expect.stringContains out "2 replicas on the 2 workers of redis://" "the header names the cluster"
+                    Expect.isTrue (sameBytes local remote) "the same weights, byte for byte"
+                    let silos = [ for r in (clusterJson remote).GetProperty("layout").EnumerateArray() -> r.GetProperty("silo").GetString() ]
+                    Expect.equal (List.distinct silos).Length 2 "one replica on each silo"
+                finally
+                    for (p, _) in workers do stop p
+                    server |> Option.iter stop
+        }
+
+        test "a silo of another build, a worker reading other data, an unreachable cluster, a non-loopback endpoint without TLS: one line each, exit 2, nothing written" {
+            // Unreachable: nothing listens on port 1.
+            let dir = Path.Combine(scratchDir "unreachable", "run")
+            let code, _, err = lifting [ "train"; "--data"; "digits"; "--epochs"; "1"; "--cluster"; "redis://127.0.0.1:1"; "--out"; dir; "--plain" ]
+            Expect.equal code 2 "unreachable: exit code"
+            Expect.stringContains err "cannot reach the cluster" "unreachable: says so"
+            Expect.equal (err.Trim().Split('\n').Length) 1 "unreachable: one line"
+            Expect.isFalse (Directory.Exists dir) "unreachable: nothing written"
+            // A silo off loopback without a certificate.
+            let code, _, err = lifting [ "worker"; "--endpoint"; "10.11.12.13"; "--cluster"; "redis://127.0.0.1:1" ]
+            Expect.equal code 2 "endpoint: exit code"
+            Expect.stringContains err "--endpoint 10.11.12.13: not a loopback address; a silo reachable from other machines needs --tls-cert FILE" "endpoint: says so"
+            Expect.equal (err.Trim().Split('\n').Length) 1 "endpoint: one line"
+            match redis () with
+            | None -> skiptest "no Redis for the build and data checks: set LIFTING_REDIS or install redis-server (.ci/run does)"
+            | Some(url, server) ->
+                try
+                    // Another build (LIFTING_BUILD_ID stands in for other assemblies).
+                    let id = "test-" + Guid.NewGuid().ToString("N").[..7]
+                    let workers = redisWorkers url id 1 (scratchDir "cwd") [ "LIFTING_BUILD_ID", "another-build" ]
+                    try
+                        let dir = Path.Combine(scratchDir "build", "run")
+                        let code, _, err = lifting [ "train"; "--data"; "digits"; "--epochs"; "1"; "--cluster"; url; "--cluster-id"; id; "--out"; dir; "--plain" ]
+                        Expect.equal code 2 "build: exit code"
+                        Expect.stringContains err "runs another build of lifting (another-build;" "build: names both builds"
+                        Expect.equal (err.Trim().Split('\n').Length) 1 "build: one line"
+                        Expect.isFalse (Directory.Exists dir) "build: nothing written"
+                    finally
+                        for (p, _) in workers do stop p
+                    // Other data: the same relative --data names another file in the worker's folder.
+                    let id = "test-" + Guid.NewGuid().ToString("N").[..7]
+                    let mine, theirs = scratchDir "mine", scratchDir "theirs"
+                    let rows (offset: float) = "a,b,label\n" + String.Join("\n", [ for i in 0 .. 199 -> $"{float i + offset},{float (i % 7)},{i % 2}" ])
+                    File.WriteAllText(Path.Combine(mine, "data.csv"), rows 0.0)
+                    File.WriteAllText(Path.Combine(theirs, "data.csv"), rows 0.5)
+                    let workers = redisWorkers url id 1 theirs []
+                    try
+                        let coordinator, output = startLifting [ "train"; "--data"; "data.csv"; "--epochs"; "1"; "--cluster"; url; "--cluster-id"; id; "--out"; "run"; "--plain" ] mine []
+                        Expect.isTrue (coordinator.WaitForExit 120000) "data: the coordinator ends"
+                        let text = lock output (fun () -> output.ToString())
+                        Expect.equal coordinator.ExitCode 2 $"data: exit code ({text})"
+                        Expect.stringContains text "mismatched data: the worker on silo" "data: says so"
+                        Expect.isFalse (Directory.Exists(Path.Combine(mine, "run"))) "data: nothing written"
+                    finally
+                        for (p, _) in workers do stop p
+                finally
+                    server |> Option.iter stop
+        }
+
+        test "kill -9 of one of three local workers during epoch 2: its replica is activated on a surviving silo and the run completes with the weights of an uninterrupted run (three in-process replicas) byte for byte; cluster.json says what happened" {
+            let args = [ "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "4" ]
+            let reference, faulty = scratchDir "reference", scratchDir "faulty"
+            run (args @ [ "--replicas"; "3" ]) reference |> ignore
+            let coordinator = Threading.Tasks.Task.Run(fun () -> lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; faulty; "--force"; "--workers"; "3" ] @ args))
+            let mutable killed = 0
+            try
+                waitFor 180.0 "epoch 1" (fun () -> coordinator.IsCompleted || metricsLines faulty >= 1)
+                Expect.isFalse coordinator.IsCompleted "the run is still going after epoch 1"
+                let pids = [ for p in (clusterJson faulty).GetProperty("worker_pids").EnumerateArray() -> p.GetInt32() ]
+                // The third worker (the first holds the localhost clustering's membership table).
+                killed <- pids.[2]
+                Posix.kill(killed, 9) |> ignore
+                let code, out, err = coordinator.Result
+                Expect.equal code 0 $"the run completes ({err} {out})"
+                Expect.isTrue (sameBytes reference faulty) "the weights of an uninterrupted run, byte for byte"
+                let c = clusterJson faulty
+                let events = [ for e in c.GetProperty("events").EnumerateArray() -> e.GetProperty("epoch").GetInt32(), string (e.GetProperty("text").GetString()) ]
+                Expect.isTrue (events |> List.exists (fun (epoch, t) -> epoch >= 2 && t.Contains "did not answer")) $"the loss is recorded: {events}"
+                Expect.isTrue (events |> List.exists (fun (_, t) -> t.Contains "re-joined on silo")) $"the re-activation is recorded: {events}"
+                let silos = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
+                Expect.isFalse (List.contains killed silos) "no replica is left on the killed worker"
+            finally
+                if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
+        }
+
+        test "a worker that leaves for good (every local worker killed after epoch 1): one line, the run stops as failed (exit 1), the checkpoint of epoch 1 kept" {
+            let dir = scratchDir "gone"
+            let coordinator = Threading.Tasks.Task.Run(fun () ->
+                lifting [ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; dir; "--force"; "--workers"; "2"; "--worker-timeout"; "5"
+                          "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "20" ])
+            try
+                waitFor 180.0 "epoch 1" (fun () -> coordinator.IsCompleted || metricsLines dir >= 1)
+                for p in (clusterJson dir).GetProperty("worker_pids").EnumerateArray() do Posix.kill(p.GetInt32(), 9) |> ignore
+                let code, _, err = coordinator.Result
+                Expect.equal code 1 "exit code: failed"
+                Expect.stringContains err "its worker left and no other took its place within 5 s" "says so"
+                Expect.equal (err.Trim().Split('\n').Length) 1 "one line"
+                let summary = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "summary.json"))).RootElement
+                Expect.equal (summary.GetProperty("status").GetString()) "failed" "summary: failed"
+                Expect.isTrue (File.Exists(Path.Combine(dir, "checkpoint.safetensors"))) "the checkpoint stays (lifting resume continues)"
+            finally
+                if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
+        }
+    ]
