@@ -104,29 +104,39 @@ public static class Cli
         return root;
     }
 
+    /// `lifting methods`: one line per method by family (and the solvers and step rules);
+    /// `lifting methods NAME`: that method's parameters (each a train flag) with their defaults.
     private static Command MethodsCommand(CliContext context)
     {
-        var command = new Command("methods", "List the methods by family with their parameters (each a train flag --NAME VALUE) and defaults, the solvers and the step rules.");
-        command.SetAction(_ =>
+        var command = new Command("methods", "List the methods one line each by family, the solvers and the step rules; `lifting methods NAME` lists a method's parameters (each a train flag --NAME VALUE) with their defaults.");
+        var name = new Argument<string?>("NAME") { Description = "a method whose parameters to list", Arity = ArgumentArity.ZeroOrOne };
+        command.Add(name);
+        command.SetAction(parsed =>
         {
             var output = context.Output;
-            output.WriteLine("methods (--method) by family, * = the family's representative in `lifting demo`; each with its parameters (--name value) and defaults:");
+            var wanted = parsed.GetValue(name);
+            if (wanted is not null)
+            {
+                MethodDefinition m;
+                try { m = Methods.Find(wanted); }
+                catch (ArgumentException e) { context.Error.WriteLine($"lifting: error: {e.Message}"); return 2; }
+                output.WriteLine($"{m.Name} (family {m.Family}): {m.Description}");
+                output.WriteLine("parameters (lifting train --method " + m.Name + " --NAME VALUE):");
+                foreach (var p in m.Parameters)
+                    output.WriteLine($"  --{p.Name,-24}{p.Default,-14}{p.Domain,-28}{p.Description}");
+                return 0;
+            }
+            output.WriteLine("methods (--method) by family, * = the family's default (its representative in `lifting demo`); `lifting methods NAME` lists a method's parameters:");
             var representatives = Methods.Representatives.Select(m => m.Name).ToHashSet();
             var nameWidth = Methods.All.Max(m => m.Name.Length) + 2;
             foreach (var family in Methods.All.GroupBy(m => m.Family))
             {
-                output.WriteLine($"family {family.Key}:");
+                output.WriteLine($"{family.Key}:");
                 foreach (var m in family)
-                {
                     output.WriteLine($"  {(representatives.Contains(m.Name) ? "*" : " ")}{m.Name.PadRight(nameWidth)}{m.Description}");
-                    foreach (var p in m.Parameters)
-                        output.WriteLine($"      --{p.Name,-24}{p.Default,-14}{p.Domain,-28}{p.Description}");
-                }
             }
-            output.WriteLine("solvers (--solver):");
-            foreach (var s in SolverCatalog.All) output.WriteLine($"  {s.Name,-16}{s.Description}");
-            output.WriteLine("step rules (--optimizer, --optimizer-states, ...):");
-            foreach (var r in StepRuleCatalog.All) output.WriteLine($"  {r.Name,-16}{r.Description}");
+            output.WriteLine("solvers (--solver): " + string.Join(", ", SolverCatalog.All.Select(s => s.Name)));
+            output.WriteLine("step rules (--optimizer, --optimizer-states, ...): " + string.Join(", ", StepRuleCatalog.All.Select(r => r.Name)));
             return 0;
         });
         return command;

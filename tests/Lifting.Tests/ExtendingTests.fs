@@ -39,7 +39,9 @@ let tests =
             use listing = new StringWriter()
             Expect.equal (Lifting.Host.Cli.Run([| "methods" |], listing, listing)) 0 "lifting methods"
             Expect.stringContains (listing.ToString()) "l1-penalty" "the method is listed"
-            Expect.stringContains (listing.ToString()) "--mu" "with its own parameter"
+            use details = new StringWriter()
+            Expect.equal (Lifting.Host.Cli.Run([| "methods"; "l1-penalty" |], details, details)) 0 "lifting methods l1-penalty"
+            Expect.stringContains (details.ToString()) "--mu" "with its own parameter"
             Expect.stringContains (listing.ToString()) "heavy-ball" "the registered solver is listed"
             use output = new StringWriter()
             let code = RegisterMethod.train output

@@ -192,19 +192,24 @@ let tests =
             for p in Methods.Find("extraprop").Parameters do
                 Expect.stringContains out $"--{p.Name}" $"train --method extraprop --help lists --{p.Name}"
         }
-        test "lifting methods lists methods by family with their parameters and defaults, solvers and step rules" {
+        test "lifting methods lists every method on one line by family (under 60 lines), the solvers and the step rules; lifting methods NAME its parameters with their defaults" {
             let code, out, _ = lifting [ "methods" ]
             Expect.equal code 0 "exit 0"
             for name in [ "backprop"; "extraprop"; "gda"; "auglag"; "penalty"; "regularized"; "extragradient"; "adagrad" ] do
                 Expect.stringContains out name $"lists {name}"
-            let lines = out.Split('\n')
-            for family in [ "family backprop"; "family lagrangian"; "family penalty" ] do
-                Expect.stringContains out family $"lists {family}"
+            let lines = out.TrimEnd().Split('\n')
+            Expect.isLessThan lines.Length 60 $"one line per method: {lines.Length} lines"
+            for family in [ "backprop:"; "lagrangian:"; "penalty:" ] do
+                Expect.isTrue (lines |> Array.contains family) $"lists {family}"
             // Every name stands apart from its description, however long the name.
             for m in Methods.All do
                 Expect.isTrue (lines |> Array.exists (fun l -> l.TrimStart(' ', '*').StartsWith(m.Name + " "))) $"{m.Name} is followed by a space"
+            let code, details, _ = lifting [ "methods"; "extraprop" ]
+            Expect.equal code 0 "exit 0"
+            let lines = details.Split('\n')
             for parameter in Methods.Find("extraprop").Parameters do
                 Expect.isTrue (lines |> Array.exists (fun l -> l.Contains($"--{parameter.Name} ") && l.Contains($" {parameter.Default} "))) $"lists extraprop's parameter {parameter.Name} with its default {parameter.Default}"
+            expectUsageError [ "methods"; "nosuch" ] "Unknown method 'nosuch'"
         }
         test "the catalog names one representative per family, backprop first, the marked ones for the built-ins" {
             let reps = Methods.Representatives |> Seq.map (fun m -> m.Family, m.Name) |> List.ofSeq
