@@ -239,7 +239,7 @@ let tests =
             use w = run.Program.Initialise(0)
             Expect.isLessThanOrEqual (w.Tensors.[0].max().ToDouble()) 0.0 "the first layer is all-negative"
             Expect.equal (w.Tensors.[1].abs().max().ToDouble()) 0.0 "zero biases"
-            Expect.throwsT<Lifting.Host.UsageException> (fun () -> set (Lifting.Host.Experiment()) "init" "he" |> ignore) "unknown scheme"
+            Expect.throwsT<Lifting.Host.UsageException> (fun () -> set (Lifting.Host.Experiment()) "init" "negative" |> ignore) "unknown scheme"
         }
 
         test "fenchel-bp's beta takes one value or a comma-separated list; bad values and a wrong count are refused with one-line errors" {
