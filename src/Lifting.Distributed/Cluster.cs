@@ -227,9 +227,102 @@ public sealed class OrleansReplicas : IReplicaSet
 
     private IReplicaGrain Grain(int k) => client.GetGrain<IReplicaGrain>($"{run}/{k}/{Count}");
 
-    public Task<JoinReply> JoinAsync(int replica, JoinRequest request) => Grain(replica).Join(request);
-    public Task<ShardReply> EvaluateAsync(int replica, ShardRequest request) => Grain(replica).Evaluate(request);
-    public Task LeaveAsync(int replica) => Grain(replica).Leave();
+    /// The silo each replica last joined on (its `JoinReply`).
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<int, string> silos = new();
+
+    /// How often a call in flight checks that its replica's silo is still a member of the cluster.
+    public static TimeSpan LivenessPoll { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// How long the membership may stay unreadable (no silo answers) before a call in flight is
+    /// given up as lost.
+    public static TimeSpan UnreachableLimit { get; set; } = TimeSpan.FromSeconds(5);
+
+    public async Task<JoinReply> JoinAsync(int replica, JoinRequest request)
+    {
+        var reply = await Watched(Grain(replica).Join(request), null);
+        if (!string.IsNullOrEmpty(reply.Silo)) silos[replica] = reply.Silo;
+        return reply;
+    }
+
+    public Task<ShardReply> EvaluateAsync(int replica, ShardRequest request) =>
+        Watched(Grain(replica).Evaluate(request), silos.TryGetValue(replica, out var silo) ? silo : null);
+
+    /// A call without an answer for this long, or for 20 times the slowest of the last answers if
+    /// that is longer, is sent again: around a silo's death Orleans can lose a message to a live
+    /// silo (the dead one held part of the grain directory), and the call would wait for Orleans'
+    /// response timeout (minutes). A replica recomputes a step it is sent again.
+    public static TimeSpan StallFloor { get; set; } = TimeSpan.FromSeconds(10);
+
+    private readonly Queue<TimeSpan> recent = new();
+
+    private TimeSpan StallLimit()
+    {
+        lock (recent)
+        {
+            var slowest = recent.Count == 0 ? TimeSpan.Zero : recent.Max();
+            return slowest * 20 > StallFloor ? slowest * 20 : StallFloor;
+        }
+    }
+
+    private void Answered(TimeSpan took)
+    {
+        lock (recent)
+        {
+            recent.Enqueue(took);
+            while (recent.Count > 50) recent.Dequeue();
+        }
+    }
+
+    /// The call's result, or a transient failure (which the caller retries until its worker
+    /// timeout) as soon as the membership declares `silo` dead (any silo: no silo active), cannot
+    /// be read for `UnreachableLimit`, or the call stalls (`StallFloor`): Orleans itself fails such a
+    /// call only at its response timeout (minutes, so that a long shard is not cut short), and a
+    /// killed worker would hold the run that long.
+    private async Task<T> Watched<T>(Task<T> call, string? silo)
+    {
+        var timer = System.Diagnostics.Stopwatch.StartNew();
+        var stall = StallLimit();
+        System.Diagnostics.Stopwatch? unreadable = null;
+        while (true)
+        {
+            if (await Task.WhenAny(call, Task.Delay(LivenessPoll)) == call)
+            {
+                var result = await call;
+                Answered(timer.Elapsed);
+                return result;
+            }
+            Exception? lost = null;
+            try
+            {
+                var active = await ClusterHosting.ActiveSilosAsync(client).WaitAsync(UnreachableLimit);
+                unreadable = null;
+                if (silo is null ? active.Count == 0 : !active.Contains(silo))
+                    lost = new SiloUnavailableException(silo is null ? "no silo of the cluster is active" : $"silo {silo} left the cluster");
+            }
+            catch (Exception e) when (IsTransient(e))
+            {
+                unreadable ??= System.Diagnostics.Stopwatch.StartNew();
+                if (unreadable.Elapsed >= UnreachableLimit) lost = new SiloUnavailableException("no silo of the cluster answers");
+            }
+            if (lost is null && timer.Elapsed > stall)
+                lost = new TimeoutException($"no answer in {timer.Elapsed.TotalSeconds:F0} s from a live silo (a lost message); sending again");
+            if (lost is not null)
+            {
+                // The abandoned call ends at Orleans' response timeout; observe its failure.
+                _ = call.ContinueWith(t => _ = t.Exception, TaskContinuationOptions.OnlyOnFaulted);
+                throw lost;
+            }
+        }
+    }
+
+    /// Best effort, bounded: a replica whose silo just died may not answer before Orleans' response
+    /// timeout, and the run is over either way.
+    public Task LeaveAsync(int replica)
+    {
+        var call = Grain(replica).Leave();
+        _ = call.ContinueWith(t => _ = t.Exception, TaskContinuationOptions.OnlyOnFaulted);
+        return call.WaitAsync(UnreachableLimit);
+    }
 
     public bool IsTransient(Exception e) => e is OrleansException or TimeoutException or IOException or SocketException or OperationCanceledException
         || e is AggregateException { InnerException: { } i } && IsTransient(i);

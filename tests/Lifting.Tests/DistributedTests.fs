@@ -202,9 +202,11 @@ let clusterTests =
                     // Other data: the same relative --data names another file in the worker's folder.
                     let id = "test-" + Guid.NewGuid().ToString("N").[..7]
                     let mine, theirs = scratchDir "mine", scratchDir "theirs"
-                    let rows (offset: float) = "a,b,label\n" + String.Join("\n", [ for i in 0 .. 199 -> $"{float i + offset},{float (i % 7)},{i % 2}" ])
-                    File.WriteAllText(Path.Combine(mine, "data.csv"), rows 0.0)
-                    File.WriteAllText(Path.Combine(theirs, "data.csv"), rows 0.5)
+                    // Files that differ after standardisation (a shifted column would not: the inputs
+                    // are standardised on the training split).
+                    let rows (period: int) = "a,b,label\n" + String.Join("\n", [ for i in 0 .. 199 -> $"{float i},{float (i % period)},{i % 2}" ])
+                    File.WriteAllText(Path.Combine(mine, "data.csv"), rows 7)
+                    File.WriteAllText(Path.Combine(theirs, "data.csv"), rows 5)
                     let workers = redisWorkers url id 1 theirs []
                     try
                         let coordinator, output = startLifting [ "train"; "--data"; "data.csv"; "--epochs"; "1"; "--cluster"; url; "--cluster-id"; id; "--out"; "run"; "--plain" ] mine []
