@@ -35,7 +35,7 @@ internal static class AlternatingMinimisationMethods
         parameters.Add(MethodParameter.Positive("mu-max", 1.5, "cap on μ"));
         parameters.Add(MethodParameter.Choice("residuals", "sum", "each block's squared residual ‖c − f(·)‖² summed over the code's units (seed 004 eq. 3) or averaged over them (the authors' code)", "sum", "mean"));
         parameters.Add(MethodParameter.Choice("step-blocks", "squared", "weight sub-problem of a hidden block whose activation is a step: squared distance to the code, or hinge to its sign", "squared", "hinge"));
-        parameters.Add(MethodParameter.Flag("parallel", false, "solve the blocks' weight sub-problems concurrently, one thread per block"));
+        parameters.Add(MethodParameter.Flag("parallel", false, "solve the blocks' weight sub-problems concurrently, one thread per block (bit-identical to the sequential order at one LibTorch thread)"));
         return new MethodDefinition(name, description, parameters, a =>
         {
             var formulation = new OnlineAlternatingMinimisation(new OnlineAlternatingMinimisationOptions

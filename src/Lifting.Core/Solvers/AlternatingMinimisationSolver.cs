@@ -147,13 +147,22 @@ public sealed class AlternatingMinimisationSolver : ISolver
         }
         var threads = new Thread[problems.Count];
         var errors = new Exception?[problems.Count];
+        // LibTorch's intra-op thread count is per OS thread (OpenMP's setting): a new thread starts
+        // at the machine's default, so each block's thread takes the caller's count. Without
+        // this a run at --threads 1 split its reductions differently in the concurrent blocks and
+        // ended with other weights than the sequential order (test).
+        int intraOp = Lifting.Threads.Count;
         for (int i = 0; i < threads.Length; i++)
         {
             var p = problems[i];
             int k = i;
             threads[i] = new Thread(() =>
             {
-                try { Solve(p); }
+                try
+                {
+                    torch.set_num_threads(intraOp);
+                    Solve(p);
+                }
                 catch (Exception e) { errors[k] = e; }
             });
             threads[i].Start();
