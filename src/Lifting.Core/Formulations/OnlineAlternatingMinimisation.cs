@@ -413,7 +413,10 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         {
             this.problem = problem;
             program = problem.Program;
-            pass = ForwardPass.For(program, problem.Weights, problem.Context.Seed, batch.Step, holdFixed: true);
+            // Dropout masks held for the step; batch statistics recomputed, with their gradient, in
+            // every sub-problem, as the reference code's BatchNorm in training mode does (held
+            // statistics cost 6 points on Fashion-MNIST 784-100-100-10, docs/methods.md).
+            pass = ForwardPass.For(program, problem.Weights, problem.Context.Seed, batch.Step, holdFixed: true, recomputeStatistics: true);
             splits = problem.Splits;
             segments = program.Segments;
             hidden = splits.Count - 1;

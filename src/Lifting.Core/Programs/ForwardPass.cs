@@ -9,18 +9,23 @@ public enum ProgramMode { Evaluate, Train }
 /// holds fixed. A training pass of back-propagation computes batch statistics and dropout masks
 /// anew at every call; a lifted step's pass (`holdFixed`) computes them at its first evaluation
 /// and holds them for the rest of the step, so that the step's game is one deterministic function
-/// of its variables. Programs without buffers or randomness need no pass (null).
+/// of its variables. With `recomputeStatistics` a held pass still holds its dropout masks but
+/// computes batch statistics anew, with their gradient, at every evaluation (online alternating
+/// minimisation: seed 004's reference code evaluates its BatchNorm layers in training mode in
+/// every sub-problem). Programs without buffers or randomness need no pass (null).
 public sealed class ForwardPass : IDisposable
 {
     private readonly Dictionary<(int Node, string Key), Tensor> held = new();
     private readonly Dictionary<int, Generator> generators = new();
     private readonly HashSet<(int Node, string Key)> seen = new();
-    private readonly bool holdFixed;
+    private readonly bool holdFixed, recomputeStatistics;
     private readonly int seed;
     private readonly long step;
 
-    public ForwardPass(ProgramMode mode, IReadOnlyList<Tensor> buffers, int seed = 0, long step = 0, bool holdFixed = false, bool updatesStatistics = true)
+    public ForwardPass(ProgramMode mode, IReadOnlyList<Tensor> buffers, int seed = 0, long step = 0, bool holdFixed = false, bool updatesStatistics = true,
+        bool recomputeStatistics = false)
     {
+        this.recomputeStatistics = recomputeStatistics;
         UpdatesStatistics = updatesStatistics;
         Mode = mode;
         Buffers = buffers;
@@ -33,8 +38,8 @@ public sealed class ForwardPass : IDisposable
     public static ForwardPass Evaluation(Weights weights) => new(ProgramMode.Evaluate, weights.Buffers);
 
     /// A training pass over `weights`' buffers at training step `step` (the generators' seed).
-    public static ForwardPass Training(Weights weights, int seed, long step, bool holdFixed) =>
-        new(ProgramMode.Train, weights.Buffers, seed, step, holdFixed);
+    public static ForwardPass Training(Weights weights, int seed, long step, bool holdFixed, bool recomputeStatistics = false) =>
+        new(ProgramMode.Train, weights.Buffers, seed, step, holdFixed, recomputeStatistics: recomputeStatistics);
 
     /// A pass that computes batch statistics (held for the pass) without touching the running
     /// statistics: the forward pass that initialises lifted states over the training set chunk by
@@ -44,8 +49,8 @@ public sealed class ForwardPass : IDisposable
 
     /// A training pass of `program` at training step `batch.Step`, or null when the program has no
     /// operation with a mode (most programs): what a batch game evaluates the program through.
-    public static ForwardPass? For(NestedProgram program, Weights weights, int seed, long step, bool holdFixed) =>
-        program.HasModes ? Training(weights, seed, step, holdFixed) : null;
+    public static ForwardPass? For(NestedProgram program, Weights weights, int seed, long step, bool holdFixed, bool recomputeStatistics = false) =>
+        program.HasModes ? Training(weights, seed, step, holdFixed, recomputeStatistics) : null;
 
     /// False for a pass that must leave the running statistics alone (a diagnostic's forward pass).
     public bool UpdatesStatistics { get; }
@@ -73,6 +78,10 @@ public sealed class ForwardPass : IDisposable
         held[(node, key)] = value;
         return (value, true);
     }
+
+    /// A batch statistic: held like `Hold`, unless the pass recomputes statistics.
+    internal (Tensor Value, bool Fresh) HoldStatistic(int node, string key, Func<Tensor> compute) =>
+        recomputeStatistics ? (compute(), true) : Hold(node, key, compute);
 
     internal bool FirstTime(int node, string key) => UpdatesStatistics && seen.Add((node, key));
 

@@ -61,6 +61,11 @@ public readonly struct OperationContext
     public (Tensor Value, bool Fresh) Hold(string key, Func<Tensor> compute) =>
         pass is null ? (compute(), true) : pass.Hold(node, key, compute);
 
+    /// A batch statistic of this node (BatchNorm's mean and variance): held as `Hold` holds, unless
+    /// the pass recomputes statistics at every evaluation.
+    public (Tensor Value, bool Fresh) HoldStatistic(string key, Func<Tensor> compute) =>
+        pass is null ? (compute(), true) : pass.HoldStatistic(node, key, compute);
+
     /// True the first time `key` is asked for in this pass (e.g. to update running statistics once
     /// per training step however often the step is evaluated); false in a pass that updates no
     /// statistics.

@@ -176,8 +176,8 @@ public sealed class BatchNorm : Operation
         Tensor mean, variance;
         if (context.Training)
         {
-            var (m, _) = context.Hold("mean", () => x.mean(dimensions, keepdim: false));
-            var (v, _) = context.Hold("variance", () => x.var(dimensions, unbiased: false, keepdim: false));
+            var (m, _) = context.HoldStatistic("mean", () => x.mean(dimensions, keepdim: false));
+            var (v, _) = context.HoldStatistic("variance", () => x.var(dimensions, unbiased: false, keepdim: false));
             mean = m;
             variance = v;
             if (context.FirstTime("running statistics"))
