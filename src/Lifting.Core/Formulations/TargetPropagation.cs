@@ -38,8 +38,8 @@ namespace Lifting.Formulations;
 /// f_l at the current weights; ε is drawn from a generator seeded by the run's seed and the step
 /// (so a run is deterministic and a resumed run draws what the uninterrupted one drew). Both
 /// directions are taken at the same point and the solver steps both players (Adam by default);
-/// the paper trains the inverses and the layers in alternation, which `--solver alternating`
-/// gives. With σ = 0 the inverse is trained only on the forward values.
+/// `--solver alternating` steps them one after the other. With σ = 0 the inverse is trained only
+/// on the forward values.
 ///
 /// Why the difference correction: if g_l inverts f_l at h_l (g_l(h_l) = h_{l−1}) the DTP target is
 /// TP's, and whatever g_l is, ĥ_l = h_l gives ĥ_{l−1} = h_{l−1} (TP's target of the forward value
