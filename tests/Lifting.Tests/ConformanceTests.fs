@@ -72,6 +72,11 @@ let formulations : (string * (unit -> IFormulation) * float * bool) list = [
     "dual propagation, 3 sweeps", (fun () -> DualPropagation(0.5, 3)), 0.1, false
     "error-based predictive coding", (fun () -> ErrorPredictiveCoding(0.5)), 0.1, false
     "error-based predictive coding, 5 steps of 0.5", (fun () -> ErrorPredictiveCoding(0.5, 5, 0.5)), 0.1, false
+    // Target propagation (issue 27 item 2): the weights regress onto layer targets, the inverses
+    // onto their reconstructions. No back-propagation limit row: with exact inverses the lower
+    // layers' targets are Gauss-Newton-like steps, not the gradient (DifferenceTargetPropagationTests).
+    "difference target propagation", (fun () -> TargetPropagation(0.1, 0.1)), 0.1, false
+    "target propagation", (fun () -> TargetPropagation(0.1, 0.1, difference = false)), 0.1, false
 ]
 
 /// Solver rows: name, factory from the formulation's schedule, whether it solves saddle points,

@@ -11,7 +11,8 @@ internal static class BuiltinMethods
     public static IEnumerable<MethodDefinition> All =>
         Core.Concat(FenchelBackpropMethods.All).Concat(ContrastiveMethods.All).Concat(DistPropMethods.All).Concat(AlternatingMinimisationMethods.All)
             .Concat(FeedbackAlignmentMethods.All).Concat(DeeplySupervisedMethods.All)
-            .Concat(NewtonShootingMethods.All).Concat(DualPropagationMethods.All).Concat(ErrorPredictiveCodingMethods.All);
+            .Concat(NewtonShootingMethods.All).Concat(DualPropagationMethods.All).Concat(ErrorPredictiveCodingMethods.All)
+            .Concat(TargetPropagationMethods.All);
 
     private static IEnumerable<MethodDefinition> Core => new[]
     {
