@@ -48,6 +48,8 @@ public sealed class DataParallelPlan
         if (problem.Weights.Program.HasModes)
             throw new ArgumentException($"data-parallel training: {name} on a program with batch normalisation or dropout is not data-parallel here " +
                                         "(each replica would take its shard's batch statistics and masks, not the batch's); docs/distributed.md");
+        if (problem is IDrawsPerBatch draws)
+            throw new ArgumentException($"data-parallel training: {name} draws {draws.Draws} over each mini-batch; per shard the draws would differ from the one-process run's (docs/distributed.md)");
         if (problem.Store.Names.Any())
             throw new ArgumentException($"data-parallel training: {name} keeps per-example rows across steps ({string.Join(", ", problem.Store.Names.Where(n => !n.Contains('#')).Select(n => "store/" + n))}); " +
                                         "data-parallel training covers methods whose per-batch variables die with the step (docs/distributed.md, \"What is covered\")");

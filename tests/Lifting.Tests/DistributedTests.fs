@@ -58,7 +58,7 @@ let tests =
         }
 
         test "methods that keep per-example rows or alternate sub-problems are refused in one line, exit 2, nothing written" {
-            for (methodName, what) in [ "extraprop", "keeps per-example rows"; "penalty", "keeps per-example rows"; "distprop", "keeps per-example rows across steps (store/lambda1)"; "am-adam", "moves per-batch variables (codes)" ] do
+            for (methodName, what) in [ "extraprop", "keeps per-example rows"; "penalty", "keeps per-example rows"; "distprop", "keeps per-example rows across steps (store/lambda1)"; "am-adam", "moves per-batch variables (codes)"; "dtp", "draws the inverses' reconstruction noise over each mini-batch" ] do
                 let dir = Path.Combine(scratchDir "refused", "run")
                 let code, _, err = lifting [ "train"; "--data"; "digits"; "--method"; methodName; "--epochs"; "1"; "--replicas"; "2"; "--out"; dir; "--plain" ]
                 Expect.equal code 2 $"{methodName}: exit code"

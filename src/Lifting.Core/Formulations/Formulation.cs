@@ -83,6 +83,15 @@ public sealed record LiftContext(
     }
 }
 
+/// A lifted problem whose batch game draws random numbers of its own per mini-batch (seeded by the
+/// run's seed and the step), over the whole batch: split into shards, the draws would differ from
+/// the one-process run's, so data-parallel training refuses it.
+public interface IDrawsPerBatch
+{
+    /// What is drawn, for the refusal's message.
+    string Draws { get; }
+}
+
 /// The lifted problem: all tensors the formulation owns (problem state).
 public interface ILiftedProblem : IDisposable
 {

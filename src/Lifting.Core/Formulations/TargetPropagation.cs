@@ -132,9 +132,12 @@ public sealed record TargetPass(IReadOnlyList<Tensor> WeightGradients, IReadOnly
 
 /// The lifted problem of (difference) target propagation: the weights and the approximate
 /// inverses g_l (player "inverses", shared variables with their step state).
-public sealed class TargetPropagationProblem : LiftedProblem
+public sealed class TargetPropagationProblem : LiftedProblem, IDrawsPerBatch
 {
     private readonly TargetPropagation formulation;
+
+    public string Draws => "the inverses' reconstruction noise";
+
     private readonly Tensor[] inverses; // V_2, c_2, V_3, c_3, … (1-based segments 2 … L−1)
     private readonly StepState[] inverseStates;
     private readonly IActivation[] below; // σ_{l−1}: the activation ending the segment below segment l
