@@ -17,7 +17,8 @@ for r in $(seq 1 "$rounds"); do
     for c in "${configs[@]}"; do
       name=${c%%|*}; flags=${c#*|}
       dir="$work/run"
-      /usr/bin/time -f "%e %U %S" -o "$work/time" $lifting train $common --method $method --out "$dir" $flags >/dev/null 2>&1
+      /usr/bin/time -f "%e %U %S" -o "$work/time" $lifting train $common --method $method --out "$dir" $flags >/dev/null 2>&1 \
+        || { echo "round $r  $method  $name: failed, once more"; /usr/bin/time -f "%e %U %S" -o "$work/time" $lifting train $common --method $method --out "$dir" $flags >/dev/null 2>&1; }
       read -r wall user sys < "$work/time"
       epoch=$(python3 -c "import json,statistics;t=json.load(open('$dir/timing.json'))['epoch_seconds'];print(f'{statistics.median(t[1:]):.2f}')")
       acc=$(python3 -c "import json;print(json.load(open('$dir/summary.json'))['test_accuracy'])")

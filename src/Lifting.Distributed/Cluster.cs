@@ -176,7 +176,10 @@ public static class ClusterHosting
             .Build();
         try
         {
-            await host.StartAsync();
+            // The retry filter bounds failed connections; a gateway that accepts and then never
+            // completes the client's start (seen once in 12 local --workers runs) is bounded here.
+            using var cancel = new CancellationTokenSource(wait);
+            await host.StartAsync(cancel.Token).WaitAsync(wait + TimeSpan.FromSeconds(5));
             return host;
         }
         catch (Exception e)

@@ -229,7 +229,12 @@ internal sealed class ClusterSession : IDisposable
             if (request.Workers is { } n)
             {
                 workers = LocalWorkers.Start(n, run.Experiment.Threads ?? 1);
-                client = Connect(ClusterAddress.Localhost, workers.ClusterId, workers.GatewayPorts, null, TimeSpan.FromSeconds(120));
+                // Our own workers, all alive: a start that did not complete is tried once more.
+                try { client = Connect(ClusterAddress.Localhost, workers.ClusterId, workers.GatewayPorts, null, TimeSpan.FromSeconds(60)); }
+                catch (UsageException) when (workers.Exited() is null)
+                {
+                    client = Connect(ClusterAddress.Localhost, workers.ClusterId, workers.GatewayPorts, null, TimeSpan.FromSeconds(60));
+                }
                 silos = WaitForSilos(n, TimeSpan.FromSeconds(120));
             }
             else
