@@ -408,56 +408,27 @@ public sealed class FeedbackAlignmentProblem : LiftedProblem
 
     /// The game on one mini-batch: one player, the weights, whose operator is the feedback-alignment
     /// direction. Nothing is lifted: the lifted objective is the loss.
-    private sealed class FeedbackGame : IBatchGame
+    private sealed class FeedbackGame : ForwardLossGame
     {
         private readonly FeedbackAlignmentProblem problem;
-        private readonly MiniBatch batch;
-        private readonly ForwardPass? pass;
-        private Tensor? lastLoss;
 
         public FeedbackGame(FeedbackAlignmentProblem problem, MiniBatch batch)
-        {
+            : base(problem, batch, problem.TrainingPass(batch), new[] { problem.WeightsPlayer() }) =>
             this.problem = problem;
-            this.batch = batch;
-            pass = problem.TrainingPass(batch);
-            Players = new[] { problem.WeightsPlayer() };
-        }
 
-        public IReadOnlyList<Player> Players { get; }
-
-        public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
+        public override IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
         {
             foreach (var p in players)
                 if (p.Name != Formulations.PlayerNames.Weights) throw new ArgumentException($"{problem.Formulation.Name} has no player '{p.Name}'.");
             Tensor[] directions;
             using (var scope = NewDisposeScope())
             {
-                var pass = FeedbackAlignment.Backward(problem.Program, problem.Weights.Tensors, batch.Inputs, batch.Labels, problem.Kind, problem.feedback, this.pass);
-                lastLoss?.Dispose();
-                using (no_grad()) lastLoss = pass.Losses.mean().DetachFromDisposeScope();
+                var pass = FeedbackAlignment.Backward(problem.Program, problem.Weights.Tensors, Batch.Inputs, Batch.Labels, problem.Kind, problem.feedback, Pass);
+                RecordLosses(pass.Losses);
                 directions = pass.Gradients.Select(t => t.MoveToOuterDisposeScope()).ToArray();
             }
             return players.Select(_ => (IReadOnlyList<Tensor>)directions).ToArray();
         }
 
-        public double Objective()
-        {
-            using var _ = no_grad();
-            using var scope = NewDisposeScope();
-            return problem.Program.Loss.PerExample(problem.Program.Forward(batch.Inputs, problem.Weights.Tensors, pass), batch.Labels).mean().ToDouble();
-        }
-
-        public IReadOnlyList<double> Defects => Array.Empty<double>();
-        public IReadOnlyList<double> MultiplierNorms => Array.Empty<double>();
-        public double Loss => lastLoss is null ? double.NaN : lastLoss.ToDouble();
-        public double LiftedObjective => Loss;
-        public void Commit() { }
-
-        public void Dispose()
-        {
-            lastLoss?.Dispose();
-            lastLoss = null;
-            pass?.Dispose();
-        }
     }
 }

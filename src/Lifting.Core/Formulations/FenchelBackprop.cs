@@ -238,52 +238,22 @@ public sealed class FenchelBackprop : IFormulation
 
     /// The game on one mini-batch: one player, the weights, whose operator is the Fenchel
     /// back-propagation direction. Nothing is lifted: the lifted objective is the loss.
-    private sealed class Game : IBatchGame
+    private sealed class Game : ForwardLossGame
     {
         private readonly Problem problem;
-        private readonly MiniBatch batch;
-        private Tensor? lastLoss;
-        private readonly ForwardPass? pass;
 
-        public Game(Problem problem, MiniBatch batch)
-        {
+        public Game(Problem problem, MiniBatch batch) : base(problem, batch, problem.Pass(batch), new[] { problem.WeightsPlayer() }) =>
             this.problem = problem;
-            this.batch = batch;
-            Players = new[] { problem.WeightsPlayer() };
-            pass = problem.Pass(batch);
-        }
 
-        public IReadOnlyList<Player> Players { get; }
-
-        public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
+        public override IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
         {
             foreach (var p in players)
                 if (p.Name != Formulations.PlayerNames.Weights) throw new ArgumentException($"Fenchel back-propagation has no player '{p.Name}'.");
-            var result = Backward(problem.Program, problem.Weights.Tensors, batch.Inputs, batch.Labels, problem.Beta, pass);
-            lastLoss?.Dispose();
-            using (no_grad()) lastLoss = result.Losses.mean().DetachFromDisposeScope();
+            var result = Backward(problem.Program, problem.Weights.Tensors, Batch.Inputs, Batch.Labels, problem.Beta, Pass);
+            RecordLosses(result.Losses);
             return players.Select(_ => (IReadOnlyList<Tensor>)result.Gradients).ToArray();
         }
 
-        public double Objective()
-        {
-            using var _ = no_grad();
-            using var scope = NewDisposeScope();
-            return problem.Program.Loss.PerExample(problem.Program.Forward(batch.Inputs, problem.Weights.Tensors, pass), batch.Labels).mean().ToDouble();
-        }
-
-        public IReadOnlyList<double> Defects => Array.Empty<double>();
-        public IReadOnlyList<double> MultiplierNorms => Array.Empty<double>();
-        public double Loss => lastLoss is null ? double.NaN : lastLoss.ToDouble();
-        public double LiftedObjective => Loss;
-        public void Commit() { }
-
-        public void Dispose()
-        {
-            lastLoss?.Dispose();
-            lastLoss = null;
-            pass?.Dispose();
-        }
     }
 }
 

@@ -315,24 +315,15 @@ public sealed class TargetPropagationProblem : LiftedProblem, IDrawsPerBatch
 
     /// The game on one mini-batch: the weights descend their layer losses, the inverses their
     /// reconstruction losses; nothing is lifted, the lifted objective is the loss.
-    private sealed class TargetGame : IBatchGame
+    private sealed class TargetGame : ForwardLossGame
     {
         private readonly TargetPropagationProblem problem;
-        private readonly MiniBatch batch;
-        private readonly ForwardPass? pass;
-        private Tensor? lastLoss;
 
         public TargetGame(TargetPropagationProblem problem, MiniBatch batch)
-        {
+            : base(problem, batch, problem.TrainingPass(batch), new[] { problem.WeightsPlayer(), problem.InversesPlayer() }) =>
             this.problem = problem;
-            this.batch = batch;
-            pass = problem.TrainingPass(batch);
-            Players = new[] { problem.WeightsPlayer(), problem.InversesPlayer() };
-        }
 
-        public IReadOnlyList<Player> Players { get; }
-
-        public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
+        public override IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
         {
             foreach (var p in players)
                 if (p.Name != Formulations.PlayerNames.Weights && p.Name != TargetPropagation.Inverses)
@@ -340,33 +331,13 @@ public sealed class TargetPropagationProblem : LiftedProblem, IDrawsPerBatch
             Tensor[] weights, inverses;
             using (var scope = NewDisposeScope())
             {
-                var result = problem.Pass(batch.Inputs, batch.Labels, batch.Step, pass);
-                lastLoss?.Dispose();
-                using (no_grad()) lastLoss = result.Losses.mean().DetachFromDisposeScope();
+                var result = problem.Pass(Batch.Inputs, Batch.Labels, Batch.Step, Pass);
+                RecordLosses(result.Losses);
                 weights = result.WeightGradients.Select(t => t.MoveToOuterDisposeScope()).ToArray();
                 inverses = result.InverseGradients.Select(t => t.MoveToOuterDisposeScope()).ToArray();
             }
             return players.Select(p => (IReadOnlyList<Tensor>)(p.Name == TargetPropagation.Inverses ? inverses : weights)).ToArray();
         }
 
-        public double Objective()
-        {
-            using var _ = no_grad();
-            using var scope = NewDisposeScope();
-            return problem.Program.Loss.PerExample(problem.Program.Forward(batch.Inputs, problem.Weights.Tensors, pass), batch.Labels).mean().ToDouble();
-        }
-
-        public IReadOnlyList<double> Defects => Array.Empty<double>();
-        public IReadOnlyList<double> MultiplierNorms => Array.Empty<double>();
-        public double Loss => lastLoss is null ? double.NaN : lastLoss.ToDouble();
-        public double LiftedObjective => Loss;
-        public void Commit() { }
-
-        public void Dispose()
-        {
-            lastLoss?.Dispose();
-            lastLoss = null;
-            pass?.Dispose();
-        }
     }
 }

@@ -52,51 +52,21 @@ public abstract class WeightDirectionFormulation : IFormulation
     }
 
     /// The game on one mini-batch: one player, the weights, whose operator is the pass's direction.
-    private sealed class Game : IBatchGame
+    private sealed class Game : ForwardLossGame
     {
         private readonly Problem problem;
-        private readonly MiniBatch batch;
-        private readonly ForwardPass? pass;
-        private Tensor? lastLoss;
 
-        public Game(Problem problem, MiniBatch batch)
-        {
+        public Game(Problem problem, MiniBatch batch) : base(problem, batch, problem.Pass(batch), new[] { problem.WeightsPlayer() }) =>
             this.problem = problem;
-            this.batch = batch;
-            Players = new[] { problem.WeightsPlayer() };
-            pass = problem.Pass(batch);
-        }
 
-        public IReadOnlyList<Player> Players { get; }
-
-        public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
+        public override IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players)
         {
             foreach (var p in players)
                 if (p.Name != Formulations.PlayerNames.Weights) throw new ArgumentException($"{problem.Formulation.Name} has no player '{p.Name}'.");
-            var result = problem.Owner.Direction(problem.Program, problem.Weights.Tensors, batch.Inputs, batch.Labels, pass);
-            lastLoss?.Dispose();
-            using (no_grad()) lastLoss = result.Losses.mean().DetachFromDisposeScope();
+            var result = problem.Owner.Direction(problem.Program, problem.Weights.Tensors, Batch.Inputs, Batch.Labels, Pass);
+            RecordLosses(result.Losses);
             return players.Select(_ => result.Gradients).ToArray();
         }
 
-        public double Objective()
-        {
-            using var _ = no_grad();
-            using var scope = NewDisposeScope();
-            return problem.Program.Loss.PerExample(problem.Program.Forward(batch.Inputs, problem.Weights.Tensors, pass), batch.Labels).mean().ToDouble();
-        }
-
-        public IReadOnlyList<double> Defects => Array.Empty<double>();
-        public IReadOnlyList<double> MultiplierNorms => Array.Empty<double>();
-        public double Loss => lastLoss is null ? double.NaN : lastLoss.ToDouble();
-        public double LiftedObjective => Loss;
-        public void Commit() { }
-
-        public void Dispose()
-        {
-            lastLoss?.Dispose();
-            lastLoss = null;
-            pass?.Dispose();
-        }
     }
 }
