@@ -20,7 +20,7 @@ namespace Lifting.Examples;
 /// cores): `dotnet run --project src/Lifting.Examples -c Release -- depth ladder KEY=VALUE …`
 ///
 ///   data=mnist-10k epochs=5 batch=64 seeds=0 threads=1
-///   plain=5,10,20,50,100 activations=relu,tanh residual=8,32,128 width=128
+///   plain=5,10,20,50,100 activations=relu,tanh residual=8,32,128 width=128   (plain=none, residual=none: no such nets)
 ///   methods=backprop,backprop:glorot,backprop:he,extraprop,distprop,am-adam,pcn,lpom,fenchel-bp,fa,dfa
 ///   cuts=every,every5,last state=runs/depth-ladder.jsonl out=docs/results/depth-ladder.md
 ///
@@ -35,14 +35,17 @@ public static class DepthLadder
         double Test, double Validation, int Epoch, double FinalTest, double Defect, double CpuSecondsPerEpoch,
         double FirstAngle, double MedianAngle, double LastAngle, double FirstNorm, double LastNorm, string? Failure);
 
+    // A diverged cell's defect or angle is ±∞ or NaN: written as JSON's named literals.
+    private static readonly JsonSerializerOptions Json = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
     public static int Run(string experiment, Settings s, string[] args)
     {
         if (experiment != "ladder") throw new ArgumentException($"Unknown depth experiment '{experiment}' (known: ladder).");
         var command = "dotnet run --project src/Lifting.Examples -c Release -- " + string.Join(" ", args);
         int epochs = s.Int("epochs", 5), batch = s.Int("batch", 64), width = s.Int("width", 128);
         var seeds = s.Ints("seeds", "0");
-        var plain = s.Ints("plain", "5,10,20,50,100");
-        var residual = s.Ints("residual", "8,32,128");
+        var plain = s.Text("plain", "") == "none" ? Array.Empty<int>() : s.Ints("plain", "5,10,20,50,100");
+        var residual = s.Text("residual", "") == "none" ? Array.Empty<int>() : s.Ints("residual", "8,32,128");
         var activations = s.Text("activations", "relu,tanh").Split(',', StringSplitOptions.RemoveEmptyEntries);
         var methods = s.Text("methods", "backprop,backprop:init=glorot,backprop:init=he,extraprop,distprop,am-adam,pcn,lpom,fenchel-bp,fa,dfa").Split(',', StringSplitOptions.RemoveEmptyEntries);
         var cutsList = s.Text("cuts", "every,every5,last").Split(',', StringSplitOptions.RemoveEmptyEntries);
@@ -65,7 +68,7 @@ public static class DepthLadder
                         Console.WriteLine($"== {key}");
                         var cell = TrainCell(data, kind, depth, activation, width, method, cuts, seed, epochs, batch);
                         done[key] = cell;
-                        File.AppendAllText(statePath, JsonSerializer.Serialize(cell) + "\n");
+                        File.AppendAllText(statePath, JsonSerializer.Serialize(cell, Json) + "\n");
                         Console.WriteLine($"   test {F(cell.Test)} (epoch {cell.Epoch}), defect {cell.Defect:G3}, {cell.CpuSecondsPerEpoch:F1} CPU s/epoch, angles {F(cell.FirstAngle, "F0")}/{F(cell.MedianAngle, "F0")}/{F(cell.LastAngle, "F0")}{(cell.Failure is null ? "" : ", " + cell.Failure)}");
                         Write(output, command, data, done.Values.ToList(), epochs, batch, width);
                     }
@@ -84,7 +87,7 @@ public static class DepthLadder
         if (!File.Exists(path)) return cells;
         foreach (var line in File.ReadLines(path).Where(l => l.Trim().Length > 0))
         {
-            var c = JsonSerializer.Deserialize<Cell>(line)!;
+            var c = JsonSerializer.Deserialize<Cell>(line, Json)!;
             cells[Key(c.Net, c.Depth, c.Activation, c.Method, c.Cuts, c.Seed)] = c;
         }
         return cells;

@@ -121,6 +121,7 @@ public static class Cli
                 try { m = Methods.Find(wanted); }
                 catch (ArgumentException e) { context.Error.WriteLine($"lifting: error: {e.Message}"); return 2; }
                 output.WriteLine($"{m.Name} (family {m.Family}): {m.Description}");
+                output.WriteLine($"formulation at the defaults: {Methods.Resolve(m.Name).Formulation.Description}");
                 output.WriteLine("parameters (lifting train --method " + m.Name + " --NAME VALUE):");
                 foreach (var p in m.Parameters)
                     output.WriteLine($"  --{p.Name,-24}{p.Default,-14}{p.Domain,-28}{p.Description}");

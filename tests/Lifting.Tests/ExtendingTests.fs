@@ -15,6 +15,7 @@ open Lifting.Tests.Docs.Extending
 let registered =
     lazy (
         RegisterMethod.register ()
+        EquationMethods.register ()
         HeavyBallSolver.register ())
 
 [<Tests>]
@@ -51,6 +52,22 @@ let tests =
             Expect.isGreaterThan (summary.GetProperty("test_accuracy").GetDouble()) 0.5 $"two epochs on digits learn: {last}"
             let resolved = Methods.Resolve(MethodSettings("l1-penalty").With("mu", 2.0).With("solver", "heavy-ball"))
             Expect.stringContains resolved.Solver.Name "heavy-ball" "a registered solver is accepted by a registered method's --solver"
+        }
+        test "extending.md: the equation-built L1 penalty and capped augmented Lagrangian pass the kit, are listed with their equations and train through `lifting train`" {
+            let outcomes = CheckEquations.check ()
+            Expect.equal outcomes.Count 6 "one run per formulation and solver"
+            registered.Force()
+            use details = new StringWriter()
+            Expect.equal (Lifting.Host.Cli.Run([| "methods"; "auglag-capped" |], details, details)) 0 "lifting methods auglag-capped"
+            Expect.stringContains (details.ToString()) "--cap" "with its own parameters"
+            Expect.stringContains (details.ToString()) "L = ℓ + Σ_v (⟨clip(λ_v, 1), g_v⟩ + 0.5·‖g_v‖²)" "and its equation"
+            for name in [ "l1-equation"; "auglag-capped" ] do
+                use output = new StringWriter()
+                let code = Lifting.Host.Cli.Run([| "train"; "--method"; name; "--epochs"; "2"; "--json" |], output, output)
+                Expect.equal code 0 $"lifting train --method {name} exits 0: {output}"
+                let last = output.ToString().TrimEnd().Split('\n') |> Array.last
+                let summary = Text.Json.JsonDocument.Parse(last).RootElement
+                Expect.isGreaterThan (summary.GetProperty("test_accuracy").GetDouble()) 0.5 $"{name}: two epochs on digits learn: {last}"
         }
         test "a registered step rule is accepted by every method's optimizer parameters; unknown names are refused naming the bad value" {
             StepRuleCatalog.Register(StepRuleDefinition("sign-sgd", "d = α sign(g) (tests)", (fun lr ->

@@ -1,0 +1,137 @@
+/// Formulations written as equations (issue 29): the equation-built Lagrangian, augmented
+/// Lagrangian, ε-insensitive Lagrangian, fixed and growing quadratic penalties train bit for bit
+/// as the hand-written classes do (same method settings, solver and step rules, through the
+/// trainer: inner iterations, cosine schedule, settling, μ's growth, the feasibility pass); a
+/// malformed equation is refused in one line naming the term.
+module Lifting.Tests.EquationTests
+
+open System
+open Expecto
+open TorchSharp
+type Tensor = torch.Tensor
+open Lifting
+open Lifting.Formulations
+open Lifting.Programs
+open Lifting.Solvers
+open Lifting.Training
+open Lifting.FSharp
+open Lifting.FSharp.Equation
+
+let digits = lazy (Lifting.Data.DatasetCatalog.Load "digits")
+
+/// Trains `settings`' method on digits with the formulation replaced by `formulation` (when given):
+/// the solver and step rules are the method's own.
+let trainWith (settings: MethodSettings) (formulation: IFormulation option) (program: NestedProgram) epochs seed =
+    let m = Methods.Resolve settings
+    let options = TrainingOptions(Epochs = epochs, BatchSize = 64, Seed = seed)
+    Trainer.Train(program, digits.Force(), defaultArg formulation m.Formulation, m.Solver, m.StepRules, options)
+
+let identical (a: TrainingResult) (b: TrainingResult) =
+    Seq.forall2 (fun (u: Tensor) (v: Tensor) -> u.eq(v).all().ToBoolean()) a.Weights.Tensors b.Weights.Tensors
+    && Seq.forall2 (fun (u: Tensor) (v: Tensor) -> u.eq(v).all().ToBoolean()) a.SelectedWeights.Tensors b.SelectedWeights.Tensors
+
+let lagrangian = loss + sumConstraints (inner lambda g)
+let penaltySchedule = [| SubProblem([| PlayerNames.States |], 5); SubProblem([| PlayerNames.Weights |], 1) |]
+
+/// (method settings, the same objective as an equation) pairs.
+let pairs : (string * MethodSettings * IFormulation) list = [
+    "extraprop (the Lagrangian: inner iterations, cosine schedule, settling)",
+    MethodSettings "extraprop", formulation "lagrangian" lagrangian
+    "auglag (the augmented Lagrangian, c = 0.7)",
+    MethodSettings("auglag").With("c", 0.7), formulation "auglag" (loss + sumConstraints (inner lambda g + 0.7 / 2.0 * sqnorm g))
+    "extraprop with ε = 0.01 (the ε-insensitive defect)",
+    MethodSettings("extraprop").With("eps", 0.01), formulation "extraprop-eps" (loss + sumConstraints (inner lambda (shrink 0.01 g)))
+    "regularized (the fixed quadratic penalty, μ = 10, the feasibility pass)",
+    MethodSettings "regularized",
+    formulationWith (EquationOptions(FeasibilityPass = true)) "regularized" (loss + 10.0 / 2.0 * sumConstraints (sqnorm g))
+    "penalty (μ from 1 × 1.5 per epoch, 5 state steps per weight step, the feasibility pass)",
+    MethodSettings "penalty",
+    formulationWith (EquationOptions(Schedule = penaltySchedule, FeasibilityPass = true)) "penalty"
+        (loss + growing "mu" 1.0 1.5 1e4 / 2.0 * sumConstraints (sqnorm g))
+]
+
+/// A random ReLU or tanh MLP on digits, cut after every hidden layer.
+let randomMlp (hidden: int64[]) (tanh: bool) =
+    Net.Mlp(digits.Force().Train.ExampleShape, Array.concat [ [| 64L |]; hidden; [| 10L |] ], (if tanh then Activations.Tanh else Activations.ReLU), Losses.CrossEntropy)
+
+/// The message of the ArgumentException `make` throws.
+let refusal (make: unit -> IFormulation) =
+    let ex = Expect.throwsC (fun () -> make () |> ignore) id
+    Expect.isTrue (ex :? ArgumentException) $"an ArgumentException, not {ex.GetType().Name}"
+    ex.Message
+
+[<Tests>]
+let tests =
+    testList "EquationTests" [
+        for label, settings, equation in pairs do
+            test $"{label}: trains bit for bit as the hand-written formulation (digits, 64-16-16-10, 3 epochs)" {
+                let program = Net.Mlp(digits.Force().Train.ExampleShape, [| 64L; 16L; 16L; 10L |], Activations.ReLU, Losses.CrossEntropy)
+                use hand = trainWith settings None program 3 1
+                use eq = trainWith settings (Some equation) program 3 1
+                Expect.isTrue (identical hand eq) $"{label}: final and selected weights identical"
+                Expect.equal eq.SelectedEpoch hand.SelectedEpoch "the same epoch selected"
+                Expect.sequenceEqual [ for e in eq.Epochs -> e.MeanDefect ] [ for e in hand.Epochs -> e.MeanDefect ] "the same defects per epoch"
+                Expect.equal eq.FinalDefect hand.FinalDefect "the same final defect"
+            }
+
+        testPropertyWithConfig { FsCheckConfig.defaultConfig with maxTest = 6 } "random MLPs (1-3 hidden layers of 4-24, ReLU or tanh): the Lagrangian and the growing penalty as equations train bit for bit as the classes" <|
+            fun (sizes: FsCheck.PositiveInt list) (tanh: bool) (seed: FsCheck.PositiveInt) ->
+                let hidden = sizes |> List.truncate 3 |> List.map (fun s -> 4L + int64 (s.Get % 21)) |> Array.ofList
+                let hidden = if hidden.Length = 0 then [| 12L |] else hidden
+                let program = randomMlp hidden tanh
+                for _, settings, equation in [ pairs.[0]; pairs.[4] ] do
+                    use hand = trainWith settings None program 2 seed.Get
+                    use eq = trainWith settings (Some equation) program 2 seed.Get
+                    let net = String.Join("-", hidden)
+                    let activation = if tanh then "tanh" else "relu"
+                    Expect.isTrue (identical hand eq) $"{settings.Method} on 64-{net}-10 ({activation}), seed {seed.Get}"
+
+        test "the derived players, roles, description and checkpoint scalars" {
+            let l = EquationFormulation("lagrangian", lagrangian)
+            Expect.sequenceEqual l.PlayerNames [ PlayerNames.Weights; PlayerNames.States; PlayerNames.Multipliers ] "weights, states and multipliers"
+            Expect.isTrue (l :> IFormulation).HasMaximisingPlayers "the multipliers maximise"
+            Expect.stringContains l.Description "L = ℓ + Σ_v ⟨λ_v, g_v⟩" "the printed objective"
+            let p = EquationFormulation("penalty", loss + growing "mu" 1.0 1.5 1e4 / 2.0 * sumConstraints (sqnorm g))
+            Expect.sequenceEqual p.PlayerNames [ PlayerNames.Weights; PlayerNames.States ] "no multipliers in a penalty"
+            Expect.stringContains p.Description "L = ℓ + mu/2·Σ_v ‖g_v‖²" "the printed objective"
+            Expect.stringContains p.Description "mu from 1 ×1.5 per epoch up to 10000" "and its schedule"
+            use r = trainWith (MethodSettings "penalty") (Some (p :> IFormulation)) (randomMlp [| 8L |] false) 2 0
+            Expect.equal r.Epochs.Count 2 "trained"
+        }
+
+        test "a capped multiplier stays in [−cap, cap]" {
+            let capped = EquationFormulation("capped", loss + sumConstraints (inner (lambdaCapped 0.01) g + 0.5 * sqnorm g))
+            let m = Methods.Resolve(MethodSettings("auglag"))
+            let program = randomMlp [| 16L |] false
+            let context = LiftContext(program, digits.Force().Train, torch.CPU, torch.ScalarType.Float32, 0, m.StepRules, m.Solver.MemorySlots)
+            use weights = program.Initialise(0, torch.CPU, torch.ScalarType.Float32)
+            use problem = (capped :> IFormulation).Lift(context, weights)
+            for batch in Seq.truncate 5 (Lifting.Data.MiniBatches.Epoch(digits.Force().Train, 64, 0, 1)) do
+                use game = problem.Batch(batch)
+                m.Solver.Step(game)
+                game.Commit()
+            let lambda = problem.Store.["lambda1"]
+            Expect.isLessThanOrEqual (lambda.abs().max().ToDouble()) 0.01 "boxed"
+            Expect.isGreaterThan (lambda.abs().max().ToDouble()) 0.0 "and moved"
+        }
+
+        test "a malformed equation is refused in one line naming the term, before any training" {
+            let cases = [
+                (fun () -> formulation "bad" (loss + sumConstraints (sqnorm lambda))), "‖λ_v‖²", "not linear in the maximised multiplier"
+                (fun () -> formulation "bad" (loss + sumConstraints (norm1 (lambda * g)))), "‖λ_v·g_v‖₁", "not linear"
+                (fun () -> formulation "bad" (loss + sumConstraints g)), "g_v", "summed over the batch"
+                (fun () -> formulation "bad" (loss + sqnorm g + sumConstraints (sqnorm g))), "g_v", "inside Σ_v"
+                (fun () -> formulation "bad" loss), "ℓ", "no Σ_v"
+                (fun () -> formulation "bad" (loss * sumConstraints (sqnorm g))), "ℓ·Σ_v ‖g_v‖²", "multiplies a batch sum"
+                (fun () -> formulation "bad" (loss + sumConstraints (sqnorm g) + sumConstraints (norm1 g))), "Σ_v ‖g_v‖₁", "more than one Σ_v"
+                (fun () -> formulation "bad" (loss + sumConstraints (sqnorm g + loss))), "ℓ", "outside Σ_v"
+                (fun () -> formulation "bad" (loss + 2.0 + sumConstraints (sqnorm g))), "ℓ + 2", "adds a batch sum to a coefficient"
+                (fun () -> formulation "bad" (loss + sumConstraints (inner (lambdaCapped 1.0) g + inner lambda g))), "different caps", "caps"
+            ]
+            for make, term, why in cases do
+                let message = refusal make
+                Expect.stringContains message term $"names the term: {message}"
+                Expect.stringContains message why $"says why: {message}"
+                Expect.isFalse (message.Contains '\n') $"one line: {message}"
+        }
+    ]
