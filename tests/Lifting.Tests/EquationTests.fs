@@ -86,6 +86,19 @@ let tests =
                     let activation = if tanh then "tanh" else "relu"
                     Expect.isTrue (identical hand eq) $"{settings.Method} on 64-{net}-10 ({activation}), seed {seed.Get}"
 
+        test "the catalog's equation=true builds the Lagrangian and penalty methods from their equations: the same iterates; options an equation cannot state are refused" {
+            let program = Net.Mlp(digits.Force().Train.ExampleShape, [| 64L; 16L; 16L; 10L |], Activations.ReLU, Losses.CrossEntropy)
+            for name in [ "extraprop"; "auglag"; "penalty" ] do
+                let settings = MethodSettings(name).With("eps", (if name = "auglag" then 0.01 else 0.0))
+                let settings = if name = "penalty" then MethodSettings name else settings
+                Expect.isTrue (Methods.Resolve(settings.With("equation", true)).Formulation :? EquationFormulation) $"{name}: equation-built"
+                use hand = trainWith settings None program 2 4
+                use eq = trainWith (settings.With("equation", true)) None program 2 4
+                Expect.isTrue (identical hand eq) $"{name}: equation=true trains bit for bit as the class"
+            let ex = Expect.throwsC (fun () -> Methods.Resolve(MethodSettings("extraprop").With("equation", true).With("reduced", true)) |> ignore) id
+            Expect.stringContains ex.Message "reduced" "names the option"
+        }
+
         test "the derived players, roles, description and checkpoint scalars" {
             let l = EquationFormulation("lagrangian", lagrangian)
             Expect.sequenceEqual l.PlayerNames [ PlayerNames.Weights; PlayerNames.States; PlayerNames.Multipliers ] "weights, states and multipliers"

@@ -69,6 +69,11 @@ let tests =
             test $"resume equivalence: {name} interrupted inside epoch 2 and continued from its checkpoint file ends bit for bit as the uninterrupted run" {
                 resumeEquivalence (MethodSettings name) (mlp.Force()) 3
             }
+        test "resume equivalence of equation-built formulations: penalty (μ, a schedule of the equation) and extraprop on a residual MLP with batch normalisation and dropout" {
+            resumeEquivalence (MethodSettings("penalty").With("equation", true)) (mlp.Force()) 3
+            let residual = NetSpec.Build("flatten, dense:16, batchnorm, relu, dropout:0.2, res:16:1, dense:10", [| 1L; 8L; 8L |], 10, Activations.ReLU, Losses.CrossEntropy)
+            resumeEquivalence (MethodSettings("extraprop").With("equation", true)) residual 3
+        }
         test "resume equivalence on graphs: extraprop on a residual MLP with batch normalisation and dropout (running statistics, the dropout stream) and am-adam on an Elman RNN (μ and the tied cell)" {
             let residual = NetSpec.Build("flatten, dense:16, batchnorm, relu, dropout:0.2, res:16:1, dense:10", [| 1L; 8L; 8L |], 10, Activations.ReLU, Losses.CrossEntropy)
             resumeEquivalence (MethodSettings "extraprop") residual 3

@@ -50,6 +50,26 @@ internal static class BuiltinMethods
         new[] { PlayerRules.Solver("gda") }.Concat(PlayerRules.StepRule(PlayerNames.Weights, "adam", 1e-3)).Append(PlayerRules.Schedule("constant")).ToArray(),
         a => new MethodParts(SingleShooting.Instance, PlayerRules.Solver(a, SingleShooting.Instance), PlayerRules.Build(a, SingleShooting.Instance)));
 
+    private static MethodParameter EquationFlag { get; } = MethodParameter.Flag("equation", false,
+        "build the formulation from its equation (EquationFormulation, docs/extending.md) instead of the hand-written class: the same iterates");
+
+    /// ℓ + Σ_v ⟨λ_v, c(g_v)⟩ (+ (c/2)‖c(g_v)‖²), c the ε-insensitive defect: what `MultipleShooting`
+    /// computes, for the options an equation can state.
+    private static EquationFormulation LagrangianEquation(string name, MultipleShootingOptions options)
+    {
+        options.Validate();
+        var unsupported = new[]
+        {
+            (options.ReparametriseStates, "reparametrise"), (options.ProjectStates, "project-states"), (options.ReducedConstraint, "reduced"),
+            (options.Inequality, "inequality"), (options.NewtonInitialisation > 0, "newton-init"),
+        }.FirstOrDefault(o => o.Item1);
+        if (unsupported.Item1) throw new ArgumentException($"Invalid equation: true with {unsupported.Item2} (the equation-built Lagrangian has per-example states started at the forward pass and the plain or ε-insensitive defect).");
+        var constraint = options.Epsilon > 0 ? Term.Shrink(options.Epsilon, Term.Defect) : Term.Defect;
+        var perConstraint = Term.Inner(Term.Multiplier, constraint);
+        if (options.Augmentation > 0) perConstraint += options.Augmentation / 2 * Term.SquaredNorm(constraint);
+        return new EquationFormulation(name, Term.Loss + Term.OverConstraints(perConstraint));
+    }
+
     private sealed record LagrangianDefaults(string Solver, double WeightsLr, string Schedule, double StatesLr, double MultipliersLr,
         int Inner, double Settle, double SettleStates, double Augmentation = 0, bool ExtrapolateWeights = true);
 
@@ -71,9 +91,10 @@ internal static class BuiltinMethods
         parameters.Add(MethodParameter.Flag("reduced", false, "one constraint ReLU(|g|_1 - eps) per example and block (seed 001 §5)"));
         parameters.Add(MethodParameter.Flag("inequality", false, "with reduced: the inequality |g|_1 - eps <= 0, multipliers projected onto lambda >= 0"));
         parameters.Add(MethodParameter.Integer("newton-init", 0, "initialise the states by this many Newton multiple-shooting iterations from zero, every segment at once (seed 000; 0: a sequential forward pass)"));
+        parameters.Add(EquationFlag);
         return new MethodDefinition(name, description, parameters, a =>
         {
-            var formulation = new MultipleShooting(new MultipleShootingOptions
+            var options = new MultipleShootingOptions
             {
                 Epsilon = a.Real("eps"),
                 Augmentation = a.Real("c"),
@@ -82,7 +103,8 @@ internal static class BuiltinMethods
                 ReducedConstraint = a.Flag("reduced"),
                 Inequality = a.Flag("inequality"),
                 NewtonInitialisation = a.Integer("newton-init"),
-            }, name);
+            };
+            IFormulation formulation = a.Flag("equation") ? LagrangianEquation(name, options) : new MultipleShooting(options, name);
             var named = PlayerRules.WithoutWeightExtrapolation(a);
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation, named), PlayerRules.Build(a, formulation));
         }) { Family = "lagrangian" };
@@ -101,10 +123,14 @@ internal static class BuiltinMethods
             parameters.Add(MethodParameter.Positive("mu-max", 1e4, "cap on μ"));
         }
         parameters.Add(MethodParameter.Integer("state-steps", stateSteps, "state steps per weight step in the alternating schedule", 1));
+        parameters.Add(EquationFlag);
         return new MethodDefinition(name, description, parameters, a =>
         {
             var schedule = growing ? new PenaltySchedule(a.Real("mu"), a.Real("mu-growth"), a.Real("mu-max")) : PenaltySchedule.Fixed(a.Real("mu"));
-            var formulation = new QuadraticPenalty(schedule, a.Integer("state-steps"), name);
+            IFormulation formulation = a.Flag("equation")
+                ? new EquationFormulation(name, Term.Loss + Term.Schedule("mu", schedule.Initial, schedule.Growth, schedule.Maximum) / 2 * Term.OverConstraints(Term.SquaredNorm(Term.Defect)),
+                    new EquationOptions { Schedule = new QuadraticPenalty(schedule, a.Integer("state-steps")).DefaultSchedule, FeasibilityPass = true })
+                : new QuadraticPenalty(schedule, a.Integer("state-steps"), name);
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation), PlayerRules.Build(a, formulation));
         }) { Family = "penalty" };
     }
