@@ -70,9 +70,9 @@ public static class DepthLadder
                         done[key] = cell;
                         File.AppendAllText(statePath, JsonSerializer.Serialize(cell, Json) + "\n");
                         Console.WriteLine($"   test {F(cell.Test)} (epoch {cell.Epoch}), defect {cell.Defect:G3}, {cell.CpuSecondsPerEpoch:F1} CPU s/epoch, angles {F(cell.FirstAngle, "F0")}/{F(cell.MedianAngle, "F0")}/{F(cell.LastAngle, "F0")}{(cell.Failure is null ? "" : ", " + cell.Failure)}");
-                        Write(output, command, data, done.Values.ToList(), epochs, batch, width);
+                        Write(output, command, data, done.Values.ToList(), epochs, batch, width, statePath);
                     }
-        Write(output, command, data, done.Values.ToList(), epochs, batch, width);
+        Write(output, command, data, done.Values.ToList(), epochs, batch, width, statePath);
         return 0;
     }
 
@@ -209,13 +209,13 @@ public static class DepthLadder
 
     private static string F(double v, string format = "F4") => double.IsNaN(v) ? "—" : v.ToString(format, CultureInfo.InvariantCulture);
 
-    private static void Write(string output, string command, DataSplit data, List<Cell> cells, int epochs, int batch, int width)
+    private static void Write(string output, string command, DataSplit data, List<Cell> cells, int epochs, int batch, int width, string statePath)
     {
         var md = new StringBuilder();
         md.AppendLine($"<!-- produced by: {command} -->");
         md.AppendLine($"# Depth ladder ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test, {epochs} epochs, batch {batch}, width {width})");
         md.AppendLine();
-        md.AppendLine("Test accuracy at the validation-selected epoch (— diverged); lifted methods cut after every hidden layer (or residual block), every 5th, or once before the output layer (`every`, `every5`, `last`). Angles: degrees between one mid-training step's update −Δw (the second mini-batch of epoch ⌈E/2⌉) and backprop's gradient before it, per layer (the median over the layers in the table; first and last layer in the JSON; backprop's own Adam step is far from 0° too); time: process CPU seconds per epoch (evaluation included) as a ratio to default backprop on the same network (wall time drifts 2x on this shared machine).");
+        md.AppendLine("Test accuracy at the validation-selected epoch, mean ± sd over the seeds that did not diverge (— every seed diverged; [k/n diverged] otherwise); lifted methods cut after every hidden layer (or residual block), every 5th, or once before the output layer (`every`, `every5`, `last`). Angles: degrees between one mid-training step's update −Δw (the second mini-batch of epoch ⌈E/2⌉) and backprop's gradient before it, per layer (the median over the layers in the table; first and last layer in the JSON; backprop's own Adam step is far from 0° too); time: process CPU seconds per epoch (evaluation included) as a ratio to default backprop on the same network (wall time drifts 2x on this shared machine).");
         md.AppendLine();
         var nets = cells.Select(c => (c.Net, c.Activation, c.Depth)).Distinct().OrderBy(t => t.Net).ThenBy(t => t.Activation).ThenBy(t => t.Depth).ToArray();
         var rows = cells.Select(c => (c.Method, c.Cuts)).Distinct().ToArray();
@@ -228,17 +228,21 @@ public static class DepthLadder
             {
                 var here = cells.Where(c => c.Method == method && c.Cuts == cuts && c.Net == n.Net && c.Activation == n.Activation && c.Depth == n.Depth).ToArray();
                 if (here.Length == 0) { line.Append(" |"); continue; }
-                var accuracies = here.Select(c => c.Test).ToArray();
-                var mean = accuracies.Average();
-                line.Append(' ').Append(here.Length == 1 ? F(mean) : $"{F(mean)} ± {F(Sd(accuracies))}");
+                // Seeds that diverged are counted, not averaged: the mean and sd are over the others.
+                var accuracies = here.Select(c => c.Test).Where(a => !double.IsNaN(a)).ToArray();
+                var diverged = here.Length - accuracies.Length;
+                var mean = accuracies.Length == 0 ? double.NaN : accuracies.Average();
+                line.Append(' ').Append(accuracies.Length == 0 ? "—" : here.Length == 1 ? F(mean) : accuracies.Length == 1 ? F(mean) : $"{F(mean)} ± {F(Sd(accuracies))}");
+                if (diverged > 0 && here.Length > 1) line.Append($" [{diverged}/{here.Length} diverged]");
                 var backprop = cells.Where(c => c.Method == "backprop" && c.Net == n.Net && c.Activation == n.Activation && c.Depth == n.Depth).Select(c => c.CpuSecondsPerEpoch).DefaultIfEmpty(double.NaN).Average();
-                var angle = here.Select(c => c.MedianAngle).Average();
+                var angles = here.Select(c => c.MedianAngle).Where(a => !double.IsNaN(a)).ToArray();
+                var angle = angles.Length == 0 ? double.NaN : angles.Average();
                 line.Append($" ({F(angle, "F0")}°, {F(here.Average(c => c.CpuSecondsPerEpoch) / backprop, "F1")}×) |");
             }
             md.AppendLine(line.ToString());
         }
         md.AppendLine();
-        md.AppendLine("Every cell (`runs/depth-ladder.jsonl` holds them with the per-layer angles, norms and defects).");
+        md.AppendLine($"Every cell (`{statePath}` holds them with the per-layer angles, norms, defects and the reason a run diverged).");
         var path = Path.GetFullPath(output);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         File.WriteAllText(path + ".tmp", md.ToString());
