@@ -158,6 +158,7 @@ public static class Runner
         if (message is not null) s["message"] = message;
         s["method"] = run.Method.Name;
         s["family"] = run.Method.Arguments.Method.Family;
+        s["formulation"] = run.Method.Formulation.Description;
         s["data"] = run.Experiment.Data;
         s["net"] = run.Experiment.Net;
         s["epochs"] = history.Count;
