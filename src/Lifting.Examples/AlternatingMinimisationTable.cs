@@ -22,6 +22,9 @@ namespace Lifting.Examples;
 ///   am binary    MNIST-10k, 784-500(sign)-500(tanh)-10, batch 200, 20 epochs: AM-Adam vs straight-through
 ///                backprop (and backprop without the straight-through estimator)
 ///   am variants  MNIST-10k, 784-100-100-10 and 784-500-500-10: Adam, AM-Adam, AM-mem, AM-Adam-off, AM-mem-off
+///   am admm      Taylor et al.'s ADMM beside Adam, AM-Adam and AM-Adam-off (seed 004 §4): data= (fashion-mnist),
+///                net= (784-100-100-10), epochs= (50), batch= (200), methods=; accuracy per epoch as a PNG,
+///                ADMM's objective and residuals per epoch, its per-example memory
 ///   am speed     Fashion-MNIST, 784-500-500-10, batch 200: seconds per epoch of backprop and AM-Adam with
 ///                sequential and layer-parallel weight updates, interleaved rounds; the weight phase alone
 ///   am tune      validation accuracy over a grid of AM-Adam settings (the defaults' provenance); seeds=
@@ -38,7 +41,11 @@ public static class AlternatingMinimisationTable
 {
     private sealed record Outcome(double SelectedTest, double SelectedValidation, int SelectedEpoch, double FinalTest,
         double SecondsPerEpoch, IReadOnlyList<EpochMetrics> Epochs, Evaluation? EarlyValidation, Evaluation? EarlyTest,
-        double CodeSeconds, double WeightSeconds, long StateBytes);
+        double CodeSeconds, double WeightSeconds, long StateBytes)
+    {
+        /// Bytes per training example of the per-example store.
+        public long PerExampleBytes { get; init; }
+    }
 
     public static int Run(string experiment, Settings settings)
     {
@@ -50,11 +57,12 @@ public static class AlternatingMinimisationTable
             "mlp" => Mlp(settings, command),
             "binary" => Binary(settings, command),
             "variants" => Variants(settings, command),
+            "admm" => Admm(settings, command),
             "speed" => Speed(settings, command),
             "tune" => Tune(settings, command),
             "limit" => Limit(settings, command),
             "run" => Single(settings),
-            _ => throw new ArgumentException($"Unknown experiment '{experiment}' (known: lenet, mlp, binary, variants, speed, tune, limit, run)."),
+            _ => throw new ArgumentException($"Unknown experiment '{experiment}' (known: lenet, mlp, binary, variants, admm, speed, tune, limit, run)."),
         };
     }
 
@@ -105,7 +113,8 @@ public static class AlternatingMinimisationTable
             new TrainingOptions { Epochs = epochs, BatchSize = batch, Seed = seed, DType = precision }, observer, weights);
         var am = method.Solver as AlternatingMinimisationSolver;
         return new Outcome(result.Selected.TestAccuracy, result.Selected.ValidationAccuracy ?? double.NaN, result.SelectedEpoch, result.Final.TestAccuracy,
-            result.SecondsPerEpoch, result.Epochs, earlyValidation, earlyTest, am?.CodePhaseSeconds ?? 0, am?.WeightPhaseSeconds ?? 0, result.StateBytes);
+            result.SecondsPerEpoch, result.Epochs, earlyValidation, earlyTest, am?.CodePhaseSeconds ?? 0, am?.WeightPhaseSeconds ?? 0, result.StateBytes)
+        { PerExampleBytes = result.PerExampleBytes };
     }
 
     /// The Frobenius norm of every weight tensor (diagnostic of `am run diagnose=true`).
@@ -291,6 +300,84 @@ public static class AlternatingMinimisationTable
         md.Append(Settings(described));
         Write(s.Text("out", "am-variants-mnist10k.md"), md.ToString());
         return 0;
+    }
+
+    /// Seed 004 §4's offline baseline: Taylor et al.'s ADMM beside Adam (backprop), AM-Adam and
+    /// AM-Adam-off on one network, every method on every seed in one process; the accuracy per epoch
+    /// (mean over the seeds) as a PNG beside the table, and ADMM's objective and residuals per epoch.
+    private static int Admm(Settings s, string command)
+    {
+        int epochs = s.Int("epochs", 50), batch = s.Int("batch", 200);
+        var dataName = s.Text("data", "fashion-mnist");
+        var net = s.Text("net", "784-100-100-10");
+        using var data = DatasetCatalog.Load(dataName);
+        var program = NetSpec.Build(net, data.Train.ExampleShape, data.Train.ClassCount, Activations.ReLU, Losses.CrossEntropy);
+        // A method may carry its own settings: NAME:KEY=VALUE;KEY=VALUE (e.g. admm:warm-start=0;beta=1).
+        var names = s.Text("methods", "backprop,am-adam,am-adam-off,admm,admm:warm-start=0;beta=1").Split(',');
+        var methods = names.Select(n =>
+        {
+            var parts = n.Split(':', 2);
+            var extra = parts.Length < 2 ? Array.Empty<(string, object)>()
+                : parts[1].Split(';').Select(kv => kv.Split('=', 2)).Select(kv => (kv[0], (object)kv[1])).ToArray();
+            return parts[0] == "backprop" ? Settings(parts[0], s, extra.Prepend(("lr", (object)1e-3)).ToArray()) : Settings(parts[0], s, extra);
+        }).ToArray();
+        var runs = methods.Select(_ => new List<Outcome>()).ToArray();
+        var file = s.Text("out", $"am-admm-{dataName}-{net}.md");
+        var stem = Path.GetFileNameWithoutExtension(file);
+        // The document is rewritten after every seed, so a run stopped early leaves the seeds it finished.
+        foreach (var seed in Seeds(s))
+        {
+            for (int m = 0; m < methods.Length; m++)
+            {
+                Console.WriteLine($"== {net} seed {seed} {names[m]}: {Describe(methods[m])}");
+                runs[m].Add(Train(program, data, methods[m], epochs, batch, seed, tag: $"{net} {names[m]}"));
+            }
+            Document(runs[0].Count);
+        }
+        return 0;
+
+        void Document(int seedsDone)
+        {
+        var seeds = Seeds(s).Take(seedsDone).ToArray();
+        var md = new StringBuilder(Header(command, $"{dataName} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), {net} ReLU, batch {batch} (AM-Adam-off and ADMM take one iteration per epoch over the whole training set; the batch is only their chunk size), {epochs} epochs, seeds {string.Join(", ", seeds)}{(seedsDone < Seeds(s).Length ? $" (of {string.Join(", ", Seeds(s))}: written after each seed)" : "")}; the methods run one after the other for each seed."));
+        md.AppendLine("| method | test acc., mean ± sd | per seed: test (epoch, validation) | final test, mean ± sd | validation after epoch 1 / 5 / 10 / 20 (mean) | per-example state | s/epoch (median) |");
+        md.AppendLine("|---|---|---|---|---|---|---|");
+        for (int m = 0; m < methods.Length; m++)
+        {
+            string At(int e) => e <= epochs ? F(runs[m].Average(r => r.Epochs[e - 1].ValidationAccuracy ?? double.NaN)) : "–";
+            md.AppendLine($"| {names[m]} | {MeanSd(runs[m].Select(r => r.SelectedTest))} | {string.Join(" / ", runs[m].Select(r => $"{F(r.SelectedTest)} ({r.SelectedEpoch}, {F(r.SelectedValidation)})"))} | " +
+                $"{MeanSd(runs[m].Select(r => r.FinalTest))} | {At(1)} / {At(5)} / {At(10)} / {At(20)} | " +
+                $"{(runs[m][0].PerExampleBytes > 0 ? $"{runs[m][0].PerExampleBytes} B/example ({Bytes(runs[m][0].PerExampleBytes * data.Train.Count)})" : "–")} | {F(Median(runs[m].Select(r => r.SecondsPerEpoch)), "F2")} |");
+        }
+        // Test accuracy per epoch, mean over the seeds.
+        var curves = new List<Lifting.Host.Curve>();
+        for (int m = 0; m < methods.Length; m++)
+        {
+            var xs = Enumerable.Range(1, epochs).Select(e => (double)e).ToArray();
+            curves.Add(new Lifting.Host.Curve(names[m], xs, xs.Select(e => runs[m].Average(r => r.Epochs[(int)e - 1].TestAccuracy)).ToArray()) { Style = m });
+        }
+        var png = Path.Combine("docs", "results", stem + ".png");
+        Lifting.Host.Plots.Save(png, $"{dataName} {net}: test accuracy per epoch (mean of {seedsDone} seed{(seedsDone == 1 ? "" : "s")})", "test accuracy", curves, log: false);
+        md.AppendLine();
+        md.AppendLine($"![test accuracy per epoch]({stem}.png)");
+        // ADMM's own record per epoch (first seed), for every ADMM row.
+        for (int m = 0; m < methods.Length; m++)
+        {
+            if (methods[m].Method != "admm") continue;
+            var first = runs[m][0];
+            var keys = first.Epochs[0].Diagnostics.Keys.ToArray();
+            md.AppendLine();
+            md.AppendLine($"{names[m]}, seed {seeds[0]}, per epoch: validation and test accuracy, the training loss of the forward pass, and its objective's terms after the epoch's iteration (means per example: objective, ℓ(z_L, y), ‖z_L − m_L‖², ‖λ‖², ‖z_l − m_l‖², ‖a_l − h(z_l)‖²).");
+            md.AppendLine();
+            md.AppendLine($"| epoch | val | test | train loss | {string.Join(" | ", keys)} |");
+            md.AppendLine($"|---|---|---|---|{string.Concat(keys.Select(_ => "---|"))}");
+            foreach (var e in first.Epochs.Where(e => e.Epoch <= 10 || e.Epoch % 5 == 0))
+                md.AppendLine($"| {e.Epoch} | {F(e.ValidationAccuracy ?? double.NaN)} | {F(e.TestAccuracy)} | {F(e.TrainLoss)} | {string.Join(" | ", keys.Select(k => e.Diagnostics.TryGetValue(k, out var v) ? v.ToString("G4", CultureInfo.InvariantCulture) : "–"))} |");
+        }
+        md.AppendLine();
+        md.Append(Settings(methods));
+        Write(file, md.ToString());
+        }
     }
 
     /// Seconds per epoch of backprop and AM-Adam (sequential and layer-parallel weight updates),

@@ -134,6 +134,18 @@ let limits : (string * (unit -> IFormulation) * (LimitPoint -> unit) * float * f
     "error-based predictive coding, one step at β = 1e-6", (fun () -> ErrorPredictiveCoding(1e-6)), ignore, 0.1, 1e-4
 ]
 
+/// Taylor et al.'s ADMM (issue 27 item 4): its sub-problems are solved in closed form, so it pairs
+/// with its own solver only, on a ReLU MLP (it refuses tanh, the standard program's activation). It
+/// starts at the forward pass (nothing named h… to perturb) and has no back-propagation limit.
+let admmPairs =
+    let program () =
+        let net = Lifting.Programs.Net.Mlp([| 6L |], [| 6L; 8L; 3L |], Lifting.Programs.Activations.ReLU, Lifting.Programs.Losses.CrossEntropy)
+        let x, y = Support.randomBatch 17 24L 6L 3L
+        RandomProgram(net, x, y, 3, 17)
+    Conformance.Pairs([ FormulationCase("taylor admm", Func<_>(fun () -> TaylorAdmm() :> IFormulation), 1.0) ],
+                      [ SolverCase("taylor-admm", Func<_, _>(fun _ -> TaylorAdmmSolver() :> ISolver), false, true) ],
+                      ConformanceOptions(Program = Func<_>(program)))
+
 let formulationCases = [
     for (name, make, lr, undamped) in formulations ->
         FormulationCase(name, Func<_>(make), lr, undamped, LowersGameLoss = (make () :? DistProp)) ]
@@ -143,6 +155,8 @@ let solverCases = [ for (name, make, saddle, rotations) in solvers -> SolverCase
 let tests =
     testList "ConformanceTests" [
         for pair in Conformance.Pairs(formulationCases, solverCases) do
+            test pair.Name { pair.Check() |> ignore }
+        for pair in admmPairs do
             test pair.Name { pair.Check() |> ignore }
         for (name, make, reach, lr, tolerance) in limits do
             test $"{name}: the weights' direction at the limit is back-propagation's on 10 random programs" {

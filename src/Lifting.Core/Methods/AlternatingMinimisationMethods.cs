@@ -15,7 +15,35 @@ internal static class AlternatingMinimisationMethods
         Define("am-mem", "online alternating minimisation, hidden weights by block-coordinate descent on co-activation memories (seed 004 AM-mem)", memory: true, offline: false),
         Define("am-adam-off", "offline alternating minimisation: the training set as one mini-batch, one Adam step per epoch (seed 004 AM-Adam-off)", memory: false, offline: true),
         Define("am-mem-off", "offline alternating minimisation: the training set as one mini-batch, BCD on its memories once per epoch (seed 004 AM-mem-off)", memory: true, offline: true),
+        Admm,
     };
+
+    /// Taylor et al. (2016)'s ADMM: closed-form sweeps over per-example pre-activations,
+    /// activations and an output multiplier, one per epoch (`TaylorAdmm`, `TaylorAdmmSolver`).
+    private static MethodDefinition Admm { get; } = new("admm",
+        "Taylor et al.'s ADMM: the training set as one batch, per-example z, a and output multiplier λ, closed-form least-squares / activation / pre-activation sweeps once per epoch (seed 004's offline baseline)",
+        new[]
+        {
+            MethodParameter.Positive("beta", 0.1, "β, weight of every ‖z_l − W_l a_(l−1) − b_l‖² (the output layer's included; also the multiplier's step)"),
+            MethodParameter.Positive("gamma", 10, "γ, weight of every ‖a_l − h(z_l)‖²"),
+            MethodParameter.Integer("warm-start", 50, "iterations (epochs) at the start without the multiplier update (Taylor et al.'s warm start; the default, chosen on MNIST-10k validation accuracy, keeps λ at 0 for 50 epochs: docs/methods.md)"),
+            MethodParameter.Integer("output-steps", 5, "Newton steps on the output's cross-entropy sub-problem per iteration", 1),
+            MethodParameter.NonNegative("ridge", 1e-6, "ridge of the weights' least squares, relative to the Gram matrix's mean diagonal"),
+        },
+        a =>
+        {
+            var formulation = new TaylorAdmm(new TaylorAdmmOptions
+            {
+                Beta = a.Real("beta"),
+                Gamma = a.Real("gamma"),
+                WarmStart = a.Integer("warm-start"),
+                OutputSteps = a.Integer("output-steps"),
+                Ridge = a.Real("ridge"),
+            }, "admm");
+            // No step rule: every sub-problem is solved exactly (the weights' state is empty).
+            var none = StepRules.Constant(1);
+            return new MethodParts(formulation, new TaylorAdmmSolver(), _ => none);
+        }) { Family = "alternating-minimisation" };
 
     private static MethodDefinition Define(string name, string description, bool memory, bool offline)
     {
