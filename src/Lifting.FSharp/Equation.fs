@@ -32,5 +32,10 @@ module Equation =
     let growing (name: string) (initial: float) (growth: float) (maximum: float) = Term.Schedule(name, initial, growth, maximum)
     /// The formulation of an equation (one step of every player in turn for the alternating solver).
     let formulation (name: string) (objective: Term) = EquationFormulation(name, objective) :> IFormulation
+    /// A contrastive formulation of an energy over the levels (seed 002's surrogate, 20 inference
+    /// steps, β = 0.1): E must be a gap, norms of g_v with non-negative coefficients.
+    let energy (name: string) (e: Term) = EquationContrastive(name, e) :> IFormulation
+    /// The same with contrastive options (β, inference steps, symmetric, linearised).
+    let energyWith (options: ContrastiveOptions) (name: string) (e: Term) = EquationContrastive(name, e, options) :> IFormulation
     /// The formulation with options (an alternating schedule, the feasibility pass at the end).
     let formulationWith (options: EquationOptions) (name: string) (objective: Term) = EquationFormulation(name, objective, options) :> IFormulation

@@ -99,6 +99,29 @@ let tests =
             Expect.stringContains ex.Message "reduced" "names the option"
         }
 
+        test "PCN's energy as an equation, ½ Σ_v ‖g_v‖² over the levels, trains as PredictiveCoding (float64, 2 epochs, autograd against the closed-form local derivatives: relative error < 1e-6)" {
+            let program = Net.Mlp(digits.Force().Train.ExampleShape, [| 64L; 16L; 16L; 10L |], Activations.Tanh, Losses.CrossEntropy)
+            let settings = MethodSettings("pcn").With("precondition", false).With("inference-steps", 5)
+            let energy = sumConstraints (sqnorm g) / 2.0
+            let equation = EquationContrastive("pcn-equation", energy, ContrastiveOptions(InferenceSteps = 5, Preconditioned = false))
+            Expect.stringContains equation.Description "E = Σ_v ‖g_v‖²/2" "the printed energy"
+            let run (f: IFormulation option) =
+                let m = Methods.Resolve settings
+                Trainer.Train(program, digits.Force(), defaultArg f m.Formulation, m.Solver, m.StepRules, TrainingOptions(Epochs = 2, BatchSize = 64, Seed = 2, DType = torch.ScalarType.Float64))
+            use hand = run None
+            use eq = run (Some (equation :> IFormulation))
+            let error = Support.relativeError hand.Weights.Tensors eq.Weights.Tensors
+            Expect.isLessThan error 1e-6 $"the same weights up to rounding (relative error {error})"
+            Expect.isGreaterThan hand.Epochs.[1].TestAccuracy 0.5 "and it learns"
+        }
+
+        test "a contrastive energy that is not a gap vanishing at the forward pass is refused in one line" {
+            for energy, term in [ (loss + sumConstraints (sqnorm g)), "ℓ"; (sumConstraints (inner lambda g)), "λ_v"; (-1.0 * sumConstraints (sqnorm g)), "non-negative" ] do
+                let ex = Expect.throwsC (fun () -> EquationContrastive("bad", energy) |> ignore) id
+                Expect.stringContains ex.Message term $"names the term: {ex.Message}"
+                Expect.isFalse (ex.Message.Contains '\n') "one line"
+        }
+
         test "the derived players, roles, description and checkpoint scalars" {
             let l = EquationFormulation("lagrangian", lagrangian)
             Expect.sequenceEqual l.PlayerNames [ PlayerNames.Weights; PlayerNames.States; PlayerNames.Multipliers ] "weights, states and multipliers"

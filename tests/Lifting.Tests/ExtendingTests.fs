@@ -53,15 +53,15 @@ let tests =
             let resolved = Methods.Resolve(MethodSettings("l1-penalty").With("mu", 2.0).With("solver", "heavy-ball"))
             Expect.stringContains resolved.Solver.Name "heavy-ball" "a registered solver is accepted by a registered method's --solver"
         }
-        test "extending.md: the equation-built L1 penalty and capped augmented Lagrangian pass the kit, are listed with their equations and train through `lifting train`" {
+        test "extending.md: the equation-built L1 penalty, capped augmented Lagrangian and ε-insensitive predictive coding pass the kit, are listed with their equations and train through `lifting train`" {
             let outcomes = CheckEquations.check ()
-            Expect.equal outcomes.Count 6 "one run per formulation and solver"
+            Expect.equal outcomes.Count 9 "one run per formulation and solver"
             registered.Force()
             use details = new StringWriter()
             Expect.equal (Lifting.Host.Cli.Run([| "methods"; "auglag-capped" |], details, details)) 0 "lifting methods auglag-capped"
             Expect.stringContains (details.ToString()) "--cap" "with its own parameters"
             Expect.stringContains (details.ToString()) "L = ℓ + Σ_v (⟨clip(λ_v, 1), g_v⟩ + 0.5·‖g_v‖²)" "and its equation"
-            for name in [ "l1-equation"; "auglag-capped" ] do
+            for name in [ "l1-equation"; "auglag-capped"; "pc-insensitive" ] do
                 use output = new StringWriter()
                 let code = Lifting.Host.Cli.Run([| "train"; "--method"; name; "--epochs"; "2"; "--json" |], output, output)
                 Expect.equal code 0 $"lifting train --method {name} exits 0: {output}"

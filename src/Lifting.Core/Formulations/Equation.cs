@@ -105,6 +105,10 @@ internal sealed class EquationValues
     public Tensor? Constraints { get; init; }
     public Tensor? Defect { get; init; }
     public Tensor? Multiplier { get; init; }
+    /// Reductions sum per example (one value per row) instead of over the batch.
+    public bool PerExample { get; init; }
+
+    public Tensor Reduce(Tensor t) => PerExample ? t.reshape(t.shape[0], -1).sum(1) : t.sum();
 }
 
 internal sealed class LossTerm : Term
@@ -244,9 +248,9 @@ internal sealed class Reduction(ReductionKind reduction, Term a, Term? b) : Term
     };
     internal override Tensor Evaluate(EquationValues values) => Reduce switch
     {
-        ReductionKind.Inner => (A.Evaluate(values) * B!.Evaluate(values)).sum(),
-        ReductionKind.SquaredNorm => A.Evaluate(values).Squared().sum(),
-        _ => A.Evaluate(values).abs().sum(),
+        ReductionKind.Inner => values.Reduce(A.Evaluate(values) * B!.Evaluate(values)),
+        ReductionKind.SquaredNorm => values.Reduce(A.Evaluate(values).Squared()),
+        _ => values.Reduce(A.Evaluate(values).abs()),
     };
 }
 
