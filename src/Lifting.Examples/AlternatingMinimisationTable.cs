@@ -322,7 +322,7 @@ public static class AlternatingMinimisationTable
             return parts[0] == "backprop" ? Settings(parts[0], s, extra.Prepend(("lr", (object)1e-3)).ToArray()) : Settings(parts[0], s, extra);
         }).ToArray();
         var runs = methods.Select(_ => new List<Outcome>()).ToArray();
-        var file = s.Text("out", $"am-admm-{dataName}-{net}.md");
+        var file = s.Text("out", $"am-admm-{(dataName == "fashion-mnist" ? "fashion" : dataName)}-{net}.md");
         var stem = Path.GetFileNameWithoutExtension(file);
         // The document is rewritten after every seed, so a run stopped early leaves the seeds it finished.
         foreach (var seed in Seeds(s))
