@@ -322,7 +322,7 @@ public static class AlternatingMinimisationTable
             return parts[0] == "backprop" ? Settings(parts[0], s, extra.Prepend(("lr", (object)1e-3)).ToArray()) : Settings(parts[0], s, extra);
         }).ToArray();
         var runs = methods.Select(_ => new List<Outcome>()).ToArray();
-        var file = s.Text("out", $"am-admm-{dataName}-{net}.md");
+        var file = s.Text("out", $"am-admm-{(dataName == "fashion-mnist" ? "fashion" : dataName)}-{net}.md");
         var stem = Path.GetFileNameWithoutExtension(file);
         // The document is rewritten after every seed, so a run stopped early leaves the seeds it finished.
         foreach (var seed in Seeds(s))
@@ -338,45 +338,45 @@ public static class AlternatingMinimisationTable
 
         void Document(int seedsDone)
         {
-        var seeds = Seeds(s).Take(seedsDone).ToArray();
-        var md = new StringBuilder(Header(command, $"{dataName} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), {net} ReLU, batch {batch} (AM-Adam-off and ADMM take one iteration per epoch over the whole training set; the batch is only their chunk size), {epochs} epochs, seeds {string.Join(", ", seeds)}{(seedsDone < Seeds(s).Length ? $" (of {string.Join(", ", Seeds(s))}: written after each seed)" : "")}; the methods run one after the other for each seed."));
-        md.AppendLine("| method | test acc., mean ± sd | per seed: test (epoch, validation) | final test, mean ± sd | validation after epoch 1 / 5 / 10 / 20 (mean) | per-example state | s/epoch (median) |");
-        md.AppendLine("|---|---|---|---|---|---|---|");
-        for (int m = 0; m < methods.Length; m++)
-        {
-            string At(int e) => e <= epochs ? F(runs[m].Average(r => r.Epochs[e - 1].ValidationAccuracy ?? double.NaN)) : "–";
-            md.AppendLine($"| {names[m]} | {MeanSd(runs[m].Select(r => r.SelectedTest))} | {string.Join(" / ", runs[m].Select(r => $"{F(r.SelectedTest)} ({r.SelectedEpoch}, {F(r.SelectedValidation)})"))} | " +
-                $"{MeanSd(runs[m].Select(r => r.FinalTest))} | {At(1)} / {At(5)} / {At(10)} / {At(20)} | " +
-                $"{(runs[m][0].PerExampleBytes > 0 ? $"{runs[m][0].PerExampleBytes} B/example ({Bytes(runs[m][0].PerExampleBytes * data.Train.Count)})" : "–")} | {F(Median(runs[m].Select(r => r.SecondsPerEpoch)), "F2")} |");
-        }
-        // Test accuracy per epoch, mean over the seeds.
-        var curves = new List<Lifting.Host.Curve>();
-        for (int m = 0; m < methods.Length; m++)
-        {
-            var xs = Enumerable.Range(1, epochs).Select(e => (double)e).ToArray();
-            curves.Add(new Lifting.Host.Curve(names[m], xs, xs.Select(e => runs[m].Average(r => r.Epochs[(int)e - 1].TestAccuracy)).ToArray()) { Style = m });
-        }
-        var png = Path.Combine("docs", "results", stem + ".png");
-        Lifting.Host.Plots.Save(png, $"{dataName} {net}: test accuracy per epoch (mean of {seedsDone} seed{(seedsDone == 1 ? "" : "s")})", "test accuracy", curves, log: false);
-        md.AppendLine();
-        md.AppendLine($"![test accuracy per epoch]({stem}.png)");
-        // ADMM's own record per epoch (first seed), for every ADMM row.
-        for (int m = 0; m < methods.Length; m++)
-        {
-            if (methods[m].Method != "admm") continue;
-            var first = runs[m][0];
-            var keys = first.Epochs[0].Diagnostics.Keys.ToArray();
+            var seeds = Seeds(s).Take(seedsDone).ToArray();
+            var md = new StringBuilder(Header(command, $"{dataName} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), {net} ReLU, batch {batch} (AM-Adam-off and ADMM take one iteration per epoch over the whole training set; the batch is only their chunk size), {epochs} epochs, seeds {string.Join(", ", seeds)}{(seedsDone < Seeds(s).Length ? $" (of {string.Join(", ", Seeds(s))}: written after each seed)" : "")}; the methods run one after the other for each seed."));
+            md.AppendLine("| method | test acc., mean ± sd | per seed: test (epoch, validation) | final test, mean ± sd | validation after epoch 1 / 5 / 10 / 20 (mean) | per-example state | s/epoch (median) |");
+            md.AppendLine("|---|---|---|---|---|---|---|");
+            for (int m = 0; m < methods.Length; m++)
+            {
+                string At(int e) => e <= epochs ? F(runs[m].Average(r => r.Epochs[e - 1].ValidationAccuracy ?? double.NaN)) : "–";
+                md.AppendLine($"| {names[m]} | {MeanSd(runs[m].Select(r => r.SelectedTest))} | {string.Join(" / ", runs[m].Select(r => $"{F(r.SelectedTest)} ({r.SelectedEpoch}, {F(r.SelectedValidation)})"))} | " +
+                    $"{MeanSd(runs[m].Select(r => r.FinalTest))} | {At(1)} / {At(5)} / {At(10)} / {At(20)} | " +
+                    $"{(runs[m][0].PerExampleBytes > 0 ? $"{runs[m][0].PerExampleBytes} B/example ({Bytes(runs[m][0].PerExampleBytes * data.Train.Count)})" : "–")} | {F(Median(runs[m].Select(r => r.SecondsPerEpoch)), "F2")} |");
+            }
+            // Test accuracy per epoch, mean over the seeds.
+            var curves = new List<Lifting.Host.Curve>();
+            for (int m = 0; m < methods.Length; m++)
+            {
+                var xs = Enumerable.Range(1, epochs).Select(e => (double)e).ToArray();
+                curves.Add(new Lifting.Host.Curve(names[m], xs, xs.Select(e => runs[m].Average(r => r.Epochs[(int)e - 1].TestAccuracy)).ToArray()) { Style = m });
+            }
+            var png = Path.Combine("docs", "results", stem + ".png");
+            Lifting.Host.Plots.Save(png, $"{dataName} {net}: test accuracy per epoch (mean of {seedsDone} seed{(seedsDone == 1 ? "" : "s")})", "test accuracy", curves, log: false);
             md.AppendLine();
-            md.AppendLine($"{names[m]}, seed {seeds[0]}, per epoch: validation and test accuracy, the training loss of the forward pass, and its objective's terms after the epoch's iteration (means per example: objective, ℓ(z_L, y), ‖z_L − m_L‖², ‖λ‖², ‖z_l − m_l‖², ‖a_l − h(z_l)‖²).");
+            md.AppendLine($"![test accuracy per epoch]({stem}.png)");
+            // ADMM's own record per epoch (first seed), for every ADMM row.
+            for (int m = 0; m < methods.Length; m++)
+            {
+                if (methods[m].Method != "admm") continue;
+                var first = runs[m][0];
+                var keys = first.Epochs[0].Diagnostics.Keys.ToArray();
+                md.AppendLine();
+                md.AppendLine($"{names[m]}, seed {seeds[0]}, per epoch: validation and test accuracy, the training loss of the forward pass, and its objective's terms after the epoch's iteration (means per example: objective, ℓ(z_L, y), ‖z_L − m_L‖², ‖λ‖², ‖z_l − m_l‖², ‖a_l − h(z_l)‖²).");
+                md.AppendLine();
+                md.AppendLine($"| epoch | val | test | train loss | {string.Join(" | ", keys)} |");
+                md.AppendLine($"|---|---|---|---|{string.Concat(keys.Select(_ => "---|"))}");
+                foreach (var e in first.Epochs.Where(e => e.Epoch <= 10 || e.Epoch % 5 == 0))
+                    md.AppendLine($"| {e.Epoch} | {F(e.ValidationAccuracy ?? double.NaN)} | {F(e.TestAccuracy)} | {F(e.TrainLoss)} | {string.Join(" | ", keys.Select(k => e.Diagnostics.TryGetValue(k, out var v) ? v.ToString("G4", CultureInfo.InvariantCulture) : "–"))} |");
+            }
             md.AppendLine();
-            md.AppendLine($"| epoch | val | test | train loss | {string.Join(" | ", keys)} |");
-            md.AppendLine($"|---|---|---|---|{string.Concat(keys.Select(_ => "---|"))}");
-            foreach (var e in first.Epochs.Where(e => e.Epoch <= 10 || e.Epoch % 5 == 0))
-                md.AppendLine($"| {e.Epoch} | {F(e.ValidationAccuracy ?? double.NaN)} | {F(e.TestAccuracy)} | {F(e.TrainLoss)} | {string.Join(" | ", keys.Select(k => e.Diagnostics.TryGetValue(k, out var v) ? v.ToString("G4", CultureInfo.InvariantCulture) : "–"))} |");
-        }
-        md.AppendLine();
-        md.Append(Settings(methods));
-        Write(file, md.ToString());
+            md.Append(Settings(methods));
+            Write(file, md.ToString());
         }
     }
 

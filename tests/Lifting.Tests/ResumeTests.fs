@@ -59,7 +59,7 @@ let mlp = lazy (Net.Mlp([| 1L; 8L; 8L |], [| 64L; 16L; 16L; 10L |], Activations.
 /// One method of every family (and the variants whose state is easy to lose), on a 64-16-16-10 MLP.
 let methods = [
     "backprop"; "extraprop"; "gda"; "auglag"; "penalty"; "regularized"; "distprop"; "distprop-seed001"
-    "am-adam"; "am-mem"; "am-adam-off"; "am-mem-off"; "pcn"; "lpom"; "chl"; "eqprop"; "fenchel-bp"; "fa"; "dfa"; "sign-symmetric"; "dsn"; "dtp"; "tp"
+    "am-adam"; "am-mem"; "am-adam-off"; "am-mem-off"; "admm"; "pcn"; "lpom"; "chl"; "eqprop"; "fenchel-bp"; "fa"; "dfa"; "sign-symmetric"; "dsn"; "dtp"; "tp"
 ]
 
 [<Tests>]
