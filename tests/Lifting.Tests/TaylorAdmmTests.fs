@@ -201,6 +201,12 @@ let tests =
             resumeAt 2 3
             resumeAt 2 11
         }
+        test "--cosine (the weights' direction against backprop's) is refused before training: ADMM has no direction" {
+            let m = Methods.Resolve(MethodSettings "admm")
+            let ex = Expect.throwsC (fun () -> Trainer.Train(digitsNet (), digits.Force(), m.Formulation, m.Solver, m.StepRules, TrainingOptions(Epochs = 1, CosineToBackprop = true)) |> ignore) id
+            Expect.isTrue (ex :? ArgumentException) $"an ArgumentException: {ex.GetType().Name}"
+            Expect.stringContains ex.Message "closed form" "says why"
+        }
         test "refuses a conv layer and an unsupported activation in one line naming them" {
             let shape = digits.Force().Train.ExampleShape
             let conv = refusal (NetSpec.Build("conv:4:3, relu, flatten, dense:10", shape, 10, Activations.ReLU, Losses.CrossEntropy))

@@ -159,3 +159,7 @@ public static class PlayerNames
     /// Per-batch activations of an inference-learning method (the free and clamped solutions of a contrastive surrogate).
     public const string Activations = "activations";
 }
+
+/// A formulation whose games have no operator: its own solver solves every sub-problem in closed
+/// form (Taylor et al.'s ADMM). Diagnostics that need the weights' direction (`--cosine`) refuse it.
+public interface IClosedFormFormulation { }

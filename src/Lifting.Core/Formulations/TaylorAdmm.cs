@@ -75,7 +75,7 @@ public sealed record AdmmLayer(int Weight, int? Bias, long Inputs, long Outputs,
 /// `Chunk` rows: the weights' sub-problems need sums over the whole set, so the sweep makes one
 /// pass over the data per layer). The first layer's Gram matrix Σ x̃ x̃ᵀ does not change and is
 /// factorised once per run.
-public sealed class TaylorAdmm : IFormulation
+public sealed class TaylorAdmm : IFormulation, IClosedFormFormulation
 {
     public TaylorAdmm(TaylorAdmmOptions? options = null, string name = "taylor-admm")
     {

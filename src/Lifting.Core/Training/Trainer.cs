@@ -52,6 +52,8 @@ public static class Trainer
         NativeMemory.Configure(); // the C heap's thresholds, once per process
         if (options.Patience > 0 && !data.HasValidation)
             throw new ArgumentException($"Early stopping (patience {options.Patience}) needs a validation split; this data has none.");
+        if (options.CosineToBackprop && formulation is IClosedFormFormulation)
+            throw new ArgumentException($"--cosine compares the weights' direction with back-propagation's gradient; {formulation.Name} solves its sub-problems in closed form and has no such direction.");
         observer ??= Observers.None;
         control ??= new TrainingControl();
         var resume = control.ResumeFrom;
