@@ -179,6 +179,11 @@ public static class NativeMemory
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "mallinfo2")]
     private static extern MallInfo2 MallInfo();
 
+    /// Whether the last trim handed memory back to the operating system (`malloc_trim`'s result:
+    /// pages at the heap's top returned, or free pages inside it released with madvise, which
+    /// `FreeHeapBytes` does not see: those bytes stay free in the heap, only unbacked).
+    public static bool LastTrimReleased { get; private set; }
+
     /// `ReleaseFreePages` trims only when the C heap holds more free bytes than this.
     public const long FreeBytesBeforeTrim = 64L << 20;
 
@@ -204,7 +209,7 @@ public static class NativeMemory
         if (unavailable) return false;
         var free = FreeHeapBytes();
         if (free >= 0 && free <= FreeBytesBeforeTrim) return false;
-        try { MallocTrim(UIntPtr.Zero); return true; }
+        try { LastTrimReleased = MallocTrim(UIntPtr.Zero) == 1; return true; }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { unavailable = true; return false; }
     }
 }

@@ -180,13 +180,7 @@ public sealed class EquationFormulation : IFormulation
 
         public override void Finish()
         {
-            if (!formulation.Options.FeasibilityPass) return;
-            var forward = ForwardStatesOfTrainingSet();
-            for (int l = 0; l < forward.Length; l++)
-            {
-                using (no_grad()) Store[states.Keys[l]].copy_(forward[l]);
-                forward[l].Dispose();
-            }
+            if (formulation.Options.FeasibilityPass) FeasibilityPass(states.Keys);
         }
 
         private sealed class Game : ConstraintGame

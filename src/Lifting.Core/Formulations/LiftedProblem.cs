@@ -158,6 +158,18 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
     /// initialised by one forward pass, seed 001 §3.1).
     protected Tensor[] ForwardStatesOfTrainingSet(int chunk = 1024, int newtonIterations = 0) => Context.ForwardStates(Weights, chunk, newtonIterations);
 
+    /// The feasibility pass: the stored states under `keys` (one per lifted value, segment order)
+    /// set to the forward pass of the current weights, h_v ← f_v(inputs of v), for every example.
+    protected void FeasibilityPass(IReadOnlyList<string> keys)
+    {
+        var forward = ForwardStatesOfTrainingSet();
+        for (int l = 0; l < forward.Length; l++)
+        {
+            using (no_grad()) Store[keys[l]].copy_(forward[l]);
+            forward[l].Dispose();
+        }
+    }
+
     public virtual void Dispose()
     {
         evaluation?.Dispose();

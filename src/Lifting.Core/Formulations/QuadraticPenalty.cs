@@ -101,15 +101,7 @@ public sealed class QuadraticPenalty : IFormulation
         }
 
         /// The feasibility pass: h_l ← f_l(h_{l−1}) for every example.
-        public override void Finish()
-        {
-            var forward = ForwardStatesOfTrainingSet();
-            for (int l = 0; l < forward.Length; l++)
-            {
-                using (no_grad()) Store[states.Keys[l]].copy_(forward[l]);
-                forward[l].Dispose();
-            }
-        }
+        public override void Finish() => FeasibilityPass(states.Keys);
 
         /// Q = ℓ + (μ/2) Σ_v ‖h_v − f_v(inputs of v)‖².
         private sealed class Game : ConstraintGame
