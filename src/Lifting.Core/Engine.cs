@@ -195,6 +195,10 @@ public static class NativeMemory
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return -1; }
     }
 
+    /// Whether a heap holding `freeBytes` free (−1: unknown) is trimmed: above `FreeBytesBeforeTrim`,
+    /// or when unknown.
+    public static bool WorthTrimming(long freeBytes) => freeBytes < 0 || freeBytes > FreeBytesBeforeTrim;
+
     /// Returns the C heap's free pages to the operating system (glibc `malloc_trim`) when it holds
     /// more than `FreeBytesBeforeTrim` free bytes (or always, where that is unknown). LibTorch's
     /// CPU tensors come from the C heap; when training steps and evaluations of different sizes
@@ -207,8 +211,7 @@ public static class NativeMemory
     public static bool ReleaseFreePages()
     {
         if (unavailable) return false;
-        var free = FreeHeapBytes();
-        if (free >= 0 && free <= FreeBytesBeforeTrim) return false;
+        if (!WorthTrimming(FreeHeapBytes())) return false;
         try { LastTrimReleased = MallocTrim(UIntPtr.Zero) == 1; return true; }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { unavailable = true; return false; }
     }
