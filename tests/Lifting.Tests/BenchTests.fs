@@ -89,10 +89,10 @@ let tests =
                 Expect.isGreaterThan free Lifting.NativeMemory.FreeBytesBeforeTrim $"192 MiB freed into the heap ({free} B free)"
                 Expect.isTrue (Lifting.NativeMemory.ReleaseFreePages()) "trimmed"
                 // glibc hands the pages back from the heap's top (free bytes fall) or, when something
-                // allocated since sits above them, releases them in place (free bytes stay the same,
-                // the pages are unbacked: CI saw this once); malloc_trim says whether it released any.
+                // allocated since sits above them, releases them in place (free bytes stay, the pages
+                // are unbacked: CI saw this); other threads allocate and free meanwhile, so the free
+                // bytes are no measure here: malloc_trim says whether it released any.
                 Expect.isTrue Lifting.NativeMemory.LastTrimReleased "memory handed back to the operating system"
-                Expect.isLessThanOrEqual (Lifting.NativeMemory.FreeHeapBytes()) free "and the heap holds no more free memory than before"
         }
 
         test "bench --scale: width and depth rewrite the MLP, bad axes are refused before training; the ratio curves are drawn as a PNG" {
