@@ -16,6 +16,10 @@ module Equation =
     let g = Term.Defect
     /// λ_v, the per-example multiplier of g_v, maximised.
     let lambda = Term.Multiplier
+    /// λ_v(y): one multiplier per class and constraint, read at each example's label.
+    let lambdaPerClass = Term.ClassMultiplier
+    /// λ_v per example of the mini-batch, started at 0 for each batch and dropped after it.
+    let lambdaPerBatch = Term.BatchMultiplier
     /// λ_v boxed to [−cap, cap] after every step.
     let lambdaCapped (cap: float) = Term.CappedMultiplier cap
     /// Σ_v over the constraints.

@@ -163,11 +163,68 @@ let tests =
                 (fun () -> formulation "bad" (loss + sumConstraints (sqnorm g + loss))), "ℓ", "outside Σ_v"
                 (fun () -> formulation "bad" (loss + 2.0 + sumConstraints (sqnorm g))), "ℓ + 2", "adds a batch sum to a coefficient"
                 (fun () -> formulation "bad" (loss + sumConstraints (inner (lambdaCapped 1.0) g + inner lambda g))), "different caps", "caps"
+                (fun () -> formulation "bad" (loss + sumConstraints (inner lambda g + inner lambdaPerClass g))), "λ_v", "placed per example and per class"
+                (fun () -> formulationWith (EquationOptions(States = Placement.Class)) "bad" lagrangian), "states h_v", "per class"
+                (fun () -> formulationWith (EquationOptions(States = Placement.Batch, FeasibilityPass = true)) "bad" lagrangian), "feasibility pass", "per mini-batch"
             ]
             for make, term, why in cases do
                 let message = refusal make
                 Expect.stringContains message term $"names the term: {message}"
                 Expect.stringContains message why $"says why: {message}"
                 Expect.isFalse (message.Contains '\n') $"one line: {message}"
+        }
+    
+        test "λ_v(y) placed per class: one shared table [classes, …] per constraint, nothing per example, and its direction is −(1/B) Σ_{i: y_i = c} g_v,i" {
+            let classy = EquationFormulation("lagrangian-per-class", loss + sumConstraints (inner lambdaPerClass g))
+            Expect.stringContains classy.Description "L = ℓ + Σ_v ⟨λ_v(y), g_v⟩" "the printed objective"
+            Expect.stringContains classy.Description "multipliers per class" "and the placement"
+            let m = Methods.Resolve(MethodSettings "extraprop")
+            let program = randomMlp [| 16L; 12L |] false
+            let data = digits.Force()
+            let context = LiftContext(program, data.Train, torch.CPU, torch.ScalarType.Float32, 0, m.StepRules, m.Solver.MemorySlots)
+            use weights = program.Initialise(0, torch.CPU, torch.ScalarType.Float32)
+            use problem = (classy :> IFormulation).Lift(context, weights)
+            let batches = Lifting.Data.MiniBatches.Epoch(data.Train, 64, 0, 1) |> Seq.truncate 4 |> Array.ofSeq
+            for batch in batches.[.. 2] do
+                use game = problem.Batch(batch)
+                m.Solver.Step(game)
+                game.Commit()
+            Expect.isFalse (problem.Store.Names |> Seq.exists (fun k -> k.StartsWith "lambda")) "no multiplier in the per-example store"
+            let lifted = problem :?> LiftedProblem
+            let table = lifted.SharedState.["lambda1"]
+            Expect.sequenceEqual table.shape [| 10L; 16L |] "one row per class"
+            Expect.isGreaterThan (table.abs().max().ToDouble()) 0.0 "and it moved"
+            let batch = batches.[3]
+            use game = problem.Batch(batch)
+            let players = game.Players |> Seq.filter (fun p -> p.Name = PlayerNames.Multipliers) |> Array.ofSeq
+            let direction = (game.Operator(players)).[0].[0]
+            use _ = torch.no_grad()
+            let segment = program.Segments.[0]
+            let f = segment.Forward(segment.InputsFrom(batch.Inputs, Array.empty), weights.Tensors, null)
+            let g1 = problem.Store.Gather("h1", batch.Indices) - f
+            let expected = -(torch.zeros_like(table).index_add(0L, batch.Labels, g1, Scalars.Of 1.0)) / float batch.Indices.shape.[0]
+            let error = (direction - expected).abs().max().ToDouble()
+            Expect.isLessThan error 1e-6 $"−(1/B) Σ over the class's examples of g_1 (max error {error})"
+        }
+
+        test "states placed per mini-batch: nothing is stored, each batch starts at its forward pass, and a penalty with inference steps learns (digits)" {
+            let schedule = [| SubProblem([| PlayerNames.States |], 10); SubProblem([| PlayerNames.Weights |], 1) |]
+            let inference = formulationWith (EquationOptions(States = Placement.Batch, Schedule = schedule)) "penalty-per-batch" (loss + 10.0 / 2.0 * sumConstraints (sqnorm g))
+            Expect.stringContains (inference :?> EquationFormulation).Description "states per mini-batch" "the printed placement"
+            let m = Methods.Resolve(MethodSettings "penalty")
+            let program = randomMlp [| 32L |] false
+            let data = digits.Force()
+            let context = LiftContext(program, data.Train, torch.CPU, torch.ScalarType.Float32, 0, m.StepRules, m.Solver.MemorySlots)
+            use weights = program.Initialise(0, torch.CPU, torch.ScalarType.Float32)
+            use problem = inference.Lift(context, weights)
+            Expect.isEmpty problem.Store.Names "nothing per example"
+            let batch = Lifting.Data.MiniBatches.Epoch(data.Train, 64, 0, 1) |> Seq.head
+            use game = problem.Batch(batch)
+            let h = game.Players.[1].Variables.[0]
+            let segment = program.Segments.[0]
+            let f = segment.Forward(segment.InputsFrom(batch.Inputs, Array.empty), weights.Tensors, null)
+            Expect.isTrue (h.eq(f).all().ToBoolean()) "the batch's forward pass"
+            use r = trainWith (MethodSettings "penalty") (Some inference) program 5 0
+            Expect.isGreaterThan r.Selected.TestAccuracy 0.85 "learns"
         }
     ]

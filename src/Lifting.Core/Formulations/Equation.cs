@@ -10,6 +10,20 @@ namespace Lifting.Formulations;
 /// number summed over the mini-batch (the loss, a norm, an inner product).
 public enum TermKind { Coefficient, PerExample, Summed }
 
+/// Where a variable of an equation lives (issue 29).
+public enum Placement
+{
+    /// One per training example, kept across epochs in the per-example store (multiple shooting's
+    /// h_v and λ_v).
+    Example,
+    /// One per class, shared by the class's examples and read at each example's label (DistProp's
+    /// λ_l(c), seed 001 Algorithm 1): its size does not grow with the dataset.
+    Class,
+    /// One per example of the mini-batch, started for each batch (states at the forward pass,
+    /// multipliers at 0) and discarded after it: nothing is kept between batches.
+    Batch,
+}
+
 /// A term of a lifted objective over the multiple-shooting constraints g_v = h_v − f_v(inputs of v),
 /// written as the equation it is (issue 29):
 ///
@@ -34,10 +48,15 @@ public abstract class Term
     /// g_v = h_v − f_v(inputs of v): the constraint of the lifted value v (inside `OverConstraints`).
     public static Term Defect { get; } = new DefectTerm();
     /// λ_v: a per-example multiplier of the constraint of v, maximised (inside `OverConstraints`).
-    public static Term Multiplier { get; } = new MultiplierTerm(double.PositiveInfinity);
-    /// λ_v projected onto [−cap, cap] after every step (an inexact, bounded-multiplier method).
-    public static Term CappedMultiplier(double cap) =>
-        cap > 0 && !double.IsNaN(cap) ? new MultiplierTerm(cap) : throw new ArgumentOutOfRangeException(nameof(cap), $"Invalid multiplier cap: {cap} (expected a value > 0).");
+    public static Term Multiplier { get; } = new MultiplierTerm(double.PositiveInfinity, Placement.Example);
+    /// λ_v(y): one multiplier per class and constraint, read at each example's label.
+    public static Term ClassMultiplier { get; } = new MultiplierTerm(double.PositiveInfinity, Placement.Class);
+    /// λ_v per example of the mini-batch, started at 0 for each batch and discarded after it.
+    public static Term BatchMultiplier { get; } = new MultiplierTerm(double.PositiveInfinity, Placement.Batch);
+    /// λ_v (placed per example unless told) projected onto [−cap, cap] after every step (an
+    /// inexact, bounded-multiplier method).
+    public static Term CappedMultiplier(double cap, Placement placement = Placement.Example) =>
+        cap > 0 && !double.IsNaN(cap) ? new MultiplierTerm(cap, placement) : throw new ArgumentOutOfRangeException(nameof(cap), $"Invalid multiplier cap: {cap} (expected a value > 0).");
     /// Σ_v term(v) over the lifted values (the constraints) in topological order.
     public static Term OverConstraints(Term perConstraint) => new ConstraintSum(perConstraint);
     /// A constant coefficient.
@@ -129,11 +148,13 @@ internal sealed class DefectTerm : Term
     internal override Tensor Evaluate(EquationValues values) => values.Defect ?? throw new InvalidOperationException("g_v is only defined under Σ_v.");
 }
 
-internal sealed class MultiplierTerm(double cap) : Term
+internal sealed class MultiplierTerm(double cap, Placement placement) : Term
 {
     public double Cap { get; } = cap;
+    public Placement Placement { get; } = placement;
     public override TermKind Kind => TermKind.PerExample;
-    public override string ToString() => double.IsPositiveInfinity(Cap) ? "λ_v" : $"clip(λ_v, {Number(Cap)})";
+    private string Symbol => Placement == Placement.Class ? "λ_v(y)" : "λ_v";
+    public override string ToString() => double.IsPositiveInfinity(Cap) ? Symbol : $"clip({Symbol}, {Number(Cap)})";
     internal override IEnumerable<Term> Children => Array.Empty<Term>();
     internal override int MultiplierDegree => 1;
     internal override Tensor Evaluate(EquationValues values) => values.Multiplier ?? throw new InvalidOperationException("λ_v is only defined under Σ_v.");

@@ -14,6 +14,12 @@ public sealed record EquationOptions
     /// End training with the feasibility pass h_v ← f_v(inputs of v) for every example (the
     /// penalty method's last step: the states are then the forward pass of the final weights).
     public bool FeasibilityPass { get; init; }
+
+    /// Where the states h_v live: per example and stored across epochs (multiple shooting), or per
+    /// mini-batch, started at the batch's forward pass and discarded after it (nothing is kept:
+    /// the lifting then only reshapes each step, as an inference phase does). A state is one
+    /// example's value of v, so it cannot be placed per class.
+    public Placement States { get; init; } = Placement.Example;
 }
 
 /// A lifted formulation derived from its objective written as a `Term` (issue 29): the equation
@@ -45,10 +51,19 @@ public sealed class EquationFormulation : IFormulation
         Objective = objective;
         Options = options ?? new EquationOptions();
         constraints = Validate(objective);
-        var multipliers = objective.Descendants().OfType<MultiplierTerm>().Select(m => m.Cap).Distinct().ToArray();
+        var occurrences = objective.Descendants().OfType<MultiplierTerm>().ToArray();
+        var multipliers = occurrences.Select(m => m.Cap).Distinct().ToArray();
         if (multipliers.Length > 1) throw new ArgumentException($"Invalid equation '{objective}': λ_v appears with different caps ({string.Join(", ", multipliers.Select(Term.Number))}).");
+        var placements = occurrences.Select(m => m.Placement).Distinct().ToArray();
+        if (placements.Length > 1)
+            throw new ArgumentException($"Invalid equation '{objective}': λ_v is placed {string.Join(" and ", placements.Select(Where))}; one multiplier per constraint has one placement.");
         HasMultipliers = multipliers.Length == 1;
         MultiplierCap = HasMultipliers ? multipliers[0] : double.PositiveInfinity;
+        MultiplierPlacement = HasMultipliers ? placements[0] : Placement.Example;
+        if (Options.States == Placement.Class)
+            throw new ArgumentException($"Invalid placement of the states h_v of the equation '{objective}': per class; h_v is one example's value of v, so it is placed per example (stored) or per mini-batch.");
+        if (Options.States == Placement.Batch && Options.FeasibilityPass)
+            throw new ArgumentException($"Invalid feasibility pass for the equation '{objective}': its states h_v are placed per mini-batch, so no stored state is left to set to the forward pass.");
         schedules = objective.Descendants().OfType<ScheduleTerm>().DistinctBy(s => (s.Name, s.Plan)).ToArray();
         var clash = schedules.GroupBy(s => s.Name).FirstOrDefault(g => g.Count() > 1);
         if (clash is not null) throw new ArgumentException($"Invalid equation '{objective}': two schedules are named '{clash.Key}'.");
@@ -64,10 +79,21 @@ public sealed class EquationFormulation : IFormulation
     public bool HasMultipliers { get; }
     /// The multipliers' box [−cap, cap] (∞: none).
     public double MultiplierCap { get; }
+    /// Where the multipliers live (per example when the equation has none).
+    public Placement MultiplierPlacement { get; }
     public string Description => $"L = {Objective}, g_v = h_v − f_v(inputs of v)"
         + string.Concat(schedules.Select(s => ", " + s.Describe()))
-        + (HasMultipliers ? "; per-example states and multipliers" : "; per-example states")
+        + (Options.States == Placement.Example && MultiplierPlacement == Placement.Example
+            ? (HasMultipliers ? "; per-example states and multipliers" : "; per-example states")
+            : $"; states {Where(Options.States)}" + (HasMultipliers ? $", multipliers {Where(MultiplierPlacement)}" : ""))
         + (Options.FeasibilityPass ? ", feasibility pass at the end" : "");
+
+    private static string Where(Placement placement) => placement switch
+    {
+        Placement.Class => "per class",
+        Placement.Batch => "per mini-batch",
+        _ => "per example",
+    };
     public IReadOnlyList<string> PlayerNames { get; }
     public IReadOnlyList<SubProblem> DefaultSchedule { get; }
     public bool HasMaximisingPlayers => HasMultipliers;
@@ -136,8 +162,13 @@ public sealed class EquationFormulation : IFormulation
     private sealed class Problem : LiftedProblem
     {
         private readonly EquationFormulation formulation;
-        private readonly RowGroup states;
+        /// The stored states (null when they are placed per mini-batch).
+        private readonly RowGroup? states;
+        /// The stored per-example multipliers (null when the equation has none or places them otherwise).
         private readonly RowGroup? multipliers;
+        /// The per-class multipliers λ_v(c), [classes, value shape] per lifted value (null unless placed per class).
+        private readonly Tensor[]? classMultipliers;
+        private readonly StepState[]? classMultiplierStates;
         private readonly Dictionary<string, double> scheduleValues = new();
 
         public Problem(EquationFormulation formulation, LiftContext context, Weights weights) : base(formulation, context, weights)
@@ -145,13 +176,25 @@ public sealed class EquationFormulation : IFormulation
             using var scope = NewDisposeScope(); // temporaries; the store keeps its own handles
             this.formulation = formulation;
             foreach (var s in formulation.schedules) scheduleValues[s.Name] = s.Plan.At(0);
-            var initial = ForwardStatesOfTrainingSet();
+            var stored = formulation.Options.States == Placement.Example;
+            var initial = stored
+                ? ForwardStatesOfTrainingSet()
+                : Program.Segments.Take(Program.Segments.Count - 1).Select(s => empty(new[] { 0L }.Concat(s.OutputShape).ToArray(), dtype: context.DType, device: context.Device)).ToArray();
             using (no_grad())
             {
-                states = new RowGroup(Store, context, Formulations.PlayerNames.States, initial.Select((t, l) => ($"h{l + 1}", t)).ToArray());
-                if (formulation.HasMultipliers)
+                if (stored) states = new RowGroup(Store, context, Formulations.PlayerNames.States, initial.Select((t, l) => ($"h{l + 1}", t)).ToArray());
+                if (formulation.HasMultipliers && formulation.MultiplierPlacement == Placement.Example)
                     multipliers = new RowGroup(Store, context, Formulations.PlayerNames.Multipliers,
                         initial.Select((t, l) => ($"lambda{l + 1}", zeros(t.shape, dtype: context.DType, device: context.Device))).ToArray());
+            }
+            if (formulation.HasMultipliers && formulation.MultiplierPlacement == Placement.Class)
+            {
+                var shared = Program.Segments.Take(Program.Segments.Count - 1)
+                    .Select((s, l) => AddSharedVariable(Formulations.PlayerNames.Multipliers, $"lambda{l + 1}",
+                        zeros(new[] { (long)context.Train.ClassCount }.Concat(s.OutputShape).ToArray(), dtype: context.DType, device: context.Device)))
+                    .ToArray();
+                classMultipliers = shared.Select(v => v.Variable).ToArray();
+                classMultiplierStates = shared.Select(v => v.State).ToArray();
             }
             foreach (var t in initial) t.Dispose();
             Values = new EquationValues { Schedule = name => scheduleValues[name] };
@@ -161,7 +204,9 @@ public sealed class EquationFormulation : IFormulation
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
-        public override IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => MeasureDefects((l, indices) => Store.Gather(states.Keys[l], indices), rows);
+        /// Mean |h_v − f_v| over the stored states; none when the states are placed per mini-batch.
+        public override IReadOnlyList<double> MeasureDefects(Tensor? rows = null) =>
+            states is { } s ? MeasureDefects((l, indices) => Store.Gather(s.Keys[l], indices), rows) : Array.Empty<double>();
 
         public override void EndEpoch(int epoch)
         {
@@ -180,7 +225,7 @@ public sealed class EquationFormulation : IFormulation
 
         public override void Finish()
         {
-            if (formulation.Options.FeasibilityPass) FeasibilityPass(states.Keys);
+            if (formulation.Options.FeasibilityPass) FeasibilityPass(states!.Keys);
         }
 
         private sealed class Game : ConstraintGame
@@ -194,20 +239,46 @@ public sealed class EquationFormulation : IFormulation
             public Game(Problem problem, MiniBatch batch) : base(batch, problem)
             {
                 this.problem = problem;
-                (h, hStates) = problem.states.Gather(batch.Indices);
+                var context = problem.Context;
+                (h, hStates) = problem.states is { } stored ? stored.Gather(batch.Indices) : Fresh(ForwardStates(), Formulations.PlayerNames.States);
                 var players = new List<Player>
                 {
                     problem.WeightsPlayer(),
-                    new(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true),
+                    new(Formulations.PlayerNames.States, Role.Minimise, h, problem.states?.StepRule ?? context.StepRuleFor(Formulations.PlayerNames.States), hStates, rowIndexed: true),
                 };
-                if (problem.multipliers is { } m)
+                if (problem.formulation.HasMultipliers)
                 {
-                    (lambda, lambdaStates) = m.Gather(batch.Indices);
                     var cap = problem.formulation.MultiplierCap;
-                    players.Add(new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, lambda, m.StepRule, lambdaStates, rowIndexed: true,
-                        projection: double.IsPositiveInfinity(cap) ? null : Projections.Box(-cap, cap)));
+                    var box = double.IsPositiveInfinity(cap) ? null : Projections.Box(-cap, cap);
+                    var rule = problem.multipliers?.StepRule ?? context.StepRuleFor(Formulations.PlayerNames.Multipliers);
+                    if (problem.classMultipliers is { } table)
+                        players.Add(new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, table, rule, problem.classMultiplierStates!, projection: box));
+                    else
+                    {
+                        (lambda, lambdaStates) = problem.multipliers is { } m ? m.Gather(batch.Indices)
+                            : Fresh(h.Select(t => zeros_like(t)).ToArray(), Formulations.PlayerNames.Multipliers);
+                        players.Add(new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, lambda, rule, lambdaStates, rowIndexed: true, projection: box));
+                    }
                 }
                 Players = players;
+            }
+
+            /// The batch's forward pass at the current weights, one value per lifted value.
+            private Tensor[] ForwardStates()
+            {
+                using var _ = no_grad();
+                var segments = problem.Program.Segments;
+                var values = new Tensor[segments.Count - 1];
+                for (int l = 0; l < values.Length; l++)
+                    values[l] = segments[l].Forward(segments[l].InputsFrom(Batch.Inputs, values), problem.Weights.Tensors, Pass);
+                return values;
+            }
+
+            /// Leaves started at `values` for this batch only, with fresh step-rule state.
+            private (Tensor[], StepState[]) Fresh(Tensor[] values, string player)
+            {
+                var leaves = values.Select(v => v.detach().clone().requires_grad_(true)).ToArray();
+                return (leaves, leaves.Select(v => problem.Context.NewState(player, v, rowIndexed: true)).ToArray());
             }
 
             public override IReadOnlyList<Player> Players { get; }
@@ -221,7 +292,7 @@ public sealed class EquationFormulation : IFormulation
                 {
                     Schedule = problem.Values.Schedule,
                     Defect = g,
-                    Multiplier = lambda?[l],
+                    Multiplier = problem.classMultipliers is { } table ? table[l].index_select(0, Batch.Labels) : lambda?[l],
                 });
 
             protected override Tensor LossSum(Tensor output) => problem.Program.Loss.PerExample(output, Batch.Labels).sum();
@@ -229,12 +300,15 @@ public sealed class EquationFormulation : IFormulation
             protected override Tensor Combine(Tensor lossSum, Tensor terms) =>
                 problem.formulation.Objective.Evaluate(new EquationValues { Schedule = problem.Values.Schedule, Loss = lossSum, Constraints = terms });
 
-            protected override IReadOnlyList<Tensor>? RecordedMultipliers => lambda;
+            /// The multipliers as kept: the batch's rows, or the class tables.
+            protected override IReadOnlyList<Tensor>? RecordedMultipliers => problem.classMultipliers ?? (IReadOnlyList<Tensor>?)lambda;
 
+            /// Stored rows go back to the store; per-class tables were stepped in place; per-batch
+            /// variables are dropped.
             public override void Commit()
             {
-                problem.states.Scatter(Batch.Indices, h, hStates);
-                if (lambda is not null) problem.multipliers!.Scatter(Batch.Indices, lambda, lambdaStates!);
+                problem.states?.Scatter(Batch.Indices, h, hStates);
+                if (lambda is not null) problem.multipliers?.Scatter(Batch.Indices, lambda, lambdaStates!);
             }
         }
     }
