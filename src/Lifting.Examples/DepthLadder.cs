@@ -23,6 +23,7 @@ namespace Lifting.Examples;
 ///   plain=5,10,20,50,100 activations=relu,tanh residual=8,32,128 width=128   (plain=none, residual=none: no such nets)
 ///   methods=backprop,backprop:glorot,backprop:he,extraprop,distprop,am-adam,pcn,lpom,fenchel-bp,fa,dfa
 ///   cuts=every,every5,last state=runs/depth-ladder.jsonl out=docs/results/depth-ladder.md
+///   train=false   (no training: the table and plot of every cell already in the state file)
 ///
 /// A method is NAME or NAME:init=SCHEME;PARAM=VALUE (an initialisation and method parameters).
 /// Per cell: the test accuracy at the validation-selected epoch, the final defect, seconds per
@@ -54,6 +55,13 @@ public static class DepthLadder
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(statePath))!);
         var done = Load(statePath);
         using var data = DatasetCatalog.Load(s.Text("data", "mnist-10k"));
+        if (s.Text("train", "true") == "false")
+        {
+            // Only the table and the plot of every cell in the state file (several runs of the ladder
+            // that share one state file end in one table).
+            Write(output, command, data, done.Values.ToList(), epochs, batch, width, statePath);
+            return 0;
+        }
 
         var nets = new List<(string Kind, int Depth, string Activation)>();
         foreach (var a in activations) foreach (var d in plain) nets.Add(("plain", d, a));
@@ -253,7 +261,7 @@ public static class DepthLadder
     private static double Sd(double[] v) => v.Length < 2 ? 0 : Math.Sqrt(v.Sum(x => (x - v.Average()) * (x - v.Average())) / (v.Length - 1));
 
     /// Accuracy against depth, one panel per network kind and activation, one curve per method with
-    /// its best cut strategy at each depth.
+    /// its cut strategy of the best validation accuracy at each depth.
     private static void Plot(string path, List<Cell> cells, string dataName)
     {
         var groups = cells.GroupBy(c => $"{c.Net} {c.Activation}").OrderBy(g => g.Key).ToArray();
@@ -269,7 +277,8 @@ public static class DepthLadder
             foreach (var method in groups[i].Select(c => c.Method).Distinct())
             {
                 var points = groups[i].Where(c => c.Method == method && !double.IsNaN(c.Test)).GroupBy(c => c.Depth)
-                    .Select(g => (Depth: (double)g.Key, Best: g.GroupBy(c => c.Cuts).Max(cg => cg.Average(c => c.Test)))).OrderBy(p => p.Depth).ToArray();
+                    // The cut strategy with the best mean validation accuracy at that depth, its test accuracy shown.
+                    .Select(g => (Depth: (double)g.Key, Best: g.GroupBy(c => c.Cuts).MaxBy(cg => cg.Average(c => c.Validation))!.Average(c => c.Test))).OrderBy(p => p.Depth).ToArray();
                 if (points.Length == 0) continue;
                 var scatter = plot.Add.Scatter(points.Select(p => p.Depth).ToArray(), points.Select(p => p.Best).ToArray());
                 scatter.LegendText = method;
