@@ -223,7 +223,7 @@ public static class DepthLadder
         md.AppendLine($"<!-- produced by: {command} -->");
         md.AppendLine($"# Depth ladder ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test, {epochs} epochs, batch {batch}, width {width})");
         md.AppendLine();
-        md.AppendLine("Test accuracy at the validation-selected epoch, mean ± sd over the seeds that did not diverge (— every seed diverged; [k/n diverged] otherwise); lifted methods cut after every hidden layer (or residual block), every 5th, or once before the output layer (`every`, `every5`, `last`). Angles: degrees between one mid-training step's update −Δw (the second mini-batch of epoch ⌈E/2⌉) and backprop's gradient before it, per layer (the median over the layers in the table; first and last layer in the JSON; backprop's own Adam step is far from 0° too); time: process CPU seconds per epoch (evaluation included) as a ratio to default backprop on the same network (wall time drifts 2x on this shared machine).");
+        md.AppendLine("Test accuracy at the validation-selected epoch, mean ± sd over the seeds that did not diverge (— every seed diverged; [k/n diverged] otherwise); lifted methods cut after every hidden layer (or residual block), every 5th, or once before the output layer (`every`, `every5`, `last`). Angles: degrees between one mid-training step's update −Δw (the second mini-batch of epoch ⌈E/2⌉) and backprop's gradient before it, per layer (the median over the layers in the table; first and last layer in the JSON; backprop's own Adam step is far from 0° too); time: process CPU seconds per epoch (evaluation included) as a ratio to default backprop on the same network (wall time drifts 2x on this shared machine). The PNG draws one curve per method: at each depth the setting (initialisation, step, cuts) with the best mean validation accuracy, its test accuracy.");
         md.AppendLine();
         var nets = cells.Select(c => (c.Net, c.Activation, c.Depth)).Distinct().OrderBy(t => t.Net).ThenBy(t => t.Activation).ThenBy(t => t.Depth).ToArray();
         var rows = cells.Select(c => (c.Method, c.Cuts)).Distinct().ToArray();
@@ -265,6 +265,9 @@ public static class DepthLadder
     private static void Plot(string path, List<Cell> cells, string dataName)
     {
         var groups = cells.GroupBy(c => $"{c.Net} {c.Activation}").OrderBy(g => g.Key).ToArray();
+        // One colour per method name in every panel.
+        var names = cells.Select(c => c.Method.Split(':')[0]).Distinct().ToList();
+        var palette = new ScottPlot.Palettes.Category10();
         var multi = new Multiplot();
         multi.AddPlots(groups.Length);
         for (int i = 0; i < groups.Length; i++)
@@ -274,18 +277,21 @@ public static class DepthLadder
             plot.XLabel("depth (hidden layers or blocks)");
             plot.YLabel("test accuracy");
             plot.Axes.SetLimitsY(0, 1);
-            foreach (var method in groups[i].Select(c => c.Method).Distinct())
+            // One curve per method name: at each depth the setting (initialisation, step, cuts) with the
+            // best mean validation accuracy, its mean test accuracy plotted (backprop gets its best too).
+            foreach (var name in groups[i].Select(c => c.Method.Split(':')[0]).Distinct())
             {
-                var points = groups[i].Where(c => c.Method == method && !double.IsNaN(c.Test)).GroupBy(c => c.Depth)
-                    // The cut strategy with the best mean validation accuracy at that depth, its test accuracy shown.
-                    .Select(g => (Depth: (double)g.Key, Best: g.GroupBy(c => c.Cuts).MaxBy(cg => cg.Average(c => c.Validation))!.Average(c => c.Test))).OrderBy(p => p.Depth).ToArray();
+                var points = groups[i].Where(c => c.Method.Split(':')[0] == name && !double.IsNaN(c.Test)).GroupBy(c => c.Depth)
+                    .Select(g => (Depth: (double)g.Key, Best: g.GroupBy(c => (c.Method, c.Cuts)).MaxBy(cg => cg.Average(c => c.Validation))!.Average(c => c.Test)))
+                    .OrderBy(p => p.Depth).ToArray();
                 if (points.Length == 0) continue;
                 var scatter = plot.Add.Scatter(points.Select(p => p.Depth).ToArray(), points.Select(p => p.Best).ToArray());
-                scatter.LegendText = method;
+                scatter.LegendText = name;
+                scatter.Color = palette.GetColor(names.IndexOf(name));
             }
-            plot.ShowLegend();
+            plot.ShowLegend(Edge.Right);
         }
         multi.Layout = new ScottPlot.MultiplotLayouts.Grid(1, groups.Length);
-        multi.SavePng(path, 480 * Math.Max(1, groups.Length), 480);
+        multi.SavePng(path, 600 * Math.Max(1, groups.Length), 480);
     }
 }
