@@ -18,6 +18,7 @@ namespace Lifting.Examples;
 ///   dotnet run --project src/Lifting.Examples -c Release -- rnn seqmnist KEY=VALUE …
 ///   data=mnist-10k values=1 hidden=15,50 epochs=10 batch=1024 seeds=0,1,2 cuts=1,28,0
 ///   methods=sgd,adam,am-adam state=runs/rnn-seqmnist.jsonl out=docs/results/rnn-seqmnist.md
+///   train=false   (no training: the table and plot of every cell already in the state file)
 ///
 /// `values` is the count of pixels per step (1: 784 steps; 28: a row per step); a cut value c lifts
 /// every c-th step (0: only the output). `sgd` is backprop with a constant step (seed 004 gives SGD
@@ -61,6 +62,13 @@ public static class SequentialMnist
                 done[Key(c.Values, c.Hidden, c.Method, c.Cuts, c.Seed)] = c;
             }
         using var data = DatasetCatalog.Load(s.Text("data", "mnist-10k"));
+        if (s.Text("train", "true") == "false")
+        {
+            // Only the table and the plot of every cell in the state file (several commands that share
+            // one state file end in one table).
+            Write(output, command, data, done.Values.Where(c => c.Values == values).ToList(), epochs, batch);
+            return 0;
+        }
         foreach (var seed in seeds)
             foreach (var h in hidden)
                 foreach (var method in methods)
@@ -148,6 +156,8 @@ public static class SequentialMnist
             plot.Title($"{sizes[i]} hidden units");
             plot.XLabel("epoch");
             plot.YLabel("test accuracy");
+            var palette = new ScottPlot.Palettes.Category20();
+            int curve = 0;
             foreach (var g in cells.Where(c => c.Hidden == sizes[i]).GroupBy(c => (c.Method, c.Cuts)))
             {
                 var xs = Enumerable.Range(1, epochs).Select(e => (double)e).ToArray();
@@ -155,11 +165,12 @@ public static class SequentialMnist
                 var keep = xs.Zip(ys).Where(p => !double.IsNaN(p.Second)).ToArray();
                 if (keep.Length == 0) continue;
                 var line = plot.Add.Scatter(keep.Select(p => p.First).ToArray(), keep.Select(p => p.Second).ToArray());
-                line.LegendText = g.Key.Cuts == 0 ? g.Key.Method : $"{g.Key.Method}, cut every {g.Key.Cuts}";
+                line.LegendText = !IsLifted(g.Key.Method) ? g.Key.Method : g.Key.Cuts == 0 ? $"{g.Key.Method}, output lifted only" : $"{g.Key.Method}, cut every {g.Key.Cuts}";
+                line.Color = palette.GetColor(curve++);
             }
-            plot.ShowLegend();
+            plot.ShowLegend(Edge.Right);
         }
         multi.Layout = new ScottPlot.MultiplotLayouts.Grid(1, sizes.Length);
-        multi.SavePng(path, 560 * sizes.Length, 460);
+        multi.SavePng(path, 760 * sizes.Length, 460);
     }
 }
