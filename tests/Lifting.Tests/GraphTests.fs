@@ -46,6 +46,21 @@ let lecun (rp: RandomProgram) =
     ops.[1] |> Seq.sumBy (fun t -> t.abs().max().ToDouble()),
     ops.[2] |> Seq.sumBy (fun t -> t.abs().max().ToDouble())
 
+/// The multiple-shooting Lagrangian lifted with `adjoint-init`, read as stored: its multipliers
+/// against the adjoint, and its operator's weight direction against backprop's gradient.
+let adjointInitialised (rp: RandomProgram) =
+    let program = rp.Program
+    use weights = rp.Initialise(rp.Seed)
+    let reference = backpropGradient program weights rp.Inputs rp.Labels
+    let adjoints = MultipleShooting.AdjointMultipliers(program, weights.Tensors, rp.Inputs, rp.Labels)
+    let problem, game, _ = liftAll (MultipleShooting(MultipleShootingOptions(AdjointInitialisation = true))) program weights rp.Inputs rp.Labels rp.Classes 0 (constantRules 0.1)
+    use _p = problem
+    use _g = game
+    let lambda = player game PlayerNames.Multipliers
+    let multiplierError = Seq.map2 (fun (v: Tensor) (a: Tensor) -> (v - a).abs().max().ToDouble()) lambda.Variables adjoints |> Seq.max
+    let ops = game.Operator(game.Players)
+    multiplierError, relativeError ops.[0] reference
+
 /// The cosine of a contrastive method's weight direction at β = 0.001 (inference to tolerance) to backprop.
 let contrastiveCosine (name: string) (rp: RandomProgram) =
     let make, lr = ContrastiveTests.limitMethods |> List.pick (fun (n, make, lr) -> if n = name then Some(make, lr) else None)
@@ -208,6 +223,16 @@ let tests =
             Prop.forAll (Arb.fromGen genGraph) (fun rp ->
                 let err, states, defects = lecun rp
                 (err < 1e-10 && states < 1e-10 && defects < 1e-12) |> Prop.label $"{rp}: weights error {err}, state residual {states}, defect {defects}")
+
+        testPropertyWithConfig config "adjoint-init stores the adjoint multipliers, so the first weight direction is backprop's gradient (random residual MLPs and Elman RNNs, float64)" <|
+            Prop.forAll (Arb.fromGen genGraph) (fun rp ->
+                let multipliers, err = adjointInitialised rp
+                (multipliers < 1e-12 && err < 1e-10) |> Prop.label $"{rp}: multiplier error {multipliers}, weights error {err}")
+
+        test "adjoint-init is refused with the reduced constraint and with states started at zero" {
+            Expect.throwsT<System.ArgumentException> (fun () -> MultipleShootingOptions(AdjointInitialisation = true, ReducedConstraint = true).Validate()) "adjoint-init with reduced" |> ignore
+            Expect.throwsT<System.ArgumentException> (fun () -> MultipleShootingOptions(AdjointInitialisation = true, ForwardInitialisation = false).Validate()) "adjoint-init without forward initialisation" |> ignore
+        }
 
         test "PCN and LPOM on a densely skipped graph (seed 88312, every segment reads all before it): cosine to backprop >= 0.999 at beta = 0.001 once the inference step is small enough to converge" {
             let rp = RandomPrograms.Graph 88312

@@ -72,6 +72,54 @@ public sealed record LiftContext(
         }).ToArray();
     }
 
+    /// The multipliers that satisfy the adjoint equations at the forward-pass states of every
+    /// training example, λ_v = −d(Σ_i ℓ_i)/dh_v through every consumer of v (LeCun 1988), in chunks
+    /// of `chunk` examples (each example's row depends on that example only), one per lifted value.
+    public Tensor[] AdjointMultipliers(Weights weights, int chunk = 1024)
+    {
+        int hidden = Program.Segments.Count - 1;
+        var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
+        var x = Train.Inputs;
+        for (long start = 0; start < x.shape[0]; start += chunk)
+        {
+            using var scope = NewDisposeScope();
+            using var _ = enable_grad();
+            using var pass = ForwardPass.Measuring(Program, weights, Seed);
+            long count = Math.Min(chunk, x.shape[0] - start);
+            var h = x.narrow(0, start, count).to(DType);
+            var values = new Tensor[hidden];
+            var leaves = new Tensor[hidden];
+            for (int l = 0; l < hidden; l++)
+            {
+                var segment = Program.Segments[l];
+                values[l] = segment.Forward(segment.InputsFrom(h, leaves), weights.Tensors, pass);
+                leaves[l] = values[l].detach().requires_grad_(true);
+            }
+            var last = Program.Segments[hidden];
+            var output = last.Forward(last.InputsFrom(h, leaves), weights.Tensors, pass);
+            var loss = Program.Loss.PerExample(output, Train.Labels.narrow(0, start, count)).sum();
+            // The total derivative through every consumer: back-substitute from the last value down,
+            // each leaf's gradient carried into the segment that produced it.
+            var total = new Tensor[hidden];
+            var upstream = autograd.grad(new[] { loss }, leaves, retain_graph: true, allow_unused: true);
+            for (int l = hidden - 1; l >= 0; l--)
+            {
+                total[l] = upstream[l] is { } g && g.IsInvalid == false ? g : zeros_like(leaves[l]);
+                if (l == 0) break;
+                var back = autograd.grad(new[] { values[l] }, leaves.Take(l).ToArray(), new[] { total[l] }, retain_graph: true, allow_unused: true);
+                for (int k = 0; k < l; k++)
+                    if (back[k] is { } b && !b.IsInvalid) upstream[k] = upstream[k] is { } u && !u.IsInvalid ? u + b : b;
+            }
+            for (int l = 0; l < hidden; l++) parts[l].Add(total[l].neg().detach().clone().MoveToOuterDisposeScope());
+        }
+        return parts.Select(p =>
+        {
+            var all = cat(p.ToArray(), 0).DetachFromDisposeScope();
+            foreach (var t in p) t.Dispose();
+            return all;
+        }).ToArray();
+    }
+
     /// Allocates the step-rule state (plus solver memory) for one variable of player `player`.
     public StepState NewState(string player, Tensor variable, bool rowIndexed)
     {

@@ -32,6 +32,12 @@ public sealed record MultipleShootingOptions
     /// pass itself, with fewer iterations the deeper states are linearisations. 0 = the sequential pass.
     public int NewtonInitialisation { get; init; }
 
+    /// Initialise every example's multipliers at the adjoint of the forward pass at the initial
+    /// weights, λ_v = −dℓ/dh_v (LeCun 1988), instead of at zero: the first weight step is then
+    /// back-propagation's gradient for every example, where zero multipliers give the blocks below
+    /// the top one no signal until their examples' multipliers have been visited.
+    public bool AdjointInitialisation { get; init; }
+
     /// Replace the constraint of each block by the scalar ReLU(‖g‖₁ − ε) with one multiplier per
     /// example (seed 001 §5, the ImageNet memory reduction).
     public bool ReducedConstraint { get; init; }
@@ -54,6 +60,8 @@ public sealed record MultipleShootingOptions
         if (ReparametriseStates && ProjectStates) throw new ArgumentException("States are either reparametrised or projected onto the activation's range, not both.");
         if (NewtonInitialisation < 0) throw new ArgumentOutOfRangeException(nameof(NewtonInitialisation), $"Invalid newton-init: {NewtonInitialisation} (expected >= 0; 0 = a sequential forward pass).");
         if (NewtonInitialisation > 0 && !ForwardInitialisation) throw new ArgumentException($"Invalid newton-init: {NewtonInitialisation} with states initialised at zero (Newton iterations initialise them in place of the forward pass).");
+        if (AdjointInitialisation && ReducedConstraint) throw new ArgumentException("Invalid adjoint-init: true with the reduced constraint (its one multiplier per example and block has no adjoint to start from).");
+        if (AdjointInitialisation && !ForwardInitialisation) throw new ArgumentException("Invalid adjoint-init: true with states initialised at zero (the adjoint is taken at the forward-pass states).");
         if (Inequality && !ReducedConstraint) throw new ArgumentException("Invalid inequality: true without the reduced constraint (the inequality form is the reduced ‖g‖₁ − ε ≤ 0; set reduced too).");
         if (Inequality && Augmentation > 0) throw new ArgumentException($"Invalid augmentation c: {Augmentation} with the inequality form (expected 0: (c/2)‖g‖² is for equality constraints).");
     }
@@ -136,6 +144,7 @@ public sealed class MultipleShooting : IFormulation
             var initial = options.ForwardInitialisation
                 ? ForwardStatesOfTrainingSet(newtonIterations: options.NewtonInitialisation)
                 : Enumerable.Range(0, hidden).Select(l => zeros(Shape(context.ExampleCount, segments[l].OutputShape), dtype: context.DType, device: context.Device)).ToArray();
+            var adjoint = options.AdjointInitialisation ? context.AdjointMultipliers(weights) : null;
             var stateRows = new List<(string, Tensor)>();
             var multiplierRows = new List<(string, Tensor)>();
             using (no_grad())
@@ -145,7 +154,7 @@ public sealed class MultipleShooting : IFormulation
                     var free = reparametrisation[l] is { } act ? act.Preimage(initial[l]) : initial[l];
                     stateRows.Add(($"h{l + 1}", free));
                     var lambdaShape = options.ReducedConstraint ? new long[] { context.ExampleCount } : initial[l].shape;
-                    multiplierRows.Add(($"lambda{l + 1}", zeros(lambdaShape, dtype: context.DType, device: context.Device)));
+                    multiplierRows.Add(($"lambda{l + 1}", adjoint?[l] ?? zeros(lambdaShape, dtype: context.DType, device: context.Device)));
                 }
             }
             states = new RowGroup(Store, context, Formulations.PlayerNames.States, stateRows);

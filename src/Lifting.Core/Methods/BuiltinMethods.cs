@@ -61,7 +61,7 @@ internal static class BuiltinMethods
         var unsupported = new[]
         {
             (options.ReparametriseStates, "reparametrise"), (options.ProjectStates, "project-states"), (options.ReducedConstraint, "reduced"),
-            (options.Inequality, "inequality"), (options.NewtonInitialisation > 0, "newton-init"),
+            (options.Inequality, "inequality"), (options.NewtonInitialisation > 0, "newton-init"), (options.AdjointInitialisation, "adjoint-init"),
         }.FirstOrDefault(o => o.Item1);
         if (unsupported.Item1) throw new ArgumentException($"Invalid equation: true with {unsupported.Item2} (the equation-built Lagrangian has per-example states started at the forward pass and the plain or ε-insensitive defect).");
         var constraint = options.Epsilon > 0 ? Term.Shrink(options.Epsilon, Term.Defect) : Term.Defect;
@@ -91,6 +91,7 @@ internal static class BuiltinMethods
         parameters.Add(MethodParameter.Flag("reduced", false, "one constraint ReLU(|g|_1 - eps) per example and block (seed 001 §5)"));
         parameters.Add(MethodParameter.Flag("inequality", false, "with reduced: the inequality |g|_1 - eps <= 0, multipliers projected onto lambda >= 0"));
         parameters.Add(MethodParameter.Integer("newton-init", 0, "initialise the states by this many Newton multiple-shooting iterations from zero, every segment at once (seed 000; 0: a sequential forward pass)"));
+        parameters.Add(MethodParameter.Flag("adjoint-init", false, "initialise every example's multipliers at the forward pass's adjoint, lambda = -dloss/dh (LeCun 1988), instead of at zero"));
         parameters.Add(EquationFlag);
         return new MethodDefinition(name, description, parameters, a =>
         {
@@ -103,6 +104,7 @@ internal static class BuiltinMethods
                 ReducedConstraint = a.Flag("reduced"),
                 Inequality = a.Flag("inequality"),
                 NewtonInitialisation = a.Integer("newton-init"),
+                AdjointInitialisation = a.Flag("adjoint-init"),
             };
             IFormulation formulation = a.Flag("equation") ? LagrangianEquation(name, options) : new MultipleShooting(options, name);
             var named = PlayerRules.WithoutWeightExtrapolation(a);
