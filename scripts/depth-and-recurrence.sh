@@ -30,6 +30,15 @@ run depth ladder plain=20 residual=none $mnist "methods=pcn:init=he;inference-st
 run depth ladder plain=100 residual=none $mnist "methods=pcn:init=he;lr=0.0001;beta=0.01,pcn:init=he;lr=0.0001;beta=1,backprop:init=he;lr=0.0003,pcn:init=he;lr=0.0003" cuts=last seeds=0
 run depth ladder plain=100 residual=none $mnist "methods=backprop:init=he;lr=0.0001,pcn:init=he;lr=0.0001,lpom:init=he;lr=0.0001" cuts=last seeds=1,2
 run depth ladder plain=50 residual=none $mnist "methods=backprop:init=he;lr=0.0001,fenchel-bp:init=he;lr=0.0001,pcn:init=he;lr=0.0001" cuts=last seeds=1,2
+run depth ladder plain=5,10,20 residual=none activations=tanh methods=backprop,backprop:init=glorot,extraprop,distprop,am-adam,pcn,lpom,fenchel-bp cuts=last,every seeds=0 threads=1 state=$r/depth-ladder.jsonl out=$r/depth-ladder.md
+# ExtraProp: multipliers started at the adjoint, and its weight schedule, where it misses.
+adjoint="activations=relu threads=1 state=$r/depth-ladder.jsonl out=$r/depth-ladder.md"
+run depth ladder plain=none residual=32 $adjoint "methods=extraprop:adjoint-init=true" cuts=last seeds=0,1,2
+run depth ladder plain=none residual=8,128 $adjoint "methods=extraprop:adjoint-init=true" cuts=last seeds=0
+run depth ladder plain=10 residual=none $adjoint "methods=extraprop:adjoint-init=true" cuts=last,every seeds=0
+run depth ladder plain=20 residual=none $adjoint "methods=extraprop:init=he;adjoint-init=true" cuts=last seeds=0
+run depth ladder plain=5 residual=none $adjoint "methods=extraprop:adjoint-init=true" cuts=every seeds=0
+run depth ladder plain=none residual=32 $adjoint "methods=extraprop:settle=0,extraprop:lr=0.001;schedule=constant;settle=0,extraprop:lr-states=0.25;lr-multipliers=0.5" cuts=last seeds=0
 run depth ladder train=false state=$r/depth-ladder.jsonl out=$r/depth-ladder.md
 
 # ExtraProp on the 32-block residual MLP for 20 epochs instead of 5.
@@ -39,6 +48,11 @@ run depth ladder plain=none residual=32 activations=relu methods=backprop,extrap
 fashion="data=fashion-mnist activations=relu seeds=0 threads=1 state=$r/depth-ladder-fashion.jsonl out=$r/depth-ladder-fashion.md"
 run depth ladder plain=none residual=32 $fashion methods=backprop,pcn,am-adam,distprop,lpom,fenchel-bp,extraprop cuts=last
 run depth ladder plain=20 residual=none $fashion "methods=backprop,backprop:init=he,pcn:init=he,am-adam:init=he,distprop:init=he,lpom:init=he,fenchel-bp:init=he,extraprop:init=he" cuts=last
+for seed in 1 2; do
+  fashion="data=fashion-mnist activations=relu seeds=$seed threads=1 state=$r/depth-ladder-fashion.jsonl out=$r/depth-ladder-fashion.md"
+  run depth ladder plain=none residual=32 $fashion methods=backprop,pcn,am-adam,distprop,lpom,fenchel-bp,extraprop cuts=last
+  run depth ladder plain=20 residual=none $fashion "methods=backprop:init=he,pcn:init=he,am-adam:init=he,distprop:init=he,lpom:init=he,fenchel-bp:init=he,extraprop:init=he" cuts=last
+done
 
 # Seed 004 appendix C: the Elman RNN row by row (28 steps) and pixel by pixel (784 steps), batch 128.
 rows="values=28 batch=128 epochs=10 threads=1 state=$r/rnn-seqmnist-rows.jsonl out=$r/rnn-seqmnist-rows.md"
