@@ -73,8 +73,9 @@ public sealed record LiftContext(
     }
 
     /// The multipliers that satisfy the adjoint equations at the forward-pass states of every
-    /// training example, λ_v = −d(Σ_i ℓ_i)/dh_v through every consumer of v (LeCun 1988), in chunks
-    /// of `chunk` examples (each example's row depends on that example only), one per lifted value.
+    /// training example, λ_v = −d(Σ_i ℓ_i)/dh_v through every consumer of v (LeCun 1988;
+    /// `MultipleShooting.AdjointMultipliers` for one batch), in chunks of `chunk` examples (each
+    /// example's row depends on that example only), one per lifted value.
     public Tensor[] AdjointMultipliers(Weights weights, int chunk = 1024)
     {
         int hidden = Program.Segments.Count - 1;
@@ -86,31 +87,18 @@ public sealed record LiftContext(
             using var _ = enable_grad();
             using var pass = ForwardPass.Measuring(Program, weights, Seed);
             long count = Math.Min(chunk, x.shape[0] - start);
-            var h = x.narrow(0, start, count).to(DType);
+            var h = x.narrow(0, start, count).to(DType).requires_grad_(true); // a graph even if no weight asks for one
             var values = new Tensor[hidden];
-            var leaves = new Tensor[hidden];
             for (int l = 0; l < hidden; l++)
             {
                 var segment = Program.Segments[l];
-                values[l] = segment.Forward(segment.InputsFrom(h, leaves), weights.Tensors, pass);
-                leaves[l] = values[l].detach().requires_grad_(true);
+                values[l] = segment.Forward(segment.InputsFrom(h, values), weights.Tensors, pass);
             }
             var last = Program.Segments[hidden];
-            var output = last.Forward(last.InputsFrom(h, leaves), weights.Tensors, pass);
-            var loss = Program.Loss.PerExample(output, Train.Labels.narrow(0, start, count)).sum();
-            // The total derivative through every consumer: back-substitute from the last value down,
-            // each leaf's gradient carried into the segment that produced it.
-            var total = new Tensor[hidden];
-            var upstream = autograd.grad(new[] { loss }, leaves, retain_graph: true, allow_unused: true);
-            for (int l = hidden - 1; l >= 0; l--)
-            {
-                total[l] = upstream[l] is { } g && g.IsInvalid == false ? g : zeros_like(leaves[l]);
-                if (l == 0) break;
-                var back = autograd.grad(new[] { values[l] }, leaves.Take(l).ToArray(), new[] { total[l] }, retain_graph: true, allow_unused: true);
-                for (int k = 0; k < l; k++)
-                    if (back[k] is { } b && !b.IsInvalid) upstream[k] = upstream[k] is { } u && !u.IsInvalid ? u + b : b;
-            }
-            for (int l = 0; l < hidden; l++) parts[l].Add(total[l].neg().detach().clone().MoveToOuterDisposeScope());
+            var loss = Program.Loss.PerExample(last.Forward(last.InputsFrom(h, values), weights.Tensors, pass), Train.Labels.narrow(0, start, count)).sum();
+            // The gradient with respect to an intermediate value is its total derivative.
+            var adjoint = autograd.grad(new[] { loss }, values);
+            for (int l = 0; l < hidden; l++) parts[l].Add(adjoint[l].neg().detach().MoveToOuterDisposeScope());
         }
         return parts.Select(p =>
         {
