@@ -160,6 +160,7 @@ public sealed class MultipleShooting : IFormulation
             states = new RowGroup(Store, context, Formulations.PlayerNames.States, stateRows);
             multipliers = new RowGroup(Store, context, Formulations.PlayerNames.Multipliers, multiplierRows);
             foreach (var t in initial) t.Dispose();
+            foreach (var t in adjoint ?? Array.Empty<Tensor>()) t.Dispose(); // the store holds its own handles
         }
 
         private static long[] Shape(long rows, long[] example) => new[] { rows }.Concat(example).ToArray();
