@@ -64,12 +64,7 @@ public sealed record LiftContext(
                 parts[l].Add(values[l].detach().clone().MoveToOuterDisposeScope());
             }
         }
-        return parts.Select(p =>
-        {
-            var all = cat(p.ToArray(), 0).DetachFromDisposeScope();
-            foreach (var t in p) t.Dispose();
-            return all;
-        }).ToArray();
+        return ConcatenateChunks(parts);
     }
 
     /// The multipliers that satisfy the adjoint equations at the forward-pass states of every
@@ -84,29 +79,21 @@ public sealed record LiftContext(
         for (long start = 0; start < x.shape[0]; start += chunk)
         {
             using var scope = NewDisposeScope();
-            using var _ = enable_grad();
-            using var pass = ForwardPass.Measuring(Program, weights, Seed);
+            using var pass = ForwardPass.Measuring(Program, weights, Seed); // batch statistics of the chunk
             long count = Math.Min(chunk, x.shape[0] - start);
-            var h = x.narrow(0, start, count).to(DType).requires_grad_(true); // a graph even if no weight asks for one
-            var values = new Tensor[hidden];
-            for (int l = 0; l < hidden; l++)
-            {
-                var segment = Program.Segments[l];
-                values[l] = segment.Forward(segment.InputsFrom(h, values), weights.Tensors, pass);
-            }
-            var last = Program.Segments[hidden];
-            var loss = Program.Loss.PerExample(last.Forward(last.InputsFrom(h, values), weights.Tensors, pass), Train.Labels.narrow(0, start, count)).sum();
-            // The gradient with respect to an intermediate value is its total derivative.
-            var adjoint = autograd.grad(new[] { loss }, values);
-            for (int l = 0; l < hidden; l++) parts[l].Add(adjoint[l].neg().detach().MoveToOuterDisposeScope());
+            var adjoint = MultipleShooting.AdjointMultipliers(Program, weights.Tensors, x.narrow(0, start, count).to(DType), Train.Labels.narrow(0, start, count), pass);
+            for (int l = 0; l < hidden; l++) parts[l].Add(adjoint[l].MoveToOuterDisposeScope());
         }
-        return parts.Select(p =>
-        {
-            var all = cat(p.ToArray(), 0).DetachFromDisposeScope();
-            foreach (var t in p) t.Dispose();
-            return all;
-        }).ToArray();
+        return ConcatenateChunks(parts);
     }
+
+    /// One [N, …] tensor per lifted value from its per-chunk parts (the parts are disposed).
+    private static Tensor[] ConcatenateChunks(List<Tensor>[] parts) => parts.Select(p =>
+    {
+        var all = cat(p.ToArray(), 0).DetachFromDisposeScope();
+        foreach (var t in p) t.Dispose();
+        return all;
+    }).ToArray();
 
     /// Allocates the step-rule state (plus solver memory) for one variable of player `player`.
     public StepState NewState(string player, Tensor variable, bool rowIndexed)

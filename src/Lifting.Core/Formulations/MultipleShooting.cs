@@ -105,19 +105,23 @@ public sealed class MultipleShooting : IFormulation
 
     /// The multipliers that satisfy the adjoint equations ∂L/∂h_v = 0 at the forward-pass states:
     /// λ_v = −∂(Σ_i ℓ_i)/∂h_v, the total derivative through every consumer of v (LeCun 1988).
-    /// Returned per lifted value (segment order), shaped like the states.
-    public static Tensor[] AdjointMultipliers(NestedProgram program, IReadOnlyList<Tensor> weights, Tensor x, Tensor labels)
+    /// Returned per lifted value (segment order), shaped like the states; `pass` holds the batch
+    /// statistics and dropout masks of programs that have them.
+    public static Tensor[] AdjointMultipliers(NestedProgram program, IReadOnlyList<Tensor> weights, Tensor x, Tensor labels, ForwardPass? pass = null)
     {
         using var _ = enable_grad();
         int hidden = program.Segments.Count - 1;
         var states = new Tensor[hidden];
+        // The gradient with respect to an intermediate value is its total derivative; the input asks
+        // for a graph in case no weight does.
+        using var input = x.detach().requires_grad_(true);
         for (int l = 0; l < hidden; l++)
         {
             var segment = program.Segments[l];
-            states[l] = segment.Forward(segment.InputsFrom(x, states), weights);
+            states[l] = segment.Forward(segment.InputsFrom(input, states), weights, pass);
         }
         var last = program.Segments[hidden];
-        var output = last.Forward(last.InputsFrom(x, states), weights);
+        var output = last.Forward(last.InputsFrom(input, states), weights, pass);
         var loss = program.Loss.PerExample(output, labels).sum();
         return autograd.grad(new[] { loss }, states).Select(g => -g.detach()).ToArray();
     }
