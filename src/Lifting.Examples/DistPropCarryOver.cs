@@ -4,8 +4,9 @@ using Lifting.Data;
 
 namespace Lifting.Examples;
 
-/// Do the default settings carry over? ExtraProp and DistProp at their defaults (no per-network
-/// tuning) against back-propagation (Adam, its default) on other networks on MNIST-10k: two and
+/// Do the default settings carry over? Methods at their defaults (no per-network tuning; by default
+/// ExtraProp and DistProp, `methods=` any list) against back-propagation (Adam, its default) on
+/// other networks, MNIST-10k unless `data=` says otherwise: two and
 /// three hidden layers, ReLU and tanh (cut after every hidden activation, the builder's default;
 /// DistProp's states are the pre-activations), and seed 001's conv net. A run carries over when its
 /// final mean defect is below 1e-2 and its validation-selected test accuracy is within 2 points of
@@ -32,7 +33,8 @@ public static class DistPropCarryOver
         int epochs = settings.Int("epochs", 20);
         int patience = settings.Int("patience", 5);
         var output = settings.Text("out", "docs/results/distprop-carry-over.md");
-        using var data = DatasetCatalog.Load(settings.Text("data", "mnist-10k"));
+        var dataName = settings.Text("data", "mnist-10k");
+        using var data = DatasetCatalog.Load(dataName);
 
         var md = new StringBuilder();
         md.AppendLine("| network | method | test acc. (selected), mean over seeds (± sd with several) | backprop's | difference (points) | final mean defect, worst seed | carries over (defect < 1e-2, within 2 points) | s per learning epoch, × backprop |");
@@ -66,9 +68,9 @@ public static class DistPropCarryOver
         }
         var command = $"dotnet run --project src/Lifting.Examples -c Release -- distprop-carry {string.Join(" ", settings.Select(kv => DistPropTable.Quoted($"{kv.Key}={kv.Value}")))}";
         var header = $"<!-- produced by: {command} -->\n" +
-                     $"MNIST-10k, batch 128, seeds {string.Join(", ", seeds)}, at most {epochs} epochs (constant-step methods stop after {patience} epochs " +
+                     $"{dataName} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), batch 128, seeds {string.Join(", ", seeds)}, at most {epochs} epochs (constant-step methods stop after {patience} epochs " +
                      $"without a better validation accuracy), {Threads.Count} LibTorch thread(s). Defaults only: no per-network setting. Test accuracy at the " +
-                     "validation-selected epoch. The defect is ExtraProp's |h − f(h_prev)| and DistProp's z-score violation |g_ε(z)|.\n\n";
+                     "validation-selected epoch. The defect is the formulation's mean constraint violation at the end (ExtraProp's and the penalty's |h − f(h_prev)|, DistProp's z-score violation |g_ε(z)|, AM's code mismatch; 0 where nothing is lifted into constraints).\n\n";
         DistPropTable.Write(output, header + md);
         return 0;
     }

@@ -67,6 +67,27 @@ let tests =
             Expect.isLessThan searched.[1] searched.[0] $"line search: energy {searched.[0]} -> {searched.[1]}"
         }
 
+        test "max-shift caps each example's output displacement at rho |z_out| (a linear program, where the cap is exact), and a cap that never binds changes nothing" {
+            let program = mlp 4L [ 6L; 6L; 6L ] 3L Activations.Identity Losses.CrossEntropy
+            let x, y = randomBatch 11 6L 4L 3L
+            use weights = program.Initialise(11, torch.CPU, f64)
+            using (torch.no_grad()) (fun _ -> for w in weights.Tensors do w.mul_(torch.tensor(2.5, dtype = f64)) |> ignore)
+            let output = program.Forward(x, weights.Tensors)
+            let norms (t: torch.Tensor) = t.square().sum(1L).sqrt().data<float>().ToArray()
+            let rho = 0.01
+            let capped = ErrorPredictiveCoding(1.0, maxShift = rho).Infer(program, weights.Tensors, x, y)
+            let moved = norms (capped.States.[capped.States.Count - 1] - output)
+            let size = norms output
+            let uncapped = ErrorPredictiveCoding(1.0).Infer(program, weights.Tensors, x, y)
+            let free = norms (uncapped.States.[uncapped.States.Count - 1] - output)
+            for i in 0 .. moved.Length - 1 do
+                Expect.isLessThanOrEqual moved.[i] (rho * size.[i] * (1.0 + 1e-9)) $"example {i}: output moved {moved.[i]}, cap {rho * size.[i]}"
+            Expect.isTrue (Array.exists2 (fun f s -> f > rho * s * 1.5) free size) "the cap binds on this program (the uncapped step moves some output by more than 1.5 rho)"
+            let loose = ErrorPredictiveCoding(1.0, maxShift = 1e6).Infer(program, weights.Tensors, x, y)
+            for k in 0 .. loose.Errors.Count - 1 do
+                Expect.equal ((loose.Errors.[k] - uncapped.Errors.[k]).abs().max().ToDouble()) 0.0 $"level {k}: a cap of 1e6 changed the errors"
+        }
+
         test "closed-form local products and autograd give the same direction (1e-12), with 3 steps of 0.5" {
             for rp in [ RandomPrograms.Mlp 5; RandomPrograms.ResidualGraph 6; RandomPrograms.RecurrentGraph 7 ] do
                 use weights = rp.Initialise(rp.Seed)
@@ -76,11 +97,14 @@ let tests =
                 Expect.isLessThan err 1e-12 $"{rp}: {err}"
         }
 
-        test "invalid beta, steps and step size are refused, naming the value" {
+        test "invalid beta, steps, step size and max-shift are refused, naming the value" {
             let message (f: unit -> unit) = try f (); "" with :? System.ArgumentOutOfRangeException as e -> e.Message
             Expect.stringContains (message (fun () -> ErrorPredictiveCoding(-1.0) |> ignore)) "Invalid beta: -1" "beta"
             Expect.stringContains (message (fun () -> ErrorPredictiveCoding(0.1, 0) |> ignore)) "Invalid inference steps: 0" "steps"
             Expect.stringContains (message (fun () -> ErrorPredictiveCoding(0.1, 1, nan) |> ignore)) "Invalid error step: NaN" "step"
+            Expect.stringContains (message (fun () -> ErrorPredictiveCoding(0.1, maxShift = -0.5) |> ignore)) "Invalid max-shift: -0.5" "max-shift"
+            let refusal = try ErrorPredictiveCoding(0.1, lineSearch = false, maxShift = 0.05) |> ignore; "" with :? System.ArgumentException as e -> e.Message
+            Expect.stringContains refusal "needs line-search on" "max-shift without the line search"
         }
 
         test "epc trains: digits 64-32-32-10, 3 epochs, test accuracy within 2 points of backprop's" {

@@ -18,11 +18,14 @@ internal static class ErrorPredictiveCodingMethods
             .Append(MethodParameter.Integer("inference-steps", 1, "gradient steps on the errors per mini-batch, from eps = 0", 1))
             .Append(MethodParameter.Positive("error-step", 1.0, "step size eta of those steps (1: one step lands on eps = -beta dloss/dz)"))
             .Append(MethodParameter.Flag("line-search", true, "shorten each example's error step to the minimiser of the energy's quadratic model along it (off: every step is error-step)"))
+            .Append(MethodParameter.NonNegative("max-shift", 0.01, "with the line search, cap each example's step so its output moves by at most this fraction of the output, to first order (0: no cap)"))
             .Append(MethodParameter.Flag("autograd", false, "local products by autograd even for the builder's layers (a check and a benchmark)"))
             .ToArray(),
         a =>
         {
-            var formulation = new ErrorPredictiveCoding(a.Real("beta"), a.Integer("inference-steps"), a.Real("error-step"), a.Flag("autograd"), a.Flag("line-search"));
+            // The cap belongs to the line search: its default is dropped with it, a value given with it refused.
+            var maxShift = a.Flag("line-search") || a.Given("max-shift") ? a.Real("max-shift") : 0.0;
+            var formulation = new ErrorPredictiveCoding(a.Real("beta"), a.Integer("inference-steps"), a.Real("error-step"), a.Flag("autograd"), a.Flag("line-search"), maxShift: maxShift);
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation), PlayerRules.Build(a, formulation));
         }) { Family = "contrastive" };
 }
