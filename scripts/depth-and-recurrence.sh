@@ -39,6 +39,13 @@ run depth ladder plain=10 residual=none $adjoint "methods=extraprop:adjoint-init
 run depth ladder plain=20 residual=none $adjoint "methods=extraprop:init=he;adjoint-init=true" cuts=last seeds=0
 run depth ladder plain=5 residual=none $adjoint "methods=extraprop:adjoint-init=true" cuts=every seeds=0
 run depth ladder plain=none residual=32 $adjoint "methods=extraprop:settle=0,extraprop:lr=0.001;schedule=constant;settle=0,extraprop:lr-states=0.25;lr-multipliers=0.5" cuts=last seeds=0
+# ePC with its output-displacement cap (max-shift 0.01, the default since it was added); the epc
+# cells of depth-ladder.jsonl ran before it (max-shift=0).
+epc="activations=relu threads=1 state=$r/depth-ladder-epc-max-shift.jsonl out=$r/depth-ladder-epc-max-shift.md"
+run depth ladder plain=20,50 residual=none $epc "methods=epc:init=he" cuts=every,last seeds=0
+run depth ladder plain=none residual=32,128 $epc "methods=epc" cuts=last,every seeds=0
+run depth ladder train=false state=$r/depth-ladder-epc-max-shift.jsonl out=$r/depth-ladder-epc-max-shift.md
+
 run depth ladder train=false state=$r/depth-ladder.jsonl out=$r/depth-ladder.md
 
 # ExtraProp on the 32-block residual MLP for 20 epochs instead of 5.

@@ -356,7 +356,9 @@ public static class AlternatingMinimisationTable
                 var xs = Enumerable.Range(1, epochs).Select(e => (double)e).ToArray();
                 curves.Add(new Lifting.Host.Curve(names[m], xs, xs.Select(e => runs[m].Average(r => r.Epochs[(int)e - 1].TestAccuracy)).ToArray()) { Style = m });
             }
-            var png = Path.Combine("docs", "results", stem + ".png");
+            // Beside the table, wherever `out` puts it (an absolute out replaces docs/results).
+            var png = Path.ChangeExtension(Path.Combine("docs", "results", file), ".png");
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(png))!);
             Lifting.Host.Plots.Save(png, $"{dataName} {net}: test accuracy per epoch (mean of {seedsDone} seed{(seedsDone == 1 ? "" : "s")})", "test accuracy", curves, log: false);
             md.AppendLine();
             md.AppendLine($"![test accuracy per epoch]({stem}.png)");
