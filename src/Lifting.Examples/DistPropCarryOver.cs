@@ -70,7 +70,7 @@ public static class DistPropCarryOver
         var header = $"<!-- produced by: {command} -->\n" +
                      $"{dataName} ({data.Train.Count} train / {data.Validation.Count} validation / {data.Test.Count} test), batch 128, seeds {string.Join(", ", seeds)}, at most {epochs} epochs (constant-step methods stop after {patience} epochs " +
                      $"without a better validation accuracy), {Threads.Count} LibTorch thread(s). Defaults only: no per-network setting. Test accuracy at the " +
-                     "validation-selected epoch. The defect is the formulation's mean constraint violation at the end (ExtraProp's and the penalty's |h − f(h_prev)|, DistProp's z-score violation |g_ε(z)|, AM's code mismatch; 0 where nothing is lifted into constraints).\n\n";
+                     "validation-selected epoch. The defect is the formulation's mean constraint violation at the end (ExtraProp's |h − f(h_prev)|, the penalty's after its feasibility pass, DistProp's z-score violation |g_ε(z)|; 0 where the method reports none).\n\n";
         DistPropTable.Write(output, header + md);
         return 0;
     }
