@@ -7,7 +7,8 @@ open Lifting.Programs
 open Lifting.Training
 open TorchSharp
 
-/// How to train; an F# record (copy and update `Options.defaults`).
+/// How to train; an F# record (copy and update `Options.defaults`) with one field per setting of
+/// the C# `TrainingOptions` (a test holds the two to the same names and defaults).
 type Options =
     { Epochs: int
       BatchSize: int
@@ -18,17 +19,23 @@ type Options =
       IterationsPerBatch: int
       /// Stop after this many epochs without a better validation accuracy (0 = never).
       Patience: int
-      CosineToBackprop: bool }
+      CosineToBackprop: bool
+      /// Stop as diverged when the training loss after an epoch exceeds this many times its start (infinity = only non-finite values stop).
+      MaxLossRatio: float
+      /// How the reported epoch is chosen (validation accuracy, or the last epoch).
+      Selection: Selection }
 
 module Options =
     let private core = TrainingOptions()
     let defaults =
         { Epochs = core.Epochs; BatchSize = core.BatchSize; Seed = core.Seed; Device = core.Device; DType = core.DType
-          IterationsPerBatch = core.IterationsPerBatch; Patience = core.Patience; CosineToBackprop = core.CosineToBackprop }
+          IterationsPerBatch = core.IterationsPerBatch; Patience = core.Patience; CosineToBackprop = core.CosineToBackprop
+          MaxLossRatio = core.MaxLossRatio; Selection = core.Selection }
     /// The options the C# API takes.
     let toCore (o: Options) =
         TrainingOptions(Epochs = o.Epochs, BatchSize = o.BatchSize, Seed = o.Seed, Device = o.Device, DType = o.DType,
-                        IterationsPerBatch = o.IterationsPerBatch, Patience = o.Patience, CosineToBackprop = o.CosineToBackprop)
+                        IterationsPerBatch = o.IterationsPerBatch, Patience = o.Patience, CosineToBackprop = o.CosineToBackprop,
+                        MaxLossRatio = o.MaxLossRatio, Selection = o.Selection)
 
 /// One epoch's metrics with options where the C# record has nulls.
 type Epoch =

@@ -57,6 +57,19 @@ let tests =
             let ex = Expect.throwsC (fun () -> Method.named "extraprop" |> Method.set "momentum" 0.9 |> Method.resolve |> ignore) id
             Expect.stringContains ex.Message "momentum" "names the unknown parameter"
         }
+        test "the F# options name every setting of the C# TrainingOptions, start at its defaults and carry each one across" {
+            let csharp = typeof<Lifting.Training.TrainingOptions>.GetProperties() |> Array.filter (fun p -> p.CanWrite) |> Array.map (fun p -> p.Name) |> Set.ofArray
+            let fsharp = Microsoft.FSharp.Reflection.FSharpType.GetRecordFields(typeof<Options>) |> Array.map (fun p -> p.Name) |> Set.ofArray
+            Expect.equal (Set.difference csharp fsharp) Set.empty "settings of TrainingOptions the F# record lacks"
+            Expect.equal (Options.toCore Options.defaults) (Lifting.Training.TrainingOptions()) "the defaults are the C# defaults"
+            let edited =
+                { Options.defaults with
+                    Epochs = 3; BatchSize = 7; Seed = 5; IterationsPerBatch = 2; Patience = 4; CosineToBackprop = true
+                    MaxLossRatio = 50.0; Selection = Lifting.Training.Selection.LastEpoch; DType = TorchSharp.torch.ScalarType.Float64 }
+            let changed = Options.toCore edited
+            for p in typeof<Lifting.Training.TrainingOptions>.GetProperties() |> Array.filter (fun p -> p.CanWrite && p.Name <> "Device") do
+                Expect.notEqual (p.GetValue(changed)) (p.GetValue(Lifting.Training.TrainingOptions())) $"{p.Name} is carried to the C# options"
+        }
         test "Train.run on digits: epochs are F# records with options (validation present, cosine absent) and the selected epoch is the best on validation" {
             let program = Program.input [ 1; 8; 8 ] --> Layer.flatten --> Layer.dense 32 --> Layer.relu --> Layer.dense 10 |> Program.crossEntropy
             use run = program |> Train.run { Options.defaults with Epochs = 4; BatchSize = 32 } (Method.named "backprop" |> Method.resolve) (digits.Force())
