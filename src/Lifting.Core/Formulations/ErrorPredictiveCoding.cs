@@ -54,9 +54,10 @@ namespace Lifting.Formulations;
 /// Fashion-MNIST with six hidden layers of 256 (β = 0.01, `epc-probe`) the line-searched step
 /// moved the output by under 3 % of its size for 300 mini-batches (cosine of the weight direction
 /// to back-propagation's ≥ 0.99), then by 11 %, 44 %, 70 % and 490 % at mini-batches 340–420
-/// (cosine 0.86, 0.79, 0.53, 0.36), and every seed diverged in epoch 2 (β = 0.001 too, seed 0). So each example's step is also capped at t ≤ η ρ ‖z_out‖ / ‖Δz_out(η)‖, the
-/// step that moves its output by ρ of its size to first order (exactly on a linear program):
-/// the weight rule is back-propagation's only near the forward pass. An example the cap shortens
+/// (cosine 0.86, 0.79, 0.53, 0.36), and every seed diverged in epoch 2 (β = 0.001 too, seed 0).
+/// So each example's step is also capped at t ≤ η ρ ‖z_out‖ / ‖Δz_out(η)‖, the step that moves
+/// its output by ρ of its size to first order (exactly on a linear program): the weight rule is
+/// back-propagation's only near the forward pass. An example the cap shortens
 /// enters the weight rule scaled by its step (ε_i ≈ −t_i β λ_i), so the direction is a positively
 /// weighted sum of per-example gradients taken near the forward pass, high-gain examples weighed
 /// less (cosine 0.56–0.98 to the batch mean in the same probe); trained so, the net stays where
