@@ -18,3 +18,6 @@ mlps=dense:256/relu/dense:256/relu/dense:10,dense:256/tanh/dense:256/tanh/dense:
 
 run distprop-carry data=mnist-10k methods=$defaults seeds=0,1,2 epochs=20 threads=1 out=$r/carry-over-defaults-mnist-10k.md
 run distprop-carry data=digits nets=$mlps methods=$defaults seeds=0,1,2 epochs=20 threads=1 out=$r/carry-over-defaults-digits.md
+# The penalty with one cut before the last layer (ExtraProp's and DistProp's were measured before).
+late=dense:256/relu/dense:256/relu/cut/dense:10,dense:256/tanh/dense:256/tanh/cut/dense:10,dense:256/relu/dense:256/relu/dense:256/relu/cut/dense:10,dense:256/tanh/dense:256/tanh/dense:256/tanh/cut/dense:10,conv:6:5:1:2/relu/maxpool:2/conv:16:5/relu/maxpool:2/flatten/dense:120/relu/dense:84/relu/cut/dense:10
+run distprop-carry data=mnist-10k nets=$late methods=penalty seeds=0,1,2 epochs=20 threads=1 out=$r/penalty-carry-over-late-cut.md
