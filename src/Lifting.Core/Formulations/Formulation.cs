@@ -47,42 +47,40 @@ public sealed record LiftContext(
     {
         if (newtonIterations < 0) throw new ArgumentOutOfRangeException(nameof(newtonIterations), $"Invalid Newton iterations: {newtonIterations} (expected >= 0; 0 = a sequential forward pass).");
         using var _ = no_grad();
-        int hidden = Program.Segments.Count - 1;
-        var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
-        var x = Train.Inputs;
-        for (long start = 0; start < x.shape[0]; start += chunk)
+        return OverChunks(weights, chunk, (inputs, _, pass) =>
         {
-            using var scope = NewDisposeScope();
-            using var pass = ForwardPass.Measuring(Program, weights, Seed); // batch statistics of the chunk
-            var h = x.narrow(0, start, Math.Min(chunk, x.shape[0] - start)).to(DType);
-            var values = new Tensor[hidden];
-            var newton = newtonIterations > 0 ? NewtonShooting.Solve(Program, weights.Tensors, h, newtonIterations, pass: pass).States : null;
-            for (int l = 0; l < hidden; l++)
+            var newton = newtonIterations > 0 ? NewtonShooting.Solve(Program, weights.Tensors, inputs, newtonIterations, pass: pass).States : null;
+            var values = new Tensor[Program.Segments.Count - 1];
+            for (int l = 0; l < values.Length; l++)
             {
                 var segment = Program.Segments[l];
-                values[l] = newton is not null ? newton[l] : segment.Forward(segment.InputsFrom(h, values), weights.Tensors, pass);
-                parts[l].Add(values[l].detach().clone().MoveToOuterDisposeScope());
+                values[l] = newton is not null ? newton[l] : segment.Forward(segment.InputsFrom(inputs, values), weights.Tensors, pass);
             }
-        }
-        return ConcatenateChunks(parts);
+            return values.Select(v => v.detach().clone()).ToArray();
+        });
     }
 
     /// The multipliers that satisfy the adjoint equations at the forward-pass states of every
     /// training example, λ_v = −d(Σ_i ℓ_i)/dh_v through every consumer of v (LeCun 1988;
     /// `MultipleShooting.AdjointMultipliers` for one batch), in chunks of `chunk` examples (each
     /// example's row depends on that example only), one per lifted value.
-    public Tensor[] AdjointMultipliers(Weights weights, int chunk = 1024)
+    public Tensor[] AdjointMultipliers(Weights weights, int chunk = 1024) =>
+        OverChunks(weights, chunk, (inputs, labels, pass) => MultipleShooting.AdjointMultipliers(Program, weights.Tensors, inputs, labels, pass));
+
+    /// One value per lifted value for every training example: `perChunk` on each chunk of `chunk`
+    /// examples (inputs in the problem's dtype, labels, a pass holding the chunk's batch statistics),
+    /// its rows joined in example order.
+    private Tensor[] OverChunks(Weights weights, int chunk, Func<Tensor, Tensor, ForwardPass?, Tensor[]> perChunk)
     {
-        int hidden = Program.Segments.Count - 1;
-        var parts = Enumerable.Range(0, hidden).Select(_ => new List<Tensor>()).ToArray();
+        var parts = Enumerable.Range(0, Program.Segments.Count - 1).Select(_ => new List<Tensor>()).ToArray();
         var x = Train.Inputs;
         for (long start = 0; start < x.shape[0]; start += chunk)
         {
             using var scope = NewDisposeScope();
             using var pass = ForwardPass.Measuring(Program, weights, Seed); // batch statistics of the chunk
             long count = Math.Min(chunk, x.shape[0] - start);
-            var adjoint = MultipleShooting.AdjointMultipliers(Program, weights.Tensors, x.narrow(0, start, count).to(DType), Train.Labels.narrow(0, start, count), pass);
-            for (int l = 0; l < hidden; l++) parts[l].Add(adjoint[l].MoveToOuterDisposeScope());
+            var values = perChunk(x.narrow(0, start, count).to(DType), Train.Labels.narrow(0, start, count), pass);
+            for (int l = 0; l < parts.Length; l++) parts[l].Add(values[l].MoveToOuterDisposeScope());
         }
         return ConcatenateChunks(parts);
     }
