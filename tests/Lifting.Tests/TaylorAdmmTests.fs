@@ -197,6 +197,20 @@ let tests =
             Expect.isGreaterThan result.Selected.TestAccuracy 0.92 "test accuracy at the validation-selected epoch (measured 0.958 at epoch 3, seed 3)"
             Expect.isGreaterThan (result.PerExampleVariables.Count) 0 "per-example variables are reported"
         }
+        test "data parallel: split across 2 or 3 threads (chunks of 100 rows), four iterations end bit for bit where one thread ends, λ moving from the second (float32 and float64)" {
+            // In float64 the chunks' float64 sums are inexact, so their order matters (float32's
+            // products summed in float64 are exact: there a reordered reduction went unseen).
+            for dtype in [ ScalarType.Float32; ScalarType.Float64 ] do
+                let train workers =
+                    let m = Methods.Resolve(MethodSettings "admm")
+                    let formulation = TaylorAdmm(TaylorAdmmOptions(WarmStart = 1, ChunkRows = 100, SweepThreads = workers), "admm")
+                    Trainer.Train(digitsNet (), digits.Force(), formulation, TaylorAdmmSolver(), m.StepRules, TrainingOptions(Epochs = 4, BatchSize = 128, Seed = 3, DType = dtype))
+                use one = train 1
+                for workers in [ 2; 3 ] do
+                    use split = train workers
+                    Expect.isTrue (ResumeTests.same split.Weights one.Weights) $"{dtype}, {workers} threads: the final weights are one thread's"
+                    Expect.equal split.Epochs.[3].Objective one.Epochs.[3].Objective $"{dtype}, {workers} threads: and so is the last epoch's lifted objective (its terms summed on the threads)"
+        }
         test "resume: interrupted inside epoch 2, or after epoch 2, and continued from the checkpoint file, ends bit for bit as the uninterrupted run (warm start 1)" {
             resumeAt 2 3
             resumeAt 2 11

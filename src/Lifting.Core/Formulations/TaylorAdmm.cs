@@ -23,6 +23,14 @@ public sealed record TaylorAdmmOptions
     /// Ridge of the weights' least squares, relative to the mean diagonal of the Gram matrix:
     /// (G + ε·tr(G)/n I) keeps the solve defined where inputs never vary (e.g. MNIST's border pixels).
     public double Ridge { get; init; } = 1e-6;
+    /// Threads the sweeps' passes over the training set are split across (data parallelism: each
+    /// thread takes every `SweepThreads`-th chunk of `ChunkRows` rows). The weights' sums
+    /// are added chunk by chunk in chunk order whatever the count, so the iterates do not depend on
+    /// it (tested bit for bit); each thread runs LibTorch at the caller's intra-op thread count.
+    public int SweepThreads { get; init; } = 1;
+    /// Rows per chunk of a pass over the training set: the unit of the weights' sums (so a change
+    /// moves the iterates by rounding) and of the work the `SweepThreads` share.
+    public int ChunkRows { get; init; } = 8192;
 
     public void Validate()
     {
@@ -31,6 +39,8 @@ public sealed record TaylorAdmmOptions
         if (WarmStart < 0) throw new ArgumentOutOfRangeException(nameof(WarmStart), $"Invalid warm start: {WarmStart} (expected >= 0).");
         if (OutputSteps < 1) throw new ArgumentOutOfRangeException(nameof(OutputSteps), $"Invalid output steps: {OutputSteps} (expected >= 1).");
         if (!(Ridge >= 0) || double.IsInfinity(Ridge)) throw new ArgumentOutOfRangeException(nameof(Ridge), $"Invalid ridge: {Ridge} (expected a finite value >= 0).");
+        if (ChunkRows < 1) throw new ArgumentOutOfRangeException(nameof(ChunkRows), $"Invalid chunk rows: {ChunkRows} (expected >= 1).");
+        if (SweepThreads < 1) throw new ArgumentOutOfRangeException(nameof(SweepThreads), $"Invalid sweep threads: {SweepThreads} (expected >= 1).");
     }
 }
 
@@ -72,8 +82,9 @@ public sealed record AdmmLayer(int Weight, int? Bias, long Inputs, long Outputs,
 /// Offline: the trainer's mini-batches are chunks of the training set; they only count the
 /// examples (`Seen`, a checkpoint scalar, so an interrupted epoch resumes exactly), and the chunk
 /// that completes the training set runs the iteration over every example (in chunks of
-/// `Chunk` rows: the weights' sub-problems need sums over the whole set, so the sweep makes one
-/// pass over the data per layer). The first layer's Gram matrix Σ x̃ x̃ᵀ does not change and is
+/// `ChunkRows` rows: the weights' sub-problems need sums over the whole set, so the sweep makes one
+/// pass over the data per layer; `SweepThreads` threads split each pass's chunks, data-parallel as in
+/// Taylor et al., whose updates are sums over examples). The first layer's Gram matrix Σ x̃ x̃ᵀ does not change and is
 /// factorised once per run.
 public sealed class TaylorAdmm : IFormulation, IClosedFormFormulation
 {
@@ -146,9 +157,6 @@ public sealed record AdmmTerms(double Loss, double Multiplier, double OutputResi
 /// solver calls in order (public for tests).
 public sealed class TaylorAdmmProblem : LiftedProblem
 {
-    /// Rows per pass over the training set.
-    public const int Chunk = 8192;
-
     private readonly TaylorAdmmOptions options;
     private readonly Tensor[] z, a;
     private readonly Tensor lambda;
@@ -161,11 +169,11 @@ public sealed class TaylorAdmmProblem : LiftedProblem
         options = formulation.Options;
         Layers = layers;
         Hidden = layers.Count - 1;
-        var (zs, acts) = ForwardValues();
-        z = zs.Select((t, l) => Store.Add($"z{l + 1}", t)).ToArray();
-        a = acts.Select((t, l) => Store.Add($"a{l + 1}", t)).ToArray();
-        foreach (var t in zs.Concat(acts)) t.Dispose();
+        Tensor Empty(long width) => zeros(N, width, dtype: Context.DType, device: Context.Device);
+        z = layers.Select((layer, l) => { using var t = Empty(layer.Outputs); return Store.Add($"z{l + 1}", t); }).ToArray();
+        a = layers.Take(Hidden).Select((layer, l) => { using var t = Empty(layer.Outputs); return Store.Add($"a{l + 1}", t); }).ToArray();
         lambda = Store.Add("lambda", zeros_like(z[Hidden]));
+        ForwardValues();
     }
 
     public IReadOnlyList<AdmmLayer> Layers { get; }
@@ -218,39 +226,92 @@ public sealed class TaylorAdmmProblem : LiftedProblem
     /// m_l = W_l a_{l−1} + b_l.
     private Tensor Affine(int l, Tensor below) => F.linear(below, Weight(l), Bias(l));
 
-    private static IEnumerable<(long Start, long Count)> Chunks(long n)
+    private static IEnumerable<(long Start, long Count)> Chunks(long n, long chunk)
     {
-        for (long s = 0; s < n; s += Chunk) yield return (s, Math.Min(Chunk, n - s));
+        for (long s = 0; s < n; s += chunk) yield return (s, Math.Min(chunk, n - s));
+    }
+
+    /// Runs `map` on every chunk of `n` rows and hands the tensors it returns to `reduce` in chunk
+    /// order. With one thread (`TaylorAdmmOptions.SweepThreads`) each chunk is reduced as soon as it is
+    /// mapped, inside the chunk's dispose scope. With more, thread k maps chunks k, k + threads, …
+    /// (no grad, at the caller's intra-op thread count; the calling thread is thread 0), the tensors are kept until every chunk is
+    /// mapped and then reduced in chunk order, so a sum comes out bit for bit the same. `map` may
+    /// instead write its chunk's own rows of the store and return nothing (the entrywise updates).
+    private void OverChunks(long n, Func<long, long, Tensor[]> map, Action<Tensor[]>? reduce = null)
+    {
+        var chunks = Chunks(n, options.ChunkRows).ToArray();
+        int workers = Math.Min(options.SweepThreads, chunks.Length);
+        if (workers <= 1)
+        {
+            foreach (var (start, count) in chunks)
+            {
+                using var scope = NewDisposeScope();
+                var parts = map(start, count);
+                reduce?.Invoke(parts);
+            }
+            return;
+        }
+        var results = new Tensor[]?[chunks.Length];
+        var errors = new Exception?[workers];
+        int intraOp = Lifting.Threads.Count;
+        void Share(int first)
+        {
+            try
+            {
+                // Both settings are per OS thread: a new thread starts at the machine's thread
+                // count and with gradients on.
+                torch.set_num_threads(intraOp);
+                using var _ = no_grad();
+                for (int k = first; k < chunks.Length; k += workers)
+                {
+                    using var scope = NewDisposeScope();
+                    var parts = map(chunks[k].Start, chunks[k].Count);
+                    foreach (var t in parts) t.DetachFromDisposeScope();
+                    results[k] = parts;
+                }
+            }
+            catch (Exception e) { errors[first] = e; }
+        }
+        // The calling thread takes the first share, new threads the others.
+        var threads = Enumerable.Range(1, workers - 1).Select(w => new Thread(() => Share(w))).ToArray();
+        foreach (var t in threads) t.Start();
+        Share(0);
+        foreach (var t in threads) t.Join();
+        try
+        {
+            var failed = errors.OfType<Exception>().ToArray();
+            if (failed.Length == 1) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failed[0]).Throw();
+            if (failed.Length > 1) throw new AggregateException("Taylor's ADMM failed on several threads.", failed);
+            if (reduce is not null)
+                foreach (var parts in results) reduce(parts!);
+        }
+        finally
+        {
+            foreach (var parts in results)
+                if (parts is not null)
+                    foreach (var t in parts) t.Dispose();
+        }
     }
 
     /// z and a of the forward pass at the current weights, for every example.
-    private (Tensor[] Z, Tensor[] A) ForwardValues()
+    private void ForwardValues()
     {
         using var _ = no_grad();
-        var zs = Layers.Select(_ => new List<Tensor>()).ToArray();
-        var acts = Enumerable.Range(0, Hidden).Select(_ => new List<Tensor>()).ToArray();
-        foreach (var (start, count) in Chunks(N))
+        OverChunks(N, (start, count) =>
         {
-            using var scope = NewDisposeScope();
             var below = Input(start, count);
             for (int l = 0; l < Layers.Count; l++)
             {
                 var pre = Affine(l, below);
-                zs[l].Add(pre.MoveToOuterDisposeScope());
+                z[l].narrow(0, start, count).copy_(pre);
                 if (l < Hidden)
                 {
                     below = H(l, pre);
-                    acts[l].Add(below.clone().MoveToOuterDisposeScope());
+                    a[l].narrow(0, start, count).copy_(below);
                 }
             }
-        }
-        Tensor Join(List<Tensor> parts)
-        {
-            var all = cat(parts.ToArray(), 0).DetachFromDisposeScope();
-            foreach (var t in parts) t.Dispose();
-            return all;
-        }
-        return (zs.Select(Join).ToArray(), acts.Select(Join).ToArray());
+            return Array.Empty<Tensor>();
+        });
     }
 
     // ---- the block updates --------------------------------------------------------------------
@@ -276,14 +337,17 @@ public sealed class TaylorAdmmProblem : LiftedProblem
         long inputs = Layers[l].Inputs + (bias ? 1 : 0);
         var gram = l == 0 && inputFactor is not null ? null : zeros(inputs, inputs, dtype: ScalarType.Float64, device: Context.Device);
         var rhs = zeros(Layers[l].Outputs, inputs, dtype: ScalarType.Float64, device: Context.Device);
-        foreach (var (start, count) in Chunks(N))
+        OverChunks(N, (start, count) =>
         {
-            using var chunk = NewDisposeScope();
             var below = Below(l, start, count);
             var augmented = bias ? Augment(below) : below;
-            rhs.PlusInPlace(z[l].narrow(0, start, count).t().mm(augmented).to_type(ScalarType.Float64));
-            gram?.PlusInPlace(augmented.t().mm(augmented).to_type(ScalarType.Float64));
-        }
+            var r = z[l].narrow(0, start, count).t().mm(augmented).to_type(ScalarType.Float64);
+            return gram is null ? new[] { r } : new[] { r, augmented.t().mm(augmented).to_type(ScalarType.Float64) };
+        }, parts =>
+        {
+            rhs.PlusInPlace(parts[0]);
+            gram?.PlusInPlace(parts[1]);
+        });
         Tensor factor;
         if (l == 0)
         {
@@ -312,14 +376,14 @@ public sealed class TaylorAdmmProblem : LiftedProblem
         // (β WᵀW + γI)⁻¹, symmetric: rows a = rhs · M⁻¹.
         var inverse = linalg.solve_triangular(factor.t(), linalg.solve_triangular(factor, torch.eye(n, dtype: ScalarType.Float64, device: Context.Device), upper: false), upper: true).to_type(Context.DType);
         var nextBias = Bias(l + 1);
-        foreach (var (start, count) in Chunks(N))
+        OverChunks(N, (start, count) =>
         {
-            using var chunk = NewDisposeScope();
             var above = z[l + 1].narrow(0, start, count);
             if (nextBias is not null) above = above - nextBias;
             var rhs = above.mm(next).mul(Scalars.Of(options.Beta)).Plus(H(l, z[l].narrow(0, start, count)).mul(Scalars.Of(options.Gamma)));
             a[l].narrow(0, start, count).copy_(rhs.mm(inverse));
-        }
+            return Array.Empty<Tensor>();
+        });
     }
 
     /// The entrywise minimiser of γ(a − h(z))² + β(z − m)² (ReLU: the better of the two branches).
@@ -341,12 +405,12 @@ public sealed class TaylorAdmmProblem : LiftedProblem
     {
         if (l >= Hidden) throw new ArgumentOutOfRangeException(nameof(l), "The output's pre-activations are updated by UpdateOutput.");
         using var _ = no_grad();
-        foreach (var (start, count) in Chunks(N))
+        OverChunks(N, (start, count) =>
         {
-            using var chunk = NewDisposeScope();
             var m = Affine(l, Below(l, start, count));
             z[l].narrow(0, start, count).copy_(MinimisePreActivation(a[l].narrow(0, start, count), m, Layers[l].Relu, options.Gamma, options.Beta));
-        }
+            return Array.Empty<Tensor>();
+        });
     }
 
     /// z_L ← argmin_z ℓ(z, y) + ⟨λ, z⟩ + β‖z − m_L‖².
@@ -356,9 +420,8 @@ public sealed class TaylorAdmmProblem : LiftedProblem
         int L = Hidden;
         bool crossEntropy = Program.Loss.Name == "cross-entropy";
         var twoBeta = Scalars.Of(2 * options.Beta);
-        foreach (var (start, count) in Chunks(N))
+        OverChunks(N, (start, count) =>
         {
-            using var chunk = NewDisposeScope();
             var m = Affine(L, Below(L, start, count));
             var lam = lambda.narrow(0, start, count);
             var target = F.one_hot(Context.Train.Labels.narrow(0, start, count).to(Context.Device), m.shape[1]).to_type(m.dtype);
@@ -367,7 +430,7 @@ public sealed class TaylorAdmmProblem : LiftedProblem
             {
                 // ½‖z − t‖² + ⟨λ, z⟩ + β‖z − m‖²: z = (t − λ + 2βm) / (1 + 2β).
                 zL.copy_((target - lam).Plus(m.mul(twoBeta)).div(Scalars.Of(1 + 2 * options.Beta)));
-                continue;
+                return Array.Empty<Tensor>();
             }
             var current = zL.clone();
             var k = m.shape[1];
@@ -380,19 +443,20 @@ public sealed class TaylorAdmmProblem : LiftedProblem
                 current = current - linalg.solve(hessian, gradient.unsqueeze(2)).squeeze(2);
             }
             zL.copy_(current);
-        }
+            return Array.Empty<Tensor>();
+        });
     }
 
     /// λ ← λ + β(z_L − m_L).
     public void UpdateMultipliers()
     {
         using var _ = no_grad();
-        foreach (var (start, count) in Chunks(N))
+        OverChunks(N, (start, count) =>
         {
-            using var chunk = NewDisposeScope();
             var m = Affine(Hidden, Below(Hidden, start, count));
             lambda.narrow(0, start, count).add_(z[Hidden].narrow(0, start, count) - m, alpha: Scalars.Of(options.Beta));
-        }
+            return Array.Empty<Tensor>();
+        });
     }
 
     /// One iteration (the class comment of `TaylorAdmm`), then the objective's terms as diagnostics.
@@ -440,27 +504,38 @@ public sealed class TaylorAdmmProblem : LiftedProblem
         var act = new double[Hidden];
         var pre = new double[Hidden];
         long n = rows?.shape[0] ?? N;
-        for (long start = 0; start < n; start += Chunk)
+        // Per chunk: ‖z_l − m_l‖² and ‖a_l − h(z_l)‖² for each hidden layer, then ℓ, ⟨λ, z_L⟩, ‖z_L − m_L‖².
+        OverChunks(n, (start, count) =>
         {
-            using var scope = NewDisposeScope();
-            long count = Math.Min(Chunk, n - start);
             var idx = rows?.narrow(0, start, count);
             Tensor Rows(Tensor t) => idx is null ? t.narrow(0, start, count) : t.index_select(0, idx);
             var below = idx is null ? Input(start, count) : Input(idx);
+            var sums = new Tensor[2 * Hidden + 3];
             for (int l = 0; l < Hidden; l++)
             {
                 var zl = Rows(z[l]);
                 var al = Rows(a[l]);
-                pre[l] += (zl - Affine(l, below)).Squared().sum().ToDouble();
-                act[l] += (al - H(l, zl)).Squared().sum().ToDouble();
+                sums[2 * l] = (zl - Affine(l, below)).Squared().sum();
+                sums[2 * l + 1] = (al - H(l, zl)).Squared().sum();
                 below = al;
             }
             var zL = Rows(z[Hidden]);
             var labels = (idx is null ? Context.Train.Labels.narrow(0, start, count) : Context.Train.Labels.index_select(0, idx.to(Context.Train.Labels.device))).to(Context.Device);
-            loss += Program.Loss.PerExample(zL, labels).sum().ToDouble();
-            multiplier += (Rows(lambda) * zL).sum().ToDouble();
-            output += (zL - Affine(Hidden, below)).Squared().sum().ToDouble();
-        }
+            sums[2 * Hidden] = Program.Loss.PerExample(zL, labels).sum();
+            sums[2 * Hidden + 1] = (Rows(lambda) * zL).sum();
+            sums[2 * Hidden + 2] = (zL - Affine(Hidden, below)).Squared().sum();
+            return sums;
+        }, sums =>
+        {
+            for (int l = 0; l < Hidden; l++)
+            {
+                pre[l] += sums[2 * l].ToDouble();
+                act[l] += sums[2 * l + 1].ToDouble();
+            }
+            loss += sums[2 * Hidden].ToDouble();
+            multiplier += sums[2 * Hidden + 1].ToDouble();
+            output += sums[2 * Hidden + 2].ToDouble();
+        });
         return new AdmmTerms(loss, multiplier, output, act, pre, options.Gamma, options.Beta, n);
     }
 

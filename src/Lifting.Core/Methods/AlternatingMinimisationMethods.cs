@@ -29,6 +29,7 @@ internal static class AlternatingMinimisationMethods
             MethodParameter.Integer("warm-start", 50, "iterations (epochs) at the start without the multiplier update (Taylor et al.'s warm start; the default, chosen on MNIST-10k validation accuracy, keeps λ at 0 for 50 epochs: docs/methods.md)"),
             MethodParameter.Integer("output-steps", 5, "Newton steps on the output's cross-entropy sub-problem per iteration", 1),
             MethodParameter.NonNegative("ridge", 1e-6, "ridge of the weights' least squares, relative to the Gram matrix's mean diagonal"),
+            MethodParameter.Integer("sweep-threads", 1, "threads each pass over the training set is split across, chunk by chunk (data parallelism inside the process, not --workers; the iterates do not depend on it)", 1),
         },
         a =>
         {
@@ -39,6 +40,7 @@ internal static class AlternatingMinimisationMethods
                 WarmStart = a.Integer("warm-start"),
                 OutputSteps = a.Integer("output-steps"),
                 Ridge = a.Real("ridge"),
+                SweepThreads = a.Integer("sweep-threads"),
             }, "admm");
             // No step rule: every sub-problem is solved exactly (the weights' state is empty).
             var none = StepRules.Constant(1);
