@@ -87,7 +87,13 @@ public static class DistPropTable
 
     /// What a table keeps of one run.
     public sealed record Outcome(int Seed, double Validation, double Test, int Epoch, double FinalTest, double Defect,
-        double Seconds, double Ratio, long StateBytes, long PerExampleBytes, string? Failure, IReadOnlyDictionary<string, double> Diagnostics);
+        double Seconds, double Ratio, long StateBytes, long PerExampleBytes, string? Failure, IReadOnlyDictionary<string, double> Diagnostics)
+    {
+        /// The last epoch's loss of the forward pass over the training split, and the lifted
+        /// objective's loss term (the loss at the stored states, for the per-example methods).
+        public double FinalTrainLoss { get; init; } = double.NaN;
+        public double FinalLossTerm { get; init; } = double.NaN;
+    }
 
     /// Trains every row for every seed, rows interleaved within each seed's round; prints a line per
     /// epoch and returns the outcomes per row.
@@ -117,7 +123,8 @@ public static class DistPropTable
                     reference ??= result.SecondsPerLearningEpoch;
                     outcomes[r].Add(new Outcome(seed, result.Selected.ValidationAccuracy ?? double.NaN, result.Selected.TestAccuracy, result.SelectedEpoch,
                         result.Final.TestAccuracy, result.FinalDefect, result.SecondsPerLearningEpoch, result.SecondsPerLearningEpoch / reference.Value,
-                        result.StateBytes, result.PerExampleBytes, null, result.Final.Diagnostics));
+                        result.StateBytes, result.PerExampleBytes, null, result.Final.Diagnostics)
+                        { FinalTrainLoss = result.Final.TrainLoss, FinalLossTerm = result.Final.LossTerm });
                 }
                 catch (TrainingDivergedException e)
                 {
@@ -140,6 +147,7 @@ public static class DistPropTable
         var seeds = settings.Ints("seeds", "0,1,2");
         int epochs = settings.Int("epochs", 20), batch = settings.Int("batch", 128), patience = settings.Int("patience", 5);
         var output = settings.Text("out", $"docs/results/distprop-{preset}-{dataName}.md");
+        bool losses = settings.Bool("losses", false);
 
         List<Outcome>[] outcomes;
         string splitText;
@@ -160,9 +168,10 @@ public static class DistPropTable
         }
 
         var md = new StringBuilder();
-        md.AppendLine("| row | method and settings | network | test acc. at the selected epoch, mean ± sd | per seed: test acc. (selected epoch, its validation acc.) | final defect per seed | s per learning epoch | × first row (per round) | state bytes | per-example bytes |");
-        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
-        for (int r = 0; r < rows.Length; r++) md.AppendLine(Line(rows[r], outcomes[r]));
+        md.AppendLine("| row | method and settings | network | test acc. at the selected epoch, mean ± sd | per seed: test acc. (selected epoch, its validation acc.) | final defect per seed | " +
+                      (losses ? "last epoch's training loss per seed: forward pass (lifted loss term) | " : "") + "s per learning epoch | × first row (per round) | state bytes | per-example bytes |");
+        md.AppendLine("|---|---|---|---|---|---|" + (losses ? "---|" : "") + "---|---|---|---|");
+        for (int r = 0; r < rows.Length; r++) md.AppendLine(Line(rows[r], outcomes[r], losses));
         Console.WriteLine(md.ToString());
         var command = $"dotnet run --project src/Lifting.Examples -c Release -- distprop-table {string.Join(" ", settings.Select(kv => Quoted($"{kv.Key}={kv.Value}")))}";
         var header = $"<!-- produced by: {command} -->\n" +
@@ -184,7 +193,9 @@ public static class DistPropTable
     public static IEnumerable<string> SplitRows(string text) =>
         text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
-    public static string Line(Row row, IReadOnlyList<Outcome> runs)
+    /// A row of the table; with `losses` a column of the last epoch's forward-pass training loss
+    /// against the lifted objective's loss term, per seed.
+    public static string Line(Row row, IReadOnlyList<Outcome> runs, bool losses = false)
     {
         string F4(double v) => double.IsNaN(v) ? "–" : v.ToString("F4", CultureInfo.InvariantCulture);
         string PerSeed(Func<Outcome, string> show) => string.Join(" / ", runs.Select(o => o.Failure is null ? show(o) : "diverged"));
@@ -192,9 +203,11 @@ public static class DistPropTable
         var (mean, sd) = ResultsTable.MeanSd(done.Select(o => o.Test).ToArray());
         var seconds = done.Select(o => o.Seconds).OrderBy(s => s).ToArray();
         var ratios = done.Select(o => o.Ratio).OrderBy(s => s).ToArray();
+        var lossColumn = losses ? PerSeed(o => string.Create(CultureInfo.InvariantCulture, $"{o.FinalTrainLoss:G3} ({o.FinalLossTerm:G3})")) + " | " : "";
         return string.Create(CultureInfo.InvariantCulture,
             $"| {row.Label} | {row.Settings} | {row.Net} | {F4(mean)} ± {F4(sd)} | {PerSeed(o => $"{o.Test:F4} ({o.Epoch}, {o.Validation:F4})")} | " +
             $"{PerSeed(o => o.Defect.ToString("E1", CultureInfo.InvariantCulture))} | " +
+            $"{lossColumn}" +
             $"{(seconds.Length > 0 ? seconds[seconds.Length / 2].ToString("F2", CultureInfo.InvariantCulture) : "–")} | " +
             $"{(ratios.Length > 0 ? $"{ratios[ratios.Length / 2]:F2} ({ratios[0]:F2}–{ratios[^1]:F2})" : "–")} | " +
             $"{(done.Length > 0 ? done[0].StateBytes : 0)} | {(done.Length > 0 ? done[0].PerExampleBytes : 0)} |");

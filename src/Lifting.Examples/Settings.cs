@@ -24,6 +24,9 @@ public sealed class Settings : IReadOnlyDictionary<string, string>
 
     public double Real(string key, double fallback) => One(key, fallback, "a number");
 
+    /// true or false (bool.TryParse: case-insensitive).
+    public bool Bool(string key, bool fallback) => One(key, fallback, "true or false");
+
     /// A list such as seeds=0,1,2; `fallback` is the list's text.
     public int[] Ints(string key, string fallback, char separator = ',') => Many<int>(key, fallback, separator, "integers");
 
