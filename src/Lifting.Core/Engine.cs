@@ -58,6 +58,34 @@ public static class Threads
         VectorMath.Prepare(); // before any split call (see VectorMath)
         torch.set_num_threads(count);
     }
+
+    /// Runs `body(0)` … `body(count − 1)` concurrently: `body(0)` on the calling thread, the others
+    /// on new threads, each at the caller's intra-op thread count (LibTorch's setting is per OS
+    /// thread, and a new thread starts at the machine's default: a run at `--threads 1` would
+    /// otherwise split its reductions differently on the new threads and lose bit identity with
+    /// the sequential order). Returns when every body has ended; rethrows a single failure as it
+    /// was, several as an `AggregateException` with `what` in its message.
+    public static void RunConcurrently(int count, Action<int> body, string what)
+    {
+        int intraOp = Count;
+        var errors = new Exception?[count];
+        void Run(int i)
+        {
+            try
+            {
+                torch.set_num_threads(intraOp);
+                body(i);
+            }
+            catch (Exception e) { errors[i] = e; }
+        }
+        var threads = Enumerable.Range(1, Math.Max(0, count - 1)).Select(i => new Thread(() => Run(i))).ToArray();
+        foreach (var t in threads) t.Start();
+        if (count > 0) Run(0);
+        foreach (var t in threads) t.Join();
+        var failed = errors.OfType<Exception>().ToArray();
+        if (failed.Length == 1) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failed[0]).Throw();
+        if (failed.Length > 1) throw new AggregateException($"{what} failed on several threads.", failed);
+    }
 }
 
 /// LibTorch's CPU build computes float functions such as exp, log, sqrt and tanh with MKL's vector

@@ -252,15 +252,11 @@ public sealed class TaylorAdmmProblem : LiftedProblem
             return;
         }
         var results = new Tensor[]?[chunks.Length];
-        var errors = new Exception?[workers];
-        int intraOp = Lifting.Threads.Count;
-        void Share(int first)
+        try
         {
-            try
+            Lifting.Threads.RunConcurrently(workers, first =>
             {
-                // Both settings are per OS thread: a new thread starts at the machine's thread
-                // count and with gradients on.
-                torch.set_num_threads(intraOp);
+                // Gradients are per OS thread too: a new thread starts with them on.
                 using var _ = no_grad();
                 for (int k = first; k < chunks.Length; k += workers)
                 {
@@ -269,19 +265,7 @@ public sealed class TaylorAdmmProblem : LiftedProblem
                     foreach (var t in parts) t.DetachFromDisposeScope();
                     results[k] = parts;
                 }
-            }
-            catch (Exception e) { errors[first] = e; }
-        }
-        // The calling thread takes the first share, new threads the others.
-        var threads = Enumerable.Range(1, workers - 1).Select(w => new Thread(() => Share(w))).ToArray();
-        foreach (var t in threads) t.Start();
-        Share(0);
-        foreach (var t in threads) t.Join();
-        try
-        {
-            var failed = errors.OfType<Exception>().ToArray();
-            if (failed.Length == 1) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failed[0]).Throw();
-            if (failed.Length > 1) throw new AggregateException("Taylor's ADMM failed on several threads.", failed);
+            }, "Taylor's ADMM");
             if (reduce is not null)
                 foreach (var parts in results) reduce(parts!);
         }

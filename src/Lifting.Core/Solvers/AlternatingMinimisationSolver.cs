@@ -145,32 +145,7 @@ public sealed class AlternatingMinimisationSolver : ISolver
             foreach (var p in problems) Solve(p);
             return;
         }
-        var threads = new Thread[problems.Count];
-        var errors = new Exception?[problems.Count];
-        // LibTorch's intra-op thread count is per OS thread (OpenMP's setting): a new thread starts
-        // at the machine's default, so each block's thread takes the caller's count. Without
-        // this a run at --threads 1 split its reductions differently in the concurrent blocks and
-        // ended with other weights than the sequential order (test).
-        int intraOp = Lifting.Threads.Count;
-        for (int i = 0; i < threads.Length; i++)
-        {
-            var p = problems[i];
-            int k = i;
-            threads[i] = new Thread(() =>
-            {
-                try
-                {
-                    torch.set_num_threads(intraOp);
-                    Solve(p);
-                }
-                catch (Exception e) { errors[k] = e; }
-            });
-            threads[i].Start();
-        }
-        foreach (var t in threads) t.Join();
-        var failed = errors.OfType<Exception>().ToArray();
-        if (failed.Length == 1) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failed[0]).Throw();
-        if (failed.Length > 1) throw new AggregateException("Weight updates failed in several layers.", failed);
+        Lifting.Threads.RunConcurrently(problems.Count, i => Solve(problems[i]), "Weight updates");
     }
 
     private void Solve(WeightProblem problem)
