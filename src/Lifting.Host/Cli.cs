@@ -123,8 +123,11 @@ public static class Cli
                 output.WriteLine($"{m.Name} (family {m.Family}): {m.Description}");
                 output.WriteLine($"formulation at the defaults: {Methods.Resolve(m.Name).Formulation.Description}");
                 output.WriteLine("parameters (lifting train --method " + m.Name + " --NAME VALUE):");
+                // Columns as wide as their widest entry (a catalog's list of names grows with it).
+                int flagWidth = m.Parameters.Max(p => p.Name.Length) + 2, defaultWidth = Math.Max(14, m.Parameters.Max(p => p.Default.Length) + 2),
+                    domainWidth = Math.Max(28, m.Parameters.Max(p => p.Domain.Length) + 2);
                 foreach (var p in m.Parameters)
-                    output.WriteLine($"  --{p.Name,-24}{p.Default,-14}{p.Domain,-28}{p.Description}");
+                    output.WriteLine($"  --{p.Name.PadRight(flagWidth)}{p.Default.PadRight(defaultWidth)}{p.Domain.PadRight(domainWidth)}{p.Description}");
                 return 0;
             }
             output.WriteLine("methods (--method) by family, * = the family's default (its representative in `lifting demo`); `lifting methods NAME` lists a method's parameters:");

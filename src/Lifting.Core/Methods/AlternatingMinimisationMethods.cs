@@ -51,7 +51,6 @@ internal static class AlternatingMinimisationMethods
     {
         var parameters = new List<MethodParameter>();
         parameters.AddRange(PlayerRules.StepRule(PlayerNames.Weights, "adam", 2e-3));
-        parameters.Add(MethodParameter.Positive("adam-eps", 1e-8, "ε of the weights' Adam rule (the denominator's floor; other rules ignore it)"));
         parameters.Add(MethodParameter.Positive("lr-codes", 0.02, "step size of the codes (per example; SGD with momentum on each code's sub-problem)"));
         parameters.Add(MethodParameter.Positive("lr-codes-growth", 1, "factor by which each code's step grows per block below the top code (1: one step for every code)"));
         parameters.Add(MethodParameter.Real("momentum", 0.9, "momentum of the codes' steps", 0, maximum: 1, maximumExclusive: true));
@@ -84,7 +83,7 @@ internal static class AlternatingMinimisationMethods
                 Sweeps = memory ? a.Integer("sweeps") : 1,
                 Parallel = a.Flag("parallel"),
             });
-            var weights = a.Text("optimizer") == "adam" ? StepRules.Adam(a.Real("lr"), eps: a.Real("adam-eps")) : StepRuleCatalog.Create(a.Text("optimizer"), a.Real("lr"));
+            var weights = PlayerRules.WeightRule(a);
             var codes = StepRules.Momentum(a.Real("lr-codes"), a.Real("momentum"), a.Flag("nesterov"));
             return new MethodParts(formulation, solver, player => player switch
             {

@@ -21,7 +21,36 @@ public static class PlayerRules
         var rule = MethodParameter.CatalogName("optimizer" + suffix, defaultRule, $"step rule of {what}", () => StepRuleCatalog.Names, StepRuleCatalog.Canonical);
         var rate = MethodParameter.Positive("lr" + suffix, defaultRate, $"step size of {what}")
             with { DefaultFrom = value => value("optimizer" + suffix) == defaultRule ? MethodParameter.Format(defaultRate) : MethodParameter.Format(StepRuleCatalog.DefaultRate(value("optimizer" + suffix))) };
-        return new[] { rule, rate };
+        return player == PlayerNames.Weights ? new[] { rule, rate }.Concat(WeightSettings).ToArray() : new[] { rule, rate };
+    }
+
+    /// The weights' rule beyond its name and step size: what a researcher comparing with a PyTorch
+    /// optimiser sets (`StepRuleSettings`, clipping, epoch schedules that compose with `schedule`).
+    private static MethodParameter[] WeightSettings { get; } =
+    {
+        MethodParameter.Real("beta1", 0.9, "first-moment decay of the weights' rule: Adam's β₁, the momentum ρ of momentum and nesterov", 0, maximum: 1, maximumExclusive: true),
+        MethodParameter.Real("beta2", 0.999, "Adam's β₂ for the weights", 0, maximum: 1, maximumExclusive: true),
+        MethodParameter.Positive("adam-eps", 1e-8, "Adam's ε for the weights (the denominator's floor)"),
+        MethodParameter.NonNegative("weight-decay", 0, "decoupled weight decay λ of the weights, d += α λ w (AdamW, SGDW; 0.01 for adamw, else 0)")
+            with { DefaultFrom = value => MethodParameter.Format(StepRuleCatalog.Find(value("optimizer")).DefaultWeightDecay) },
+        MethodParameter.NonNegative("clip-norm", 0, "clip the weights' directions to this global norm over all weight tensors before the rule (clip_grad_norm_; 0: off)"),
+        MethodParameter.Integer("warmup", 0, "linear warm-up of the weights' step over this many epochs, epoch e at e/(W+1) of it (0: none)"),
+        MethodParameter.Integer("decay-every", 0, "multiply the weights' step by decay-factor every this many epochs (StepLR; 0: never)"),
+        MethodParameter.Real("decay-factor", 0.1, "the factor of decay-every", 0, minimumExclusive: true, maximum: 1),
+    };
+
+    /// The weights' rule from the arguments, before `schedule` and settling: the named rule with its
+    /// settings and weight decay, clipped, then step decay and warm-up over the epochs (each only
+    /// when asked for, so a method's defaults build the plain rule).
+    public static IStepRule WeightRule(MethodArguments a)
+    {
+        var settings = new StepRuleSettings(a.Real("lr"));
+        if (a.Has("beta1")) settings = settings with { Beta1 = a.Real("beta1"), Beta2 = a.Real("beta2"), Eps = a.Real("adam-eps"), WeightDecay = a.Real("weight-decay") };
+        var rule = StepRuleCatalog.Create(a.Text("optimizer"), settings);
+        if (a.Has("clip-norm") && a.Real("clip-norm") > 0) rule = StepRules.ClippedByGlobalNorm(rule, a.Real("clip-norm"));
+        if (a.Has("decay-every") && a.Integer("decay-every") > 0) rule = Schedules.StepDecay(rule, a.Integer("decay-every"), a.Real("decay-factor"));
+        if (a.Has("warmup") && a.Integer("warmup") > 0) rule = Schedules.Warmup(rule, a.Integer("warmup"));
+        return rule;
     }
 
     public static MethodParameter Schedule(string @default) =>
@@ -47,7 +76,7 @@ public static class PlayerRules
             var suffix = player == PlayerNames.Weights ? "" : "-" + player;
             if (!a.Has("optimizer" + suffix))
                 throw new ArgumentException($"Method '{a.Method.Name}' declares no step rule for its player '{player}' (parameters optimizer{suffix} and lr{suffix}).");
-            var created = StepRuleCatalog.Create(a.Text("optimizer" + suffix), a.Real("lr" + suffix));
+            var created = player == PlayerNames.Weights ? WeightRule(a) : StepRuleCatalog.Create(a.Text("optimizer" + suffix), a.Real("lr" + suffix));
             rules[player] = player switch
             {
                 PlayerNames.Weights => schedule switch

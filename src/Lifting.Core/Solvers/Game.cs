@@ -160,6 +160,16 @@ public interface IStepRule
     /// The displacement d for descent direction `direction`; updates `state` in place (unless the
     /// rule is frozen). Called under no_grad.
     Tensor Displacement(Tensor direction, StepState state);
+
+    /// The displacement of `variable` (its value before the step): what the solvers call. A rule
+    /// that reads the variable (decoupled weight decay) overrides this; by default it is the
+    /// displacement of the direction alone.
+    Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Displacement(direction, state);
+
+    /// A player's directions, transformed jointly before each variable's displacement (a clip to
+    /// a global norm over all of them); by default unchanged. Called under no_grad, once per step
+    /// of the player, with the directions in the player's variable order.
+    IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => directions;
 }
 
 /// A projection onto a convex set, applied in place after an update (Stampacchia).

@@ -29,9 +29,10 @@ public static class Solvers
     internal static void Descend(Player player, IReadOnlyList<Tensor> directions, double scale = 1.0)
     {
         using var _ = no_grad();
+        directions = player.StepRule.Directions(directions);
         for (int i = 0; i < player.Variables.Count; i++)
         {
-            var d = player.StepRule.Displacement(directions[i], player.StepStates[i]);
+            var d = player.StepRule.Displacement(directions[i], player.StepStates[i], player.Variables[i]);
             if (scale != 1.0) d = d.mul(Scalars.Of(scale));
             player.Variables[i].sub_(d);
             player.Projections[i].ProjectInPlace(player.Variables[i]);
@@ -213,9 +214,10 @@ internal sealed class MirrorProxSolver : ISolver
         for (int p = 0; p < players.Count; p++)
         {
             var player = players[p];
+            var prepared = player.StepRule.Directions(directions[p]);
             for (int i = 0; i < player.Variables.Count; i++)
             {
-                var d = player.StepRule.Displacement(directions[p][i], player.StepStates[i]);
+                var d = player.StepRule.Displacement(prepared[i], player.StepStates[i], centre[p][i]);
                 player.Variables[i].copy_(player.Geometry.Step(centre[p][i], d));
                 player.Projections[i].ProjectInPlace(player.Variables[i]);
             }

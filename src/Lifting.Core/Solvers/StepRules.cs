@@ -12,6 +12,13 @@ namespace Lifting.Solvers;
 ///   momentum  b ← ρb + g,  d = α b   (heavy ball; Polyak 1964), or d = α (g + ρb) (Nesterov, in
 ///             the form of Sutskever et al. 2013 that PyTorch's SGD uses); b starts at zero
 ///
+/// and transforms that compose with any of them (optax's chain):
+///
+///   decoupled weight decay  d ← d + α λ x   (x the variable before the step; Loshchilov & Hutter
+///                           2019: AdamW, and SGDW with the momentum rules)
+///   global-norm clip        g ← g · min(1, c / (‖g‖ + 10⁻⁶)),  ‖g‖² = Σ_i ‖g_i‖² over every tensor
+///                           of the player, before the rule (torch.nn.utils.clip_grad_norm_)
+///
 /// Inside extragradient the state is updated at both half-steps, which makes AdaGrad
 /// "ExtraAdagrad" (seed 001 §3.1) and Adam "ExtraAdam" (Gidel et al. 2019). For per-example
 /// (row-indexed) variables, Adam's step count t is kept per row, so each example's bias
@@ -47,6 +54,26 @@ public static class StepRules
         return new AdamRule(lr, beta1, beta2, eps);
     }
 
+    /// `inner` followed by decoupled weight decay: d = inner(g) + α λ x, with x the variable's value
+    /// before the step (Loshchilov & Hutter 2019). The decay is not part of the direction, so an
+    /// adaptive rule does not rescale it; AdamW is `WithDecoupledWeightDecay(Adam(α), α, λ)`. A
+    /// schedule around it scales the decay too, as PyTorch's schedulers scale AdamW's α λ.
+    public static IStepRule WithDecoupledWeightDecay(IStepRule inner, double lr, double decay)
+    {
+        CheckRate(lr);
+        if (!(decay >= 0) || !double.IsFinite(decay)) throw new ArgumentOutOfRangeException(nameof(decay), $"Invalid weight decay: {decay} (expected a finite value >= 0).");
+        return decay == 0 ? inner : new DecoupledWeightDecayRule(inner, lr, decay);
+    }
+
+    /// `inner` on directions clipped to global norm at most `maxNorm`: g_i ← g_i · min(1, c / (‖g‖ +
+    /// 10⁻⁶)) for every tensor g_i of the player, ‖g‖ = (Σ_i ‖g_i‖²)^½, as
+    /// torch.nn.utils.clip_grad_norm_ does before an optimiser step.
+    public static IStepRule ClippedByGlobalNorm(IStepRule inner, double maxNorm)
+    {
+        if (!(maxNorm > 0) || !double.IsFinite(maxNorm)) throw new ArgumentOutOfRangeException(nameof(maxNorm), $"Invalid clip norm: {maxNorm} (expected a finite value > 0).");
+        return new GlobalNormClipRule(inner, maxNorm);
+    }
+
     private static double CheckRate(double lr) => lr > 0 && double.IsFinite(lr) ? lr
         : throw new ArgumentOutOfRangeException(nameof(lr), $"Invalid learning rate: {lr} (expected a finite value > 0).");
 
@@ -56,6 +83,52 @@ public static class StepRules
     }
 
     private static string Show(double v) => v.ToString("G4", System.Globalization.CultureInfo.InvariantCulture);
+
+    private sealed class DecoupledWeightDecayRule : IStepRule, IScheduledStepRule
+    {
+        private readonly IStepRule inner;
+        private readonly double lr, decay;
+        public DecoupledWeightDecayRule(IStepRule inner, double lr, double decay) { this.inner = inner; this.lr = lr; this.decay = decay; }
+        public string Name => $"{inner.Name} + decoupled weight decay {Show(decay)}";
+        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
+        public Tensor Displacement(Tensor direction, StepState state) =>
+            throw new InvalidOperationException($"{Name} reads the variable: call Displacement(direction, state, variable).");
+        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) =>
+            inner.Displacement(direction, state, variable).add(variable, Scalars.Of(lr * decay));
+        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => inner.Directions(directions);
+        public void Advance(int epoch, int epochs) => (inner as IScheduledStepRule)?.Advance(epoch, epochs);
+        public bool Holding => inner is IScheduledStepRule { Holding: true };
+    }
+
+    private sealed class GlobalNormClipRule : IStepRule, IScheduledStepRule
+    {
+        private readonly IStepRule inner;
+        private readonly double maxNorm;
+        public GlobalNormClipRule(IStepRule inner, double maxNorm) { this.inner = inner; this.maxNorm = maxNorm; }
+        public string Name => $"clip(‖g‖ ≤ {Show(maxNorm)}) then {inner.Name}";
+        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
+        public Tensor Displacement(Tensor direction, StepState state) => inner.Displacement(direction, state);
+        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) => inner.Displacement(direction, state, variable);
+        public void Advance(int epoch, int epochs) => (inner as IScheduledStepRule)?.Advance(epoch, epochs);
+        public bool Holding => inner is IScheduledStepRule { Holding: true };
+
+        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions)
+        {
+            // Each tensor's squared norm, summed on the host (clip_grad_norm_ takes the norm of the
+            // tensors' norms: the same number up to rounding).
+            double squares = 0;
+            foreach (var d in directions)
+            {
+                using var square = d.mul(d);
+                using var sum = square.sum();
+                squares += sum.ToDouble();
+            }
+            var coefficient = maxNorm / (Math.Sqrt(squares) + 1e-6);
+            if (!(coefficient < 1)) return inner.Directions(directions);
+            using var scale = coefficient.ToScalar(); // changes every step: held for the call, not cached
+            return inner.Directions(directions.Select(d => d.mul(scale)).ToArray());
+        }
+    }
 
     private sealed class ConstantRule : IStepRule
     {
@@ -212,6 +285,23 @@ public static class Schedules
         return new SettlingRule(inner, settle, scale);
     }
 
+    /// d ← γ^⌊(e − 1)/k⌋ · d in epoch e (1-based): the step multiplied by γ every k epochs
+    /// (PyTorch's StepLR stepped once per epoch).
+    public static IScheduledStepRule StepDecay(IStepRule inner, int every, double factor)
+    {
+        if (every < 1) throw new ArgumentOutOfRangeException(nameof(every), $"Invalid decay period: {every} epochs (expected >= 1).");
+        if (!(factor > 0 && factor <= 1)) throw new ArgumentOutOfRangeException(nameof(factor), $"Invalid decay factor: {factor} (expected 0 < factor <= 1).");
+        return new EpochScaledRule(inner, (e, _) => Math.Pow(factor, (e - 1) / every), name => $"{name}, ×{factor:G3} every {every} epoch(s)");
+    }
+
+    /// d ← e/(W + 1) · d in the first W epochs (e = 1 … W), then d: a linear warm-up over epochs
+    /// whose first epoch takes 1/(W + 1) of the step. It multiplies whatever schedule it wraps.
+    public static IScheduledStepRule Warmup(IStepRule inner, int epochs)
+    {
+        if (epochs < 1) throw new ArgumentOutOfRangeException(nameof(epochs), $"Invalid warm-up: {epochs} epochs (expected >= 1).");
+        return new EpochScaledRule(inner, (e, _) => e <= epochs ? (double)e / (epochs + 1) : 1.0, name => $"{name}, warm-up over {epochs} epoch(s)");
+    }
+
     private static double CheckSettle(double settle) => settle >= 0 && settle < 1 ? settle
         : throw new ArgumentOutOfRangeException(nameof(settle), $"Invalid settle fraction: {settle} (expected 0 <= settle < 1).");
 
@@ -225,14 +315,51 @@ public static class Schedules
         private double factor = 1.0;
         public SettlingRule(IStepRule inner, double settle, double scale) { this.inner = inner; this.settle = settle; this.scale = scale; }
         public string Name => scale == 0 ? $"{inner.Name}, held while settling" : $"{inner.Name}, ×{scale:G3} while settling";
-        public void Advance(int epoch, int epochs) => factor = epoch > ActiveEpochs(epochs, settle) ? scale : 1.0;
-        public bool Holding => factor == 0;
-        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state)
+        public void Advance(int epoch, int epochs)
         {
-            if (factor == 1.0) return inner.Displacement(direction, state);
+            factor = epoch > ActiveEpochs(epochs, settle) ? scale : 1.0;
+            (inner as IScheduledStepRule)?.Advance(epoch, epochs);
+        }
+        public bool Holding => factor == 0 || inner is IScheduledStepRule { Holding: true };
+        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
+        public Tensor Displacement(Tensor direction, StepState state) => Scaled(inner.Displacement(direction, state));
+        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Scaled(inner.Displacement(direction, state, variable));
+        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => inner.Directions(directions);
+
+        private Tensor Scaled(Tensor displacement)
+        {
+            if (factor == 1.0) return displacement;
             using var scale = factor.ToScalar();
-            return inner.Displacement(direction, state).mul(scale);
+            return displacement.mul(scale);
+        }
+    }
+
+    /// d ← s(e, E)·d for a factor of the epoch e of E that `Advance` sets; the step is untouched
+    /// while the factor is 1.
+    private sealed class EpochScaledRule : IScheduledStepRule
+    {
+        private readonly IStepRule inner;
+        private readonly Func<int, int, double> schedule;
+        private readonly Func<string, string> name;
+        private double factor = 1.0;
+        public EpochScaledRule(IStepRule inner, Func<int, int, double> schedule, Func<string, string> name) { this.inner = inner; this.schedule = schedule; this.name = name; }
+        public string Name => name(inner.Name);
+        public void Advance(int epoch, int epochs)
+        {
+            factor = schedule(epoch, epochs);
+            (inner as IScheduledStepRule)?.Advance(epoch, epochs);
+        }
+        public bool Holding => factor == 0 || inner is IScheduledStepRule { Holding: true };
+        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
+        public Tensor Displacement(Tensor direction, StepState state) => Scaled(inner.Displacement(direction, state));
+        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Scaled(inner.Displacement(direction, state, variable));
+        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => inner.Directions(directions);
+
+        private Tensor Scaled(Tensor displacement)
+        {
+            if (factor == 1.0) return displacement;
+            using var scale = factor.ToScalar(); // changes with the epoch: held for the call, not cached
+            return displacement.mul(scale);
         }
     }
 
@@ -248,15 +375,20 @@ public static class Schedules
         {
             int active = ActiveEpochs(epochs, settle);
             factor = epoch > active ? 0.0 : 0.5 * (1 + Math.Cos(Math.PI * (epoch - 1) / active));
+            (inner as IScheduledStepRule)?.Advance(epoch, epochs);
         }
 
-        public bool Holding => factor == 0;
+        public bool Holding => factor == 0 || inner is IScheduledStepRule { Holding: true };
 
         public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state)
+        public Tensor Displacement(Tensor direction, StepState state) => Scaled(inner.Displacement(direction, state));
+        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Scaled(inner.Displacement(direction, state, variable));
+        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => inner.Directions(directions);
+
+        private Tensor Scaled(Tensor displacement)
         {
             using var scale = factor.ToScalar(); // changes every epoch: held for the call, not cached
-            return inner.Displacement(direction, state).mul(scale);
+            return displacement.mul(scale);
         }
     }
 }
