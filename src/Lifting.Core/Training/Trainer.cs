@@ -62,134 +62,41 @@ public static class Trainer
         if (resume is not null && options.Epochs < resume.State.Epochs)
             throw new ArgumentException($"The checkpoint plans {resume.State.Epochs} epochs, these options {options.Epochs}: a run can be extended, not shortened.");
         random.manual_seed(options.Seed);
-        var train = data.Train;
         var weights = initialWeights ?? program.Initialise(options.Seed, options.Device, options.DType);
         using var ownWeights = initialWeights is null ? weights : null; // the caller's weights stay the caller's
-        var context = new LiftContext(program, train, options.Device, options.DType, options.Seed, stepRules, solver.MemorySlots);
+        var context = new LiftContext(program, data.Train, options.Device, options.DType, options.Seed, stepRules, solver.MemorySlots);
         using var problem = formulation.Lift(context, weights);
         var checkpointable = problem as ICheckpointable;
         if ((resume is not null || control.OnCheckpoint is not null) && checkpointable is null)
             throw new ArgumentException($"The lifted problem of {formulation.Name} cannot be checkpointed (derive it from LiftedProblem or implement ICheckpointable).");
 
-        int batches = (train.Count + options.BatchSize - 1) / options.BatchSize;
+        var loop = new EpochLoop(program, data, formulation, solver, stepRules, options, observer, control, problem);
         var state = new TrainerState { Epochs = options.Epochs };
-        Weights? selectedWeights = null;
+        var selection = new ValidationSelection(data.HasValidation && options.Selection == Selection.ValidationAccuracy, options.Patience);
         if (resume is not null)
         {
             resume.RestoreInto(checkpointable!);
             state = resume.State with { Epochs = options.Epochs };
-            selectedWeights = resume.SelectedWeights(program, options.Device);
+            selection.Resume(state.BestValidation, state.SelectedEpoch, resume.SelectedWeights(program, options.Device));
         }
-        else state = state with { InitialLoss = Evaluate(program, problem.Weights, train, options.DType).Loss };
-        observer.OnStart(options.Epochs, batches);
+        else state = state with { InitialLoss = Evaluate(program, problem.Weights, data.Train, options.DType).Loss };
+        observer.OnStart(options.Epochs, loop.Batches);
         var history = new List<EpochMetrics>(state.History);
-        var selection = data.HasValidation && options.Selection == Selection.ValidationAccuracy ? Selection.ValidationAccuracy : Selection.LastEpoch;
-        double bestValidation = state.BestValidation;
-        int selectedEpoch = state.SelectedEpoch;
-        bool stoppedEarly = false;
-        var timer = new Stopwatch();
+        var guard = new DivergenceGuard(state.InitialLoss, options.MaxLossRatio, checkpointable, program);
 
-        TrainingSnapshot Snapshot(TrainerState s) => new(s with { History = history.ToArray(), BestValidation = bestValidation, SelectedEpoch = selectedEpoch },
-            checkpointable!, selectedWeights, program);
+        TrainingSnapshot Snapshot(TrainerState s) => new(s with { History = history.ToArray(), BestValidation = selection.BestValidation, SelectedEpoch = selection.SelectedEpoch },
+            checkpointable!, selection.Weights, program);
 
         try
         {
             // A run stopped early by patience has nothing left to do.
-            bool alreadyStopped = options.Patience > 0 && state.CompletedEpochs > 0 && state.BatchesDone == 0
-                && state.CompletedEpochs - selectedEpoch >= options.Patience;
-            stoppedEarly = alreadyStopped;
-            for (int epoch = state.CompletedEpochs + 1; epoch <= options.Epochs && !alreadyStopped; epoch++)
+            bool stoppedEarly = selection.StoppedAt(state);
+            for (int epoch = state.CompletedEpochs + 1; epoch <= options.Epochs && !stoppedEarly; epoch++)
             {
-                foreach (var player in formulation.PlayerNames)
-                    if (stepRules(player) is IScheduledStepRule scheduled) scheduled.Advance(epoch, options.Epochs);
-                // Players whose schedule holds them this epoch (e.g. the weights while the rows
-                // settle) are held fixed: the solver iterates the others only.
-                var moving = formulation.PlayerNames.Where(p => stepRules(p) is not IScheduledStepRule { Holding: true }).ToArray();
-                if (moving.Length == 0)
-                    throw new ArgumentException($"Every player is held at epoch {epoch}; nothing would be trained.");
-                bool holding = moving.Length < formulation.PlayerNames.Count;
-                bool continuing = epoch == state.CompletedEpochs + 1 && state.BatchesDone > 0;
-                double objectiveSum = continuing ? state.ObjectiveSum : 0, lossSum = continuing ? state.LossSum : 0;
-                double? cosine = continuing ? state.Cosine : null;
-                double earlierSeconds = continuing ? state.Seconds : 0;
-                var multiplierNorms = Array.Empty<double>();
-                double batchDefect = 0;
-                timer.Restart();
-                int b = continuing ? state.BatchesDone : 0;
-                foreach (var batch in MiniBatches.Epoch(train, options.BatchSize, options.Seed, epoch, firstBatch: b))
-                {
-                    using var scope = NewDisposeScope();
-                    using var owned = batch;
-                    var typed = Cast(batch, options.DType, (long)(epoch - 1) * batches + b);
-                    using var game = problem.Batch(typed);
-                    if (options.CosineToBackprop && b == 0)
-                    {
-                        timer.Stop();
-                        cosine = CosineToBackprop(program, problem.Weights, game, typed);
-                        timer.Start();
-                    }
-                    using (var view = holding ? new Restricted(game, moving) : null)
-                        for (int k = 0; k < options.IterationsPerBatch; k++) solver.Step(view ?? (IGame)game);
-                    game.Commit();
-                    // Reading the recorded scalars synchronises with the device; cheap on CPU.
-                    var objective = game.LiftedObjective;
-                    if (!double.IsFinite(objective))
-                        throw Diverged(epoch, b + 1, $"the lifted objective is {Show(objective)}", checkpointable, program, nonFinite: true);
-                    objectiveSum += objective;
-                    var batchLoss = game.Loss;
-                    lossSum += batchLoss;
-                    if (b == batches - 1)
-                    {
-                        multiplierNorms = game.MultiplierNorms.ToArray();
-                        timer.Stop();
-                        var rows = problem.MeasureDefects(typed.Indices);
-                        batchDefect = rows.Count == 0 ? 0 : rows.Average();
-                        timer.Start();
-                    }
-                    b++;
-                    observer.OnBatch(epoch, b, batches, batchLoss, objective);
-                    if (control.Cancellation.IsCancellationRequested && b < batches)
-                    {
-                        timer.Stop();
-                        control.OnCheckpoint?.Invoke(Snapshot(state with
-                        {
-                            CompletedEpochs = epoch - 1, BatchesDone = b, ObjectiveSum = objectiveSum, LossSum = lossSum,
-                            Seconds = earlierSeconds + timer.Elapsed.TotalSeconds, Cosine = cosine,
-                        }));
-                        throw new TrainingInterruptedException(epoch - 1, b);
-                    }
-                }
-                timer.Stop();
-                problem.EndEpoch(epoch);
-
-                var defects = problem.MeasureDefects();
-                var trainLoss = Evaluate(program, problem.Weights, train, options.DType).Loss;
-                var validation = data.HasValidation ? Evaluate(program, problem.Weights, data.Validation, options.DType) : null;
-                var test = Evaluate(program, problem.Weights, data.Test, options.DType);
-                NativeMemory.ReleaseFreePages();
-                var metrics = new EpochMetrics(epoch, trainLoss, objectiveSum / b, lossSum / b, validation, test,
-                    earlierSeconds + timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics)
-                {
-                    Held = formulation.PlayerNames.Except(moving).ToArray(),
-                };
-                if (!double.IsFinite(trainLoss))
-                    throw Diverged(epoch, null, $"the training loss is {Show(trainLoss)}", checkpointable, program, nonFinite: true);
-                var nonFinite = defects.Concat(multiplierNorms).Any(v => !double.IsFinite(v));
-                if (nonFinite)
-                    throw Diverged(epoch, null, "a defect or multiplier norm is not finite", checkpointable, program, nonFinite: true);
-                if (trainLoss > options.MaxLossRatio * Math.Max(state.InitialLoss, 1e-12))
-                    throw Diverged(epoch, null, string.Create(CultureInfo.InvariantCulture,
-                        $"the training loss {trainLoss:G4} is more than {options.MaxLossRatio:G4} times its start {state.InitialLoss:G4}"), checkpointable, program, nonFinite: false);
+                var metrics = loop.Epoch(epoch, state, guard, Snapshot);
+                guard.Check(metrics);
                 history.Add(metrics);
-                if (selection == Selection.ValidationAccuracy && validation is not null && validation.Accuracy > bestValidation)
-                {
-                    bestValidation = validation.Accuracy;
-                    selectedEpoch = epoch;
-                    selectedWeights?.Dispose();
-                    selectedWeights = problem.Weights.Clone();
-                }
-                else if (options.Patience > 0 && epoch - selectedEpoch >= options.Patience)
-                    stoppedEarly = true;
+                stoppedEarly = selection.Observe(metrics, problem.Weights);
                 state = state with { CompletedEpochs = epoch, BatchesDone = 0, ObjectiveSum = 0, LossSum = 0, Seconds = 0, Cosine = null };
                 control.OnCheckpoint?.Invoke(Snapshot(state));
                 observer.OnEpoch(metrics);
@@ -203,31 +110,186 @@ public static class Trainer
             var before = problem.MeasureDefects();
             problem.Finish();
             var after = problem.MeasureDefects();
-            if (selectedWeights is null)
-            {
-                selection = Selection.LastEpoch;
-                selectedEpoch = history.Count;
-                selectedWeights = problem.Weights.Clone();
-            }
-            return new TrainingResult(history, selection, selectedEpoch,
+            var (selected, selectedEpoch, selectedWeights) = selection.Result(history.Count, problem.Weights);
+            return new TrainingResult(history, selected, selectedEpoch,
                 before.Count == 0 ? 0 : before.Average(), after.Count == 0 ? 0 : after.Average(), history[^1].BatchDefect,
                 history.Average(m => m.Seconds),
                 history.Where(m => m.Held.Count == 0).Select(m => m.Seconds).DefaultIfEmpty(double.NaN).Average(),
-                problem.Store.Bytes / Math.Max(1, train.Count), stoppedEarly)
+                problem.Store.Bytes / Math.Max(1, data.Train.Count), stoppedEarly)
             {
                 Weights = problem.Weights.Clone(),
-                SelectedWeights = selectedWeights!,
+                SelectedWeights = selectedWeights,
                 Engine = EngineInfo.Current(options.Device),
                 StateBytes = problem.StateBytes,
                 PerExampleVariables = problem.Store.Names
                     .GroupBy(n => n.Split('#')[0])
-                    .ToDictionary(g => g.Key, g => g.Sum(n => problem.Store[n].NumberOfElements * problem.Store[n].ElementSize) / Math.Max(1, train.Count)),
+                    .ToDictionary(g => g.Key, g => g.Sum(n => problem.Store[n].NumberOfElements * problem.Store[n].ElementSize) / Math.Max(1, data.Train.Count)),
             };
         }
         catch
         {
-            selectedWeights?.Dispose();
+            selection.Dispose();
             throw;
+        }
+    }
+
+    /// One epoch of a run: the schedules advanced, the mini-batches (each one solver step, or
+    /// `IterationsPerBatch`, on the batch's game; an interruption between two checkpoints the
+    /// state and stops), then the measurements of the epoch's end.
+    private sealed class EpochLoop(NestedProgram program, DataSplit data, IFormulation formulation, ISolver solver, Func<string, IStepRule> stepRules,
+        TrainingOptions options, ITrainingObserver observer, TrainingControl control, ILiftedProblem problem)
+    {
+        private readonly Stopwatch timer = new();
+        public int Batches { get; } = (data.Train.Count + options.BatchSize - 1) / options.BatchSize;
+
+        /// Advances every scheduled step rule to `epoch` and returns the players that move in it:
+        /// those whose schedule holds them (e.g. the weights while the rows settle) are held fixed,
+        /// and the solver iterates the others only.
+        private string[] AdvanceSchedules(int epoch)
+        {
+            foreach (var player in formulation.PlayerNames)
+                if (stepRules(player) is IScheduledStepRule scheduled) scheduled.Advance(epoch, options.Epochs);
+            var moving = formulation.PlayerNames.Where(p => stepRules(p) is not IScheduledStepRule { Holding: true }).ToArray();
+            if (moving.Length == 0)
+                throw new ArgumentException($"Every player is held at epoch {epoch}; nothing would be trained.");
+            return moving;
+        }
+
+        public EpochMetrics Epoch(int epoch, TrainerState state, DivergenceGuard guard, Func<TrainerState, TrainingSnapshot> snapshot)
+        {
+            var moving = AdvanceSchedules(epoch);
+            bool holding = moving.Length < formulation.PlayerNames.Count;
+            bool continuing = epoch == state.CompletedEpochs + 1 && state.BatchesDone > 0;
+            double objectiveSum = continuing ? state.ObjectiveSum : 0, lossSum = continuing ? state.LossSum : 0;
+            double? cosine = continuing ? state.Cosine : null;
+            double earlierSeconds = continuing ? state.Seconds : 0;
+            var multiplierNorms = Array.Empty<double>();
+            double batchDefect = 0;
+            timer.Restart();
+            int b = continuing ? state.BatchesDone : 0;
+            foreach (var batch in MiniBatches.Epoch(data.Train, options.BatchSize, options.Seed, epoch, firstBatch: b))
+            {
+                using var scope = NewDisposeScope();
+                using var owned = batch;
+                var typed = Cast(batch, options.DType, (long)(epoch - 1) * Batches + b);
+                using var game = problem.Batch(typed);
+                if (options.CosineToBackprop && b == 0)
+                {
+                    timer.Stop();
+                    cosine = CosineToBackprop(program, problem.Weights, game, typed);
+                    timer.Start();
+                }
+                using (var view = holding ? new Restricted(game, moving) : null)
+                    for (int k = 0; k < options.IterationsPerBatch; k++) solver.Step(view ?? (IGame)game);
+                game.Commit();
+                // Reading the recorded scalars synchronises with the device; cheap on CPU.
+                var objective = game.LiftedObjective;
+                guard.CheckBatch(epoch, b + 1, objective);
+                objectiveSum += objective;
+                var batchLoss = game.Loss;
+                lossSum += batchLoss;
+                if (b == Batches - 1)
+                {
+                    multiplierNorms = game.MultiplierNorms.ToArray();
+                    timer.Stop();
+                    var rows = problem.MeasureDefects(typed.Indices);
+                    batchDefect = rows.Count == 0 ? 0 : rows.Average();
+                    timer.Start();
+                }
+                b++;
+                observer.OnBatch(epoch, b, Batches, batchLoss, objective);
+                if (control.Cancellation.IsCancellationRequested && b < Batches)
+                {
+                    timer.Stop();
+                    control.OnCheckpoint?.Invoke(snapshot(state with
+                    {
+                        CompletedEpochs = epoch - 1, BatchesDone = b, ObjectiveSum = objectiveSum, LossSum = lossSum,
+                        Seconds = earlierSeconds + timer.Elapsed.TotalSeconds, Cosine = cosine,
+                    }));
+                    throw new TrainingInterruptedException(epoch - 1, b);
+                }
+            }
+            timer.Stop();
+            problem.EndEpoch(epoch);
+
+            var defects = problem.MeasureDefects();
+            var trainLoss = Evaluate(program, problem.Weights, data.Train, options.DType).Loss;
+            var validation = data.HasValidation ? Evaluate(program, problem.Weights, data.Validation, options.DType) : null;
+            var test = Evaluate(program, problem.Weights, data.Test, options.DType);
+            NativeMemory.ReleaseFreePages();
+            return new EpochMetrics(epoch, trainLoss, objectiveSum / b, lossSum / b, validation, test,
+                earlierSeconds + timer.Elapsed.TotalSeconds, defects, batchDefect, multiplierNorms, cosine, problem.Diagnostics)
+            {
+                Held = formulation.PlayerNames.Except(moving).ToArray(),
+            };
+        }
+    }
+
+    /// Stops a run that produced a non-finite value or whose training loss blew up past
+    /// `MaxLossRatio` times its start, naming where it shows (`Diverged`).
+    private sealed class DivergenceGuard(double initialLoss, double maxLossRatio, ICheckpointable? problem, NestedProgram program)
+    {
+        public void CheckBatch(int epoch, int batch, double objective)
+        {
+            if (!double.IsFinite(objective))
+                throw Diverged(epoch, batch, $"the lifted objective is {Show(objective)}", problem, program, nonFinite: true);
+        }
+
+        public void Check(EpochMetrics m)
+        {
+            if (!double.IsFinite(m.TrainLoss))
+                throw Diverged(m.Epoch, null, $"the training loss is {Show(m.TrainLoss)}", problem, program, nonFinite: true);
+            if (m.Defects.Concat(m.MultiplierNorms).Any(v => !double.IsFinite(v)))
+                throw Diverged(m.Epoch, null, "a defect or multiplier norm is not finite", problem, program, nonFinite: true);
+            if (m.TrainLoss > maxLossRatio * Math.Max(initialLoss, 1e-12))
+                throw Diverged(m.Epoch, null, string.Create(CultureInfo.InvariantCulture,
+                    $"the training loss {m.TrainLoss:G4} is more than {maxLossRatio:G4} times its start {initialLoss:G4}"), problem, program, nonFinite: false);
+        }
+    }
+
+    /// The reported epoch: the first with the best validation accuracy (a copy of its weights
+    /// kept), or the last when there is no validation split or `Selection.LastEpoch` is asked for;
+    /// and early stopping, `patience` epochs after the selected one without a better one.
+    private sealed class ValidationSelection(bool byValidation, int patience) : IDisposable
+    {
+        public double BestValidation { get; private set; } = double.NegativeInfinity;
+        public int SelectedEpoch { get; private set; }
+        public Weights? Weights { get; private set; }
+
+        public void Resume(double best, int epoch, Weights? weights) => (BestValidation, SelectedEpoch, Weights) = (best, epoch, weights);
+
+        /// Whether a resumed run had already stopped early at the end of its last epoch.
+        public bool StoppedAt(TrainerState state) => patience > 0 && state.CompletedEpochs > 0 && state.BatchesDone == 0
+            && state.CompletedEpochs - SelectedEpoch >= patience;
+
+        /// Takes the epoch's validation accuracy; true when the run should stop early.
+        public bool Observe(EpochMetrics m, Weights current)
+        {
+            if (byValidation && m.Validation is not null && m.Validation.Accuracy > BestValidation)
+            {
+                BestValidation = m.Validation.Accuracy;
+                SelectedEpoch = m.Epoch;
+                Weights?.Dispose();
+                Weights = current.Clone();
+                return false;
+            }
+            return patience > 0 && m.Epoch - SelectedEpoch >= patience;
+        }
+
+        /// The selection rule that applied, the selected epoch and its weights (the last epoch's
+        /// when none was selected by validation).
+        public (Selection, int, Weights) Result(int epochs, Weights last)
+        {
+            if (Weights is not null) return (byValidation ? Selection.ValidationAccuracy : Selection.LastEpoch, SelectedEpoch, Weights);
+            SelectedEpoch = epochs;
+            Weights = last.Clone();
+            return (Selection.LastEpoch, SelectedEpoch, Weights);
+        }
+
+        public void Dispose()
+        {
+            Weights?.Dispose();
+            Weights = null;
         }
     }
 
