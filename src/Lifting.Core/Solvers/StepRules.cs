@@ -273,7 +273,15 @@ public static class Schedules
     /// of the E epochs (A = E − round(settle·E)) keeps the variables of this rule fixed while the
     /// others settle (for the lifted methods: the per-example states and multipliers converge for
     /// the final weights). The wrapped rule's state advances as usual.
-    public static IScheduledStepRule Cosine(IStepRule inner, double settle = 0.0) => new CosineRule(inner, CheckSettle(settle));
+    public static IScheduledStepRule Cosine(IStepRule inner, double settle = 0.0)
+    {
+        CheckSettle(settle);
+        return new EpochScaledRule(inner, (epoch, epochs) =>
+        {
+            int active = ActiveEpochs(epochs, settle);
+            return epoch > active ? 0.0 : 0.5 * (1 + Math.Cos(Math.PI * (epoch - 1) / active));
+        }, name => settle > 0 ? $"cosine({name}, settle={settle:G3})" : $"cosine({name})");
+    }
 
     /// d ← d for the first E − round(settle·E) epochs and d ← scale·d in the last round(settle·E),
     /// the epochs in which `Cosine(…, settle)` holds the weights: e.g. a smaller state step and a
@@ -282,7 +290,8 @@ public static class Schedules
     {
         CheckSettle(settle);
         if (!(scale >= 0) || double.IsInfinity(scale)) throw new ArgumentOutOfRangeException(nameof(scale), $"Invalid settling scale: {scale} (expected a finite value >= 0; 0 holds the variables).");
-        return new SettlingRule(inner, settle, scale);
+        return new EpochScaledRule(inner, (epoch, epochs) => epoch > ActiveEpochs(epochs, settle) ? scale : 1.0,
+            name => scale == 0 ? $"{name}, held while settling" : $"{name}, ×{scale:G3} while settling");
     }
 
     /// d ← γ^⌊(e − 1)/k⌋ · d in epoch e (1-based): the step multiplied by γ every k epochs
@@ -307,32 +316,6 @@ public static class Schedules
 
     /// The number of epochs before the settling ones.
     internal static int ActiveEpochs(int epochs, double settle) => Math.Max(1, epochs - (int)Math.Round(settle * epochs));
-
-    private sealed class SettlingRule : IScheduledStepRule
-    {
-        private readonly IStepRule inner;
-        private readonly double settle, scale;
-        private double factor = 1.0;
-        public SettlingRule(IStepRule inner, double settle, double scale) { this.inner = inner; this.settle = settle; this.scale = scale; }
-        public string Name => scale == 0 ? $"{inner.Name}, held while settling" : $"{inner.Name}, ×{scale:G3} while settling";
-        public void Advance(int epoch, int epochs)
-        {
-            factor = epoch > ActiveEpochs(epochs, settle) ? scale : 1.0;
-            (inner as IScheduledStepRule)?.Advance(epoch, epochs);
-        }
-        public bool Holding => factor == 0 || inner is IScheduledStepRule { Holding: true };
-        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state) => Scaled(inner.Displacement(direction, state));
-        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Scaled(inner.Displacement(direction, state, variable));
-        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => inner.Directions(directions);
-
-        private Tensor Scaled(Tensor displacement)
-        {
-            if (factor == 1.0) return displacement;
-            using var scale = factor.ToScalar();
-            return displacement.mul(scale);
-        }
-    }
 
     /// d ← s(e, E)·d for a factor of the epoch e of E that `Advance` sets; the step is untouched
     /// while the factor is 1.
@@ -359,35 +342,6 @@ public static class Schedules
         {
             if (factor == 1.0) return displacement;
             using var scale = factor.ToScalar(); // changes with the epoch: held for the call, not cached
-            return displacement.mul(scale);
-        }
-    }
-
-    private sealed class CosineRule : IScheduledStepRule
-    {
-        private readonly IStepRule inner;
-        private readonly double settle;
-        private double factor = 1.0;
-        public CosineRule(IStepRule inner, double settle) { this.inner = inner; this.settle = settle; }
-        public string Name => settle > 0 ? $"cosine({inner.Name}, settle={settle:G3})" : $"cosine({inner.Name})";
-
-        public void Advance(int epoch, int epochs)
-        {
-            int active = ActiveEpochs(epochs, settle);
-            factor = epoch > active ? 0.0 : 0.5 * (1 + Math.Cos(Math.PI * (epoch - 1) / active));
-            (inner as IScheduledStepRule)?.Advance(epoch, epochs);
-        }
-
-        public bool Holding => factor == 0 || inner is IScheduledStepRule { Holding: true };
-
-        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state) => Scaled(inner.Displacement(direction, state));
-        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Scaled(inner.Displacement(direction, state, variable));
-        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => inner.Directions(directions);
-
-        private Tensor Scaled(Tensor displacement)
-        {
-            using var scale = factor.ToScalar(); // changes every epoch: held for the call, not cached
             return displacement.mul(scale);
         }
     }
