@@ -60,11 +60,13 @@ public static class Threads
     }
 
     /// Runs `body(0)` … `body(count − 1)` concurrently: `body(0)` on the calling thread, the others
-    /// on new threads, each at the caller's intra-op thread count (LibTorch's setting is per OS
-    /// thread, and a new thread starts at the machine's default: a run at `--threads 1` would
-    /// otherwise split its reductions differently on the new threads and lose bit identity with
-    /// the sequential order). Returns when every body has ended; rethrows a single failure as it
-    /// was, several as an `AggregateException` with `what` in its message.
+    /// on new threads, each at the caller's intra-op thread count (a run at `--threads 1` that split
+    /// its reductions differently on the new threads would lose bit identity with the sequential
+    /// order). LibTorch 2.10 applies its process-wide count to a new thread itself, at the
+    /// thread's first parallel call (measured: a fresh thread after `set_num_threads(1)` reports 1);
+    /// the count is set here too so that this holds whatever the build does. Returns when every
+    /// body has ended; rethrows a single failure as it was, several as an `AggregateException`
+    /// with `what` in its message.
     public static void RunConcurrently(int count, Action<int> body, string what)
     {
         int intraOp = Count;

@@ -26,4 +26,21 @@ let tests =
                 Expect.stringContains ex.Message "CUDA" "explains what is missing"
                 Expect.equal (Devices.Resolve "auto").``type`` DeviceType.CPU "auto falls back to CPU"
         }
+        test "Threads.RunConcurrently runs every body at the caller's intra-op thread count; one failure is rethrown as it was, several together" {
+            let before = Threads.Count
+            try
+                // A count other than the one in force (LibTorch 2.10 hands the process-wide count to new
+                // threads itself, so this also holds without the helper's own setting).
+                let wanted = if before = 1 then 2 else 1
+                Threads.Set wanted
+                let seen = Array.zeroCreate 3
+                Threads.RunConcurrently(3, (fun i -> seen.[i] <- Threads.Count), "the probe")
+                Expect.sequenceEqual seen [| wanted; wanted; wanted |] $"every body at {wanted} thread(s)"
+                let one = Expect.throwsC (fun () -> Threads.RunConcurrently(3, (fun i -> if i = 2 then invalidOp "body 2"), "the probe")) id
+                Expect.equal one.Message "body 2" "a single failure is rethrown as it was"
+                let several = Expect.throwsC (fun () -> Threads.RunConcurrently(3, (fun i -> if i > 0 then invalidOp $"body {i}"), "the probe")) id
+                Expect.stringContains several.Message "the probe" "several failures name the work"
+            finally
+                Threads.Set before
+        }
     ]
