@@ -74,4 +74,7 @@ pixels="values=1 batch=128 hidden=50 epochs=10 threads=1 state=$r/rnn-seqmnist-p
 run rnn seqmnist $pixels seeds=0 methods=adam,am-adam,sgd cuts=1
 run rnn seqmnist $pixels seeds=0 "methods=backprop:lr=0.05,backprop:lr=0.0005,backprop:lr=0.00005,backprop:optimizer=constant;lr=0.5,backprop:optimizer=constant;lr=0.005"
 run rnn seqmnist $pixels seeds=1,2 methods=adam,sgd
+# Gradient clipping (the step rules' clip-norm), and the RNN lifted at every 28th pixel (a code per image row).
+run rnn seqmnist $pixels seeds=0 "methods=backprop:lr=0.001;clip-norm=1,backprop:lr=0.005;clip-norm=1"
+run rnn seqmnist $pixels seeds=0 methods=am-adam cuts=28
 run rnn seqmnist train=false values=1 batch=128 state=$r/rnn-seqmnist-pixels.jsonl out=$r/rnn-seqmnist-pixels.md
