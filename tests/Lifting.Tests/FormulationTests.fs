@@ -178,6 +178,33 @@ let tests =
             Expect.floatClose Accuracy.veryHigh (game.Objective()) expected "ℓ + ⟨λ, g⟩ + (c/2)‖g‖²"
         }
 
+        test "quadratic penalty with restart-states: a batch's states start at the forward pass with a fresh step state; without, at the stored values" {
+            let program = mlp 3L [ 4L; 4L ] 2L Activations.Tanh Losses.CrossEntropy
+            let x, y = randomBatch 23 5L 3L 2L
+            use w = program.Initialise(1, torch.CPU, f64)
+            for restart in [ true; false ] do
+                let rules = fun (_: string) -> StepRules.Adam(0.1)
+                let problem, game, batch = liftAll (QuadraticPenalty(PenaltySchedule.Fixed 1.0, 1, restartStates = restart)) program w x y 2 0 rules
+                use _p = problem
+                // Two steps move the states off the forward pass; committing stores them.
+                let solver = Solvers.GradientDescentAscent()
+                solver.Step game
+                solver.Step game
+                game.Commit()
+                game.Dispose()
+                use again = problem.Batch(batch)
+                let states = player again PlayerNames.States
+                let h1 = program.ForwardBlock(0, x, w.Block(0))
+                let h2 = program.ForwardBlock(1, h1, w.Block(1))
+                let offForward = (states.Variables.[0] - h1).abs().max().ToDouble() + (states.Variables.[1] - h2).abs().max().ToDouble()
+                let count = states.StepStates.[0].Slots.[2].abs().max().ToDouble()
+                if restart then
+                    Expect.equal offForward 0.0 "restarted at the forward pass"
+                    Expect.equal count 0.0 "Adam's per-row count starts again"
+                else
+                    Expect.isGreaterThan offForward 1e-3 "the stored states, moved by the steps"
+                    Expect.equal count 2.0 "Adam's per-row count continues"
+        }
         test "quadratic penalty: the objective uses μ from the schedule, multiplied after every epoch and capped" {
             let program = mlp 3L [ 4L ] 2L Activations.Tanh Losses.CrossEntropy
             let x, y = randomBatch 22 5L 3L 2L

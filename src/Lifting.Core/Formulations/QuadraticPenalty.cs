@@ -31,16 +31,27 @@ public sealed record PenaltySchedule(double Initial = 1.0, double Growth = 1.0, 
 /// with a feasibility pass h_l = f_l(h_{l−1}). With a fixed μ this is the "Regularized" baseline
 /// of seed 001 (the constraints as a regulariser, solved by plain gradient descent).
 /// Players: weights (min), states (min, per example).
+///
+/// `RestartStates`: each batch's states start at the forward pass of the current weights, with a
+/// fresh step-rule state, instead of the values stored from the example's last visit (online AM's
+/// codes and PCN's activations start so). Stored states keep every step an example's states ever
+/// took towards a lower loss, while the weights are fitted to them one step per batch; cut after
+/// every layer, they drift from what the forward pass produces (docs/methods.md, "The penalty cut
+/// after every layer").
 public sealed class QuadraticPenalty : IFormulation
 {
-    public QuadraticPenalty(PenaltySchedule schedule, int stateSteps = 1, string name = "quadratic-penalty")
+    public QuadraticPenalty(PenaltySchedule schedule, int stateSteps = 1, string name = "quadratic-penalty", bool restartStates = false)
     {
         schedule.Validate();
         if (stateSteps < 1) throw new ArgumentOutOfRangeException(nameof(stateSteps), $"Invalid state steps: {stateSteps} (expected >= 1).");
         Schedule = schedule;
         StateSteps = stateSteps;
         Name = name;
+        RestartStates = restartStates;
     }
+
+    /// Start each batch's states at the forward pass with a fresh step-rule state (above).
+    public bool RestartStates { get; }
 
     public PenaltySchedule Schedule { get; }
     /// Inner steps on the states before each weight step in the default alternating schedule.
@@ -114,6 +125,7 @@ public sealed class QuadraticPenalty : IFormulation
             {
                 this.problem = problem;
                 (h, hStates) = problem.states.Gather(batch.Indices);
+                if (problem.formulation.RestartStates) Restart(batch);
                 Players = new[]
                 {
                     problem.WeightsPlayer(),
@@ -122,6 +134,20 @@ public sealed class QuadraticPenalty : IFormulation
             }
 
             public override IReadOnlyList<Player> Players { get; }
+
+            /// h_l ← f_l(h_{l−1}) from the batch's inputs at the current weights, and the states'
+            /// step-rule state and solver memory zeroed (the batch's gathered copies).
+            private void Restart(MiniBatch batch)
+            {
+                using var _ = no_grad();
+                for (int l = 0; l < h.Length; l++)
+                {
+                    var segment = problem.Program.Segments[l];
+                    h[l].copy_(segment.Forward(segment.InputsFrom(batch.Inputs, h), problem.Weights.Tensors, Pass));
+                }
+                foreach (var state in hStates)
+                    foreach (var t in state.Tensors) t.zero_();
+            }
 
             protected override Tensor Value(int l) => h[l];
 

@@ -125,14 +125,17 @@ internal static class BuiltinMethods
             parameters.Add(MethodParameter.Positive("mu-max", 1e4, "cap on μ"));
         }
         parameters.Add(MethodParameter.Integer("state-steps", stateSteps, "state steps per weight step in the alternating schedule", 1));
+        parameters.Add(MethodParameter.Flag("restart-states", false, "start each batch's states at the forward pass of the current weights with a fresh step-rule state (as online AM's codes and PCN's activations), instead of the values stored from the example's last visit"));
         parameters.Add(EquationFlag);
         return new MethodDefinition(name, description, parameters, a =>
         {
             var schedule = growing ? new PenaltySchedule(a.Real("mu"), a.Real("mu-growth"), a.Real("mu-max")) : PenaltySchedule.Fixed(a.Real("mu"));
+            if (a.Flag("equation") && a.Flag("restart-states"))
+                throw new ArgumentException("Invalid equation: true with restart-states (the equation-built penalty keeps its stored states).");
             IFormulation formulation = a.Flag("equation")
                 ? new EquationFormulation(name, Term.Loss + Term.Schedule("mu", schedule.Initial, schedule.Growth, schedule.Maximum) / 2 * Term.OverConstraints(Term.SquaredNorm(Term.Defect)),
                     new EquationOptions { Schedule = new QuadraticPenalty(schedule, a.Integer("state-steps")).DefaultSchedule, FeasibilityPass = true })
-                : new QuadraticPenalty(schedule, a.Integer("state-steps"), name);
+                : new QuadraticPenalty(schedule, a.Integer("state-steps"), name, a.Flag("restart-states"));
             return new MethodParts(formulation, PlayerRules.Solver(a, formulation), PlayerRules.Build(a, formulation));
         }) { Family = "penalty" };
     }
