@@ -28,5 +28,9 @@ run distprop-table threads=1 seeds=0,1,2 epochs=20 batch=128 losses=true out=$r/
 Backprop=backprop@$net,\
 restarted=penalty:restart-states=true@$net,\
 restarted 20 state steps=penalty:restart-states=true;state-steps=20@$net"
+# Restarted, with plain gradient steps on the states at a fixed μ = 1 (Adam's steps ignore μ's scale).
+run distprop-table threads=1 seeds=0,1,2 epochs=20 batch=128 losses=true out=$r/penalty-every-cut-restart-gd-784-256-256-10.md rows="\
+restarted GD 0.2 mu 1=penalty:restart-states=true;state-steps=20;optimizer-states=constant;lr-states=0.2;mu-growth=1@$net,\
+restarted GD 0.5 mu 1=penalty:restart-states=true;state-steps=20;optimizer-states=constant;lr-states=0.5;mu-growth=1@$net"
 run distprop-carry data=mnist-10k "methods=penalty:restart-states=true;state-steps=20" seeds=0,1,2 epochs=20 threads=1 out=$r/penalty-restart-carry-over-mnist-10k.md
 rm -f $r/penalty-*.md.json
