@@ -74,6 +74,11 @@ let tests =
             let residual = NetSpec.Build("flatten, dense:16, batchnorm, relu, dropout:0.2, res:16:1, dense:10", [| 1L; 8L; 8L |], 10, Activations.ReLU, Losses.CrossEntropy)
             resumeEquivalence (MethodSettings("extraprop").With("equation", true)) residual 3
         }
+        test "resume equivalence of this session's settings: the penalty with restart-states, and backprop with nesterov, weight decay, a clip, warm-up and step decay" {
+            resumeEquivalence (MethodSettings("penalty").With("restart-states", true)) (mlp.Force()) 3
+            let transforms = MethodSettings("backprop").With("optimizer", "nesterov").With("lr", 0.05).With("weight-decay", 1e-3).With("clip-norm", 1.0).With("warmup", 1).With("decay-every", 2)
+            resumeEquivalence transforms (mlp.Force()) 3
+        }
         test "resume equivalence on graphs: extraprop on a residual MLP with batch normalisation and dropout (running statistics, the dropout stream) and am-adam on an Elman RNN (μ and the tied cell)" {
             let residual = NetSpec.Build("flatten, dense:16, batchnorm, relu, dropout:0.2, res:16:1, dense:10", [| 1L; 8L; 8L |], 10, Activations.ReLU, Losses.CrossEntropy)
             resumeEquivalence (MethodSettings "extraprop") residual 3
