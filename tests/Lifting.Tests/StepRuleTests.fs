@@ -111,6 +111,10 @@ let tests =
             let name = m.StepRules.Invoke(PlayerNames.Weights).Name
             for part in [ "adam(lr=0.001"; "decoupled weight decay 0.01"; "clip(‖g‖ ≤ 2)"; "every 3 epoch(s)"; "warm-up over 2 epoch(s)" ] do
                 Expect.stringContains name part "the rule says what it is"
+            let ignored = Expect.throwsC (fun () -> Methods.Resolve(MethodSettings("backprop").With("optimizer", "adagrad").With("beta1", 0.5)) |> ignore) id
+            Expect.stringContains ignored.Message "beta1 does not apply to the weights' step rule 'adagrad'" "a setting the rule would ignore is refused, naming both"
+            let eps = Expect.throwsC (fun () -> Methods.Resolve(MethodSettings("backprop").With("optimizer", "momentum").With("adam-eps", 1e-6)) |> ignore) id
+            Expect.stringContains eps.Message "adam, adamw" "and says which rules take it"
             let fa = Methods.Resolve(MethodSettings("fa").With("optimizer", "momentum").With("beta1", 0.5).With("lr", 0.01))
             Expect.stringContains (fa.StepRules.Invoke(PlayerNames.Weights).Name) "momentum(lr=0.01, ρ=0.5)" "beta1 is the momentum"
         }

@@ -44,9 +44,19 @@ public static class PlayerRules
     /// when asked for, so a method's defaults build the plain rule).
     public static IStepRule WeightRule(MethodArguments a)
     {
+        var definition = StepRuleCatalog.Find(a.Text("optimizer"));
         var settings = new StepRuleSettings(a.Real("lr"));
-        if (a.Has("beta1")) settings = settings with { Beta1 = a.Real("beta1"), Beta2 = a.Real("beta2"), Eps = a.Real("adam-eps"), WeightDecay = a.Real("weight-decay") };
-        var rule = StepRuleCatalog.Create(a.Text("optimizer"), settings);
+        if (a.Has("beta1"))
+        {
+            // A value other than the default that the rule would ignore is refused (a run folder's
+            // settings list every parameter, so being given is not enough to tell).
+            var usual = new StepRuleSettings(1);
+            foreach (var (flag, setting, value) in new[] { ("beta1", nameof(StepRuleSettings.Beta1), usual.Beta1), ("beta2", nameof(StepRuleSettings.Beta2), usual.Beta2), ("adam-eps", nameof(StepRuleSettings.Eps), usual.Eps) })
+                if (a.Real(flag) != value && !definition.Reads.Contains(setting))
+                    throw new ArgumentException($"{flag} does not apply to the weights' step rule '{definition.Name}' (it applies to {string.Join(", ", StepRuleCatalog.All.Where(d => d.Reads.Contains(setting)).Select(d => d.Name))}).");
+            settings = settings with { Beta1 = a.Real("beta1"), Beta2 = a.Real("beta2"), Eps = a.Real("adam-eps"), WeightDecay = a.Real("weight-decay") };
+        }
+        var rule = definition.Build(settings);
         if (a.Has("clip-norm") && a.Real("clip-norm") > 0) rule = StepRules.ClippedByGlobalNorm(rule, a.Real("clip-norm"));
         if (a.Has("decay-every") && a.Integer("decay-every") > 0) rule = Schedules.StepDecay(rule, a.Integer("decay-every"), a.Real("decay-factor"));
         if (a.Has("warmup") && a.Integer("warmup") > 0) rule = Schedules.Warmup(rule, a.Integer("warmup"));

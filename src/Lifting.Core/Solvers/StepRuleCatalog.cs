@@ -11,6 +11,10 @@ public sealed record StepRuleDefinition(string Name, string Description, Func<do
     /// (`Create`), and the other settings do not apply to it.
     public Func<StepRuleSettings, IStepRule>? CreateFrom { get; init; }
 
+    /// Which of `StepRuleSettings`' Beta1, Beta2 and Eps the rule reads through `CreateFrom` (a
+    /// method refuses a setting given for a rule that would ignore it).
+    public IReadOnlyList<string> Reads { get; init; } = Array.Empty<string>();
+
     /// The decoupled weight decay λ the rule has unless told otherwise (AdamW's 0.01, PyTorch's
     /// default); 0 for the others.
     public double DefaultWeightDecay { get; init; }
@@ -40,19 +44,21 @@ public sealed record StepRuleSettings(double Lr)
 /// `optimizer[-player]` parameters then accept and `lifting methods` lists.
 public static class StepRuleCatalog
 {
+    private static readonly string[] AdamReads = { nameof(StepRuleSettings.Beta1), nameof(StepRuleSettings.Beta2), nameof(StepRuleSettings.Eps) };
+
     private static readonly Catalog<StepRuleDefinition> catalog = new("step rule", d => d.Name, d => d.Aliases, new[]
     {
         new StepRuleDefinition("constant", "d = α g (alias sgd)", lr => StepRules.Constant(lr), 0.1) { Aliases = new[] { "sgd" } },
         new StepRuleDefinition("momentum", "heavy ball: b ← ρ b + g, d = α b, ρ = beta1 (PyTorch's SGD with momentum)", lr => StepRules.Momentum(lr, 0.9, nesterov: false), 1e-2)
-            { CreateFrom = s => StepRules.Momentum(s.Lr, s.Beta1, nesterov: false) },
+            { CreateFrom = s => StepRules.Momentum(s.Lr, s.Beta1, nesterov: false), Reads = new[] { nameof(StepRuleSettings.Beta1) } },
         new StepRuleDefinition("nesterov", "Nesterov momentum: b ← ρ b + g, d = α (g + ρ b), ρ = beta1 (PyTorch's SGD with nesterov)", lr => StepRules.Momentum(lr, 0.9, nesterov: true), 1e-2)
-            { CreateFrom = s => StepRules.Momentum(s.Lr, s.Beta1, nesterov: true) },
+            { CreateFrom = s => StepRules.Momentum(s.Lr, s.Beta1, nesterov: true), Reads = new[] { nameof(StepRuleSettings.Beta1) } },
         new StepRuleDefinition("adagrad", "d = α g / (√A + ε), A accumulates g² at every half-step (ExtraAdagrad)", lr => StepRules.AdaGrad(lr), 1e-2),
         new StepRuleDefinition("adam", "bias-corrected moments, per-row step counts for per-example variables (ExtraAdam)", lr => StepRules.Adam(lr), 1e-3)
-            { CreateFrom = s => StepRules.Adam(s.Lr, s.Beta1, s.Beta2, s.Eps) },
+            { CreateFrom = s => StepRules.Adam(s.Lr, s.Beta1, s.Beta2, s.Eps), Reads = AdamReads },
         new StepRuleDefinition("adamw", "Adam with decoupled weight decay, λ = 0.01 unless weight-decay says otherwise (Loshchilov & Hutter 2019)",
             lr => StepRules.WithDecoupledWeightDecay(StepRules.Adam(lr), lr, 0.01), 1e-3)
-            { CreateFrom = s => StepRules.Adam(s.Lr, s.Beta1, s.Beta2, s.Eps), DefaultWeightDecay = 0.01 },
+            { CreateFrom = s => StepRules.Adam(s.Lr, s.Beta1, s.Beta2, s.Eps), Reads = AdamReads, DefaultWeightDecay = 0.01 },
     });
 
     /// Every registered rule, built-in ones first, in registration order.
