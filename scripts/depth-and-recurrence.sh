@@ -30,7 +30,7 @@ run depth ladder plain=20 residual=none $mnist "methods=pcn:init=he;inference-st
 run depth ladder plain=100 residual=none $mnist "methods=pcn:init=he;lr=0.0001;beta=0.01,pcn:init=he;lr=0.0001;beta=1,backprop:init=he;lr=0.0003,pcn:init=he;lr=0.0003" cuts=last seeds=0
 run depth ladder plain=100 residual=none $mnist "methods=backprop:init=he;lr=0.0001,pcn:init=he;lr=0.0001,lpom:init=he;lr=0.0001" cuts=last seeds=1,2
 run depth ladder plain=50 residual=none $mnist "methods=backprop:init=he;lr=0.0001,fenchel-bp:init=he;lr=0.0001,pcn:init=he;lr=0.0001" cuts=last seeds=1,2
-run depth ladder plain=5,10,20 residual=none activations=tanh methods=backprop,backprop:init=glorot,extraprop,distprop,am-adam,pcn,lpom,fenchel-bp cuts=last,every seeds=0 threads=1 state=$r/depth-ladder.jsonl out=$r/depth-ladder.md
+run depth ladder plain=5,10,20,50 residual=none activations=tanh methods=backprop,backprop:init=glorot,extraprop,distprop,am-adam,pcn,lpom,fenchel-bp cuts=last,every seeds=0 threads=1 state=$r/depth-ladder.jsonl out=$r/depth-ladder.md
 # ExtraProp: multipliers started at the adjoint, and its weight schedule, where it misses.
 adjoint="activations=relu threads=1 state=$r/depth-ladder.jsonl out=$r/depth-ladder.md"
 run depth ladder plain=none residual=32 $adjoint "methods=extraprop:adjoint-init=true" cuts=last seeds=0,1,2
