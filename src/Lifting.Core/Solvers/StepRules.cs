@@ -84,35 +84,20 @@ public static class StepRules
 
     private static string Show(double v) => v.ToString("G4", System.Globalization.CultureInfo.InvariantCulture);
 
-    private sealed class DecoupledWeightDecayRule : IStepRule, IScheduledStepRule
+    private sealed class DecoupledWeightDecayRule(IStepRule inner, double lr, double decay) : WrappedRule(inner)
     {
-        private readonly IStepRule inner;
-        private readonly double lr, decay;
-        public DecoupledWeightDecayRule(IStepRule inner, double lr, double decay) { this.inner = inner; this.lr = lr; this.decay = decay; }
-        public string Name => $"{inner.Name} + decoupled weight decay {Show(decay)}";
-        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state) =>
+        public override string Name => $"{Inner.Name} + decoupled weight decay {Show(decay)}";
+        public override Tensor Displacement(Tensor direction, StepState state) =>
             throw new InvalidOperationException($"{Name} reads the variable: call Displacement(direction, state, variable).");
-        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) =>
-            inner.Displacement(direction, state, variable).add(variable, Scalars.Of(lr * decay));
-        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => inner.Directions(directions);
-        public void Advance(int epoch, int epochs) => (inner as IScheduledStepRule)?.Advance(epoch, epochs);
-        public bool Holding => inner is IScheduledStepRule { Holding: true };
+        public override Tensor Displacement(Tensor direction, StepState state, Tensor variable) =>
+            Inner.Displacement(direction, state, variable).add(variable, Scalars.Of(lr * decay));
     }
 
-    private sealed class GlobalNormClipRule : IStepRule, IScheduledStepRule
+    private sealed class GlobalNormClipRule(IStepRule inner, double maxNorm) : WrappedRule(inner)
     {
-        private readonly IStepRule inner;
-        private readonly double maxNorm;
-        public GlobalNormClipRule(IStepRule inner, double maxNorm) { this.inner = inner; this.maxNorm = maxNorm; }
-        public string Name => $"clip(‖g‖ ≤ {Show(maxNorm)}) then {inner.Name}";
-        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state) => inner.Displacement(direction, state);
-        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) => inner.Displacement(direction, state, variable);
-        public void Advance(int epoch, int epochs) => (inner as IScheduledStepRule)?.Advance(epoch, epochs);
-        public bool Holding => inner is IScheduledStepRule { Holding: true };
+        public override string Name => $"clip(‖g‖ ≤ {Show(maxNorm)}) then {Inner.Name}";
 
-        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions)
+        public override IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions)
         {
             // Each tensor's squared norm, summed on the host (clip_grad_norm_ takes the norm of the
             // tensors' norms: the same number up to rounding).
@@ -124,9 +109,9 @@ public static class StepRules
                 squares += sum.ToDouble();
             }
             var coefficient = maxNorm / (Math.Sqrt(squares) + 1e-6);
-            if (!(coefficient < 1)) return inner.Directions(directions);
+            if (!(coefficient < 1)) return Inner.Directions(directions);
             using var scale = coefficient.ToScalar(); // changes every step: held for the call, not cached
-            return inner.Directions(directions.Select(d => d.mul(scale)).ToArray());
+            return Inner.Directions(directions.Select(d => d.mul(scale)).ToArray());
         }
     }
 
@@ -319,24 +304,18 @@ public static class Schedules
 
     /// d ← s(e, E)·d for a factor of the epoch e of E that `Advance` sets; the step is untouched
     /// while the factor is 1.
-    private sealed class EpochScaledRule : IScheduledStepRule
+    private sealed class EpochScaledRule(IStepRule inner, Func<int, int, double> schedule, Func<string, string> name) : WrappedRule(inner)
     {
-        private readonly IStepRule inner;
-        private readonly Func<int, int, double> schedule;
-        private readonly Func<string, string> name;
         private double factor = 1.0;
-        public EpochScaledRule(IStepRule inner, Func<int, int, double> schedule, Func<string, string> name) { this.inner = inner; this.schedule = schedule; this.name = name; }
-        public string Name => name(inner.Name);
-        public void Advance(int epoch, int epochs)
+        public override string Name => name(Inner.Name);
+        public override void Advance(int epoch, int epochs)
         {
             factor = schedule(epoch, epochs);
-            (inner as IScheduledStepRule)?.Advance(epoch, epochs);
+            base.Advance(epoch, epochs);
         }
-        public bool Holding => factor == 0 || inner is IScheduledStepRule { Holding: true };
-        public StepState Init(Tensor variable, bool rowIndexed) => inner.Init(variable, rowIndexed);
-        public Tensor Displacement(Tensor direction, StepState state) => Scaled(inner.Displacement(direction, state));
-        public Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Scaled(inner.Displacement(direction, state, variable));
-        public IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => inner.Directions(directions);
+        public override bool Holding => factor == 0 || base.Holding;
+        public override Tensor Displacement(Tensor direction, StepState state) => Scaled(Inner.Displacement(direction, state));
+        public override Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Scaled(Inner.Displacement(direction, state, variable));
 
         private Tensor Scaled(Tensor displacement)
         {
@@ -345,4 +324,19 @@ public static class Schedules
             return displacement.mul(scale);
         }
     }
+}
+
+/// A step rule around another that passes every call on to it unless it overrides the call:
+/// the inner rule's state, directions and displacement, and its schedule (the trainer advances
+/// the outermost rule only, so each wrapper hands the epoch inwards).
+internal abstract class WrappedRule(IStepRule inner) : IScheduledStepRule
+{
+    protected IStepRule Inner { get; } = inner;
+    public abstract string Name { get; }
+    public virtual StepState Init(Tensor variable, bool rowIndexed) => Inner.Init(variable, rowIndexed);
+    public virtual Tensor Displacement(Tensor direction, StepState state) => Inner.Displacement(direction, state);
+    public virtual Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Inner.Displacement(direction, state, variable);
+    public virtual IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => Inner.Directions(directions);
+    public virtual void Advance(int epoch, int epochs) => (Inner as IScheduledStepRule)?.Advance(epoch, epochs);
+    public virtual bool Holding => Inner is IScheduledStepRule { Holding: true };
 }
