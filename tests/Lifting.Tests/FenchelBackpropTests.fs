@@ -101,7 +101,10 @@ let tests =
         // A pre-activation within β|g| of ReLU's kink takes the other side's slope in the difference
         // quotient (CI once drew one 1.5e-5 from 0: cosine 0.990 at β = 0.001, 1.0 at 1e-6), so the
         // claim is made away from kinks, as for the β = 1e-6 property above.
-        testPropertyWithConfig config "the cosine between Fenchel BP and back-propagation rises as beta goes 1, 0.1, 0.01, 0.001 and is >= 0.999 at 0.001 (random ReLU and tanh MLPs away from ReLU kinks)" <|
+        // The rise is claimed where the O(beta) expansion holds, from 0.1 down: at beta = 1 the
+        // direction is not yet near the limit, and CI drew a ReLU net (seed 96912, batch 3) whose
+        // cosine fell from 0.970 at beta = 1 to 0.966 at 0.1 before rising to 1.0 at 0.01.
+        testPropertyWithConfig config "the cosine between Fenchel BP and back-propagation rises as beta goes 0.1, 0.01, 0.001 and is >= 0.999 at 0.001 (random ReLU and tanh MLPs away from ReLU kinks)" <|
             Prop.forAll (Arb.fromGen genReluTanhMlp) (fun m ->
                 let program = m.Program
                 let x, y = randomBatch m.Seed (m.Batch + 2L) m.Inputs m.Classes
@@ -109,7 +112,7 @@ let tests =
                 let awayFromKinks = distanceToKink program weights x > 1e-2
                 let reference = backpropGradient program weights x y
                 let cosines = [ for beta in [ 1.0; 0.1; 0.01; 0.001 ] -> cosine (fenchel program weights x y beta) reference ]
-                let rising = cosines |> List.pairwise |> List.forall (fun (c, next) -> next >= c - 1e-12)
+                let rising = cosines |> List.tail |> List.pairwise |> List.forall (fun (c, next) -> next >= c - 1e-12)
                 awayFromKinks ==> ((rising && List.last cosines >= 0.999) |> Prop.label $"cosines {cosines}"))
 
         testPropertyWithConfig config "at finite beta (0.5, 3) the Fenchel BP direction is the weight gradient of the linearised local contrastive surrogate built from the conjugates G*, taken at the forward inputs (Remark 2)" <|
