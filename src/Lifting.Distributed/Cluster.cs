@@ -281,7 +281,7 @@ public sealed class OrleansReplicas : IReplicaSet
     /// be read for `UnreachableLimit`, or the call stalls (`StallFloor`): Orleans itself fails such a
     /// call only at its response timeout (minutes, so that a long shard is not cut short), and a
     /// killed worker would hold the run that long.
-    private async Task<T> Watched<T>(Task<T> call, string? silo)
+    internal async Task<T> Watched<T>(Task<T> call, string? silo)
     {
         var timer = System.Diagnostics.Stopwatch.StartNew();
         var stall = StallLimit();

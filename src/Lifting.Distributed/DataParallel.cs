@@ -157,7 +157,7 @@ public sealed class DataParallelRun : IDisposable
                 await Task.Delay(500);
                 continue;
             }
-            Verify(k, reply);
+            Fingerprints.Verify($"replica {k}", reply, settings.Build, programFingerprint, dataFingerprint);
             var place = new ReplicaPlace(k, reply.Silo, reply.Host, reply.ProcessId, reply.Threads);
             ReplicaPlace? before;
             lock (gate)
@@ -169,18 +169,6 @@ public sealed class DataParallelRun : IDisposable
             else Changed?.Invoke();
             return;
         }
-    }
-
-    private void Verify(int k, JoinReply reply)
-    {
-        var where = $"the worker on silo {reply.Silo} (host {reply.Host}, pid {reply.ProcessId})";
-        if (reply.Build != settings.Build)
-            throw new DistributedException($"{where} runs another build of lifting ({reply.Build}; this one is {settings.Build}): start workers of the same build");
-        if (reply.Refusal is { } refusal) throw new DistributedException($"{where} cannot take replica {k}: {refusal}");
-        if (reply.Data != dataFingerprint)
-            throw new DistributedException($"mismatched data: {where} read a training split with SHA-256 {reply.Data[..12]}…, this process {dataFingerprint[..12]}… (does --data name other files there?)");
-        if (reply.Program != programFingerprint)
-            throw new DistributedException($"mismatched programs: {where} built a program or initial state with SHA-256 {reply.Program[..12]}…, this process {programFingerprint[..12]}…");
     }
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();

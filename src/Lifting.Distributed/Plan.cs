@@ -118,6 +118,20 @@ public static class Fingerprints
         return Convert.ToHexString(hash.GetHashAndReset()).ToLowerInvariant();
     }
 
+    /// Refuses, in one line, a worker whose build, settings, data or program differ from the
+    /// coordinator's (`who`: the replica or segment it was to hold).
+    public static void Verify(string who, JoinReply reply, string build, string program, string data)
+    {
+        var where = $"the worker on silo {reply.Silo} (host {reply.Host}, pid {reply.ProcessId})";
+        if (reply.Build != build)
+            throw new DistributedException($"{where} runs another build of lifting ({reply.Build}; this one is {build}): start workers of the same build");
+        if (reply.Refusal is { } refusal) throw new DistributedException($"{where} cannot take {who}: {refusal}");
+        if (reply.Data != data)
+            throw new DistributedException($"mismatched data: {where} read a training split with SHA-256 {reply.Data[..12]}…, this process {data[..12]}… (does --data name other files there?)");
+        if (reply.Program != program)
+            throw new DistributedException($"mismatched programs: {where} built a program or initial state with SHA-256 {reply.Program[..12]}…, this process {program[..12]}…");
+    }
+
     private static void Append(IncrementalHash hash, string name, Tensor t)
     {
         using var _ = no_grad();

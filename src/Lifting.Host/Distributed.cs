@@ -38,10 +38,11 @@ internal sealed class ClusterFlags
     public Option<string> TlsCert { get; } = new("--tls-cert") { Description = "with --cluster: the cluster's PKCS#12 certificate (TLS to the workers)", HelpName = "FILE" };
     public Option<string> TlsPassword { get; } = new("--tls-password") { Description = "the password of --tls-cert", HelpName = "PASSWORD" };
     public Option<string> WorkerTimeout { get; } = new("--worker-timeout") { Description = "seconds a replica may stay unreachable before the run stops [default: 120]", HelpName = "S" };
+    public Option<string> Segments { get; } = new("--segments") { Description = "layer-parallel training: the lifted network's blocks split into K segments, one process each (distprop) [with --workers or --cluster: on the workers; otherwise: threads of this process]", HelpName = "K" };
 
-    public static readonly string[] Names = { "workers", "cluster", "cluster-id", "replicas", "tls-cert", "tls-password", "worker-timeout" };
+    public static readonly string[] Names = { "workers", "cluster", "cluster-id", "replicas", "tls-cert", "tls-password", "worker-timeout", "segments" };
 
-    public IEnumerable<Option> All => new Option[] { Workers, Cluster, ClusterId, Replicas, TlsCert, TlsPassword, WorkerTimeout };
+    public IEnumerable<Option> All => new Option[] { Workers, Cluster, ClusterId, Replicas, TlsCert, TlsPassword, WorkerTimeout, Segments };
 
     public ClusterRequest? Read(ParseResult parsed)
     {
@@ -54,9 +55,12 @@ internal sealed class ClusterFlags
         var workers = Positive(Workers, "--workers");
         var replicas = Positive(Replicas, "--replicas");
         var timeout = Positive(WorkerTimeout, "--worker-timeout");
+        var segments = Positive(Segments, "--segments");
         var cluster = parsed.GetValue(Cluster);
         var tls = parsed.GetValue(TlsCert);
-        if (workers is null && cluster is null && replicas is null)
+        if (segments is not null && replicas is not null)
+            throw new UsageException("--segments splits the network's blocks over processes, --replicas the mini-batch: give one of them");
+        if (workers is null && cluster is null && replicas is null && segments is null)
         {
             if (tls is not null || parsed.GetValue(ClusterId) is not null || timeout is not null)
                 throw new UsageException("--tls-cert, --cluster-id and --worker-timeout go with --workers N or --cluster redis://HOST:PORT");
@@ -71,11 +75,15 @@ internal sealed class ClusterFlags
         ClusterTls? certificate;
         try { certificate = tls is null ? null : ClusterTls.Load(tls, parsed.GetValue(TlsPassword)); }
         catch (ArgumentException x) { throw new UsageException(x.Message); }
-        return new ClusterRequest(workers, address, parsed.GetValue(ClusterId) ?? "lifting", replicas, certificate, TimeSpan.FromSeconds(timeout ?? 120));
+        return new ClusterRequest(workers, address, parsed.GetValue(ClusterId) ?? "lifting", replicas, certificate, TimeSpan.FromSeconds(timeout ?? 120)) { Segments = segments };
     }
 }
 
-internal sealed record ClusterRequest(int? Workers, ClusterAddress? Cluster, string ClusterId, int? Replicas, ClusterTls? Tls, TimeSpan WorkerTimeout);
+internal sealed record ClusterRequest(int? Workers, ClusterAddress? Cluster, string ClusterId, int? Replicas, ClusterTls? Tls, TimeSpan WorkerTimeout)
+{
+    /// Layer-parallel training over this many segments (null: data-parallel).
+    public int? Segments { get; init; }
+}
 
 /// Worker processes started by `train --workers N`: `lifting worker` on free loopback ports,
 /// the first holding the localhost clustering's membership table, each ending with this process
@@ -197,7 +205,11 @@ internal sealed class ClusterSession : IDisposable
 
     private ClusterSession(ClusterRequest request) => this.request = request;
 
-    public DataParallelRun Run { get; private set; } = null!;
+    /// The data-parallel run, or null for a layer-parallel one (`Layers`).
+    public DataParallelRun? Run { get; private set; }
+    public LayerParallelRun? Layers { get; private set; }
+    public Lifting.Formulations.IFormulation Formulation => Run?.Formulation ?? Layers!.Formulation;
+    public Lifting.Solvers.ISolver Solver => Run?.Solver ?? Layers!.Solver;
 
     /// Starts or reaches the workers and sets up the replicas; throws one-line errors before
     /// anything is written.
@@ -221,6 +233,12 @@ internal sealed class ClusterSession : IDisposable
         IReplicaSet replicas;
         var options = new DataParallelOptions { WorkerTimeout = request.WorkerTimeout, Build = HostJobFactory.Build, Log = log };
         var config = run.Config().ToJsonString();
+        if (request.Segments is { } k && request.Workers is null && request.Cluster is null)
+        {
+            Layers = new LayerParallelRun(new InProcessSegments(k, new HostJobFactory(), options.Build), config, run.Method, run.Options, options);
+            Layers.Changed += () => Write(final: false);
+            return;
+        }
         if (request.Workers is null && request.Cluster is null)
             replicas = new InProcessReplicas(request.Replicas!.Value, new HostJobFactory(), options.Build);
         else
@@ -242,6 +260,12 @@ internal sealed class ClusterSession : IDisposable
                 client = Connect(request.Cluster!, request.ClusterId, Array.Empty<int>(), request.Tls, wait);
                 silos = Active();
                 if (silos.Count == 0) throw new UsageException($"--cluster {request.Cluster}: no worker is up in cluster '{request.ClusterId}'");
+            }
+            if (request.Segments is { } segments)
+            {
+                Layers = new LayerParallelRun(new OrleansSegments(client.Services.GetRequiredService<IClusterClient>(), segments), config, run.Method, run.Options, options);
+                Layers.Changed += () => Write(final: false);
+                return;
             }
             var count = request.Replicas ?? silos.Count;
             replicas = new OrleansReplicas(client.Services.GetRequiredService<IClusterClient>(), count);
@@ -276,9 +300,12 @@ internal sealed class ClusterSession : IDisposable
 
     /// One line for the run's header.
     public string Describe() =>
-        request.Workers is { } n ? $"data-parallel, {Run.Replicas} replicas on {n} local workers (localhost clustering '{workers!.ClusterId}', pids {string.Join(" ", workers.ProcessIds)}); cluster.json in the run folder"
-        : request.Cluster is { } c ? $"data-parallel, {Run.Replicas} replicas on the {silos.Count} workers of {c} (cluster '{request.ClusterId}'{(request.Tls is null ? "" : ", TLS")}); cluster.json in the run folder"
-        : $"data-parallel, {Run.Replicas} replicas in this process (no network); cluster.json in the run folder";
+        Layers is { } layers ? (request.Workers is { } w ? $"layer-parallel, {layers.Segments} segments on {w} local workers (localhost clustering '{workers!.ClusterId}', pids {string.Join(" ", workers.ProcessIds)}); cluster.json in the run folder"
+            : request.Cluster is { } cl ? $"layer-parallel, {layers.Segments} segments on the {silos.Count} workers of {cl} (cluster '{request.ClusterId}'{(request.Tls is null ? "" : ", TLS")}); cluster.json in the run folder"
+            : $"layer-parallel, {layers.Segments} segments in this process (threads, no network); cluster.json in the run folder")
+        : request.Workers is { } n ? $"data-parallel, {Run!.Replicas} replicas on {n} local workers (localhost clustering '{workers!.ClusterId}', pids {string.Join(" ", workers.ProcessIds)}); cluster.json in the run folder"
+        : request.Cluster is { } c ? $"data-parallel, {Run!.Replicas} replicas on the {silos.Count} workers of {c} (cluster '{request.ClusterId}'{(request.Tls is null ? "" : ", TLS")}); cluster.json in the run folder"
+        : $"data-parallel, {Run!.Replicas} replicas in this process (no network); cluster.json in the run folder";
 
     /// The run folder exists (the trainer lifted the problem and the replicas joined).
     public void Started(RunFolder runFolder)
@@ -298,6 +325,12 @@ internal sealed class ClusterSession : IDisposable
         lock (gate)
         {
             if (folder is null || ended) return;
+            if (Layers is { } layers)
+            {
+                WriteLayers(layers, final);
+                return;
+            }
+            var run = Run!;
             var o = new JsonObject
             {
                 ["mode"] = "data-parallel, synchronous",
@@ -307,33 +340,33 @@ internal sealed class ClusterSession : IDisposable
                 ["workers_started"] = request.Workers,
                 ["worker_pids"] = workers is null ? null : new JsonArray(workers.ProcessIds.Select(p => (JsonNode)JsonValue.Create(p)).ToArray()),
                 ["silos_at_start"] = new JsonArray(silos.Select(s => (JsonNode)JsonValue.Create(s)).ToArray()),
-                ["replicas"] = Run.Replicas,
+                ["replicas"] = run.Replicas,
                 ["combination"] = "sum over replicas k in order of (b_k / B) * d_k, d_k the mean direction of replica k's shard (the k-th contiguous slice of the mini-batch)",
             };
-            if (Run.Plan is { } plan)
+            if (run.Plan is { } plan)
                 o["plan"] = new JsonObject
                 {
                     ["coordinator_players"] = new JsonArray(plan.SharedPlayers.Select(p => (JsonNode)JsonValue.Create(p)).ToArray()),
                     ["coordinator_solver"] = plan.CoordinatorSolver.Name,
                     ["replica_inner_solve"] = plan.Inner is { } inner ? $"{inner.Inner.Name} on {string.Join("+", inner.InnerPlayers)}, {inner.MaxIterations} iterations" : null,
                 };
-            o["layout"] = new JsonArray(Run.Layout.Where(p => p is not null).Select(p => (JsonNode)new JsonObject
+            o["layout"] = new JsonArray(run.Layout.Where(p => p is not null).Select(p => (JsonNode)new JsonObject
             {
                 ["replica"] = p!.Replica, ["silo"] = p.Silo, ["host"] = p.Host, ["pid"] = p.ProcessId, ["threads"] = p.Threads,
             }).ToArray());
-            o["events"] = new JsonArray(Run.Events.Select(e => (JsonNode)new JsonObject
+            o["events"] = new JsonArray(run.Events.Select(e => (JsonNode)new JsonObject
             {
                 ["time"] = e.Time.ToString("O", CultureInfo.InvariantCulture), ["epoch"] = e.Epoch, ["step"] = e.Step, ["text"] = e.Text,
             }).ToArray());
-            long steps = Math.Max(1, Run.Steps);
+            long steps = Math.Max(1, run.Steps);
             o["traffic"] = new JsonObject
             {
-                ["steps"] = Run.Steps,
-                ["operator_evaluations"] = Run.Evaluations,
-                ["bytes_sent"] = Run.BytesSent,
-                ["bytes_received"] = Run.BytesReceived,
-                ["bytes_sent_per_step"] = Run.BytesSent / steps,
-                ["bytes_received_per_step"] = Run.BytesReceived / steps,
+                ["steps"] = run.Steps,
+                ["operator_evaluations"] = run.Evaluations,
+                ["bytes_sent"] = run.BytesSent,
+                ["bytes_received"] = run.BytesReceived,
+                ["bytes_sent_per_step"] = run.BytesSent / steps,
+                ["bytes_received_per_step"] = run.BytesReceived / steps,
                 ["note"] = "message payloads (batch indices, shared values and directions in the safetensors layout), all replicas together; without Orleans' framing",
             };
             o["final"] = final;
@@ -342,10 +375,59 @@ internal sealed class ClusterSession : IDisposable
         }
     }
 
+    /// cluster.json of a layer-parallel run: the split, where each segment runs, what it sends.
+    private void WriteLayers(LayerParallelRun layers, bool final)
+    {
+        JsonArray Array<T>(IEnumerable<T> values) => new(values.Select(v => JsonValue.Create(v) as JsonNode).ToArray());
+        var o = new JsonObject
+        {
+            ["mode"] = "layer-parallel, synchronous",
+            ["transport"] = request.Workers is not null ? "orleans, localhost clustering" : request.Cluster is not null ? $"orleans, {request.Cluster}" : "in-process segments (threads, no network)",
+            ["cluster_id"] = workers?.ClusterId ?? (request.Cluster is not null ? request.ClusterId : null),
+            ["tls"] = request.Tls is not null,
+            ["workers_started"] = request.Workers,
+            ["worker_pids"] = workers is null ? null : Array(workers.ProcessIds),
+            ["silos_at_start"] = Array(silos),
+            ["segments"] = layers.Segments,
+        };
+        if (layers.Plan is { } plan)
+            o["plan"] = new JsonObject
+            {
+                ["blocks"] = Array(plan.Ranges.Select(r => r.ToString())),
+                ["cost_model_multiply_adds_per_batch"] = Array(plan.Costs),
+                ["exchange"] = "each step, every segment sends its neighbours its part of the gradient of the variables of the cut between them (DistProp: the class means and scales) and steps its own players",
+            };
+        o["layout"] = new JsonArray(layers.Layout.Where(p => p is not null).Select(p => (JsonNode)new JsonObject
+        {
+            ["segment"] = p!.Replica, ["silo"] = p.Silo, ["host"] = p.Host, ["pid"] = p.ProcessId, ["threads"] = p.Threads,
+        }).ToArray());
+        o["events"] = new JsonArray(layers.Events.Select(e => (JsonNode)new JsonObject
+        {
+            ["time"] = e.Time.ToString("O", CultureInfo.InvariantCulture), ["epoch"] = e.Epoch, ["step"] = e.Step, ["text"] = e.Text,
+        }).ToArray());
+        long steps = Math.Max(1, layers.Steps);
+        o["traffic"] = new JsonObject
+        {
+            ["steps"] = layers.Steps,
+            ["bytes_to_segments_per_step"] = layers.BytesToSegments / steps,
+            ["bytes_between_segments_per_step"] = layers.BytesBetweenSegments / steps,
+            ["bytes_sent_per_step_by_segment"] = Array(layers.SegmentBytes.Select(b => b / steps)),
+            ["step_seconds_by_segment"] = Array(layers.SegmentSeconds),
+            ["exchange_wait_seconds_by_segment"] = Array(layers.SegmentWaitSeconds),
+            ["bytes_of_state"] = layers.BytesOfState,
+            ["note"] = "message payloads: batch indices from the coordinator, gradient parts between segments (safetensors layout), whole-state pushes and pulls (start, epochs' ends, checkpoints); without Orleans' framing",
+        };
+        o["final"] = final;
+        try { folder!.WriteJson(File, o); }
+        catch (IOException) { /* the next change writes it again */ }
+    }
+
     public void Dispose()
     {
         try { Run?.Leave(); } catch (Exception) { }
         Run?.Dispose();
+        try { Layers?.Leave(); } catch (Exception) { }
+        Layers?.Dispose();
         if (client is not null)
         {
             try { client.StopAsync().Wait(TimeSpan.FromSeconds(10)); } catch (Exception) { }

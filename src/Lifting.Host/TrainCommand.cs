@@ -198,8 +198,8 @@ public static class TrainCommand
         using var session = distributed is null ? null : ClusterSession.Open(distributed, run, line => progress.Line($"cluster: {line}"));
         var hooks = session is null ? null : new RunHooks
         {
-            Formulation = session.Run.Formulation,
-            Solver = session.Run.Solver,
+            Formulation = session.Formulation,
+            Solver = session.Solver,
             Started = session.Started,
             Ended = session.Ended,
         };

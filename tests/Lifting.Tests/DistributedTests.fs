@@ -67,6 +67,55 @@ let tests =
                 Expect.isFalse (Directory.Exists dir) "nothing written"
         }
 
+        test "layer-parallel DistProp (--segments 2 and 3, in-process segments): the one-process weights byte for byte with sigma held at 1 (the default, per-class multipliers, extrapolated weights); learned sigma differs at rounding only (float64 < 1e-9)" {
+            let net = [ "--net"; "64-32-32-10"; "--epochs"; "2" ]
+            for flags in [ [ "--method"; "distprop" ]; [ "--method"; "distprop"; "--multipliers"; "class" ]; [ "--method"; "distprop"; "--extrapolate-weights"; "true" ] ] do
+                let single = scratchDir "single"
+                run (flags @ net) single |> ignore
+                for k in [ "2"; "3" ] do
+                    let split = scratchDir "segments"
+                    let out = run (flags @ net @ [ "--segments"; k ]) split
+                    Expect.stringContains out $"layer-parallel, {k} segments in this process" "the header names the split"
+                    Expect.isTrue (sameBytes single split) $"{flags} with {k} segments: the one-process weights"
+            // A learned sigma: the softplus derivative multiplies each segment's part of a boundary
+            // sigma's gradient instead of their sum.
+            let flags = [ "--method"; "distprop-seed001"; "--dtype"; "float64" ] @ net
+            let single, split = scratchDir "single64", scratchDir "segments64"
+            run flags single |> ignore
+            run (flags @ [ "--segments"; "2" ]) split |> ignore
+            let d = largestDifference single split
+            printfn "  distprop-seed001 (learned sigma), 2 segments vs one process (float64): largest weight difference %.3g" d
+            Expect.isLessThan d 1e-9 "learned sigma: rounding only"
+            let c = clusterJson split
+            Expect.equal (c.GetProperty("mode").GetString()) "layer-parallel, synchronous" "cluster.json: the mode"
+            Expect.equal [ for b in c.GetProperty("plan").GetProperty("blocks").EnumerateArray() -> b.GetString() ] [ "block 1"; "blocks 2-3" ] "cluster.json: the split balances the cost model"
+            Expect.isGreaterThan (c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()) 0L "cluster.json: the exchange is counted"
+        }
+
+        test "a layer-parallel run resumed from its checkpoint (lifting resume --segments 2) ends with the weights of the one-process run resumed the same way, byte for byte" {
+            let args = [ "--method"; "distprop"; "--net"; "64-32-32-10"; "--epochs"; "1" ]
+            let single, split = scratchDir "single", scratchDir "segments"
+            run args single |> ignore
+            run (args @ [ "--segments"; "2" ]) split |> ignore
+            for (dir, extra) in [ single, []; split, [ "--segments"; "2" ] ] do
+                let code, out, err = lifting ([ "resume"; dir; "--epochs"; "2"; "--plain" ] @ extra)
+                Expect.equal code 0 $"resume {extra}: {err} {out}"
+            Expect.isTrue (sameBytes single split) "the same weights after the resumed epoch"
+        }
+
+        test "layer-parallel training refuses what it does not cover in one line, exit 2, nothing written" {
+            for (args, what) in [ [ "--method"; "backprop"; "--segments"; "2" ], "backprop does not split by blocks"
+                                  [ "--method"; "distprop"; "--net"; "64-32-10"; "--segments"; "3" ], "3 segments for a program of 2 blocks"
+                                  [ "--method"; "distprop"; "--clip-norm"; "1"; "--segments"; "2" ], "transforms all of the player's variables together"
+                                  [ "--method"; "distprop"; "--segments"; "2"; "--replicas"; "2" ], "give one of them" ] do
+                let dir = Path.Combine(scratchDir "refused", "run")
+                let code, _, err = lifting ([ "train"; "--data"; "digits"; "--epochs"; "1"; "--out"; dir; "--plain" ] @ args)
+                Expect.equal code 2 $"{args}: exit code ({err})"
+                Expect.stringContains err what $"{args}: says why"
+                Expect.equal (err.Trim().Split('\n').Length) 1 "one line"
+                Expect.isFalse (Directory.Exists dir) "nothing written"
+        }
+
         test "two local workers (--workers 2, two processes, Orleans localhost clustering) train backprop on the digits to the weights of two in-process replicas byte for byte; cluster.json records the layout and the traffic" {
             let args = [ "--method"; "backprop"; "--epochs"; "2" ]
             let local, workers = scratchDir "inproc", scratchDir "workers"

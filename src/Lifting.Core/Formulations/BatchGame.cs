@@ -164,6 +164,7 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
             lastObjective = objective.detach().DetachFromDisposeScope();
             grads = autograd.grad(new[] { objective }, inputs, allow_unused: true).ToArray();
         }
+        CompleteGradients(inputs, grads);
         var result = new IReadOnlyList<Tensor>[players.Count];
         IntPtr[]? pointers = null;
         int k = 0;
@@ -192,6 +193,13 @@ public abstract class BatchGame : IBatchGame, IHoldFixed
         }
         return result;
     }
+
+    /// Called with the sums Σ_i ∂L_i/∂v autograd returned for `inputs` (null or invalid where an
+    /// input is unused), before the batch mean and the negation: a game that computes only part of
+    /// the objective (a segment of a layer-parallel run) adds there what other processes computed
+    /// for the same variables. Replace an entry rather than writing into it (autograd may hand one
+    /// tensor to two inputs).
+    protected virtual void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads) { }
 
     /// True when `grads[k]` is dense and no other gradient of the list shares its memory.
     private static bool OwnStorage(Tensor g, IntPtr[] pointers, int k)

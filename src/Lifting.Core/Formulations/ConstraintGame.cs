@@ -87,18 +87,36 @@ public abstract class ConstraintGame : BatchGame
         return inputs;
     }
 
+    /// The segments whose terms this game evaluates, [First, End) (every segment by default; a
+    /// segment of a layer-parallel run evaluates its own blocks only, the output's loss only if the
+    /// range holds the output segment). A value outside the range is read through `Value` as usual.
+    protected virtual (int First, int End) Blocks => (0, Program.Segments.Count);
+
     protected override Tensor EvaluateSum()
     {
         var segments = Program.Segments;
         int hidden = segments.Count - 1;
+        var (first, end) = Blocks;
         var defects = new Tensor[hidden];
         current = new Tensor?[hidden];
         Tensor total = zeros(1, dtype: Batch.Inputs.dtype, device: Batch.Inputs.device).squeeze();
+        var zero = total;
         for (int l = 0; l < hidden; l++)
         {
+            if (l < first || l >= end)
+            {
+                defects[l] = zero; // not evaluated here: recorded as 0
+                continue;
+            }
             var g = Defect(l, Forward(segments[l], InputsOf(segments[l])));
             defects[l] = Recorded(l, g);
             total = AddTerm(total, l, g);
+        }
+        if (end <= hidden)
+        {
+            Record(zero, defects, RecordedMultipliers);
+            current = Array.Empty<Tensor?>();
+            return total;
         }
         var output = segments[hidden].Forward(InputsOf(segments[hidden]), Problem.Weights.Tensors, Pass);
         var loss = LossSum(output);

@@ -204,7 +204,7 @@ public sealed class DistProp : IFormulation
         return frozen.Plus((v - frozen).Times(factor));
     }
 
-    private sealed class Problem : LiftedProblem
+    private sealed class Problem : LiftedProblem, ILayerSplittable
     {
         private readonly DistPropOptions options;
         private readonly NestedProgram lifted;
@@ -213,6 +213,12 @@ public sealed class DistProp : IFormulation
         private readonly Tensor[] meanWeights, scaleWeights, variates;
         private readonly StepState[] gaussianStates;
         private readonly Tensor[] gaussianVariables;
+        /// Per learned Gaussian variable: its cut (0-based) and name (mu1, sigma1, …).
+        private readonly int[] gaussianCuts;
+        private readonly string[] gaussianNames;
+        /// A layer-parallel segment's blocks and its link to the neighbouring segments (null: every block).
+        private BlockRange? range;
+        private IBoundaryExchange? exchange;
         /// The first cut's multipliers per example (in the store), or null when per class.
         private readonly RowGroup? exampleMultipliers;
         /// Shared multipliers: every cut's when per class, the deeper cuts' when per example.
@@ -240,6 +246,8 @@ public sealed class DistProp : IFormulation
             variates = new Tensor[hidden];
             var states = new List<StepState>();
             var learnedStates = new List<Tensor>();
+            var learnedCuts = new List<int>();
+            var learnedNames = new List<string>();
             for (int l = 0; l < hidden; l++)
             {
                 var direction = randn(new[] { (long)classes, stateShapes[l].Aggregate(1L, (a, b) => a * b) }, dtype: context.DType, generator: generator);
@@ -252,6 +260,8 @@ public sealed class DistProp : IFormulation
                     meanWeights[l] = mean;
                     states.Add(meanState);
                     learnedStates.Add(mean);
+                    learnedCuts.Add(l);
+                    learnedNames.Add($"mu{l + 1}");
                 }
                 var scaleStart = full(Shape(options.SharedScale ? 1 : classes, stateShapes[l]), Scalars.Of(inverseSoftplusOne), dtype: context.DType, device: context.Device);
                 if (options.FixedScales) scaleWeights[l] = AddShared($"sigma{l + 1}", scaleStart);
@@ -261,11 +271,15 @@ public sealed class DistProp : IFormulation
                     scaleWeights[l] = scale;
                     states.Add(scaleState);
                     learnedStates.Add(scale);
+                    learnedCuts.Add(l);
+                    learnedNames.Add($"sigma{l + 1}");
                 }
                 variates[l] = AddShared($"variates{l + 1}", randn(Shape(classes, samples, stateShapes[l]), dtype: context.DType, generator: generator).to(context.Device));
             }
             gaussianStates = states.ToArray();
             gaussianVariables = learnedStates.ToArray();
+            gaussianCuts = learnedCuts.ToArray();
+            gaussianNames = learnedNames.ToArray();
 
             long[] MultiplierShape(long rows, long[] state) => options.ReducedConstraint ? new[] { rows } : Shape(rows, state);
             long[] SampleMultiplierShape(long[] state) => options.ReducedConstraint ? new long[] { classes, samples } : Shape(classes, samples, state);
@@ -294,6 +308,38 @@ public sealed class DistProp : IFormulation
         public IReadOnlyList<Tensor> Variates => variates;
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
+
+        public NestedProgram LiftedProgram => lifted;
+
+        public long RowsOf(int block, long batchSize) => block == 0 ? batchSize : (long)classes * samples;
+
+        public void Restrict(BlockRange blocks, IBoundaryExchange link)
+        {
+            if (blocks.First < 0 || blocks.End > hidden + 1 || blocks.First >= blocks.End)
+                throw new ArgumentOutOfRangeException(nameof(blocks), $"{blocks} is not a range of this program's {hidden + 1} blocks.");
+            range = blocks;
+            exchange = link;
+        }
+
+        /// Block l reads cut l − 1 and ends in cut l: a range touches cuts First − 1 … End − 1.
+        private bool Touches(int cut) => range is not { } r || (cut >= r.First - 1 && cut < r.End);
+
+        /// The cut at either end of the range, whose variables a neighbouring range shares.
+        private bool IsBoundary(int cut) => range is { } r && ((r.First > 0 && cut == r.First - 1) || (cut == r.End - 1 && r.End <= hidden));
+
+        public IReadOnlyList<string> Owned(BlockRange blocks)
+        {
+            var parameters = Program.ParameterNames;
+            var owned = new HashSet<string>();
+            for (int l = blocks.First; l < blocks.End; l++)
+            {
+                foreach (var p in lifted.Segments[l].Parameters) owned.Add($"weights/{parameters[p]}");
+                if (l < hidden)
+                    foreach (var name in new[] { "mu", "sigma", "variates", "lambda" }) owned.Add($"shared/{name}{l + 1}");
+            }
+            bool first = blocks.First == 0;
+            return StateTensors.Keys.Where(k => (first && k.StartsWith("store/", StringComparison.Ordinal)) || owned.Contains(k.Split('#')[0])).ToArray();
+        }
 
         /// Overwrites the variates with step k's, ε_k, from a CPU generator seeded by (seed, k), so
         /// every device draws the same numbers. The step's game reads them as it would fixed ones.
@@ -492,11 +538,18 @@ public sealed class DistProp : IFormulation
                 var states = problem.gaussianVariables;
                 var stateRules = problem.gaussianStates;
                 StepState[] multiplierStates;
-                if (problem.exampleMultipliers is { } group)
+                var range = problem.range;
+                if (problem.exampleMultipliers is { } group && (range is null || range.Value.First == 0))
                 {
                     (rows, rowStates) = group.Gather(batch.Indices);
                     multipliers = rows.Concat(problem.sharedMultipliers).ToArray();
                     multiplierStates = rowStates.Concat(problem.sharedMultiplierStates).ToArray();
+                }
+                else if (problem.exampleMultipliers is not null)
+                {
+                    // A later segment of a layer-parallel run: the first cut's rows are not its own.
+                    multipliers = new Tensor[] { null! }.Concat(problem.sharedMultipliers).ToArray();
+                    multiplierStates = new StepState[] { null! }.Concat(problem.sharedMultiplierStates).ToArray();
                 }
                 else
                 {
@@ -507,13 +560,50 @@ public sealed class DistProp : IFormulation
                 gaussians = new (Tensor, Tensor)?[problem.hidden];
                 recorded = new Tensor[problem.hidden];
                 var ctx = problem.Context;
-                Players = new[]
+                if (range is not { } r)
                 {
-                    problem.WeightsPlayer(),
-                    new Player(Formulations.PlayerNames.States, Role.Minimise, states, ctx.StepRuleFor(Formulations.PlayerNames.States), stateRules),
-                    new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, multipliers, ctx.StepRuleFor(Formulations.PlayerNames.Multipliers),
-                        multiplierStates, rowIndexed: problem.exampleMultipliers is not null),
-                };
+                    Players = new[]
+                    {
+                        problem.WeightsPlayer(),
+                        new Player(Formulations.PlayerNames.States, Role.Minimise, states, ctx.StepRuleFor(Formulations.PlayerNames.States), stateRules),
+                        new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, multipliers, ctx.StepRuleFor(Formulations.PlayerNames.Multipliers),
+                            multiplierStates, rowIndexed: problem.exampleMultipliers is not null),
+                    };
+                    return;
+                }
+                // A segment of a layer-parallel run: its blocks' weights, the Gaussians of the cuts it
+                // touches, the multipliers of the cuts its blocks end in (players without any are left out).
+                var own = Enumerable.Range(r.First, r.End - r.First).SelectMany(l => problem.lifted.Segments[l].Parameters).Distinct().Order().ToArray();
+                var touched = Enumerable.Range(0, states.Length).Where(i => problem.Touches(problem.gaussianCuts[i])).ToArray();
+                var ownCuts = Enumerable.Range(0, multipliers.Length).Where(c => c >= r.First && c < r.End && multipliers[c] is not null).ToArray();
+                var players = new List<Player>();
+                if (own.Length > 0)
+                    players.Add(new Player(Formulations.PlayerNames.Weights, Role.Minimise, own.Select(p => problem.Weights.Tensors[p]).ToArray(), ctx.StepRuleFor(Formulations.PlayerNames.Weights),
+                        own.Select(p => problem.WeightStates[p]).ToArray()));
+                if (touched.Length > 0)
+                    players.Add(new Player(Formulations.PlayerNames.States, Role.Minimise, touched.Select(i => states[i]).ToArray(), ctx.StepRuleFor(Formulations.PlayerNames.States),
+                        touched.Select(i => stateRules[i]).ToArray()));
+                if (ownCuts.Length > 0)
+                    players.Add(new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, ownCuts.Select(c => multipliers[c]).ToArray(), ctx.StepRuleFor(Formulations.PlayerNames.Multipliers),
+                        ownCuts.Select(c => multiplierStates[c]).ToArray(), rowIndexed: problem.exampleMultipliers is not null));
+                Players = players;
+            }
+
+            protected override (int First, int End) Blocks => problem.range is { } r ? (r.First, r.End) : base.Blocks;
+
+            /// A segment adds the neighbours' parts of the gradient of its boundary cuts' Gaussians.
+            protected override void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads)
+            {
+                var p = problem;
+                if (p.exchange is not { } link) return;
+                for (int k = 0; k < inputs.Count; k++)
+                {
+                    int i = Array.FindIndex(p.gaussianVariables, v => ReferenceEquals(v, inputs[k])); // not IndexOf: Tensor.Equals compares values
+                    if (i < 0 || !p.IsBoundary(p.gaussianCuts[i])) continue;
+                    var mine = grads[k] is { IsInvalid: false } g ? g : zeros_like(inputs[k]);
+                    using var theirs = link.Exchange(p.gaussianCuts[i], p.gaussianNames[i], mine);
+                    grads[k] = mine.add(theirs);
+                }
             }
 
             public override IReadOnlyList<Player> Players { get; }
@@ -575,14 +665,14 @@ public sealed class DistProp : IFormulation
                 return (counts * perClassLoss).sum();
             }
 
-            protected override IReadOnlyList<Tensor> RecordedMultipliers => recorded;
+            protected override IReadOnlyList<Tensor> RecordedMultipliers => problem.range is null ? recorded : recorded.Where(t => t is not null).ToArray();
 
             /// The lifted program's segments (DistProp may have moved its cuts before activations).
             protected override NestedProgram Program => problem.lifted;
 
             public override void Commit()
             {
-                if (problem.exampleMultipliers is { } group) group.Scatter(Batch.Indices, rows, rowStates);
+                if (problem.exampleMultipliers is { } group && rows.Length > 0) group.Scatter(Batch.Indices, rows, rowStates);
             }
 
             public override void Dispose()

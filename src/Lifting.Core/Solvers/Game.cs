@@ -170,6 +170,10 @@ public interface IStepRule
     /// a global norm over all of them); by default unchanged. Called under no_grad, once per step
     /// of the player, with the directions in the player's variable order.
     IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => directions;
+
+    /// True when `Directions` couples the variables (a global norm): a player whose variables are
+    /// split over processes would then step differently from the whole player.
+    bool CouplesVariables => false;
 }
 
 /// A projection onto a convex set, applied in place after an update (Stampacchia).

@@ -96,6 +96,7 @@ public static class StepRules
     private sealed class GlobalNormClipRule(IStepRule inner, double maxNorm) : WrappedRule(inner)
     {
         public override string Name => $"clip(‖g‖ ≤ {Show(maxNorm)}) then {Inner.Name}";
+        public override bool CouplesVariables => true;
 
         public override IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions)
         {
@@ -337,6 +338,7 @@ internal abstract class WrappedRule(IStepRule inner) : IScheduledStepRule
     public virtual Tensor Displacement(Tensor direction, StepState state) => Inner.Displacement(direction, state);
     public virtual Tensor Displacement(Tensor direction, StepState state, Tensor variable) => Inner.Displacement(direction, state, variable);
     public virtual IReadOnlyList<Tensor> Directions(IReadOnlyList<Tensor> directions) => Inner.Directions(directions);
+    public virtual bool CouplesVariables => Inner.CouplesVariables;
     public virtual void Advance(int epoch, int epochs) => (Inner as IScheduledStepRule)?.Advance(epoch, epochs);
     public virtual bool Holding => Inner is IScheduledStepRule { Holding: true };
 }

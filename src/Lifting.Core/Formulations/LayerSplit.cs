@@ -1,0 +1,47 @@
+using Lifting.Programs;
+using static TorchSharp.torch;
+
+namespace Lifting.Formulations;
+
+/// A contiguous range [First, End) of a lifted program's segments (blocks): the part of a
+/// layer-parallel run one process evaluates.
+public readonly record struct BlockRange(int First, int End)
+{
+    public bool Contains(int block) => block >= First && block < End;
+    public override string ToString() => End - First == 1 ? $"block {First + 1}" : $"blocks {First + 1}-{End}";
+}
+
+/// How a range of blocks completes the gradient of a variable it shares with the neighbouring
+/// range (a variable of the cut between them): it sends its part of Σ_i ∂L_i/∂v and receives the
+/// neighbour's. Both ranges call it for the same variables in the same order.
+public interface IBoundaryExchange
+{
+    /// The neighbour's part of the gradient sum of variable `name` of cut `cut` (0-based), given
+    /// this range's part `mine`.
+    Tensor Exchange(int cut, string name, Tensor mine);
+}
+
+/// A lifted problem whose objective is a sum of per-block terms that meet only at the cuts, through
+/// shared variables of those cuts (DistProp's class Gaussians): a layer-parallel run gives each
+/// process a range of blocks, and the processes exchange only those variables' gradient parts.
+/// With every process running the same solver on its range's players, the weights equal the
+/// one-process run's bit for bit: each variable's gradient is the same sum of the same terms
+/// (two parts, a + b = b + a in floating point), and its step the same step.
+public interface ILayerSplittable
+{
+    /// The segments the split is over (the lifted program, cuts where the formulation puts them).
+    NestedProgram LiftedProgram { get; }
+
+    /// Rows block `block`'s term evaluates per mini-batch of `batchSize` examples (the cost model
+    /// of a split): the examples for a block reading them, DistProp's M·S samples for the others.
+    long RowsOf(int block, long batchSize);
+
+    /// Restricts every later batch game to the terms and players of `range`; the variables of the
+    /// cuts at its ends get the neighbours' gradient parts through `exchange` before every step.
+    void Restrict(BlockRange range, IBoundaryExchange exchange);
+
+    /// The keys of `ICheckpointable.StateTensors` that `range` owns: its blocks' weights with their
+    /// step states, and the variables of the cuts its blocks end in (a boundary cut belongs to the
+    /// lower range; the upper one keeps an equal copy).
+    IReadOnlyList<string> Owned(BlockRange range);
+}

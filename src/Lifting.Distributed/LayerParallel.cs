@@ -1,0 +1,383 @@
+using System.Diagnostics;
+using System.Globalization;
+using Lifting.Data;
+using Lifting.Formulations;
+using Lifting.Programs;
+using Lifting.Solvers;
+using Lifting.Training;
+using static TorchSharp.torch;
+
+namespace Lifting.Distributed;
+
+/// Synchronous layer-parallel training: the lifted program's blocks are split into contiguous
+/// ranges (`LayerPlan`), one segment process per range. Every step the coordinator (this process)
+/// sends each segment the mini-batch's example indices; each segment evaluates only its blocks'
+/// terms, exchanges the gradient parts of the variables of its boundary cuts with its neighbours
+/// (DistProp: the class means and scales, M·H numbers per cut, independent of the batch size), and
+/// steps its own players with the method's solver. The images go to no segment but the first (each
+/// reads its own copy of the data; the others use only the labels).
+///
+/// The weights equal the one-process run's bit for bit (tests/Lifting.Tests/DistributedTests.fs):
+/// each variable's gradient is the same sum of the same terms, a boundary variable's the sum of
+/// the two segments' parts (a + b = b + a), and its step the same step, taken by both segments
+/// sharing it. The coordinator keeps the whole problem for evaluation, checkpoints and resume: it
+/// pulls the segments' owned state when the trainer reads it (the last batch of an epoch, the
+/// epoch's end, a checkpoint) and pushes its state to them before the first step (a resume).
+///
+/// `Formulation` and `Solver` replace the method's in `Trainer.Train`.
+public sealed class LayerParallelRun : IDisposable
+{
+    private readonly ISegmentSet segments;
+    private readonly string config;
+    private readonly ResolvedMethod method;
+    private readonly TrainingOptions options;
+    private readonly DataParallelOptions settings;
+    private readonly string runId = Guid.NewGuid().ToString("N")[..12];
+    private readonly object gate = new();
+    private readonly List<ClusterEvent> events = new();
+    private readonly ReplicaPlace?[] places;
+    private string programFingerprint = "", dataFingerprint = "";
+    private int batchesPerEpoch = 1;
+    private SegmentedGame? current;
+    private SegmentedProblem? problem;
+
+    public LayerParallelRun(ISegmentSet segments, string config, ResolvedMethod method, TrainingOptions options, DataParallelOptions? settings = null)
+    {
+        if (segments.Count < 1) throw new ArgumentException("--segments: at least one segment is needed.");
+        if (options.CosineToBackprop) throw new ArgumentException("layer-parallel training: --cosine needs the weights on the coordinator at every step; not available with --segments");
+        this.segments = segments;
+        this.config = config;
+        this.method = method;
+        this.options = options;
+        this.settings = settings ?? new DataParallelOptions();
+        places = new ReplicaPlace?[segments.Count];
+        Formulation = new SegmentedFormulation(this, method.Formulation);
+        Solver = new SegmentedSolver(this);
+    }
+
+    public IFormulation Formulation { get; }
+    public ISolver Solver { get; }
+    public LayerPlan? Plan { get; private set; }
+    public int Segments => segments.Count;
+
+    public IReadOnlyList<ReplicaPlace?> Layout { get { lock (gate) return places.ToArray(); } }
+    public IReadOnlyList<ClusterEvent> Events { get { lock (gate) return events.ToArray(); } }
+    public event Action? Changed;
+
+    /// Solver steps; bytes from the coordinator to the segments (batch indices), between segments
+    /// (gradient parts of the boundary cuts) and of whole-state pushes and pulls (the start, the
+    /// epochs' ends, checkpoints); each segment's compute seconds.
+    public long Steps { get; private set; }
+    public long BytesToSegments { get; private set; }
+    public long BytesBetweenSegments { get; private set; }
+    public long BytesOfState { get; private set; }
+    public double[] SegmentSeconds { get; private set; } = Array.Empty<double>();
+    /// Of `SegmentSeconds`, the time each segment waited for its neighbours' gradient parts.
+    public double[] SegmentWaitSeconds { get; private set; } = Array.Empty<double>();
+    public long[] SegmentBytes { get; private set; } = Array.Empty<long>();
+
+    private void Event(long? step, string text)
+    {
+        int? epoch = step is { } s ? (int)(s / batchesPerEpoch) + 1 : null;
+        lock (gate) events.Add(new ClusterEvent(DateTimeOffset.UtcNow, epoch, step, text));
+        settings.Log?.Invoke(text);
+        Changed?.Invoke();
+    }
+
+    private ILiftedProblem Lift(IFormulation inner, LiftContext context, Weights weights)
+    {
+        var lifted = inner.Lift(context, weights);
+        try
+        {
+            batchesPerEpoch = (context.Train.Count + options.BatchSize - 1) / options.BatchSize;
+            Plan = LayerPlan.Of(method, lifted, segments.Count, options.BatchSize);
+            if (lifted is not ICheckpointable)
+                throw new ArgumentException($"layer-parallel training: the problem of {method.Name} cannot be checkpointed, so its state cannot move between processes");
+            programFingerprint = Fingerprints.Problem(context.Program, lifted);
+            dataFingerprint = Fingerprints.Data(context.Train);
+            SegmentSeconds = new double[segments.Count];
+            SegmentWaitSeconds = new double[segments.Count];
+            SegmentBytes = new long[segments.Count];
+            Wait(Task.WhenAll(Enumerable.Range(0, segments.Count).Select(JoinAsync)));
+            problem = new SegmentedProblem(this, lifted);
+            return problem;
+        }
+        catch
+        {
+            lifted.Dispose();
+            throw;
+        }
+    }
+
+    private async Task JoinAsync(int k)
+    {
+        var plan = Plan!;
+        var request = new SegmentJoinRequest
+        {
+            RunId = runId, Segment = k, Config = config, Build = settings.Build,
+            Firsts = plan.Ranges.Select(r => r.First).ToArray(), Ends = plan.Ranges.Select(r => r.End).ToArray(),
+            ExchangeTimeoutSeconds = settings.WorkerTimeout.TotalSeconds,
+        };
+        var deadline = Stopwatch.StartNew();
+        while (true)
+        {
+            JoinReply reply;
+            try { reply = await segments.JoinAsync(k, request); }
+            catch (Exception e) when (segments.IsTransient(e))
+            {
+                if (deadline.Elapsed > settings.WorkerTimeout)
+                    throw new DistributedException($"segment {k}: no worker took it within {settings.WorkerTimeout.TotalSeconds:F0} s ({e.GetType().Name}: {OneLine(e.Message)})");
+                await Task.Delay(500);
+                continue;
+            }
+            Fingerprints.Verify($"segment {k}", reply, settings.Build, programFingerprint, dataFingerprint);
+            lock (gate) places[k] = new ReplicaPlace(k, reply.Silo, reply.Host, reply.ProcessId, reply.Threads);
+            Changed?.Invoke();
+            return;
+        }
+    }
+
+    private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
+
+    private static void Wait(Task task)
+    {
+        try { task.GetAwaiter().GetResult(); }
+        catch (AggregateException a) when (a.InnerException is not null) { throw a.InnerException; }
+    }
+
+    private static T Wait<T>(Task<T> task)
+    {
+        try { return task.GetAwaiter().GetResult(); }
+        catch (AggregateException a) when (a.InnerException is not null) { throw a.InnerException; }
+    }
+
+    /// Every task's result; as soon as one fails, its error (a segment's own failure leaves its
+    /// neighbours waiting for its gradient part: their time-outs are not the cause).
+    private static T[] FailFast<T>(Task<T>[] tasks)
+    {
+        var pending = tasks.ToList();
+        while (pending.Count > 0)
+        {
+            var done = Task.WhenAny(pending).GetAwaiter().GetResult();
+            pending.Remove(done);
+            if (done.IsFaulted)
+            {
+                Thread.Sleep(50); // a neighbour's time-out may be the consequence of a failure reported a moment later
+                var failed = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException ?? t.Exception!).ToArray();
+                throw failed.FirstOrDefault(e => e is not TimeoutException) ?? failed[0];
+            }
+        }
+        return tasks.Select(t => t.Result).ToArray();
+    }
+
+    /// A segment that failed, in one line (a lost worker is not recovered in layer-parallel runs:
+    /// the segments' states move together, and the last checkpoint is where `lifting resume` starts).
+    private async Task<T> Call<T>(int k, long? step, Func<Task<T>> call)
+    {
+        try { return await call(); }
+        catch (Exception e) when (segments.IsTransient(e))
+        {
+            var where = places[k] is { } p ? $" on silo {p.Silo} (host {p.Host}, pid {p.ProcessId})" : "";
+            Event(step, $"segment {k}{where} was lost ({e.GetType().Name}: {OneLine(e.Message)})");
+            throw new DistributedException($"segment {k}{where} was lost{(step is { } s ? $" at step {s}" : "")}: layer-parallel runs do not recover a lost worker; the checkpoint holds the last completed epoch (lifting resume)");
+        }
+    }
+
+    private Task Call(int k, long? step, Func<Task> call) => Call(k, step, async () => { await call(); return 0; });
+
+    /// Sends the coordinator's state to every segment (each gets what its blocks read; the
+    /// per-example store only the first).
+    private void Push()
+    {
+        var all = ((ICheckpointable)problem!.Inner).StateTensors;
+        var scalars = ((ICheckpointable)problem.Inner).StateScalars.ToDictionary(p => p.Key, p => p.Value);
+        var loads = new List<Task>();
+        for (int k = 0; k < segments.Count; k++)
+        {
+            var bytes = TensorBytes.Encode(all.Where(p => k == 0 || !p.Key.StartsWith("store/", StringComparison.Ordinal)).Select(p => (p.Key, p.Value)).ToArray());
+            BytesOfState += bytes.Length;
+            int segment = k;
+            loads.Add(Call(segment, null, () => segments.LoadAsync(segment, runId, new SegmentState { Tensors = bytes, Scalars = scalars })));
+        }
+        Wait(Task.WhenAll(loads));
+    }
+
+    /// Copies every segment's owned state into the coordinator's problem.
+    private void Pull()
+    {
+        var states = Wait(Task.WhenAll(Enumerable.Range(0, segments.Count).Select(k => Call(k, null, () => segments.PullAsync(k, runId)))));
+        var target = (ICheckpointable)problem!.Inner;
+        var all = target.StateTensors;
+        using (no_grad())
+            foreach (var state in states)
+            {
+                BytesOfState += state.Tensors.Length;
+                using var file = TensorBytes.Decode(state.Tensors);
+                foreach (var t in file.Tensors) all[t.Name].copy_(t.Value);
+            }
+        // Every segment keeps the same scalars (DistProp's variate step): the first's.
+        if (states[0].Scalars.Count > 0) target.RestoreScalars(states[0].Scalars);
+    }
+
+    private void Step(SegmentedGame game, IReadOnlyList<string> moving)
+    {
+        var batch = game.Batch;
+        var requests = Enumerable.Range(0, segments.Count).Select(k => new SegmentStepRequest
+        {
+            RunId = runId, Step = batch.Step, Epoch = (int)(batch.Step / batchesPerEpoch) + 1, Epochs = options.Epochs,
+            Indices = game.Indices, Players = moving.ToArray(), Iteration = game.Iteration, Iterations = options.IterationsPerBatch,
+        }).ToArray();
+        var replies = FailFast(requests.Select((r, k) => Call(k, r.Step, async () =>
+        {
+            var reply = await segments.StepAsync(k, r);
+            if (reply.Status != ShardStatus.Done)
+                throw new DistributedException($"segment {k} on silo {reply.Silo} answered {reply.Status} at step {r.Step}: its silo restarted; layer-parallel runs do not recover a lost worker (lifting resume starts from the last checkpoint)");
+            return reply;
+        })).ToArray());
+        game.Iteration++;
+        lock (gate)
+        {
+            if (game.Iteration == 1) Steps++;
+            BytesToSegments += requests.Sum(r => r.Indices.Length * 8L);
+            for (int k = 0; k < replies.Length; k++)
+            {
+                BytesBetweenSegments += replies[k].BytesSent;
+                SegmentBytes[k] += replies[k].BytesSent;
+                SegmentSeconds[k] += replies[k].Seconds;
+                SegmentWaitSeconds[k] += replies[k].WaitSeconds;
+            }
+        }
+        game.Take(replies);
+        problem!.Dirty = true;
+    }
+
+    public void Leave()
+    {
+        try { Wait(Task.WhenAll(Enumerable.Range(0, segments.Count).Select(k => segments.LeaveAsync(k)))); }
+        catch (Exception) { /* a segment already gone has nothing to drop */ }
+    }
+
+    public void Dispose() => segments.Dispose();
+
+    private sealed class SegmentedFormulation(LayerParallelRun run, IFormulation inner) : IFormulation
+    {
+        public string Name => inner.Name;
+        public string Description => inner.Description;
+        public IReadOnlyList<string> PlayerNames => inner.PlayerNames;
+        public bool HasMaximisingPlayers => inner.HasMaximisingPlayers;
+        public IReadOnlyList<SubProblem> DefaultSchedule => inner.DefaultSchedule;
+        public ILiftedProblem Lift(LiftContext context, Weights weights) => run.Lift(inner, context, weights);
+    }
+
+    /// The coordinator's problem: the method's own, brought up to date from the segments whenever
+    /// the trainer reads it.
+    private sealed class SegmentedProblem(LayerParallelRun run, ILiftedProblem inner) : ILiftedProblem, ICheckpointable
+    {
+        public ILiftedProblem Inner => inner;
+        /// The segments stepped since the last pull.
+        public bool Dirty { get; set; }
+        /// The coordinator's state changed (a checkpoint restored) since the segments last received it.
+        public bool Stale { get; set; } = true;
+
+        private ILiftedProblem Synced
+        {
+            get
+            {
+                if (Dirty)
+                {
+                    run.Pull();
+                    Dirty = false;
+                }
+                return inner;
+            }
+        }
+
+        public IFormulation Formulation => run.Formulation;
+        public Weights Weights => inner.Weights;
+        public ExampleStore Store => inner.Store;
+        public long StateBytes => inner.StateBytes;
+        public void EndEpoch(int epoch) => Synced.EndEpoch(epoch);
+        public void Finish() => Synced.Finish();
+        public IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => Synced.MeasureDefects(rows);
+        public IReadOnlyDictionary<string, double> Diagnostics => Synced.Diagnostics;
+        public IReadOnlyDictionary<string, Tensor> StateTensors => ((ICheckpointable)Synced).StateTensors;
+        public IReadOnlyDictionary<string, double> StateScalars => ((ICheckpointable)Synced).StateScalars;
+
+        public void RestoreScalars(IReadOnlyDictionary<string, double> scalars)
+        {
+            ((ICheckpointable)inner).RestoreScalars(scalars);
+            Stale = true;
+        }
+
+        public IBatchGame Batch(MiniBatch batch)
+        {
+            if (Stale)
+            {
+                if (Dirty) throw new InvalidOperationException("The coordinator's state changed while the segments held newer state.");
+                run.Push();
+                Stale = false;
+            }
+            var game = new SegmentedGame(batch, inner.Formulation.PlayerNames);
+            run.current = game;
+            return game;
+        }
+
+        public void Dispose() => inner.Dispose();
+    }
+
+    /// A mini-batch as the coordinator sees it: the indices it sends, and what the segments report.
+    private sealed class SegmentedGame : IBatchGame
+    {
+        private static readonly Tensor Placeholder = zeros(1).DetachFromDisposeScope();
+        private double loss = double.NaN, objective = double.NaN;
+        private double[] defects = Array.Empty<double>(), multiplierNorms = Array.Empty<double>();
+
+        public SegmentedGame(MiniBatch batch, IReadOnlyList<string> players)
+        {
+            Batch = batch;
+            using var cpu = batch.Indices.cpu();
+            Indices = cpu.data<long>().ToArray();
+            // Names only: the players' variables live on the segments.
+            Players = players.Select(n => new Player(n, Role.Minimise, new[] { Placeholder }, StepRules.Constant(1), new[] { StepState.Empty })).ToArray();
+        }
+
+        public MiniBatch Batch { get; }
+        public long[] Indices { get; }
+        public int Iteration { get; set; }
+        public IReadOnlyList<Player> Players { get; }
+
+        public IReadOnlyList<IReadOnlyList<Tensor>> Operator(IReadOnlyList<Player> players) =>
+            throw new InvalidOperationException("A layer-parallel game is evaluated on its segments.");
+
+        public void Take(SegmentStepReply[] replies)
+        {
+            loss = replies.Sum(r => r.Loss);
+            objective = replies.Sum(r => r.Objective);
+            // Each cut's defect comes from the segment whose block ends in it (the others report 0).
+            int cuts = replies.Max(r => r.Defects.Length);
+            defects = Enumerable.Range(0, cuts).Select(c => replies.Sum(r => c < r.Defects.Length ? r.Defects[c] : 0)).ToArray();
+            multiplierNorms = replies.SelectMany(r => r.MultiplierNorms).ToArray();
+        }
+
+        public double Objective() => objective;
+        public IReadOnlyList<double> Defects => defects;
+        public IReadOnlyList<double> MultiplierNorms => multiplierNorms;
+        public double Loss => loss;
+        public double LiftedObjective => objective;
+        /// The segments write their rows back after the batch's last iteration.
+        public void Commit() { }
+        public void Dispose() { }
+    }
+
+    private sealed class SegmentedSolver(LayerParallelRun run) : ISolver
+    {
+        public string Name => run.method.Solver.Name;
+        public int MemorySlots => run.method.Solver.MemorySlots;
+
+        public void Step(IGame game)
+        {
+            var current = run.current ?? throw new InvalidOperationException("No layer-parallel game is open.");
+            run.Step(current, game.Players.Select(p => p.Name).ToArray());
+        }
+    }
+}

@@ -1,0 +1,253 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Lifting.Data;
+using Lifting.Formulations;
+using Lifting.Programs;
+using Lifting.Solvers;
+using Lifting.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Lifting.Distributed;
+
+/// Sends a segment's gradient part to another segment of the run (`Deliver` there).
+public delegate void SegmentSend(int segment, string key, byte[] data);
+
+/// A segment's computation in a layer-parallel run: the run's lifted problem built from its
+/// settings exactly as the trainer builds it, restricted to the segment's blocks, and for each
+/// step request the batch's game and one step of the method's solver on the segment's players.
+/// The gradient parts of the boundary cuts' variables go to the neighbours through `send` and
+/// come back through `Deliver`. Everything runs on one thread of its own (LibTorch's dispose
+/// scopes are per thread).
+public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
+{
+    private readonly BlockingCollection<Action> work = new();
+    private readonly Thread thread;
+    private readonly ConcurrentDictionary<string, TaskCompletionSource<byte[]>> mailbox = new();
+    private readonly CancellationTokenSource stopping = new();
+    private ShardJob? job;
+    private ILiftedProblem? problem;
+    private Weights? weights;
+    private SegmentSend? send;
+    private BlockRange range;
+    private int segment;
+    private TimeSpan exchangeTimeout;
+    private string[] owned = Array.Empty<string>();
+    private int epoch;
+    private long gameStep = -1;
+    private IBatchGame? game;
+    private MiniBatch? batch;
+    private DisposeScope? stepScope;
+    private long bytesSent;
+    private readonly Dictionary<string, int> exchanges = new();
+
+    private SegmentEvaluator()
+    {
+        thread = new Thread(() =>
+        {
+            foreach (var action in work.GetConsumingEnumerable()) action();
+        }) { IsBackground = true, Name = "lifting segment" };
+        thread.Start();
+    }
+
+    public string ProgramFingerprint { get; private set; } = "";
+    /// Seconds this segment's steps spent waiting for its neighbours' gradient parts.
+    public double WaitSeconds { get; private set; }
+    public string DataFingerprint { get; private set; } = "";
+
+    public static async Task<SegmentEvaluator> CreateAsync(IShardJobFactory factory, SegmentJoinRequest request, SegmentSend send)
+    {
+        var evaluator = new SegmentEvaluator();
+        try
+        {
+            await evaluator.Run(() => evaluator.Build(factory, request, send));
+            return evaluator;
+        }
+        catch
+        {
+            evaluator.Dispose();
+            throw;
+        }
+    }
+
+    private void Build(IShardJobFactory factory, SegmentJoinRequest request, SegmentSend sender)
+    {
+        job = factory.Create(request.Config);
+        var options = job.Options;
+        options.Validate();
+        VectorMath.Prepare();
+        random.manual_seed(options.Seed);
+        weights = job.Program.Initialise(options.Seed, options.Device, options.DType);
+        var context = new LiftContext(job.Program, job.Data.Train, options.Device, options.DType, options.Seed, job.Method.StepRules, job.Method.Solver.MemorySlots);
+        problem = job.Method.Formulation.Lift(context, weights);
+        ProgramFingerprint = Fingerprints.Problem(job.Program, problem);
+        DataFingerprint = Fingerprints.Data(job.Data.Train);
+        var plan = LayerPlan.Of(job.Method, problem, request.Firsts.Length, options.BatchSize);
+        segment = request.Segment;
+        range = new BlockRange(request.Firsts[segment], request.Ends[segment]);
+        var mine = plan.Ranges[segment];
+        if (mine != range)
+            throw new ArgumentException($"the coordinator gave segment {segment} {range}, this worker's plan gives it {mine}");
+        var split = (ILayerSplittable)problem;
+        split.Restrict(range, this);
+        owned = split.Owned(range).ToArray();
+        send = sender;
+        exchangeTimeout = TimeSpan.FromSeconds(request.ExchangeTimeoutSeconds);
+    }
+
+    private Task<T> Run<T>(Func<T> f)
+    {
+        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        try
+        {
+            work.Add(() =>
+            {
+                try { done.SetResult(f()); }
+                catch (Exception e) { done.SetException(e); }
+            });
+        }
+        catch (InvalidOperationException) { done.SetException(new ObjectDisposedException("the segment has left the run")); }
+        return done.Task;
+    }
+
+    private Task Run(Action f) => Run(() => { f(); return 0; });
+
+    /// A neighbour's gradient part, delivered (on any thread) before or while this segment waits for it.
+    public void Deliver(string key, byte[] data) => Slot(key).TrySetResult(data);
+
+    private TaskCompletionSource<byte[]> Slot(string key) =>
+        mailbox.GetOrAdd(key, _ => new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously));
+
+    /// Called by the game on this segment's thread: sends `mine`, waits for the neighbour's part.
+    public Tensor Exchange(int cut, string name, Tensor mine)
+    {
+        int neighbour = cut == range.First - 1 ? segment - 1 : segment + 1;
+        var id = $"{cut}/{name}";
+        exchanges.TryGetValue(id, out var n);
+        exchanges[id] = n + 1;
+        var bytes = TensorBytes.Encode(new[] { (name, mine) });
+        bytesSent += bytes.Length;
+        send!(neighbour, $"{gameStep}/{id}/{n}/from{segment}", bytes);
+        var key = $"{gameStep}/{id}/{n}/from{neighbour}";
+        var slot = Slot(key);
+        var waited = Stopwatch.StartNew();
+        try
+        {
+            if (!slot.Task.Wait(exchangeTimeout, stopping.Token))
+                throw new TimeoutException($"segment {segment}: no gradient part of {name} from segment {neighbour} within {exchangeTimeout.TotalSeconds:F0} s (step {gameStep})");
+        }
+        catch (OperationCanceledException) { throw new ObjectDisposedException($"segment {segment} left the run while waiting for segment {neighbour}"); }
+        mailbox.TryRemove(key, out _);
+        WaitSeconds += waited.Elapsed.TotalSeconds;
+        using var file = TensorBytes.Decode(slot.Task.Result);
+        return file[name].to(mine.device).DetachFromDisposeScope();
+    }
+
+    public Task LoadAsync(SegmentState state) => Run(() => Load(state));
+
+    private void Load(SegmentState state)
+    {
+        DropGame();
+        var p = (ICheckpointable)problem!;
+        using var file = TensorBytes.Decode(state.Tensors);
+        using var _ = no_grad();
+        foreach (var (key, t) in p.StateTensors)
+            if (file.Contains(key)) t.copy_(file[key]);
+        if (state.Scalars.Count > 0) p.RestoreScalars(state.Scalars);
+    }
+
+    public Task<SegmentState> PullAsync() => Run(Pull);
+
+    private SegmentState Pull()
+    {
+        var p = (ICheckpointable)problem!;
+        var all = p.StateTensors;
+        return new SegmentState
+        {
+            Tensors = TensorBytes.Encode(owned.Select(k => (k, all[k])).ToArray()),
+            Scalars = p.StateScalars.ToDictionary(q => q.Key, q => q.Value),
+        };
+    }
+
+    public Task<SegmentStepReply> StepAsync(SegmentStepRequest request, string silo) => Run(() => Step(request, silo));
+
+    private SegmentStepReply Step(SegmentStepRequest r, string silo)
+    {
+        var timer = Stopwatch.StartNew();
+        if (r.Epoch != epoch)
+        {
+            // As the trainer does at the start of every epoch.
+            foreach (var player in job!.Method.Formulation.PlayerNames)
+                if (job.Method.StepRules(player) is IScheduledStepRule scheduled) scheduled.Advance(r.Epoch, r.Epochs);
+            epoch = r.Epoch;
+        }
+        if (gameStep != r.Step)
+        {
+            DropGame();
+            stepScope = NewDisposeScope();
+            var indices = tensor(r.Indices, device: job!.Data.Train.Inputs.device);
+            var inputs = job.Data.Train.Inputs.index_select(0, indices);
+            var dtype = job.Options.DType;
+            batch = new MiniBatch(indices, inputs.dtype == dtype ? inputs : inputs.to_type(dtype), job.Data.Train.Labels.index_select(0, indices)) { Step = r.Step };
+            gameStep = r.Step;
+            exchanges.Clear();
+            game = problem!.Batch(batch);
+        }
+        bytesSent = 0;
+        var waitedBefore = WaitSeconds;
+        using (var scope = NewDisposeScope())
+        {
+            var g = game!;
+            var moving = r.Players.Where(n => g.Players.Any(p => p.Name == n)).ToArray();
+            if (moving.Length > 0)
+            {
+                using var view = moving.Length < g.Players.Count ? new Restricted(g, moving) : null;
+                job!.Method.Solver.Step(view ?? (IGame)g);
+            }
+        }
+        var reply = new SegmentStepReply
+        {
+            Status = ShardStatus.Done,
+            Loss = game!.Loss,
+            Objective = game.LiftedObjective,
+            Defects = game.Defects.ToArray(),
+            MultiplierNorms = game.MultiplierNorms.ToArray(),
+            BytesSent = bytesSent,
+            Seconds = timer.Elapsed.TotalSeconds,
+            WaitSeconds = WaitSeconds - waitedBefore,
+            Silo = silo,
+        };
+        if (r.Iteration == r.Iterations - 1)
+        {
+            game.Commit();
+            DropGame();
+        }
+        return reply;
+    }
+
+    private void DropGame()
+    {
+        game?.Dispose();
+        game = null;
+        batch?.Dispose();
+        batch = null;
+        stepScope?.Dispose();
+        stepScope = null;
+        gameStep = -1;
+    }
+
+    public void Dispose()
+    {
+        if (work.IsAddingCompleted) return;
+        stopping.Cancel();
+        var disposed = Run(() =>
+        {
+            DropGame();
+            problem?.Dispose();
+            weights?.Dispose();
+            job?.Dispose();
+        });
+        work.CompleteAdding();
+        disposed.Wait();
+    }
+}
