@@ -186,37 +186,42 @@ public sealed class LayerParallelRun : IDisposable
     private Task Call(int k, long? step, Func<Task> call) => Call(k, step, async () => { await call(); return 0; });
 
     /// Sends the coordinator's state to every segment (each gets what its blocks read; the
-    /// per-example store only the first).
+    /// per-example store only the first), in chunks.
     private void Push()
     {
         var all = ((ICheckpointable)problem!.Inner).StateTensors;
         var scalars = ((ICheckpointable)problem.Inner).StateScalars.ToDictionary(p => p.Key, p => p.Value);
-        var loads = new List<Task>();
-        for (int k = 0; k < segments.Count; k++)
+        Wait(Task.WhenAll(Enumerable.Range(0, segments.Count).Select(k => Call(k, null, async () =>
         {
-            var bytes = TensorBytes.Encode(all.Where(p => k == 0 || !p.Key.StartsWith("store/", StringComparison.Ordinal)).Select(p => (p.Key, p.Value)).ToArray());
-            BytesOfState += bytes.Length;
-            int segment = k;
-            loads.Add(Call(segment, null, () => segments.LoadAsync(segment, runId, new SegmentState { Tensors = bytes, Scalars = scalars })));
-        }
-        Wait(Task.WhenAll(loads));
+            var chunks = StateChunks.Encode(all.Where(p => k == 0 || !p.Key.StartsWith("store/", StringComparison.Ordinal)).Select(p => (p.Key, p.Value)));
+            foreach (var chunk in chunks)
+            {
+                lock (gate) BytesOfState += chunk.Length;
+                await segments.LoadAsync(k, runId, new SegmentState { Tensors = chunk, Scalars = scalars });
+            }
+        }))));
     }
 
-    /// Copies every segment's owned state into the coordinator's problem.
+    /// Copies every segment's owned state into the coordinator's problem, chunk by chunk.
     private void Pull()
     {
-        var states = Wait(Task.WhenAll(Enumerable.Range(0, segments.Count).Select(k => Call(k, null, () => segments.PullAsync(k, runId)))));
         var target = (ICheckpointable)problem!.Inner;
         var all = target.StateTensors;
-        using (no_grad())
-            foreach (var state in states)
+        var scalars = Wait(Task.WhenAll(Enumerable.Range(0, segments.Count).Select(k => Call(k, null, async () =>
+        {
+            var first = await segments.PullAsync(k, runId, 0);
+            var chunks = new List<byte[]> { first.Tensors };
+            for (int c = 1; c < first.Chunks; c++) chunks.Add((await segments.PullAsync(k, runId, c)).Tensors);
+            return (first.Scalars, chunks);
+        }))));
+        foreach (var (_, chunks) in scalars)
+            foreach (var chunk in chunks)
             {
-                BytesOfState += state.Tensors.Length;
-                using var file = TensorBytes.Decode(state.Tensors);
-                foreach (var t in file.Tensors) all[t.Name].copy_(t.Value);
+                BytesOfState += chunk.Length;
+                StateChunks.Apply(chunk, all);
             }
         // Every segment keeps the same scalars (DistProp's variate step): the first's.
-        if (states[0].Scalars.Count > 0) target.RestoreScalars(states[0].Scalars);
+        if (scalars[0].Scalars.Count > 0) target.RestoreScalars(scalars[0].Scalars);
     }
 
     private void Step(SegmentedGame game, IReadOnlyList<string> moving)
@@ -276,8 +281,10 @@ public sealed class LayerParallelRun : IDisposable
         public ILiftedProblem Inner => inner;
         /// The segments stepped since the last pull.
         public bool Dirty { get; set; }
-        /// The coordinator's state changed (a checkpoint restored) since the segments last received it.
-        public bool Stale { get; set; } = true;
+        /// The coordinator's state changed (a checkpoint restored) since the segments last received
+        /// it; a fresh run's segments start from the coordinator's initial state (the joins compared
+        /// its fingerprint), so nothing is pushed then.
+        public bool Stale { get; set; }
 
         private ILiftedProblem Synced
         {

@@ -76,6 +76,7 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
         var options = job.Options;
         options.Validate();
         VectorMath.Prepare();
+        NativeMemory.Configure(); // the C heap's thresholds, as the trainer sets them
         random.manual_seed(options.Seed);
         weights = job.Program.Initialise(options.Seed, options.Device, options.DType);
         var context = new LiftContext(job.Program, job.Data.Train, options.Device, options.DType, options.Seed, job.Method.StepRules, job.Method.Solver.MemorySlots);
@@ -149,24 +150,26 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
     {
         DropGame();
         var p = (ICheckpointable)problem!;
-        using var file = TensorBytes.Decode(state.Tensors);
-        using var _ = no_grad();
-        foreach (var (key, t) in p.StateTensors)
-            if (file.Contains(key)) t.copy_(file[key]);
+        StateChunks.Apply(state.Tensors, p.StateTensors);
         if (state.Scalars.Count > 0) p.RestoreScalars(state.Scalars);
     }
 
-    public Task<SegmentState> PullAsync() => Run(Pull);
+    private List<byte[]> pulled = new();
 
-    private SegmentState Pull()
+    public Task<SegmentState> PullAsync(int chunk) => Run(() => Pull(chunk));
+
+    private SegmentState Pull(int chunk)
     {
         var p = (ICheckpointable)problem!;
-        var all = p.StateTensors;
-        return new SegmentState
+        if (chunk == 0)
         {
-            Tensors = TensorBytes.Encode(owned.Select(k => (k, all[k])).ToArray()),
-            Scalars = p.StateScalars.ToDictionary(q => q.Key, q => q.Value),
-        };
+            var all = p.StateTensors;
+            pulled = StateChunks.Encode(owned.Select(k => (k, all[k])));
+        }
+        if (chunk < 0 || chunk >= pulled.Count) throw new ArgumentOutOfRangeException(nameof(chunk), $"the segment's state has {pulled.Count} chunks");
+        var reply = new SegmentState { Tensors = pulled[chunk], Scalars = p.StateScalars.ToDictionary(q => q.Key, q => q.Value), Chunks = pulled.Count };
+        if (chunk == pulled.Count - 1) pulled = new();
+        return reply;
     }
 
     public Task<SegmentStepReply> StepAsync(SegmentStepRequest request, string silo) => Run(() => Step(request, silo));

@@ -59,8 +59,11 @@ public sealed class SegmentStepReply
 [GenerateSerializer]
 public sealed class SegmentState
 {
+    /// One chunk of the tensors (`StateChunks`).
     [Id(0)] public byte[] Tensors { get; init; } = Array.Empty<byte>();
     [Id(1)] public Dictionary<string, double> Scalars { get; init; } = new();
+    /// How many chunks the state has (a pull's answer).
+    [Id(2)] public int Chunks { get; init; } = 1;
 }
 
 /// Segment k of a layer-parallel run, keyed "RUN/K/N" and placed on the K-th silo (mod their
@@ -69,11 +72,12 @@ public sealed class SegmentState
 public interface ISegmentGrain : IGrainWithStringKey
 {
     Task<JoinReply> Join(SegmentJoinRequest request);
-    /// Overwrites the segment's state with the coordinator's (the start of a run or a resume).
+    /// Overwrites part of the segment's state with the coordinator's (a resume), one chunk a call.
     Task Load(string runId, SegmentState state);
     Task<SegmentStepReply> Step(SegmentStepRequest request);
     [AlwaysInterleave]
     Task Deliver(string runId, string key, byte[] data);
-    Task<SegmentState> Pull(string runId);
+    /// Chunk `chunk` of the state the segment owns (chunk 0 takes the snapshot the others come from).
+    Task<SegmentState> Pull(string runId, int chunk);
     Task Leave();
 }

@@ -11,7 +11,7 @@ public interface ISegmentSet : IDisposable
     Task<JoinReply> JoinAsync(int segment, SegmentJoinRequest request);
     Task LoadAsync(int segment, string runId, SegmentState state);
     Task<SegmentStepReply> StepAsync(int segment, SegmentStepRequest request);
-    Task<SegmentState> PullAsync(int segment, string runId);
+    Task<SegmentState> PullAsync(int segment, string runId, int chunk);
     Task LeaveAsync(int segment);
     bool IsTransient(Exception e);
 }
@@ -58,7 +58,7 @@ public sealed class InProcessSegments : ISegmentSet
 
     public Task LoadAsync(int segment, string runId, SegmentState state) => Of(segment).LoadAsync(state);
     public Task<SegmentStepReply> StepAsync(int segment, SegmentStepRequest request) => Of(segment).StepAsync(request, $"in-process/{segment}");
-    public Task<SegmentState> PullAsync(int segment, string runId) => Of(segment).PullAsync();
+    public Task<SegmentState> PullAsync(int segment, string runId, int chunk) => Of(segment).PullAsync(chunk);
 
     public Task LeaveAsync(int segment)
     {
@@ -145,7 +145,7 @@ public sealed class SegmentGrain : Grain, ISegmentGrain
         return Task.CompletedTask;
     }
 
-    public Task<SegmentState> Pull(string run) => Joined(run).PullAsync();
+    public Task<SegmentState> Pull(string run, int chunk) => Joined(run).PullAsync(chunk);
 
     public Task Leave()
     {
@@ -200,7 +200,7 @@ public sealed class OrleansSegments : ISegmentSet
 
     public Task LoadAsync(int segment, string runId, SegmentState state) => watch.Watched(Grain(segment).Load(runId, state).ContinueWith(t => { t.GetAwaiter().GetResult(); return 0; }), SiloOf(segment));
     public Task<SegmentStepReply> StepAsync(int segment, SegmentStepRequest request) => watch.Watched(Grain(segment).Step(request), SiloOf(segment));
-    public Task<SegmentState> PullAsync(int segment, string runId) => watch.Watched(Grain(segment).Pull(runId), SiloOf(segment));
+    public Task<SegmentState> PullAsync(int segment, string runId, int chunk) => watch.Watched(Grain(segment).Pull(runId, chunk), SiloOf(segment));
 
     public Task LeaveAsync(int segment)
     {

@@ -66,6 +66,7 @@ public sealed class ShardEvaluator : IDisposable
         var options = job.Options;
         options.Validate();
         VectorMath.Prepare();
+        NativeMemory.Configure(); // the C heap's thresholds, as the trainer sets them
         // As the trainer does: the seed, then the initial weights, then the lift.
         random.manual_seed(options.Seed);
         weights = job.Program.Initialise(options.Seed, options.Device, options.DType);

@@ -296,6 +296,38 @@ let clusterTests =
                 if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
         }
 
+        test "layer-parallel DistProp on two local workers (--workers 2 --segments 2) writes the one-process weights byte for byte, one segment on each silo; kill -9 of a worker in epoch 2 stops the run in one line (exit 1) with the epoch-1 checkpoint, and lifting resume on new workers ends with the uninterrupted run's weights" {
+            let args = [ "--method"; "distprop"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "4" ]
+            let single, split, faulty = scratchDir "single", scratchDir "workers", scratchDir "faulty"
+            run args single |> ignore
+            let out = run (args @ [ "--workers"; "2"; "--segments"; "2" ]) split
+            Expect.stringContains out "layer-parallel, 2 segments on 2 local workers" "the header names the split"
+            Expect.isTrue (sameBytes single split) "the one-process weights, byte for byte"
+            let c = clusterJson split
+            let silos = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("silo").GetString() ]
+            Expect.equal (List.distinct silos).Length 2 "one segment on each silo"
+            let between = c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()
+            // The cut's class means, 10 x 128 float32, each way at both of extragradient's
+            // evaluations, plus the safetensors headers: independent of the batch.
+            Expect.isLessThan between (2L * 2L * 10L * 128L * 4L + 1024L) $"only the boundary means cross ({between} bytes per step)"
+            let coordinator = Threading.Tasks.Task.Run(fun () -> lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; faulty; "--force"; "--workers"; "2"; "--segments"; "2"; "--worker-timeout"; "10" ] @ args))
+            try
+                waitFor 180.0 "epoch 1" (fun () -> coordinator.IsCompleted || metricsLines faulty >= 1)
+                Expect.isFalse coordinator.IsCompleted "the run is still going after epoch 1"
+                let pids = [ for p in (clusterJson faulty).GetProperty("worker_pids").EnumerateArray() -> p.GetInt32() ]
+                Posix.kill(pids.[1], 9) |> ignore
+                let code, _, err = coordinator.Result
+                Expect.equal code 1 $"exit code: failed ({err})"
+                Expect.stringContains err "was lost" "says a segment was lost"
+                Expect.stringContains err "lifting resume" "says how to go on"
+                Expect.equal (err.Trim().Split('\n').Length) 1 "one line"
+                let code, out, err = lifting [ "resume"; faulty; "--plain"; "--workers"; "2"; "--segments"; "2" ]
+                Expect.equal code 0 $"resume completes ({err} {out})"
+                Expect.isTrue (sameBytes single faulty) "the uninterrupted run's weights, byte for byte"
+            finally
+                if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
+        }
+
         test "a worker that leaves for good (every local worker killed after epoch 1): one line, the run stops as failed (exit 1), the checkpoint of epoch 1 kept" {
             let dir = scratchDir "gone"
             let coordinator = Threading.Tasks.Task.Run(fun () ->
