@@ -40,6 +40,9 @@ public sealed class LayerParallelRun : IDisposable
     private int batchesPerEpoch = 1;
     private SegmentedGame? current;
     private SegmentedProblem? problem;
+    /// The steps since the coordinator's state was last equal to the segments' (a pull or a push):
+    /// what a recovery replays.
+    private readonly List<SegmentStepRequest[]> log = new();
 
     public LayerParallelRun(ISegmentSet segments, string config, ResolvedMethod method, TrainingOptions options, DataParallelOptions? settings = null)
     {
@@ -170,8 +173,8 @@ public sealed class LayerParallelRun : IDisposable
         return tasks.Select(t => t.Result).ToArray();
     }
 
-    /// A segment that failed, in one line (a lost worker is not recovered in layer-parallel runs:
-    /// the segments' states move together, and the last checkpoint is where `lifting resume` starts).
+    /// A segment that failed while state moved (a push or a pull), in one line: the last
+    /// checkpoint is where `lifting resume` starts. A segment lost during a step is recovered (`Recover`).
     private async Task<T> Call<T>(int k, long? step, Func<Task<T>> call)
     {
         try { return await call(); }
@@ -179,7 +182,7 @@ public sealed class LayerParallelRun : IDisposable
         {
             var where = places[k] is { } p ? $" on silo {p.Silo} (host {p.Host}, pid {p.ProcessId})" : "";
             Event(step, $"segment {k}{where} was lost ({e.GetType().Name}: {OneLine(e.Message)})");
-            throw new DistributedException($"segment {k}{where} was lost{(step is { } s ? $" at step {s}" : "")}: layer-parallel runs do not recover a lost worker; the checkpoint holds the last completed epoch (lifting resume)");
+            throw new DistributedException($"segment {k}{where} was lost while the run's state moved between the coordinator and the segments; the checkpoint holds the last completed epoch (lifting resume)");
         }
     }
 
@@ -222,6 +225,41 @@ public sealed class LayerParallelRun : IDisposable
             }
         // Every segment keeps the same scalars (DistProp's variate step): the first's.
         if (scalars[0].Scalars.Count > 0) target.RestoreScalars(scalars[0].Scalars);
+        log.Clear();
+    }
+
+    /// A segment that lost the run (its silo restarted, the grain activated afresh).
+    private sealed class SegmentLostException(string message) : Exception(message);
+
+    private bool Lost(Exception e) => segments.IsTransient(e) || e is SegmentLostException or ObjectDisposedException or TimeoutException;
+
+    private SegmentStepReply[] StepAll(SegmentStepRequest[] requests) => FailFast(requests.Select(async r =>
+    {
+        int k = Array.IndexOf(requests, r);
+        var reply = await segments.StepAsync(k, r);
+        if (reply.Status != ShardStatus.Done)
+            throw new SegmentLostException($"segment {k} on silo {reply.Silo} answered {reply.Status} at step {r.Step} (its silo restarted)");
+        return reply;
+    }).ToArray());
+
+    /// A segment was lost: every segment's step in progress is ended, every segment joins again
+    /// (the lost one's grain activated on a surviving silo), receives the coordinator's state as of
+    /// the last pull, and replays the steps since; the step is then taken again. The steps are
+    /// deterministic, so the run ends as if nothing had happened.
+    private void Recover(long step, Exception cause)
+    {
+        Event(step, $"a segment was lost at step {step} ({cause.GetType().Name}: {OneLine(cause.Message)}); every segment joins again and replays the {log.Count} steps since the state was last pulled");
+        var timer = Stopwatch.StartNew();
+        foreach (var k in Enumerable.Range(0, segments.Count))
+        {
+            try { segments.AbortAsync(k, runId).Wait(TimeSpan.FromSeconds(5)); }
+            catch (Exception) { /* a lost segment has nothing to end */ }
+        }
+        try { Wait(Task.WhenAll(Enumerable.Range(0, segments.Count).Select(JoinAsync))); }
+        catch (DistributedException e) { throw new DistributedException($"{e.Message}; the checkpoint holds the last completed epoch (lifting resume)"); }
+        Push();
+        foreach (var logged in log) StepAll(logged);
+        Event(step, string.Create(CultureInfo.InvariantCulture, $"recovered in {timer.Elapsed.TotalSeconds:F1} s: segments on {string.Join(", ", Layout.Select(p => p?.Silo))}; step {step} is taken again"));
     }
 
     private void Step(SegmentedGame game, IReadOnlyList<string> moving)
@@ -232,13 +270,25 @@ public sealed class LayerParallelRun : IDisposable
             RunId = runId, Step = batch.Step, Epoch = (int)(batch.Step / batchesPerEpoch) + 1, Epochs = options.Epochs,
             Indices = game.Indices, Players = moving.ToArray(), Iteration = game.Iteration, Iterations = options.IterationsPerBatch,
         }).ToArray();
-        var replies = FailFast(requests.Select((r, k) => Call(k, r.Step, async () =>
+        SegmentStepReply[] replies;
+        var lost = (Stopwatch?)null;
+        while (true)
         {
-            var reply = await segments.StepAsync(k, r);
-            if (reply.Status != ShardStatus.Done)
-                throw new DistributedException($"segment {k} on silo {reply.Silo} answered {reply.Status} at step {r.Step}: its silo restarted; layer-parallel runs do not recover a lost worker (lifting resume starts from the last checkpoint)");
-            return reply;
-        })).ToArray());
+            try
+            {
+                replies = StepAll(requests);
+                break;
+            }
+            catch (Exception e) when (Lost(e))
+            {
+                lost ??= Stopwatch.StartNew();
+                if (lost.Elapsed > settings.WorkerTimeout)
+                    throw new DistributedException($"a segment was lost at step {batch.Step} and the run could not recover within {settings.WorkerTimeout.TotalSeconds:F0} s ({e.GetType().Name}: {OneLine(e.Message)}); the checkpoint holds the last completed epoch (lifting resume)");
+                try { Recover(batch.Step, e); }
+                catch (Exception again) when (Lost(again)) { /* lost again while recovering: the loop tries once more */ }
+            }
+        }
+        log.Add(requests);
         game.Iteration++;
         lock (gate)
         {
@@ -322,6 +372,7 @@ public sealed class LayerParallelRun : IDisposable
             {
                 if (Dirty) throw new InvalidOperationException("The coordinator's state changed while the segments held newer state.");
                 run.Push();
+                run.log.Clear();
                 Stale = false;
             }
             var game = new SegmentedGame(batch, inner.Formulation.PlayerNames);

@@ -21,8 +21,7 @@ public delegate void SegmentSend(int segment, string key, byte[] data);
 /// scopes are per thread).
 public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
 {
-    private readonly BlockingCollection<Action> work = new();
-    private readonly Thread thread;
+    private readonly WorkThread thread = new("lifting segment");
     private readonly ConcurrentDictionary<string, TaskCompletionSource<byte[]>> mailbox = new();
     private readonly CancellationTokenSource stopping = new();
     private ShardJob? job;
@@ -41,14 +40,7 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
     private long bytesSent;
     private readonly Dictionary<string, int> exchanges = new();
 
-    private SegmentEvaluator()
-    {
-        thread = new Thread(() =>
-        {
-            foreach (var action in work.GetConsumingEnumerable()) action();
-        }) { IsBackground = true, Name = "lifting segment" };
-        thread.Start();
-    }
+    private SegmentEvaluator() { }
 
     public string ProgramFingerprint { get; private set; } = "";
     /// Seconds this segment's steps spent waiting for its neighbours' gradient parts.
@@ -96,22 +88,9 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
         exchangeTimeout = TimeSpan.FromSeconds(request.ExchangeTimeoutSeconds);
     }
 
-    private Task<T> Run<T>(Func<T> f)
-    {
-        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
-        try
-        {
-            work.Add(() =>
-            {
-                try { done.SetResult(f()); }
-                catch (Exception e) { done.SetException(e); }
-            });
-        }
-        catch (InvalidOperationException) { done.SetException(new ObjectDisposedException("the segment has left the run")); }
-        return done.Task;
-    }
+    private Task<T> Run<T>(Func<T> f) => thread.Run(f);
 
-    private Task Run(Action f) => Run(() => { f(); return 0; });
+    private Task Run(Action f) => thread.Run(f);
 
     /// A neighbour's gradient part, delivered (on any thread) before or while this segment waits for it.
     public void Deliver(string key, byte[] data) => Slot(key).TrySetResult(data);
@@ -239,18 +218,19 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
         gameStep = -1;
     }
 
+    /// Ends a step waiting for a neighbour that was lost (the run re-joins every segment).
+    public void Abort() => stopping.Cancel();
+
     public void Dispose()
     {
-        if (work.IsAddingCompleted) return;
+        if (thread.Stopped) return;
         stopping.Cancel();
-        var disposed = Run(() =>
+        thread.Stop(() =>
         {
             DropGame();
             problem?.Dispose();
             weights?.Dispose();
             job?.Dispose();
         });
-        work.CompleteAdding();
-        disposed.Wait();
     }
 }

@@ -79,5 +79,8 @@ public interface ISegmentGrain : IGrainWithStringKey
     Task Deliver(string runId, string key, byte[] data);
     /// Chunk `chunk` of the state the segment owns (chunk 0 takes the snapshot the others come from).
     Task<SegmentState> Pull(string runId, int chunk);
+    /// Ends the step in progress (a neighbour was lost): interleaves with it.
+    [AlwaysInterleave]
+    Task Abort(string runId);
     Task Leave();
 }

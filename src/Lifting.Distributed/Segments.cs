@@ -13,6 +13,8 @@ public interface ISegmentSet : IDisposable
     Task<SegmentStepReply> StepAsync(int segment, SegmentStepRequest request);
     Task<SegmentState> PullAsync(int segment, string runId, int chunk);
     Task LeaveAsync(int segment);
+    /// Ends segment `segment`'s step in progress, if it still lives (best effort).
+    Task AbortAsync(int segment, string runId);
     bool IsTransient(Exception e);
 }
 
@@ -64,6 +66,12 @@ public sealed class InProcessSegments : ISegmentSet
     {
         evaluators[segment]?.Dispose();
         evaluators[segment] = null;
+        return Task.CompletedTask;
+    }
+
+    public Task AbortAsync(int segment, string runId)
+    {
+        evaluators[segment]?.Abort();
         return Task.CompletedTask;
     }
 
@@ -147,6 +155,12 @@ public sealed class SegmentGrain : Grain, ISegmentGrain
 
     public Task<SegmentState> Pull(string run, int chunk) => Joined(run).PullAsync(chunk);
 
+    public Task Abort(string run)
+    {
+        if (evaluator is { } e && runId == run) e.Abort();
+        return Task.CompletedTask;
+    }
+
     public Task Leave()
     {
         Drop();
@@ -205,6 +219,13 @@ public sealed class OrleansSegments : ISegmentSet
     public Task LeaveAsync(int segment)
     {
         var call = Grain(segment).Leave();
+        _ = call.ContinueWith(t => _ = t.Exception, TaskContinuationOptions.OnlyOnFaulted);
+        return call.WaitAsync(OrleansReplicas.UnreachableLimit);
+    }
+
+    public Task AbortAsync(int segment, string runId)
+    {
+        var call = Grain(segment).Abort(runId);
         _ = call.ContinueWith(t => _ = t.Exception, TaskContinuationOptions.OnlyOnFaulted);
         return call.WaitAsync(OrleansReplicas.UnreachableLimit);
     }

@@ -18,8 +18,7 @@ namespace Lifting.Distributed;
 /// request inside it.
 public sealed class ShardEvaluator : IDisposable
 {
-    private readonly BlockingCollection<Action> work = new();
-    private readonly Thread thread;
+    private readonly WorkThread thread = new("lifting replica");
     private ShardJob? job;
     private ILiftedProblem? problem;
     private Weights? weights;
@@ -31,14 +30,7 @@ public sealed class ShardEvaluator : IDisposable
     private DisposeScope? stepScope;
     private int innerDone;
 
-    private ShardEvaluator()
-    {
-        thread = new Thread(() =>
-        {
-            foreach (var action in work.GetConsumingEnumerable()) action();
-        }) { IsBackground = true, Name = "lifting replica" };
-        thread.Start();
-    }
+    private ShardEvaluator() { }
 
     public string ProgramFingerprint { get; private set; } = "";
     public string DataFingerprint { get; private set; } = "";
@@ -79,18 +71,9 @@ public sealed class ShardEvaluator : IDisposable
 
     public Task<ShardReply> EvaluateAsync(ShardRequest request, string silo) => Run(() => Evaluate(request, silo));
 
-    private Task<T> Run<T>(Func<T> f)
-    {
-        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
-        work.Add(() =>
-        {
-            try { done.SetResult(f()); }
-            catch (Exception e) { done.SetException(e); }
-        });
-        return done.Task;
-    }
+    private Task<T> Run<T>(Func<T> f) => thread.Run(f);
 
-    private Task Run(Action f) => Run(() => { f(); return 0; });
+    private Task Run(Action f) => thread.Run(f);
 
     private ShardReply Evaluate(ShardRequest r, string silo)
     {
@@ -189,15 +172,13 @@ public sealed class ShardEvaluator : IDisposable
 
     public void Dispose()
     {
-        if (work.IsAddingCompleted) return;
-        var disposed = Run(() =>
+        if (thread.Stopped) return;
+        thread.Stop(() =>
         {
             DropGame();
             problem?.Dispose();
             weights?.Dispose();
             job?.Dispose();
         });
-        work.CompleteAdding();
-        disposed.Wait();
     }
 }

@@ -15,6 +15,7 @@ using Lifting.Training;
 //   dotnet run --project src/Lifting.Examples -c Release -- am EXPERIMENT KEY=VALUE ...  seed 004's experiments (docs/results/am-*.md)
 //   dotnet run --project src/Lifting.Examples -c Release -- rnn seqmnist KEY=VALUE ...    seed 004 appendix C, sequential MNIST-10k (docs/results/rnn-seqmnist-*.md)
 //   dotnet run --project src/Lifting.Examples -c Release -- depth ladder KEY=VALUE ...   issue 30's depth ladder, resumable (docs/results/depth-ladder.md)
+//   dotnet run --project src/Lifting.Examples -c Release -- scaling-model KEY=VALUE ...  issue 28's throughput model on 2-64 machines (docs/results/layer-parallel-model.md)
 // sweep's keys are data, net, activation, epochs, batch, seed, patience, iterations, cosine, threads and
 // method; every other key is a parameter of the method (`lifting methods` lists them), e.g.
 //   sweep method=extraprop lr=1e-3 optimizer=adam optimizer-states=constant lr-states=0.5 epochs=10
@@ -50,6 +51,7 @@ static int Run(string[] args)
     if (args.FirstOrDefault() == "rnn") return Lifting.Examples.SequentialMnist.Run(args.ElementAtOrDefault(1) ?? "", Lifting.Examples.Settings.Parse(args.Skip(2)), args);
     if (args.FirstOrDefault() == "depth") return Lifting.Examples.DepthLadder.Run(args.ElementAtOrDefault(1) ?? "", Lifting.Examples.Settings.Parse(args.Skip(2)), args);
     if (args.FirstOrDefault() == "epc-probe") return Lifting.Examples.EpcProbe.Run(settings);
+    if (args.FirstOrDefault() == "scaling-model") return Lifting.Examples.ScalingModel.Run(settings);
 
     var runKeys = new HashSet<string> { "data", "net", "activation", "epochs", "batch", "seed", "patience", "iterations", "cosine", "threads", "method" };
 

@@ -296,9 +296,9 @@ let clusterTests =
                 if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
         }
 
-        test "layer-parallel DistProp on two local workers (--workers 2 --segments 2) writes the one-process weights byte for byte, one segment on each silo; kill -9 of a worker in epoch 2 stops the run in one line (exit 1) with the epoch-1 checkpoint, and lifting resume on new workers ends with the uninterrupted run's weights" {
+        test "layer-parallel DistProp on local workers (--workers 2 --segments 2) writes the one-process weights byte for byte, one segment on each silo; kill -9 of the worker holding a segment in epoch 2 of a run on three workers: the segments join again, replay the epoch and the run ends byte-identical; every worker killed: one line, exit 1, the checkpoint kept" {
             let args = [ "--method"; "distprop"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "4" ]
-            let single, split, faulty = scratchDir "single", scratchDir "workers", scratchDir "faulty"
+            let single, split, faulty, gone = scratchDir "single", scratchDir "workers", scratchDir "faulty", scratchDir "gone"
             run args single |> ignore
             let out = run (args @ [ "--workers"; "2"; "--segments"; "2" ]) split
             Expect.stringContains out "layer-parallel, 2 segments on 2 local workers" "the header names the split"
@@ -310,20 +310,39 @@ let clusterTests =
             // The cut's class means, 10 x 128 float32, each way at both of extragradient's
             // evaluations, plus the safetensors headers: independent of the batch.
             Expect.isLessThan between (2L * 2L * 10L * 128L * 4L + 1024L) $"only the boundary means cross ({between} bytes per step)"
-            let coordinator = Threading.Tasks.Task.Run(fun () -> lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; faulty; "--force"; "--workers"; "2"; "--segments"; "2"; "--worker-timeout"; "10" ] @ args))
+            // A lost worker during epoch 2.
+            let coordinator = Threading.Tasks.Task.Run(fun () -> lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; faulty; "--force"; "--workers"; "3"; "--segments"; "2" ] @ args))
+            let mutable killed = 0
             try
                 waitFor 180.0 "epoch 1" (fun () -> coordinator.IsCompleted || metricsLines faulty >= 1)
                 Expect.isFalse coordinator.IsCompleted "the run is still going after epoch 1"
-                let pids = [ for p in (clusterJson faulty).GetProperty("worker_pids").EnumerateArray() -> p.GetInt32() ]
-                Posix.kill(pids.[1], 9) |> ignore
+                let c = clusterJson faulty
+                let primary = c.GetProperty("worker_pids").[0].GetInt32()
+                // The worker holding segment 1, unless it holds the membership table (then segment 0's).
+                let holders = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
+                killed <- holders |> List.rev |> List.find (fun p -> p <> primary)
+                Posix.kill(killed, 9) |> ignore
+                let code, out, err = coordinator.Result
+                Expect.equal code 0 $"the run completes ({err} {out})"
+                Expect.isTrue (sameBytes single faulty) "the uninterrupted run's weights, byte for byte"
+                let c = clusterJson faulty
+                let events = [ for e in c.GetProperty("events").EnumerateArray() -> e.GetProperty("epoch").GetInt32(), string (e.GetProperty("text").GetString()) ]
+                Expect.isTrue (events |> List.exists (fun (epoch, t) -> epoch >= 2 && t.Contains "a segment was lost")) $"the loss is recorded: {events}"
+                Expect.isTrue (events |> List.exists (fun (_, t) -> t.Contains "recovered in")) $"the recovery is recorded: {events}"
+                let pids = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
+                Expect.isFalse (List.contains killed pids) "no segment is left on the killed worker"
+            finally
+                if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
+            // Every worker gone.
+            let coordinator = Threading.Tasks.Task.Run(fun () -> lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; gone; "--force"; "--workers"; "2"; "--segments"; "2"; "--worker-timeout"; "5" ] @ [ "--method"; "distprop"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "20" ]))
+            try
+                waitFor 180.0 "epoch 1" (fun () -> coordinator.IsCompleted || metricsLines gone >= 1)
+                for p in (clusterJson gone).GetProperty("worker_pids").EnumerateArray() do Posix.kill(p.GetInt32(), 9) |> ignore
                 let code, _, err = coordinator.Result
                 Expect.equal code 1 $"exit code: failed ({err})"
-                Expect.stringContains err "was lost" "says a segment was lost"
+                Expect.equal (err.Trim().Split('\n').Length) 1 $"one line: {err}"
                 Expect.stringContains err "lifting resume" "says how to go on"
-                Expect.equal (err.Trim().Split('\n').Length) 1 "one line"
-                let code, out, err = lifting [ "resume"; faulty; "--plain"; "--workers"; "2"; "--segments"; "2" ]
-                Expect.equal code 0 $"resume completes ({err} {out})"
-                Expect.isTrue (sameBytes single faulty) "the uninterrupted run's weights, byte for byte"
+                Expect.isTrue (File.Exists(Path.Combine(gone, "checkpoint.safetensors"))) "the checkpoint stays"
             finally
                 if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
         }
