@@ -602,7 +602,7 @@ public sealed class DistProp : IFormulation
                     if (i < 0 || !p.IsBoundary(p.gaussianCuts[i])) continue;
                     var mine = grads[k] is { IsInvalid: false } g ? g : zeros_like(inputs[k]);
                     using var theirs = link.Exchange(p.gaussianCuts[i], p.gaussianNames[i], mine);
-                    grads[k] = mine.add(theirs);
+                    grads[k] = mine.Plus(theirs);
                 }
             }
 
