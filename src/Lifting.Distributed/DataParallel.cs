@@ -6,6 +6,7 @@ using Lifting.Programs;
 using Lifting.Solvers;
 using Lifting.Training;
 using static TorchSharp.torch;
+using static Lifting.Distributed.Blocking;
 
 namespace Lifting.Distributed;
 
@@ -64,10 +65,8 @@ public sealed class DataParallelRun : IDisposable
     private readonly DataParallelOptions settings;
     private readonly string runId = Guid.NewGuid().ToString("N")[..12];
     private readonly object gate = new();
-    private readonly List<ClusterEvent> events = new();
-    private readonly ReplicaPlace?[] places;
+    private readonly ClusterRecord record;
     private string programFingerprint = "", dataFingerprint = "";
-    private int batchesPerEpoch = 1;
     private DistributedGame? current;
 
     public DataParallelRun(IReplicaSet replicas, string config, ResolvedMethod method, TrainingOptions options, DataParallelOptions? settings = null)
@@ -78,7 +77,7 @@ public sealed class DataParallelRun : IDisposable
         this.method = method;
         this.options = options;
         this.settings = settings ?? new DataParallelOptions();
-        places = new ReplicaPlace?[replicas.Count];
+        record = new ClusterRecord(replicas.Count, this.settings.Log);
         Formulation = new DistributedFormulation(this, method.Formulation);
         Solver = new DistributedSolver(this);
     }
@@ -88,10 +87,10 @@ public sealed class DataParallelRun : IDisposable
     public DataParallelPlan? Plan { get; private set; }
     public int Replicas => replicas.Count;
 
-    public IReadOnlyList<ReplicaPlace?> Layout { get { lock (gate) return places.ToArray(); } }
-    public IReadOnlyList<ClusterEvent> Events { get { lock (gate) return events.ToArray(); } }
+    public IReadOnlyList<ReplicaPlace?> Layout => record.Layout;
+    public IReadOnlyList<ClusterEvent> Events => record.Events;
     /// Raised (on any thread) when the layout or the events change.
-    public event Action? Changed;
+    public event Action? Changed { add => record.Changed += value; remove => record.Changed -= value; }
 
     /// Operator evaluations, the steps they served, and the bytes sent to and received from the
     /// replicas (message payloads: indices, values, directions; without Orleans' framing).
@@ -100,20 +99,14 @@ public sealed class DataParallelRun : IDisposable
     public long BytesSent { get; private set; }
     public long BytesReceived { get; private set; }
 
-    private void Event(long? step, string text)
-    {
-        int? epoch = step is { } s ? (int)(s / batchesPerEpoch) + 1 : null;
-        lock (gate) events.Add(new ClusterEvent(DateTimeOffset.UtcNow, epoch, step, text));
-        settings.Log?.Invoke(text);
-        Changed?.Invoke();
-    }
+    private void Event(long? step, string text) => record.Event(step, text);
 
     private ILiftedProblem Lift(IFormulation inner, LiftContext context, Weights weights)
     {
         var problem = inner.Lift(context, weights);
         try
         {
-            batchesPerEpoch = (context.Train.Count + options.BatchSize - 1) / options.BatchSize;
+            record.BatchesPerEpoch = (context.Train.Count + options.BatchSize - 1) / options.BatchSize;
             programFingerprint = Fingerprints.Problem(context.Program, problem);
             dataFingerprint = Fingerprints.Data(context.Train);
             Plan = DataParallelPlan.Of(method, problem, context.Train);
@@ -126,18 +119,6 @@ public sealed class DataParallelRun : IDisposable
             problem.Dispose();
             throw;
         }
-    }
-
-    private static void Wait(Task task)
-    {
-        try { task.GetAwaiter().GetResult(); }
-        catch (AggregateException a) when (a.InnerException is not null) { throw a.InnerException; }
-    }
-
-    private static T Wait<T>(Task<T> task)
-    {
-        try { return task.GetAwaiter().GetResult(); }
-        catch (AggregateException a) when (a.InnerException is not null) { throw a.InnerException; }
     }
 
     /// Joins replica k (at the start, or again after it lost the run), retrying transport
@@ -158,20 +139,11 @@ public sealed class DataParallelRun : IDisposable
                 continue;
             }
             Fingerprints.Verify($"replica {k}", reply, settings.Build, programFingerprint, dataFingerprint);
-            var place = new ReplicaPlace(k, reply.Silo, reply.Host, reply.ProcessId, reply.Threads);
-            ReplicaPlace? before;
-            lock (gate)
-            {
-                before = places[k];
-                places[k] = place;
-            }
+            var before = record.Place(new ReplicaPlace(k, reply.Silo, reply.Host, reply.ProcessId, reply.Threads));
             if (before is not null) Event(step, $"replica {k} re-joined on silo {reply.Silo} (host {reply.Host}, pid {reply.ProcessId}); it was on {before.Silo}");
-            else Changed?.Invoke();
             return;
         }
     }
-
-    private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
 
     /// Replica k's answer to `request`, retrying transport failures (the silo lost: the grain is
     /// activated again on another silo, joins again and recomputes) until the worker timeout.
@@ -187,7 +159,7 @@ public sealed class DataParallelRun : IDisposable
                 if (lost is null)
                 {
                     lost = Stopwatch.StartNew();
-                    Event(request.Step, $"replica {k} on silo {places[k]?.Silo ?? "?"} did not answer at step {request.Step} ({e.GetType().Name}: {OneLine(e.Message)}); retrying");
+                    Event(request.Step, $"replica {k} on silo {record[k]?.Silo ?? "?"} did not answer at step {request.Step} ({e.GetType().Name}: {OneLine(e.Message)}); retrying");
                 }
                 if (lost.Elapsed > settings.WorkerTimeout)
                     throw new DistributedException($"replica {k}: its worker left and no other took its place within {settings.WorkerTimeout.TotalSeconds:F0} s (at step {request.Step}; last: {e.GetType().Name}: {OneLine(e.Message)}); " +
@@ -337,7 +309,7 @@ public sealed class DataParallelRun : IDisposable
                 if (end == start) continue;
                 requests.Add((r, new ShardRequest
                 {
-                    RunId = run.runId, Step = Batch.Step, Epoch = (int)(Batch.Step / run.batchesPerEpoch) + 1, Epochs = run.options.Epochs,
+                    RunId = run.runId, Step = Batch.Step, Epoch = (int)(Batch.Step / run.record.BatchesPerEpoch) + 1, Epochs = run.options.Epochs,
                     Indices = indices[start..end], Scalars = scalars, InnerSolves = innerPoints.Count, RunInner = runInner,
                     Shared = shared, Players = names,
                 }, end - start));

@@ -6,6 +6,7 @@ using Lifting.Programs;
 using Lifting.Solvers;
 using Lifting.Training;
 using static TorchSharp.torch;
+using static Lifting.Distributed.Blocking;
 
 namespace Lifting.Distributed;
 
@@ -34,10 +35,8 @@ public sealed class LayerParallelRun : IDisposable
     private readonly DataParallelOptions settings;
     private readonly string runId = Guid.NewGuid().ToString("N")[..12];
     private readonly object gate = new();
-    private readonly List<ClusterEvent> events = new();
-    private readonly ReplicaPlace?[] places;
+    private readonly ClusterRecord record;
     private string programFingerprint = "", dataFingerprint = "";
-    private int batchesPerEpoch = 1;
     private SegmentedGame? current;
     private SegmentedProblem? problem;
     /// The steps since the coordinator's state was last equal to the segments' (a pull or a push):
@@ -53,7 +52,7 @@ public sealed class LayerParallelRun : IDisposable
         this.method = method;
         this.options = options;
         this.settings = settings ?? new DataParallelOptions();
-        places = new ReplicaPlace?[segments.Count];
+        record = new ClusterRecord(segments.Count, this.settings.Log);
         Formulation = new SegmentedFormulation(this, method.Formulation);
         Solver = new SegmentedSolver(this);
     }
@@ -63,9 +62,10 @@ public sealed class LayerParallelRun : IDisposable
     public LayerPlan? Plan { get; private set; }
     public int Segments => segments.Count;
 
-    public IReadOnlyList<ReplicaPlace?> Layout { get { lock (gate) return places.ToArray(); } }
-    public IReadOnlyList<ClusterEvent> Events { get { lock (gate) return events.ToArray(); } }
-    public event Action? Changed;
+    public IReadOnlyList<ReplicaPlace?> Layout => record.Layout;
+    public IReadOnlyList<ClusterEvent> Events => record.Events;
+    /// Raised (on any thread) when the layout or the events change.
+    public event Action? Changed { add => record.Changed += value; remove => record.Changed -= value; }
 
     /// Solver steps; bytes from the coordinator to the segments (batch indices), between segments
     /// (gradient parts of the boundary cuts) and of whole-state pushes and pulls (the start, the
@@ -79,20 +79,14 @@ public sealed class LayerParallelRun : IDisposable
     public double[] SegmentWaitSeconds { get; private set; } = Array.Empty<double>();
     public long[] SegmentBytes { get; private set; } = Array.Empty<long>();
 
-    private void Event(long? step, string text)
-    {
-        int? epoch = step is { } s ? (int)(s / batchesPerEpoch) + 1 : null;
-        lock (gate) events.Add(new ClusterEvent(DateTimeOffset.UtcNow, epoch, step, text));
-        settings.Log?.Invoke(text);
-        Changed?.Invoke();
-    }
+    private void Event(long? step, string text) => record.Event(step, text);
 
     private ILiftedProblem Lift(IFormulation inner, LiftContext context, Weights weights)
     {
         var lifted = inner.Lift(context, weights);
         try
         {
-            batchesPerEpoch = (context.Train.Count + options.BatchSize - 1) / options.BatchSize;
+            record.BatchesPerEpoch = (context.Train.Count + options.BatchSize - 1) / options.BatchSize;
             Plan = LayerPlan.Of(method, lifted, segments.Count, options.BatchSize);
             if (lifted is not ICheckpointable)
                 throw new ArgumentException($"layer-parallel training: the problem of {method.Name} cannot be checkpointed, so its state cannot move between processes");
@@ -134,24 +128,9 @@ public sealed class LayerParallelRun : IDisposable
                 continue;
             }
             Fingerprints.Verify($"segment {k}", reply, settings.Build, programFingerprint, dataFingerprint);
-            lock (gate) places[k] = new ReplicaPlace(k, reply.Silo, reply.Host, reply.ProcessId, reply.Threads);
-            Changed?.Invoke();
+            record.Place(new ReplicaPlace(k, reply.Silo, reply.Host, reply.ProcessId, reply.Threads));
             return;
         }
-    }
-
-    private static string OneLine(string s) => s.ReplaceLineEndings(" ").Trim();
-
-    private static void Wait(Task task)
-    {
-        try { task.GetAwaiter().GetResult(); }
-        catch (AggregateException a) when (a.InnerException is not null) { throw a.InnerException; }
-    }
-
-    private static T Wait<T>(Task<T> task)
-    {
-        try { return task.GetAwaiter().GetResult(); }
-        catch (AggregateException a) when (a.InnerException is not null) { throw a.InnerException; }
     }
 
     /// Every task's result; as soon as one fails, its error (a segment's own failure leaves its
@@ -180,7 +159,7 @@ public sealed class LayerParallelRun : IDisposable
         try { return await call(); }
         catch (Exception e) when (segments.IsTransient(e))
         {
-            var where = places[k] is { } p ? $" on silo {p.Silo} (host {p.Host}, pid {p.ProcessId})" : "";
+            var where = record[k] is { } p ? $" on silo {p.Silo} (host {p.Host}, pid {p.ProcessId})" : "";
             Event(step, $"segment {k}{where} was lost ({e.GetType().Name}: {OneLine(e.Message)})");
             throw new DistributedException($"segment {k}{where} was lost while the run's state moved between the coordinator and the segments; the checkpoint holds the last completed epoch (lifting resume)");
         }
@@ -267,7 +246,7 @@ public sealed class LayerParallelRun : IDisposable
         var batch = game.Batch;
         var requests = Enumerable.Range(0, segments.Count).Select(k => new SegmentStepRequest
         {
-            RunId = runId, Step = batch.Step, Epoch = (int)(batch.Step / batchesPerEpoch) + 1, Epochs = options.Epochs,
+            RunId = runId, Step = batch.Step, Epoch = (int)(batch.Step / record.BatchesPerEpoch) + 1, Epochs = options.Epochs,
             Indices = game.Indices, Players = moving.ToArray(), Iteration = game.Iteration, Iterations = options.IterationsPerBatch,
         }).ToArray();
         SegmentStepReply[] replies;
