@@ -13,15 +13,18 @@ namespace Lifting.Distributed;
 /// Synchronous layer-parallel training: the lifted program's blocks are split into contiguous
 /// ranges (`LayerPlan`), one segment process per range. Every step the coordinator (this process)
 /// sends each segment the mini-batch's example indices; each segment evaluates only its blocks'
-/// terms, exchanges the gradient parts of the variables of its boundary cuts with its neighbours
-/// (DistProp: the class means and scales, M·H numbers per cut, independent of the batch size), and
-/// steps its own players with the method's solver. The images go to no segment but the first (each
-/// reads its own copy of the data; the others use only the labels).
+/// terms, talks to its neighbours across its boundary cuts and steps its own players with the
+/// method's solver. DistProp's segments exchange the gradient parts of the cut's class means and
+/// scales (M·H numbers per cut, independent of the batch size); the images go to no segment but the
+/// first (each reads its own copy of the data; the others use only the labels). Online AM's
+/// segments pass the cut's forward codes up and, once the codes above have moved, the cut's
+/// updated codes down (seed 004's top-down order); each then solves its blocks' weight
+/// sub-problems while the segments below still update their codes.
 ///
 /// The weights equal the one-process run's bit for bit (tests/Lifting.Tests/DistributedTests.fs):
-/// each variable's gradient is the same sum of the same terms, a boundary variable's the sum of
-/// the two segments' parts (a + b = b + a), and its step the same step, taken by both segments
-/// sharing it. The coordinator keeps the whole problem for evaluation, checkpoints and resume: it
+/// each variable's gradient is the same sum of the same terms (a DistProp boundary variable's the
+/// sum of the two segments' parts, a + b = b + a; an AM code's the same terms at the same codes),
+/// and its step the same step. The coordinator keeps the whole problem for evaluation, checkpoints and resume: it
 /// pulls the segments' owned state when the trainer reads it (the last batch of an epoch, the
 /// epoch's end, a checkpoint) and pushes its state to them before the first step (a resume).
 ///
@@ -202,8 +205,14 @@ public sealed class LayerParallelRun : IDisposable
                 BytesOfState += chunk.Length;
                 StateChunks.Apply(chunk, all);
             }
-        // Every segment keeps the same scalars (DistProp's variate step): the first's.
-        if (scalars[0].Scalars.Count > 0) target.RestoreScalars(scalars[0].Scalars);
+        // A scalar a segment owns (a block's counter) from that segment; the others are the same
+        // in every segment (DistProp's variate step, AM's μ): the first's.
+        var merged = scalars[0].Scalars.ToDictionary(q => q.Key, q => q.Value);
+        var split = (ILayerSplittable)problem.Inner;
+        for (int k = 0; k < scalars.Length; k++)
+            foreach (var key in split.OwnedScalars(Plan!.Ranges[k]))
+                merged[key] = scalars[k].Scalars[key];
+        if (merged.Count > 0) target.RestoreScalars(merged);
         log.Clear();
     }
 

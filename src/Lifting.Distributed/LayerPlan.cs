@@ -8,16 +8,21 @@ namespace Lifting.Distributed;
 /// segment process evaluates, chosen so that the most expensive range is as cheap as it can be.
 ///
 /// Covered: problems whose objective splits by blocks (`ILayerSplittable`: DistProp, whose blocks
-/// meet only at the class Gaussians of the cuts). Refused in one line: any other formulation, batch
+/// meet only at the class Gaussians of the cuts; online alternating minimisation, whose blocks meet
+/// at the codes of the cuts). Refused in one line: any other formulation, batch
 /// statistics or dropout, a step rule that couples a player's variables (a global-norm clip: each
 /// segment would clip its own part), more segments than blocks.
 public sealed class LayerPlan
 {
-    private LayerPlan(IReadOnlyList<BlockRange> ranges, IReadOnlyList<double> costs)
+    private LayerPlan(IReadOnlyList<BlockRange> ranges, IReadOnlyList<double> costs, string exchanges)
     {
         Ranges = ranges;
         Costs = costs;
+        Exchanges = exchanges;
     }
+
+    /// What crosses a cut between segments each step (`ILayerSplittable.Exchanges`).
+    public string Exchanges { get; }
 
     /// Segment k's blocks, in order; together every block once.
     public IReadOnlyList<BlockRange> Ranges { get; }
@@ -37,7 +42,7 @@ public sealed class LayerPlan
     {
         var name = method.Name;
         if (problem is not ILayerSplittable split)
-            throw new ArgumentException($"layer-parallel training: {name} does not split by blocks (covered: the distprop methods, whose blocks meet only at the class Gaussians of the cuts; docs/distributed.md)");
+            throw new ArgumentException($"layer-parallel training: {name} does not split by blocks (covered: the distprop methods, whose blocks meet only at the class Gaussians of the cuts, and the am methods, whose blocks meet at the codes of the cuts; docs/distributed.md)");
         if (problem.Weights.Program.HasModes)
             throw new ArgumentException($"layer-parallel training: {name} on a program with batch normalisation or dropout is not covered (docs/distributed.md)");
         foreach (var player in method.Formulation.PlayerNames)
@@ -49,7 +54,9 @@ public sealed class LayerPlan
         if (segments > blocks)
             throw new ArgumentException($"layer-parallel training: {segments} segments for a program of {blocks} blocks (at most one segment per block; add cuts)");
         var costs = Enumerable.Range(0, blocks).Select(l => MultiplyAdds(program, program.Segments[l]) * split.RowsOf(l, batchSize)).ToArray();
-        return new LayerPlan(Split(costs, segments), costs);
+        var ranges = Split(costs, segments);
+        split.Validate(ranges, method.Solver);
+        return new LayerPlan(ranges, costs, split.Exchanges);
     }
 
     /// Multiply-adds per row of a block: each node's weight matrices times the positions its

@@ -38,7 +38,8 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
     private MiniBatch? batch;
     private DisposeScope? stepScope;
     private long bytesSent;
-    private readonly Dictionary<string, int> exchanges = new();
+    // Tensors sent and received per cut and name in the current game: a message's sequence number.
+    private readonly Dictionary<string, int> sends = new(), receives = new();
 
     private SegmentEvaluator() { }
 
@@ -98,29 +99,40 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
     private TaskCompletionSource<byte[]> Slot(string key) =>
         mailbox.GetOrAdd(key, _ => new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously));
 
-    /// Called by the game on this segment's thread: sends `mine`, waits for the neighbour's part.
-    public Tensor Exchange(int cut, string name, Tensor mine)
+    /// The segment on the other side of cut `cut` (one of this range's ends).
+    private int Neighbour(int cut) => cut == range.First - 1 ? segment - 1 : segment + 1;
+
+    /// Called by the game on this segment's thread: `value` goes to the neighbour across `cut`.
+    public void Send(int cut, string name, Tensor value)
     {
-        int neighbour = cut == range.First - 1 ? segment - 1 : segment + 1;
         var id = $"{cut}/{name}";
-        exchanges.TryGetValue(id, out var n);
-        exchanges[id] = n + 1;
-        var bytes = TensorBytes.Encode(new[] { (name, mine) });
+        sends.TryGetValue(id, out var n);
+        sends[id] = n + 1;
+        var bytes = TensorBytes.Encode(new[] { (name, value) });
         bytesSent += bytes.Length;
-        send!(neighbour, $"{gameStep}/{id}/{n}/from{segment}", bytes);
+        send!(Neighbour(cut), $"{gameStep}/{id}/{n}/from{segment}", bytes);
+    }
+
+    /// Called by the game on this segment's thread: waits for the neighbour's next tensor of `name`.
+    public Tensor Receive(int cut, string name)
+    {
+        int neighbour = Neighbour(cut);
+        var id = $"{cut}/{name}";
+        receives.TryGetValue(id, out var n);
+        receives[id] = n + 1;
         var key = $"{gameStep}/{id}/{n}/from{neighbour}";
         var slot = Slot(key);
         var waited = Stopwatch.StartNew();
         try
         {
             if (!slot.Task.Wait(exchangeTimeout, stopping.Token))
-                throw new TimeoutException($"segment {segment}: no gradient part of {name} from segment {neighbour} within {exchangeTimeout.TotalSeconds:F0} s (step {gameStep})");
+                throw new TimeoutException($"segment {segment}: no {name} of cut {cut + 1} from segment {neighbour} within {exchangeTimeout.TotalSeconds:F0} s (step {gameStep})");
         }
         catch (OperationCanceledException) { throw new ObjectDisposedException($"segment {segment} left the run while waiting for segment {neighbour}"); }
         mailbox.TryRemove(key, out _);
         WaitSeconds += waited.Elapsed.TotalSeconds;
         using var file = TensorBytes.Decode(slot.Task.Result);
-        return file[name].to(mine.device).DetachFromDisposeScope();
+        return file[name].to(job!.Options.Device).DetachFromDisposeScope();
     }
 
     public Task LoadAsync(SegmentState state) => Run(() => Load(state));
@@ -131,6 +143,7 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
         var p = (ICheckpointable)problem!;
         StateChunks.Apply(state.Tensors, p.StateTensors);
         if (state.Scalars.Count > 0) p.RestoreScalars(state.Scalars);
+        epoch = -1; // the coordinator's state: its epochs have ended (`Step`)
     }
 
     private List<byte[]> pulled = new();
@@ -158,11 +171,16 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
         var timer = Stopwatch.StartNew();
         if (r.Epoch != epoch)
         {
-            // As the trainer does at the start of every epoch.
+            // As the trainer does at the end of every epoch (a state just loaded is the
+            // coordinator's, which has ended its epochs already) and at the start of every epoch.
+            if (epoch > 0)
+                for (int e = epoch; e < r.Epoch; e++) problem!.EndEpoch(e);
             foreach (var player in job!.Method.Formulation.PlayerNames)
                 if (job.Method.StepRules(player) is IScheduledStepRule scheduled) scheduled.Advance(r.Epoch, r.Epochs);
             epoch = r.Epoch;
         }
+        bytesSent = 0;
+        var waitedBefore = WaitSeconds;
         if (gameStep != r.Step)
         {
             DropGame();
@@ -172,11 +190,10 @@ public sealed class SegmentEvaluator : IDisposable, IBoundaryExchange
             var dtype = job.Options.DType;
             batch = new MiniBatch(indices, inputs.dtype == dtype ? inputs : inputs.to_type(dtype), job.Data.Train.Labels.index_select(0, indices)) { Step = r.Step };
             gameStep = r.Step;
-            exchanges.Clear();
+            sends.Clear();
+            receives.Clear();
             game = problem!.Batch(batch);
         }
-        bytesSent = 0;
-        var waitedBefore = WaitSeconds;
         using (var scope = NewDisposeScope())
         {
             var g = game!;

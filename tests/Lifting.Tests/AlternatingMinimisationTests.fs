@@ -141,6 +141,39 @@ let tests =
                         yield (error < 1e-12) |> Prop.label $"{residuals}, growth {growth}: relative error {error}" ]
                 |> List.reduce (.&.))
 
+        test "a layer-parallel split of online AM is refused, naming why, where a block reads below its range's lower cut, where tied weights fall in two ranges, and under another solver" {
+            let refusal (rp: Lifting.Testing.RandomProgram) (ranges: BlockRange list) (solver: ISolver) =
+                use weights = rp.Initialise(rp.Seed)
+                let problem, game, _ = liftAll (OnlineAlternatingMinimisation()) rp.Program weights rp.Inputs rp.Labels rp.Classes 0 (constantRules 0.1)
+                use _p = problem
+                use _g = game
+                try
+                    (problem :?> ILayerSplittable).Validate(ResizeArray ranges, solver)
+                    None
+                with :? ArgumentException as e -> Some e.Message
+            let am = AlternatingMinimisationSolver()
+            // A residual MLP with a skip across a cut: split just above a block that reads two blocks down.
+            let skipAbove (rp: Lifting.Testing.RandomProgram) =
+                let segments = rp.Program.Segments
+                [ 0 .. segments.Count - 1 ] |> List.tryFind (fun l -> segments.[l].InputSegments |> Seq.exists (fun u -> u >= 0 && u < l - 1))
+            let rp = Seq.initInfinite (fun s -> Lifting.Testing.RandomPrograms.ResidualGraph(2 * s, skipsAcrossCuts = true)) |> Seq.find (skipAbove >> Option.isSome)
+            let n = rp.Program.Segments.Count
+            let l = (skipAbove rp).Value
+            Expect.equal (refusal rp [ BlockRange(0, n) ] am) None "one range: nothing crosses"
+            match refusal rp [ BlockRange(0, l); BlockRange(l, n) ] am with
+            | Some m -> Expect.stringContains m "below the range's lower cut" "says why"
+            | None -> failtest "a skip across the ranges' cut is refused"
+            // An Elman RNN: every step's cell shares its weights.
+            let rnn = Lifting.Testing.RandomPrograms.RecurrentGraph(1)
+            let m = rnn.Program.Segments.Count
+            match refusal rnn [ BlockRange(0, m / 2); BlockRange(m / 2, m) ] am with
+            | Some msg -> Expect.stringContains msg "share weights" "says why"
+            | None -> failtest "tied weights over two ranges are refused"
+            match refusal rp [ BlockRange(0, n) ] (Solvers.GradientDescentAscent()) with
+            | Some msg -> Expect.stringContains msg "alternating-minimisation solver only" "says why"
+            | None -> failtest "another solver is refused"
+        }
+
         test "the straight-through sign has sign's values bit for bit and hard-tanh's derivative" {
             let x = torch.tensor([| -2.0; -0.7; -0.0; 0.3; 1.0; 1.5 |], dtype = f64).requires_grad_(true)
             let y = Activations.SignSte.Apply(x)

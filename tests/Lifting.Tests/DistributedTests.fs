@@ -92,15 +92,44 @@ let tests =
             Expect.isGreaterThan (c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()) 0L "cluster.json: the exchange is counted"
         }
 
-        test "a layer-parallel run resumed from its checkpoint (lifting resume --segments 2) ends with the weights of the one-process run resumed the same way, byte for byte" {
-            let args = [ "--method"; "distprop"; "--net"; "64-32-32-10"; "--epochs"; "1" ]
-            let single, split = scratchDir "single", scratchDir "segments"
-            run args single |> ignore
-            run (args @ [ "--segments"; "2" ]) split |> ignore
-            for (dir, extra) in [ single, []; split, [ "--segments"; "2" ] ] do
-                let code, out, err = lifting ([ "resume"; dir; "--epochs"; "2"; "--plain" ] @ extra)
-                Expect.equal code 0 $"resume {extra}: {err} {out}"
-            Expect.isTrue (sameBytes single split) "the same weights after the resumed epoch"
+        test "layer-parallel online AM (--segments 2 and 3, in-process segments): the one-process weights byte for byte for am-adam (with seed 004's 5 code and 5 weight steps, weights in parallel, a residual net), am-mem and the offline variants; the forward codes go up and the updated codes come down, B·H numbers each way per cut" {
+            let net = [ "--net"; "64-32-32-10"; "--epochs"; "2" ]
+            for flags, ks in [ [ "--method"; "am-adam" ] @ net, [ "2"; "3" ]
+                               [ "--method"; "am-adam"; "--code-steps"; "5"; "--weight-steps"; "5"; "--parallel"; "true" ] @ net, [ "3" ]
+                               [ "--method"; "am-adam"; "--net"; "dense:32, relu, res:32:3, dense:10"; "--epochs"; "2" ], [ "3" ]
+                               [ "--method"; "am-mem" ] @ net, [ "2" ]
+                               [ "--method"; "am-adam-off"; "--net"; "64-32-32-10"; "--epochs"; "3" ], [ "2" ]
+                               [ "--method"; "am-mem-off"; "--net"; "64-32-32-10"; "--epochs"; "3" ], [ "3" ] ] do
+                let single = scratchDir "single"
+                run flags single |> ignore
+                for k in ks do
+                    let split = scratchDir "segments"
+                    let out = run (flags @ [ "--segments"; k ]) split
+                    Expect.stringContains out $"layer-parallel, {k} segments in this process" "the header names the split"
+                    Expect.isTrue (sameBytes single split) $"{flags} with {k} segments: the one-process weights"
+                    if flags = [ "--method"; "am-adam" ] @ net && k = "2" then
+                        let c = clusterJson split
+                        Expect.equal [ for b in c.GetProperty("plan").GetProperty("blocks").EnumerateArray() -> b.GetString() ] [ "block 1"; "blocks 2-3" ] "cluster.json: the plan"
+                        // Cut 1 (32 units): the batch's forward codes up, its updated codes down,
+                        // float32, plus two safetensors headers; the epoch's last batch is smaller.
+                        let between = c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()
+                        let codes = 2L * 64L * 32L * 4L
+                        Expect.isLessThan between (codes + 512L) $"only the cut's codes cross ({between} bytes per step)"
+                        Expect.isGreaterThan between (codes * 9L / 10L) $"the cut's codes cross both ways ({between} bytes per step)"
+                        let bySegment = [ for b in c.GetProperty("traffic").GetProperty("bytes_sent_per_step_by_segment").EnumerateArray() -> b.GetInt64() ]
+                        Expect.isTrue (bySegment |> List.forall (fun b -> b > 0L)) $"each segment sends ({bySegment})"
+        }
+
+        test "a layer-parallel run resumed from its checkpoint (lifting resume --segments 2) ends with the weights of the one-process run resumed the same way, byte for byte (distprop; am-adam and am-mem, whose mu, Adam state and memory counters continue)" {
+            for methodName in [ "distprop"; "am-adam"; "am-mem" ] do
+                let args = [ "--method"; methodName; "--net"; "64-32-32-10"; "--epochs"; "1" ]
+                let single, split = scratchDir "single", scratchDir "segments"
+                run args single |> ignore
+                run (args @ [ "--segments"; "2" ]) split |> ignore
+                for (dir, extra) in [ single, []; split, [ "--segments"; "2" ] ] do
+                    let code, out, err = lifting ([ "resume"; dir; "--epochs"; "3"; "--plain" ] @ extra)
+                    Expect.equal code 0 $"resume {extra}: {err} {out}"
+                Expect.isTrue (sameBytes single split) $"{methodName}: the same weights after the resumed epochs"
         }
 
         test "layer-parallel training refuses what it does not cover in one line, exit 2, nothing written" {
@@ -196,6 +225,39 @@ let redisWorkers (url: string) (id: string) (n: int) (cwd: string) (env: (string
 let metricsLines (dir: string) =
     let f = Path.Combine(dir, "metrics.jsonl")
     if File.Exists f then (try File.ReadAllLines(f).Length with _ -> 0) else 0
+
+/// A layer-parallel run (`args`) on three local workers with two segments, the worker holding
+/// a segment killed (kill -9) once epoch 1 is written: the run completes with the one-process
+/// weights byte for byte, its cluster.json records the loss and the recovery, and no segment is
+/// left on the killed worker. The run folder, for more checks.
+let survivesLostSegment (args: string list) =
+    let single, faulty = scratchDir "single", scratchDir "faulty"
+    run args single |> ignore
+    let coordinator = Threading.Tasks.Task.Run(fun () -> lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; faulty; "--force"; "--workers"; "3"; "--segments"; "2" ] @ args))
+    try
+        waitFor 180.0 "epoch 1" (fun () -> coordinator.IsCompleted || metricsLines faulty >= 1)
+        Expect.isFalse coordinator.IsCompleted "the run is still going after epoch 1"
+        let c = clusterJson faulty
+        let silos = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("silo").GetString() ]
+        Expect.equal (List.distinct silos).Length 2 "one segment on each of two silos"
+        let primary = c.GetProperty("worker_pids").[0].GetInt32()
+        // The worker holding segment 1, unless it holds the membership table (then segment 0's).
+        let holders = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
+        let killed = holders |> List.rev |> List.find (fun p -> p <> primary)
+        Posix.kill(killed, 9) |> ignore
+        let code, out, err = coordinator.Result
+        Expect.equal code 0 $"the run completes ({err} {out})"
+        Expect.stringContains out "layer-parallel, 2 segments on 3 local workers" "the header names the split"
+        Expect.isTrue (sameBytes single faulty) "the uninterrupted run's weights, byte for byte"
+        let c = clusterJson faulty
+        let events = [ for e in c.GetProperty("events").EnumerateArray() -> e.GetProperty("epoch").GetInt32(), string (e.GetProperty("text").GetString()) ]
+        Expect.isTrue (events |> List.exists (fun (epoch, t) -> epoch >= 2 && t.Contains "a segment was lost")) $"the loss is recorded: {events}"
+        Expect.isTrue (events |> List.exists (fun (_, t) -> t.Contains "recovered in")) $"the recovery is recorded: {events}"
+        let pids = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
+        Expect.isFalse (List.contains killed pids) "no segment is left on the killed worker"
+        faulty
+    finally
+        if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
 
 [<Tests>]
 let clusterTests =
@@ -297,40 +359,13 @@ let clusterTests =
         }
 
         test "layer-parallel DistProp on three local workers (--workers 3 --segments 2), one segment on each of two silos with only the boundary means crossing; kill -9 of the worker holding a segment in epoch 2: the segments join again, replay the epoch and the run ends with the one-process weights byte for byte; every worker killed: one line, exit 1, the checkpoint kept" {
-            let args = [ "--method"; "distprop"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "4" ]
-            let single, faulty, gone = scratchDir "single", scratchDir "faulty", scratchDir "gone"
-            run args single |> ignore
-            // A lost worker during epoch 2.
-            let coordinator = Threading.Tasks.Task.Run(fun () -> lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; faulty; "--force"; "--workers"; "3"; "--segments"; "2" ] @ args))
-            let mutable killed = 0
-            try
-                waitFor 180.0 "epoch 1" (fun () -> coordinator.IsCompleted || metricsLines faulty >= 1)
-                Expect.isFalse coordinator.IsCompleted "the run is still going after epoch 1"
-                let c = clusterJson faulty
-                let silos = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("silo").GetString() ]
-                Expect.equal (List.distinct silos).Length 2 "one segment on each of two silos"
-                let primary = c.GetProperty("worker_pids").[0].GetInt32()
-                // The worker holding segment 1, unless it holds the membership table (then segment 0's).
-                let holders = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
-                killed <- holders |> List.rev |> List.find (fun p -> p <> primary)
-                Posix.kill(killed, 9) |> ignore
-                let code, out, err = coordinator.Result
-                Expect.equal code 0 $"the run completes ({err} {out})"
-                Expect.stringContains out "layer-parallel, 2 segments on 3 local workers" "the header names the split"
-                Expect.isTrue (sameBytes single faulty) "the uninterrupted run's weights, byte for byte"
-                let c = clusterJson faulty
-                let between = c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()
-                // The cut's class means, 10 x 128 float32, each way at both of extragradient's
-                // evaluations, plus the safetensors headers: independent of the batch.
-                Expect.isLessThan between (2L * 2L * 10L * 128L * 4L + 1024L) $"only the boundary means cross ({between} bytes per step)"
-                Expect.isGreaterThan between (2L * 2L * 10L * 128L * 4L) "the boundary means cross"
-                let events = [ for e in c.GetProperty("events").EnumerateArray() -> e.GetProperty("epoch").GetInt32(), string (e.GetProperty("text").GetString()) ]
-                Expect.isTrue (events |> List.exists (fun (epoch, t) -> epoch >= 2 && t.Contains "a segment was lost")) $"the loss is recorded: {events}"
-                Expect.isTrue (events |> List.exists (fun (_, t) -> t.Contains "recovered in")) $"the recovery is recorded: {events}"
-                let pids = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
-                Expect.isFalse (List.contains killed pids) "no segment is left on the killed worker"
-            finally
-                if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
+            let faulty = survivesLostSegment [ "--method"; "distprop"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "4" ]
+            let between = (clusterJson faulty).GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()
+            // The cut's class means, 10 x 128 float32, each way at both of extragradient's
+            // evaluations, plus the safetensors headers: independent of the batch.
+            Expect.isLessThan between (2L * 2L * 10L * 128L * 4L + 1024L) $"only the boundary means cross ({between} bytes per step)"
+            Expect.isGreaterThan between (2L * 2L * 10L * 128L * 4L) "the boundary means cross"
+            let gone = scratchDir "gone"
             // Every worker gone.
             let coordinator = Threading.Tasks.Task.Run(fun () -> lifting ([ "train"; "--data"; "digits"; "--threads"; "1"; "--plain"; "--out"; gone; "--force"; "--workers"; "2"; "--segments"; "2"; "--worker-timeout"; "5" ] @ [ "--method"; "distprop"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "20" ]))
             try
@@ -343,6 +378,10 @@ let clusterTests =
                 Expect.isTrue (File.Exists(Path.Combine(gone, "checkpoint.safetensors"))) "the checkpoint stays"
             finally
                 if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
+        }
+
+        test "layer-parallel online AM (am-adam) on three local workers (--workers 3 --segments 2): the one-process weights byte for byte; kill -9 of the worker holding a segment in epoch 2: the run recovers and ends with them still" {
+            survivesLostSegment [ "--method"; "am-adam"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "4" ] |> ignore
         }
 
         test "a worker that leaves for good (every local worker killed after epoch 1): one line, the run stops as failed (exit 1), the checkpoint of epoch 1 kept" {

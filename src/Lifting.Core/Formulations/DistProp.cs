@@ -311,6 +311,8 @@ public sealed class DistProp : IFormulation
 
         public NestedProgram LiftedProgram => lifted;
 
+        public string Exchanges => "each step, the two segments of a cut send each other their parts of the gradient of the cut's class means and scales (M·H numbers each way, independent of the batch size) and step their own players";
+
         public long RowsOf(int block, long batchSize) => block == 0 ? batchSize : (long)classes * samples;
 
         public void Restrict(BlockRange blocks, IBoundaryExchange link)

@@ -11,14 +11,24 @@ public readonly record struct BlockRange(int First, int End)
     public override string ToString() => End - First == 1 ? $"block {First + 1}" : $"blocks {First + 1}-{End}";
 }
 
-/// How a range of blocks completes the gradient of a variable it shares with the neighbouring
-/// range (a variable of the cut between them): it sends its part of Σ_i ∂L_i/∂v and receives the
-/// neighbour's. Both ranges call it for the same variables in the same order.
+/// How a range of blocks talks to the neighbouring range across a cut (0-based) at one of its
+/// ends: tensors sent under a name arrive at the neighbour in the order they were sent. Both
+/// ranges of a cut call it for the same names in the same order.
 public interface IBoundaryExchange
 {
-    /// The neighbour's part of the gradient sum of variable `name` of cut `cut` (0-based), given
-    /// this range's part `mine`.
-    Tensor Exchange(int cut, string name, Tensor mine);
+    /// Sends `value` under `name` to the range on the other side of cut `cut`.
+    void Send(int cut, string name, Tensor value);
+
+    /// The next tensor the range on the other side of cut `cut` sent under `name` (waits for it).
+    Tensor Receive(int cut, string name);
+
+    /// Completes the gradient of a variable both ranges share (DistProp's class Gaussians): sends
+    /// this range's part of Σ_i ∂L_i/∂v and returns the neighbour's.
+    Tensor Exchange(int cut, string name, Tensor mine)
+    {
+        Send(cut, name, mine);
+        return Receive(cut, name);
+    }
 }
 
 /// A lifted problem whose objective is a sum of per-block terms that meet only at the cuts, through
@@ -32,6 +42,9 @@ public interface ILayerSplittable
     /// The segments the split is over (the lifted program, cuts where the formulation puts them).
     NestedProgram LiftedProgram { get; }
 
+    /// What crosses a cut between two ranges each step, in words (for the run folder).
+    string Exchanges { get; }
+
     /// Rows block `block`'s term evaluates per mini-batch of `batchSize` examples (the cost model
     /// of a split): the examples for a block reading them, DistProp's M·S samples for the others.
     long RowsOf(int block, long batchSize);
@@ -44,4 +57,12 @@ public interface ILayerSplittable
     /// step states, and the variables of the cuts its blocks end in (a boundary cut belongs to the
     /// lower range; the upper one keeps an equal copy).
     IReadOnlyList<string> Owned(BlockRange range);
+
+    /// The keys of `ICheckpointable.StateScalars` whose value `range` alone keeps up to date (a
+    /// block's own counter); every other scalar is the same in every range.
+    IReadOnlyList<string> OwnedScalars(BlockRange range) => Array.Empty<string>();
+
+    /// Refuses, with an `ArgumentException` naming the reason, a split into `ranges` (in order,
+    /// together every block once) that this problem cannot be trained on with `solver`.
+    void Validate(IReadOnlyList<BlockRange> ranges, Solvers.ISolver solver) { }
 }

@@ -259,7 +259,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         return new Problem(this, context, weights, splits, groups);
     }
 
-    private sealed class Problem : LiftedProblem
+    private sealed class Problem : LiftedProblem, ILayerSplittable
     {
         private readonly OnlineAlternatingMinimisationOptions options;
         private readonly Tensor[] memoryA, memoryB;
@@ -306,6 +306,62 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         public OnlineAlternatingMinimisationOptions Options => options;
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
+
+        /// A layer-parallel segment's blocks (null: every block) and its link to the neighbours.
+        public BlockRange? Range { get; private set; }
+        public IBoundaryExchange? Link { get; private set; }
+
+        public NestedProgram LiftedProgram => Program;
+
+        public string Exchanges => "each AM iteration, the segment below a cut sends the cut's forward codes up (B·H numbers), the segment above sends them down once its code sub-problems have moved them (B·H); then every segment solves its blocks' weight sub-problems concurrently with the others";
+
+        /// Every block's sub-problems read the mini-batch's codes, one row per example.
+        public long RowsOf(int block, long batchSize) => batchSize;
+
+        public void Restrict(BlockRange blocks, IBoundaryExchange link)
+        {
+            if (blocks.First < 0 || blocks.End > Splits.Count || blocks.First >= blocks.End)
+                throw new ArgumentOutOfRangeException(nameof(blocks), $"{blocks} is not a range of this program's {Splits.Count} blocks.");
+            Range = blocks;
+            Link = link;
+        }
+
+        /// A range's blocks' weights with their step states, co-activation memories and offline
+        /// gradient sums.
+        public IReadOnlyList<string> Owned(BlockRange blocks)
+        {
+            var names = Program.ParameterNames;
+            var owned = new HashSet<string>();
+            foreach (var (segments, parameters) in Groups.Where(g => blocks.Contains(g.Segments[0])))
+            {
+                foreach (var k in parameters) owned.Add($"weights/{names[k]}");
+                foreach (var k in parameters) owned.Add($"shared/offline.gradient{k}");
+                foreach (var l in segments) { owned.Add($"shared/A{l + 1}"); owned.Add($"shared/B{l + 1}"); }
+            }
+            return StateTensors.Keys.Where(k => owned.Contains(k.Split('#')[0])).ToArray();
+        }
+
+        public IReadOnlyList<string> OwnedScalars(BlockRange blocks) =>
+            Enumerable.Range(0, memoryUpdates.Length).Where(blocks.Contains).Select(l => $"memory-updates{l + 1}").ToArray();
+
+        /// A split AM iteration runs the alternating-minimisation solver's protocol on each range:
+        /// the forward codes go up a cut, the code updated above it comes down. A block may read
+        /// the input, blocks of its own range and the code at its range's lower cut, nothing below;
+        /// blocks sharing weights stay in one range.
+        public void Validate(IReadOnlyList<BlockRange> ranges, ISolver solver)
+        {
+            if (solver is not AlternatingMinimisationSolver)
+                throw new ArgumentException($"layer-parallel training: {Formulation.Name} splits by blocks under the alternating-minimisation solver only (this method's solver: {solver.Name})");
+            var segments = Program.Segments;
+            foreach (var r in ranges)
+                for (int l = r.First; l < r.End; l++)
+                    foreach (var u in segments[l].InputSegments)
+                        if (u >= 0 && u < r.First - 1)
+                            throw new ArgumentException($"layer-parallel training: block {l + 1} ({r}) reads block {u + 1}, below the range's lower cut; only the cut between neighbouring ranges carries codes (split elsewhere or use fewer segments)");
+            foreach (var (group, _) in Groups)
+                if (ranges.Count(r => group.Any(r.Contains)) > 1)
+                    throw new ArgumentException($"layer-parallel training: blocks {string.Join(", ", group.Select(i => i + 1))} share weights and would fall in different segments (use fewer segments)");
+        }
 
         public override void EndEpoch(int epoch) => Mu = options.Mu.AfterEpoch(Mu);
 
@@ -393,6 +449,13 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         private readonly int hidden;
         private readonly double mu;
         private readonly double[] w;
+        /// The blocks this game evaluates, [first, end): all of them, or a layer-parallel segment's,
+        /// which receives its lower cut's forward code from below and sends it its updated code;
+        /// sends its upper cut's forward code up and receives it updated.
+        private readonly int first, end;
+        private readonly IBoundaryExchange? link;
+        private bool topReceived, bottomSent;
+        private const string ForwardCode = "forward-code", UpdatedCode = "code";
         private readonly Tensor[] codes;
         private readonly StepState[] codeStates;
         private readonly Player[] codePlayers, groupPlayers;
@@ -422,6 +485,8 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             hidden = splits.Count - 1;
             mu = problem.Mu;
             w = problem.ResidualWeights;
+            (first, end) = problem.Range is { } r ? (r.First, r.End) : (0, splits.Count);
+            link = problem.Link;
             codes = new Tensor[hidden];
             codeStates = new StepState[hidden];
             penalties = new double[hidden];
@@ -471,6 +536,8 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         /// Q_μ on the batch, for solvers that take the gradient of the whole game.
         protected override Tensor EvaluateSum()
         {
+            if (problem.Range is not null)
+                throw new InvalidOperationException("A layer-parallel segment of alternating minimisation is stepped by the alternating-minimisation solver only.");
             graphsValid = false; // a generic solver may move the weights: the next AM iteration re-encodes
             var defects = new Tensor[hidden];
             var activations = new Tensor[hidden];
@@ -498,15 +565,27 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             forward = new Tensor[hidden];
             outputs = new Tensor[splits.Count];
             var activations = new Tensor[hidden];
-            for (int l = 0; l < hidden; l++)
+            if (first > 0)
+            {
+                // A segment above the first: the forward code of its lower cut comes from below.
+                forward[first - 1] = Keep(link!.Receive(first - 1, ForwardCode));
+                using (no_grad()) codes[first - 1].copy_(forward[first - 1]);
+                activations[first - 1] = splits[first - 1].ApplyActivation(codes[first - 1], pass);
+            }
+            for (int l = first; l < Math.Min(end, hidden); l++)
             {
                 outputs[l] = Keep(splits[l].ApplyLinear(Inputs(l, u => activations[u]), Weights, pass));
                 forward[l] = Keep(outputs[l].detach());
                 using (no_grad()) codes[l].copy_(forward[l]);
                 activations[l] = splits[l].ApplyActivation(codes[l], pass);
             }
-            outputs[hidden] = Keep(Output(Inputs(hidden, u => activations[u])));
-            lossGraph = Keep(program.Loss.PerExample(outputs[hidden], Batch.Labels).sum());
+            if (end <= hidden) link!.Send(end - 1, ForwardCode, forward[end - 1]);
+            else
+            {
+                outputs[hidden] = Keep(Output(Inputs(hidden, u => activations[u])));
+                lossGraph = Keep(program.Loss.PerExample(outputs[hidden], Batch.Labels).sum());
+            }
+            topReceived = bottomSent = false;
             using (no_grad())
                 foreach (var s in codeStates) foreach (var t in s.Tensors) t.zero_();
             graphUsed = new bool[splits.Count];
@@ -542,8 +621,29 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             return l == hidden ? lossGraph : outputs[l];
         }
 
+        /// The codes this game updates, top-down: every code of a whole program; in a layer-parallel
+        /// segment, the codes its blocks read (its lower cut's too: the blocks reading a code are
+        /// the ones its sub-problem needs).
         public IReadOnlyList<CodeProblem> CodeProblems =>
-            Enumerable.Range(0, hidden).Reverse().Select(l => new CodeProblem(codePlayers[l], () => CodeDirection(l))).ToArray();
+            Enumerable.Range(first - 1, end - first).Where(l => l >= 0 && l < hidden).Reverse()
+                .Select(l => new CodeProblem(codePlayers[l], () => { ReceiveTop(); return CodeDirection(l); })).ToArray();
+
+        /// A segment below the last: the code of its upper cut, as the segment above updated it.
+        private void ReceiveTop()
+        {
+            if (end > hidden || topReceived) return;
+            using (var c = link!.Receive(end - 1, UpdatedCode))
+            using (no_grad()) codes[end - 1].copy_(c);
+            topReceived = true;
+        }
+
+        /// A segment above the first, once its codes are updated: its lower cut's code goes down.
+        private void SendBottom()
+        {
+            if (first == 0 || bottomSent) return;
+            link!.Send(first - 1, UpdatedCode, codes[first - 1].detach());
+            bottomSent = true;
+        }
 
         /// ∇E_l at the current code, per example (see the class comment): the terms of every
         /// segment reading the code (the loss, or the code above's residual), plus the distance to
@@ -584,13 +684,16 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         public IReadOnlyList<WeightProblem> WeightProblems()
         {
             if (!encoded) Encode();
+            ReceiveTop();
+            SendBottom();
             var groups = problem.Groups;
-            var problems = Enumerable.Range(0, groups.Count).Select(g => new WeightProblem(groupPlayers[g], () => LocalGradient(g), MemoryOf(g))).ToArray();
+            var mine = Enumerable.Range(0, groups.Count).Where(g => groups[g].Segments[0] >= first && groups[g].Segments[0] < end).ToArray();
+            var problems = mine.Select(g => new WeightProblem(groupPlayers[g], () => LocalGradient(g), MemoryOf(g))).ToArray();
             if (!problem.Options.Offline) return problems;
             // Offline: this chunk's share of every block's gradient (and memory), summed over the epoch.
             var sums = new List<(int, Tensor)>();
             var batchSize = Scalars.Of(BatchSize);
-            for (int g = 0; g < groups.Count; g++)
+            foreach (var g in mine)
             {
                 using var scope = NewDisposeScope();
                 if (problem.Options.Memory && groups[g].Segments[0] < hidden)
@@ -608,7 +711,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             completesEpoch = problem.Accumulate(sums, BatchSize);
             if (!completesEpoch) return Array.Empty<WeightProblem>();
             double n = problem.Context.ExampleCount;
-            return Enumerable.Range(0, groups.Count).Select(g => new WeightProblem(groupPlayers[g], OfflineDirection(g, n),
+            return mine.Select(g => new WeightProblem(groupPlayers[g], OfflineDirection(g, n),
                 () => problem.Options.Memory && groups[g].Segments[0] < hidden ? problem.Memory(groups[g].Segments[0]) : null)).ToArray();
         }
 
