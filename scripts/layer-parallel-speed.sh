@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Layer-parallel DistProp (--segments 2) against one process on full Fashion-MNIST: seconds per
+# Layer-parallel training (--segments 2) against one process on full Fashion-MNIST: seconds per
 # epoch (the run's timing.json, the epochs after the first), CPU time of the whole process tree,
 # and each segment's step and exchange-wait seconds (cluster.json), in interleaved rounds.
-# Writes docs/results/layer-parallel-speed.md. Usage: bash scripts/layer-parallel-speed.sh [ROUNDS]
+# Usage: bash scripts/layer-parallel-speed.sh [ROUNDS] [METHOD NET...]
+#   distprop (the default) on seed001-conv-distprop and 784-500-500-10: docs/results/layer-parallel-speed.md
+#   bash scripts/layer-parallel-speed.sh 2 am-adam 784-500-500-10: docs/results/layer-parallel-speed-am-adam.md
 # (needs Fashion-MNIST: apt-get install -y dataset-fashion-mnist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
+method=${2:-distprop}
+if [ $# -ge 3 ]; then nets=("${@:3}"); else nets=("seed001-conv-distprop" "784-500-500-10"); fi
 dotnet build src/Lifting.Host -c Release --nologo -v quiet >/dev/null
 lifting="dotnet src/Lifting.Host/bin/Release/net10.0/lifting.dll"
-common="--data fashion-mnist --method distprop --batch 128 --epochs 2 --plain --force"
+common="--data fashion-mnist --method $method --batch 128 --epochs 2 --plain --force"
 work=$(mktemp -d)
-out=docs/results/layer-parallel-speed.md
-nets=("seed001-conv-distprop" "784-500-500-10")
+if [ "$method" = distprop ]; then out=docs/results/layer-parallel-speed.md; else out=docs/results/layer-parallel-speed-$method.md; fi
 configs=("one process, 1 thread|--threads 1" "one process, 2 threads|--threads 2" "2 segments in this process (threads), 1 LibTorch thread|--threads 1 --segments 2" "2 local workers of 1 thread (--workers 2 --segments 2)|--threads 1 --workers 2 --segments 2")
 : > "$work/rows"
 for r in $(seq 1 "$rounds"); do
@@ -38,17 +41,19 @@ PY
     done
   done
 done
-python3 - "$work/rows" "$rounds" "${nets[@]}" > "$out" <<'PY'
+python3 - "$work/rows" "$rounds" "$method" "${nets[@]}" > "$out" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-rounds, nets = sys.argv[2], sys.argv[3:]
-print(f"<!-- produced by: bash scripts/layer-parallel-speed.sh {rounds} -->")
-print("# Layer-parallel DistProp against one process (full Fashion-MNIST)")
+rounds, method, nets = sys.argv[2], sys.argv[3], sys.argv[4:]
+args = "" if method == "distprop" and nets == ["seed001-conv-distprop", "784-500-500-10"] else " " + method + " " + " ".join(nets)
+print(f"<!-- produced by: bash scripts/layer-parallel-speed.sh {rounds}{args} -->")
+print(f"# Layer-parallel {method} against one process (full Fashion-MNIST)")
 print()
-print(f"`distprop` (the family default), batch 128, 2 epochs, {rounds} interleaved rounds on a 2-core machine shared with other jobs. "
+exchanged = "the neighbour's gradient part" if method.startswith("distprop") else "the neighbour's codes"
+print(f"`{method}` (its family's default settings), batch 128, 2 epochs, {rounds} interleaved rounds on a 2-core machine shared with other jobs. "
       "s/epoch: the second epoch (timing.json, the coordinator's clock, training only); CPU: user + system seconds of the whole process tree per run; "
       "ratio: one process of 1 thread over the configuration, per round, median (above 1 = faster). Segment columns from cluster.json: each segment's step seconds "
-      "over the run and, of them, the seconds spent waiting for the neighbour's gradient part. The weights of every configuration are byte-identical "
+      f"over the run and, of them, the seconds spent waiting for {exchanged}. The weights of every configuration are byte-identical "
       "(tests/Lifting.Tests/DistributedTests.fs), so the test accuracy is one number per network.")
 print()
 print("| network | configuration | s/epoch (median) | per round | throughput × one process of 1 thread | CPU s per run | segments: blocks | segment step s (wait s) | bytes per step between segments | test acc. |")

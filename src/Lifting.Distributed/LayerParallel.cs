@@ -170,15 +170,17 @@ public sealed class LayerParallelRun : IDisposable
 
     private Task Call(int k, long? step, Func<Task> call) => Call(k, step, async () => { await call(); return 0; });
 
-    /// Sends the coordinator's state to every segment (each gets what its blocks read; the
-    /// per-example store only the first), in chunks.
+    /// Sends the coordinator's state to every segment (each gets what its blocks read,
+    /// `ILayerSplittable.Reads`), in chunks.
     private void Push()
     {
         var all = ((ICheckpointable)problem!.Inner).StateTensors;
         var scalars = ((ICheckpointable)problem.Inner).StateScalars.ToDictionary(p => p.Key, p => p.Value);
+        var split = (ILayerSplittable)problem.Inner;
         Wait(Task.WhenAll(Enumerable.Range(0, segments.Count).Select(k => Call(k, null, async () =>
         {
-            var chunks = StateChunks.Encode(all.Where(p => k == 0 || !p.Key.StartsWith("store/", StringComparison.Ordinal)).Select(p => (p.Key, p.Value)));
+            var range = Plan!.Ranges[k];
+            var chunks = StateChunks.Encode(all.Where(p => split.Reads(range, p.Key)).Select(p => (p.Key, p.Value)));
             foreach (var chunk in chunks)
             {
                 lock (gate) BytesOfState += chunk.Length;

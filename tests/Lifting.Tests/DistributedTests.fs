@@ -120,8 +120,43 @@ let tests =
                         Expect.isTrue (bySegment |> List.forall (fun b -> b > 0L)) $"each segment sends ({bySegment})"
         }
 
-        test "a layer-parallel run resumed from its checkpoint (lifting resume --segments 2) ends with the weights of the one-process run resumed the same way, byte for byte (distprop; am-adam and am-mem, whose mu, Adam state and memory counters continue)" {
-            for methodName in [ "distprop"; "am-adam"; "am-mem" ] do
+        test "layer-parallel multiple shooting (--segments 2 and 3, in-process segments): the one-process weights byte for byte for extraprop (also reparametrised, projected, reduced, adjoint-initialised), extraprop-rows, gda and auglag; the batch's rows of the boundary state's gradient cross, B·H numbers each way per evaluation" {
+            let net = [ "--net"; "64-32-32-10"; "--epochs"; "3" ]
+            for flags, ks in [ [ "--method"; "extraprop" ], [ "2"; "3" ]
+                               [ "--method"; "extraprop"; "--reparametrise"; "true"; "--net"; "64-32-32-32-10"; "--activation"; "tanh"; "--dtype"; "float64" ], [ "3" ]
+                               [ "--method"; "extraprop"; "--project-states"; "true" ], [ "3" ]
+                               [ "--method"; "extraprop"; "--reduced"; "true"; "--eps"; "0.01" ], [ "2" ]
+                               [ "--method"; "extraprop"; "--adjoint-init"; "true" ], [ "2" ]
+                               [ "--method"; "extraprop-rows" ], [ "3" ]
+                               [ "--method"; "gda" ], [ "2" ]
+                               [ "--method"; "auglag" ], [ "3" ] ] do
+                let flags = flags @ (if List.contains "--net" flags then [ "--epochs"; "3" ] else net)
+                let single = scratchDir "single"
+                run flags single |> ignore
+                for k in ks do
+                    let split = scratchDir "segments"
+                    let out = run (flags @ [ "--segments"; k ]) split
+                    Expect.stringContains out $"layer-parallel, {k} segments in this process" "the header names the split"
+                    if List.contains "tanh" flags then
+                        // tanh's derivative multiplies each segment's part instead of their sum.
+                        let d = largestDifference single split
+                        printfn "  extraprop reparametrised through tanh, %s segments vs one process (float64): largest weight difference %.3g" k d
+                        Expect.isLessThan d 1e-9 "reparametrised through tanh: rounding only"
+                    else Expect.isTrue (sameBytes single split) $"{flags} with {k} segments: the one-process weights"
+                    if flags = [ "--method"; "extraprop" ] @ net && k = "2" then
+                        let c = clusterJson split
+                        Expect.equal [ for b in c.GetProperty("plan").GetProperty("blocks").EnumerateArray() -> b.GetString() ] [ "block 1"; "blocks 2-3" ] "cluster.json: the plan"
+                        // Cut 1 (32 units), float32, each way, at four evaluations per step (an inner
+                        // extragradient iteration on the rows, then the outer one), plus headers; the
+                        // epoch's last batch is smaller.
+                        let between = c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()
+                        let rows = 4L * 2L * 64L * 32L * 4L
+                        Expect.isLessThan between (rows + 2048L) $"only the boundary rows cross ({between} bytes per step)"
+                        Expect.isGreaterThan between (rows * 9L / 10L) $"the boundary rows cross ({between} bytes per step)"
+        }
+
+        test "a layer-parallel run resumed from its checkpoint (lifting resume --segments 2) ends with the weights of the one-process run resumed the same way, byte for byte (distprop; am-adam and am-mem, whose mu, Adam state and memory counters continue; extraprop, whose segments read their own cuts' rows)" {
+            for methodName in [ "distprop"; "am-adam"; "am-mem"; "extraprop" ] do
                 let args = [ "--method"; methodName; "--net"; "64-32-32-10"; "--epochs"; "1" ]
                 let single, split = scratchDir "single", scratchDir "segments"
                 run args single |> ignore
@@ -382,6 +417,10 @@ let clusterTests =
 
         test "layer-parallel online AM (am-adam) on three local workers (--workers 3 --segments 2): the one-process weights byte for byte; kill -9 of the worker holding a segment in epoch 2: the run recovers and ends with them still" {
             survivesLostSegment [ "--method"; "am-adam"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "4" ] |> ignore
+        }
+
+        test "layer-parallel ExtraProp on three local workers (--workers 3 --segments 2): the one-process weights byte for byte; kill -9 of the worker holding a segment in epoch 2: the run recovers and ends with them still" {
+            survivesLostSegment [ "--method"; "extraprop"; "--net"; "64-128-128-10"; "--batch"; "16"; "--epochs"; "4" ] |> ignore
         }
 
         test "a worker that leaves for good (every local worker killed after epoch 1): one line, the run stops as failed (exit 1), the checkpoint of epoch 1 kept" {

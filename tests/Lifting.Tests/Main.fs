@@ -32,7 +32,8 @@ let slowTests : string list =
                  for ((what, spec), floor) in List.zip GraphTests.familyNets floors do
                      if floor.IsSome then
                          $"GraphTests.lifting train --net \"{spec}\" --method {method} ({what} on the digits, 10 epochs) reaches >= {floor.Value} test accuracy at the validation-selected epoch" ]
-      // 17.3 s
+      // 17.3 s each
+      "DistributedTests.layer-parallel ExtraProp on three local workers (--workers 3 --segments 2): the one-process weights byte for byte; kill -9 of the worker holding a segment in epoch 2: the run recovers and ends with them still"
       "DistributedTests.layer-parallel online AM (am-adam) on three local workers (--workers 3 --segments 2): the one-process weights byte for byte; kill -9 of the worker holding a segment in epoch 2: the run recovers and ends with them still"
       // 33.0 s
       "ScriptTests.compare.fsx trains backprop and ExtraProp on digits (5 epochs), prints both test accuracies (>= 0.8) and writes the plot as a PNG"

@@ -58,6 +58,10 @@ public interface ILayerSplittable
     /// lower range; the upper one keeps an equal copy).
     IReadOnlyList<string> Owned(BlockRange range);
 
+    /// Whether `range` reads state tensor `key` (what a push sends it): by default everything but
+    /// the per-example store, which only the first range reads.
+    bool Reads(BlockRange range, string key) => !key.StartsWith("store/", StringComparison.Ordinal) || range.First == 0;
+
     /// The keys of `ICheckpointable.StateScalars` whose value `range` alone keeps up to date (a
     /// block's own counter); every other scalar is the same in every range.
     IReadOnlyList<string> OwnedScalars(BlockRange range) => Array.Empty<string>();

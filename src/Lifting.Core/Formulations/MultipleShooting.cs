@@ -126,10 +126,14 @@ public sealed class MultipleShooting : IFormulation
         return autograd.grad(new[] { loss }, states).Select(g => -g.detach()).ToArray();
     }
 
-    private sealed class Problem : LiftedProblem
+    private sealed class Problem : LiftedProblem, ILayerSplittable
     {
         private readonly MultipleShootingOptions options;
         private readonly RowGroup states, multipliers;
+        private readonly int hidden;
+        /// A layer-parallel segment's blocks (null: every block) and its link to the neighbours.
+        private BlockRange? range;
+        private IBoundaryExchange? exchange;
         private readonly IActivation?[] reparametrisation;
         private readonly IProjection[] stateProjections;
 
@@ -138,7 +142,7 @@ public sealed class MultipleShooting : IFormulation
             using var scope = NewDisposeScope(); // temporaries; the store keeps its own handles
             options = formulation.Options;
             var segments = Program.Segments;
-            int hidden = segments.Count - 1;
+            hidden = segments.Count - 1;
             reparametrisation = Enumerable.Range(0, hidden)
                 .Select(l => options.ReparametriseStates ? segments[l].OutputActivation : null).ToArray();
             stateProjections = Enumerable.Range(0, hidden)
@@ -171,6 +175,65 @@ public sealed class MultipleShooting : IFormulation
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
+        public NestedProgram LiftedProgram => Program;
+
+        public string Exchanges => "each operator evaluation, the two segments of a cut send each other their parts of the gradient of the batch's rows of the cut's state (B·H numbers each way; extragradient: two evaluations per step, more with inner iterations) and step their own players";
+
+        /// Every block's term reads the mini-batch's rows.
+        public long RowsOf(int block, long batchSize) => batchSize;
+
+        public void Restrict(BlockRange blocks, IBoundaryExchange link)
+        {
+            if (blocks.First < 0 || blocks.End > hidden + 1 || blocks.First >= blocks.End)
+                throw new ArgumentOutOfRangeException(nameof(blocks), $"{blocks} is not a range of this program's {hidden + 1} blocks.");
+            range = blocks;
+            exchange = link;
+        }
+
+        /// Block l reads the states of its inputs and ends in cut l: a range of a chain touches
+        /// cuts First − 1 … End − 1.
+        private bool Touches(int cut) => range is not { } r || (cut >= r.First - 1 && cut < r.End);
+
+        /// The cut at either end of the range, whose state a neighbouring range shares.
+        private bool IsBoundary(int cut) => range is { } r && ((r.First > 0 && cut == r.First - 1) || (cut == r.End - 1 && r.End <= hidden));
+
+        /// Its blocks' weights with their step states, and the state and multiplier rows of the cuts
+        /// its blocks end in (a boundary cut's state belongs to the lower range; the upper keeps an
+        /// equal copy).
+        public IReadOnlyList<string> Owned(BlockRange blocks)
+        {
+            var names = Program.ParameterNames;
+            var owned = new HashSet<string>();
+            for (int l = blocks.First; l < blocks.End; l++)
+            {
+                foreach (var p in Program.Segments[l].Parameters) owned.Add($"weights/{names[p]}");
+                if (l < hidden) { owned.Add($"store/{states.Keys[l]}"); owned.Add($"store/{multipliers.Keys[l]}"); }
+            }
+            return StateTensors.Keys.Where(k => owned.Contains(k.Split('#')[0])).ToArray();
+        }
+
+        /// The rows of the cuts the range touches, and everything that is not per example.
+        public bool Reads(BlockRange blocks, string key)
+        {
+            if (!key.StartsWith("store/", StringComparison.Ordinal)) return true;
+            var name = key["store/".Length..].Split('#')[0];
+            for (int l = Math.Max(0, blocks.First - 1); l < Math.Min(blocks.End, hidden); l++)
+                if (name == states.Keys[l] || (l >= blocks.First && name == multipliers.Keys[l])) return true;
+            return false;
+        }
+
+        /// Each block's term reads only the states of its inputs: a split needs every block to read
+        /// its own range's states or the state of the range's lower cut.
+        public void Validate(IReadOnlyList<BlockRange> ranges, ISolver solver)
+        {
+            var segments = Program.Segments;
+            foreach (var r in ranges)
+                for (int l = r.First; l < r.End; l++)
+                    foreach (var u in segments[l].InputSegments)
+                        if (u >= 0 && u < r.First - 1)
+                            throw new ArgumentException($"layer-parallel training: block {l + 1} ({r}) reads block {u + 1}, below the range's lower cut; only the cut between neighbouring ranges is shared (split elsewhere or use fewer segments)");
+        }
+
         public override IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => MeasureDefects((l, rows) =>
         {
             var free = Store.Gather(states.Keys[l], rows);
@@ -189,16 +252,53 @@ public sealed class MultipleShooting : IFormulation
                 this.problem = problem;
                 (h, hStates) = problem.states.Gather(batch.Indices);
                 (lambda, lambdaStates) = problem.multipliers.Gather(batch.Indices);
-                Players = new[]
+                if (problem.range is not { } r)
                 {
-                    problem.WeightsPlayer(),
-                    new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true, projections: problem.stateProjections),
-                    new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, lambda, problem.multipliers.StepRule, lambdaStates, rowIndexed: true,
-                        projection: problem.options.Inequality ? Projections.NonNegative : null),
-                };
+                    Players = new[]
+                    {
+                        problem.WeightsPlayer(),
+                        new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true, projections: problem.stateProjections),
+                        new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, lambda, problem.multipliers.StepRule, lambdaStates, rowIndexed: true,
+                            projection: problem.options.Inequality ? Projections.NonNegative : null),
+                    };
+                    return;
+                }
+                // A segment of a layer-parallel run: its blocks' weights, the states of the cuts it
+                // touches, the multipliers of the cuts its blocks end in (players without any are left out).
+                var own = Enumerable.Range(r.First, r.End - r.First).SelectMany(l => problem.Program.Segments[l].Parameters).Distinct().Order().ToArray();
+                var touched = Enumerable.Range(0, h.Length).Where(problem.Touches).ToArray();
+                var ownCuts = Enumerable.Range(r.First, r.End - r.First).Where(l => l < h.Length).ToArray();
+                var ctx = problem.Context;
+                var players = new List<Player>();
+                if (own.Length > 0)
+                    players.Add(new Player(Formulations.PlayerNames.Weights, Role.Minimise, own.Select(p => problem.Weights.Tensors[p]).ToArray(), ctx.StepRuleFor(Formulations.PlayerNames.Weights),
+                        own.Select(p => problem.WeightStates[p]).ToArray()));
+                if (touched.Length > 0)
+                    players.Add(new Player(Formulations.PlayerNames.States, Role.Minimise, touched.Select(l => h[l]).ToArray(), problem.states.StepRule, touched.Select(l => hStates[l]).ToArray(),
+                        rowIndexed: true, projections: touched.Select(l => problem.stateProjections[l]).ToArray()));
+                if (ownCuts.Length > 0)
+                    players.Add(new Player(Formulations.PlayerNames.Multipliers, Role.Maximise, ownCuts.Select(l => lambda[l]).ToArray(), problem.multipliers.StepRule, ownCuts.Select(l => lambdaStates[l]).ToArray(),
+                        rowIndexed: true, projection: problem.options.Inequality ? Projections.NonNegative : null));
+                Players = players;
             }
 
             public override IReadOnlyList<Player> Players { get; }
+
+            protected override (int First, int End) Blocks => problem.range is { } r ? (r.First, r.End) : base.Blocks;
+
+            /// A segment adds the neighbours' parts of the gradient of its boundary cuts' states.
+            protected override void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads)
+            {
+                if (problem.exchange is not { } link) return;
+                for (int k = 0; k < inputs.Count; k++)
+                {
+                    int l = Array.FindIndex(h, v => ReferenceEquals(v, inputs[k])); // not IndexOf: Tensor.Equals compares values
+                    if (l < 0 || !problem.IsBoundary(l)) continue;
+                    var mine = grads[k] is { IsInvalid: false } g ? g : zeros_like(inputs[k]);
+                    using var theirs = link.Exchange(l, problem.states.Keys[l], mine);
+                    grads[k] = mine.Plus(theirs);
+                }
+            }
 
             /// The state h_v (through the activation when reparametrised).
             protected override Tensor Value(int l) => problem.reparametrisation[l] is { } act ? act.Reparametrise(h[l]) : h[l];
@@ -215,7 +315,8 @@ public sealed class MultipleShooting : IFormulation
 
             protected override Tensor LossSum(Tensor output) => problem.Program.Loss.PerExample(output, Batch.Labels).sum();
 
-            protected override IReadOnlyList<Tensor> RecordedMultipliers => lambda;
+            protected override IReadOnlyList<Tensor> RecordedMultipliers =>
+                problem.range is { } r ? lambda.Where((_, l) => l >= r.First && l < r.End).ToArray() : lambda;
 
             public override void Commit()
             {

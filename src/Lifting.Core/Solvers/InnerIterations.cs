@@ -62,7 +62,10 @@ public sealed class WithInnerIterations : ISolver
     {
         if (iterations > 0)
         {
-            using var view = new Restricted(game, innerPlayers);
+            // Those of the inner players the game has (a layer-parallel segment holding only the
+            // output block has no multipliers).
+            var present = innerPlayers.Where(n => game.Players.Any(p => p.Name == n)).ToArray();
+            using var view = new Restricted(game, present.Length > 0 ? present : innerPlayers);
             for (int k = 0; k < iterations; k++) inner.Step(view);
         }
         outer.Step(game);
