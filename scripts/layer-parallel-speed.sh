@@ -49,7 +49,7 @@ args = "" if method == "distprop" and nets == ["seed001-conv-distprop", "784-500
 print(f"<!-- produced by: bash scripts/layer-parallel-speed.sh {rounds}{args} -->")
 print(f"# Layer-parallel {method} against one process (full Fashion-MNIST)")
 print()
-exchanged = "the neighbour's gradient part" if method.startswith("distprop") else "the neighbour's codes"
+exchanged = "the neighbour's codes" if method.startswith("am") else "the neighbour's gradient part"
 print(f"`{method}` (its family's default settings), batch 128, 2 epochs, {rounds} interleaved rounds on a 2-core machine shared with other jobs. "
       "s/epoch: the second epoch (timing.json, the coordinator's clock, training only); CPU: user + system seconds of the whole process tree per run; "
       "ratio: one process of 1 thread over the configuration, per round, median (above 1 = faster). Segment columns from cluster.json: each segment's step seconds "

@@ -9,7 +9,8 @@ namespace Lifting.Distributed;
 ///
 /// Covered: problems whose objective splits by blocks (`ILayerSplittable`: DistProp, whose blocks
 /// meet only at the class Gaussians of the cuts; online alternating minimisation, whose blocks meet
-/// at the codes of the cuts). Refused in one line: any other formulation, batch
+/// at the codes of the cuts; the multiple-shooting Lagrangian, whose blocks meet at the cuts'
+/// per-example states). Refused in one line: any other formulation, batch
 /// statistics or dropout, a step rule that couples a player's variables (a global-norm clip: each
 /// segment would clip its own part), more segments than blocks.
 public sealed class LayerPlan
@@ -42,7 +43,7 @@ public sealed class LayerPlan
     {
         var name = method.Name;
         if (problem is not ILayerSplittable split)
-            throw new ArgumentException($"layer-parallel training: {name} does not split by blocks (covered: the distprop methods, whose blocks meet only at the class Gaussians of the cuts, and the am methods, whose blocks meet at the codes of the cuts; docs/distributed.md)");
+            throw new ArgumentException($"layer-parallel training: {name} does not split by blocks (covered: the distprop methods, whose blocks meet only at the class Gaussians of the cuts; the am methods, at the codes of the cuts; the multiple-shooting Lagrangians (extraprop, gda, auglag), at the states of the cuts; docs/distributed.md)");
         if (problem.Weights.Program.HasModes)
             throw new ArgumentException($"layer-parallel training: {name} on a program with batch normalisation or dropout is not covered (docs/distributed.md)");
         foreach (var player in method.Formulation.PlayerNames)

@@ -31,6 +31,39 @@ let run (args: string list) (dir: string) =
 
 let clusterJson (dir: string) = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "cluster.json"))).RootElement
 
+/// cluster.json's events as (epoch, text).
+let clusterEvents (dir: string) =
+    [ for e in (clusterJson dir).GetProperty("events").EnumerateArray() -> e.GetProperty("epoch").GetInt32(), string (e.GetProperty("text").GetString()) ]
+
+/// The process ids of cluster.json's layout (one per replica or segment).
+let layoutPids (dir: string) = [ for r in (clusterJson dir).GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
+
+/// Trains `flags` in one process and with each of `segments` in-process segments (layer-parallel);
+/// `check single split k` compares the run folders.
+let againstSegments (flags: string list) (segments: string list) (check: string -> string -> string -> unit) =
+    let single = scratchDir "single"
+    run flags single |> ignore
+    for k in segments do
+        let split = scratchDir "segments"
+        let out = run (flags @ [ "--segments"; k ]) split
+        Expect.stringContains out $"layer-parallel, {k} segments in this process" "the header names the split"
+        check single split k
+
+let sameWeights (single: string) (split: string) (k: string) =
+    Expect.isTrue (sameBytes single split) $"{k} segments: the one-process weights, byte for byte"
+
+/// cluster.json's plan: each segment's blocks.
+let planBlocks (dir: string) = [ for b in (clusterJson dir).GetProperty("plan").GetProperty("blocks").EnumerateArray() -> b.GetString() ]
+
+let bytesBetween (dir: string) = (clusterJson dir).GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()
+
+/// The bytes between segments per step are `payload` (full batches) plus at most `headers`, and
+/// more than 90 % of `payload` (the epoch's last batch is smaller).
+let crossPerStep (dir: string) (payload: int64) (headers: int64) (what: string) =
+    let between = bytesBetween dir
+    Expect.isLessThan between (payload + headers) $"only {what} cross ({between} bytes per step)"
+    Expect.isGreaterThan between (payload * 9L / 10L) $"{what} cross ({between} bytes per step)"
+
 /// The methods data-parallel training covers, with the flags they need (docs/distributed.md).
 let covered =
     [ "backprop", []; "fa", []; "dfa", []; "sign-symmetric", []; "dsn", []; "fenchel-bp", []
@@ -70,89 +103,60 @@ let tests =
         test "layer-parallel DistProp (--segments 2 and 3, in-process segments): the one-process weights byte for byte with sigma held at 1 (the default, per-class multipliers, extrapolated weights); learned sigma differs at rounding only (float64 < 1e-9)" {
             let net = [ "--net"; "64-32-32-10"; "--epochs"; "2" ]
             for flags in [ [ "--method"; "distprop" ]; [ "--method"; "distprop"; "--multipliers"; "class" ]; [ "--method"; "distprop"; "--extrapolate-weights"; "true" ] ] do
-                let single = scratchDir "single"
-                run (flags @ net) single |> ignore
-                for k in [ "2"; "3" ] do
-                    let split = scratchDir "segments"
-                    let out = run (flags @ net @ [ "--segments"; k ]) split
-                    Expect.stringContains out $"layer-parallel, {k} segments in this process" "the header names the split"
-                    Expect.isTrue (sameBytes single split) $"{flags} with {k} segments: the one-process weights"
+                againstSegments (flags @ net) [ "2"; "3" ] sameWeights
             // A learned sigma: the softplus derivative multiplies each segment's part of a boundary
             // sigma's gradient instead of their sum.
-            let flags = [ "--method"; "distprop-seed001"; "--dtype"; "float64" ] @ net
-            let single, split = scratchDir "single64", scratchDir "segments64"
-            run flags single |> ignore
-            run (flags @ [ "--segments"; "2" ]) split |> ignore
-            let d = largestDifference single split
-            printfn "  distprop-seed001 (learned sigma), 2 segments vs one process (float64): largest weight difference %.3g" d
-            Expect.isLessThan d 1e-9 "learned sigma: rounding only"
-            let c = clusterJson split
-            Expect.equal (c.GetProperty("mode").GetString()) "layer-parallel, synchronous" "cluster.json: the mode"
-            Expect.equal [ for b in c.GetProperty("plan").GetProperty("blocks").EnumerateArray() -> b.GetString() ] [ "block 1"; "blocks 2-3" ] "cluster.json: the split balances the cost model"
-            Expect.isGreaterThan (c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()) 0L "cluster.json: the exchange is counted"
+            againstSegments ([ "--method"; "distprop-seed001"; "--dtype"; "float64" ] @ net) [ "2" ] (fun single split _ ->
+                let d = largestDifference single split
+                printfn "  distprop-seed001 (learned sigma), 2 segments vs one process (float64): largest weight difference %.3g" d
+                Expect.isLessThan d 1e-9 "learned sigma: rounding only"
+                Expect.equal ((clusterJson split).GetProperty("mode").GetString()) "layer-parallel, synchronous" "cluster.json: the mode"
+                Expect.equal (planBlocks split) [ "block 1"; "blocks 2-3" ] "cluster.json: the split balances the cost model"
+                Expect.isGreaterThan (bytesBetween split) 0L "cluster.json: the exchange is counted")
         }
 
         test "layer-parallel online AM (--segments 2 and 3, in-process segments): the one-process weights byte for byte for am-adam (with seed 004's 5 code and 5 weight steps, weights in parallel, a residual net), am-mem and the offline variants; the forward codes go up and the updated codes come down, B·H numbers each way per cut" {
             let net = [ "--net"; "64-32-32-10"; "--epochs"; "2" ]
-            for flags, ks in [ [ "--method"; "am-adam" ] @ net, [ "2"; "3" ]
-                               [ "--method"; "am-adam"; "--code-steps"; "5"; "--weight-steps"; "5"; "--parallel"; "true" ] @ net, [ "3" ]
+            againstSegments ([ "--method"; "am-adam" ] @ net) [ "2"; "3" ] (fun single split k ->
+                sameWeights single split k
+                if k = "2" then
+                    Expect.equal (planBlocks split) [ "block 1"; "blocks 2-3" ] "cluster.json: the plan"
+                    // Cut 1 (32 units): the batch's forward codes up, its updated codes down,
+                    // float32, plus two safetensors headers; the epoch's last batch is smaller.
+                    crossPerStep split (2L * 64L * 32L * 4L) 512L "the cut's codes"
+                    let bySegment = [ for b in (clusterJson split).GetProperty("traffic").GetProperty("bytes_sent_per_step_by_segment").EnumerateArray() -> b.GetInt64() ]
+                    Expect.isTrue (bySegment |> List.forall (fun b -> b > 0L)) $"each segment sends ({bySegment})")
+            for flags, ks in [ [ "--method"; "am-adam"; "--code-steps"; "5"; "--weight-steps"; "5"; "--parallel"; "true" ] @ net, [ "3" ]
                                [ "--method"; "am-adam"; "--net"; "dense:32, relu, res:32:3, dense:10"; "--epochs"; "2" ], [ "3" ]
                                [ "--method"; "am-mem" ] @ net, [ "2" ]
                                [ "--method"; "am-adam-off"; "--net"; "64-32-32-10"; "--epochs"; "3" ], [ "2" ]
                                [ "--method"; "am-mem-off"; "--net"; "64-32-32-10"; "--epochs"; "3" ], [ "3" ] ] do
-                let single = scratchDir "single"
-                run flags single |> ignore
-                for k in ks do
-                    let split = scratchDir "segments"
-                    let out = run (flags @ [ "--segments"; k ]) split
-                    Expect.stringContains out $"layer-parallel, {k} segments in this process" "the header names the split"
-                    Expect.isTrue (sameBytes single split) $"{flags} with {k} segments: the one-process weights"
-                    if flags = [ "--method"; "am-adam" ] @ net && k = "2" then
-                        let c = clusterJson split
-                        Expect.equal [ for b in c.GetProperty("plan").GetProperty("blocks").EnumerateArray() -> b.GetString() ] [ "block 1"; "blocks 2-3" ] "cluster.json: the plan"
-                        // Cut 1 (32 units): the batch's forward codes up, its updated codes down,
-                        // float32, plus two safetensors headers; the epoch's last batch is smaller.
-                        let between = c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()
-                        let codes = 2L * 64L * 32L * 4L
-                        Expect.isLessThan between (codes + 512L) $"only the cut's codes cross ({between} bytes per step)"
-                        Expect.isGreaterThan between (codes * 9L / 10L) $"the cut's codes cross both ways ({between} bytes per step)"
-                        let bySegment = [ for b in c.GetProperty("traffic").GetProperty("bytes_sent_per_step_by_segment").EnumerateArray() -> b.GetInt64() ]
-                        Expect.isTrue (bySegment |> List.forall (fun b -> b > 0L)) $"each segment sends ({bySegment})"
+                againstSegments flags ks sameWeights
         }
 
         test "layer-parallel multiple shooting (--segments 2 and 3, in-process segments): the one-process weights byte for byte for extraprop (also reparametrised, projected, reduced, adjoint-initialised), extraprop-rows, gda and auglag; the batch's rows of the boundary state's gradient cross, B·H numbers each way per evaluation" {
             let net = [ "--net"; "64-32-32-10"; "--epochs"; "3" ]
-            for flags, ks in [ [ "--method"; "extraprop" ], [ "2"; "3" ]
-                               [ "--method"; "extraprop"; "--reparametrise"; "true"; "--net"; "64-32-32-32-10"; "--activation"; "tanh"; "--dtype"; "float64" ], [ "3" ]
-                               [ "--method"; "extraprop"; "--project-states"; "true" ], [ "3" ]
+            againstSegments ([ "--method"; "extraprop" ] @ net) [ "2"; "3" ] (fun single split k ->
+                sameWeights single split k
+                if k = "2" then
+                    Expect.equal (planBlocks split) [ "block 1"; "blocks 2-3" ] "cluster.json: the plan"
+                    // Cut 1 (32 units), float32, each way, at four evaluations per step (an inner
+                    // extragradient iteration on the rows, then the outer one), plus headers; the
+                    // epoch's last batch is smaller.
+                    crossPerStep split (4L * 2L * 64L * 32L * 4L) 2048L "the boundary rows")
+            for flags, ks in [ [ "--method"; "extraprop"; "--project-states"; "true" ], [ "3" ]
                                [ "--method"; "extraprop"; "--reduced"; "true"; "--eps"; "0.01" ], [ "2" ]
                                [ "--method"; "extraprop"; "--adjoint-init"; "true" ], [ "2" ]
                                [ "--method"; "extraprop-rows" ], [ "3" ]
                                [ "--method"; "gda" ], [ "2" ]
                                [ "--method"; "auglag" ], [ "3" ] ] do
-                let flags = flags @ (if List.contains "--net" flags then [ "--epochs"; "3" ] else net)
-                let single = scratchDir "single"
-                run flags single |> ignore
-                for k in ks do
-                    let split = scratchDir "segments"
-                    let out = run (flags @ [ "--segments"; k ]) split
-                    Expect.stringContains out $"layer-parallel, {k} segments in this process" "the header names the split"
-                    if List.contains "tanh" flags then
-                        // tanh's derivative multiplies each segment's part instead of their sum.
-                        let d = largestDifference single split
-                        printfn "  extraprop reparametrised through tanh, %s segments vs one process (float64): largest weight difference %.3g" k d
-                        Expect.isLessThan d 1e-9 "reparametrised through tanh: rounding only"
-                    else Expect.isTrue (sameBytes single split) $"{flags} with {k} segments: the one-process weights"
-                    if flags = [ "--method"; "extraprop" ] @ net && k = "2" then
-                        let c = clusterJson split
-                        Expect.equal [ for b in c.GetProperty("plan").GetProperty("blocks").EnumerateArray() -> b.GetString() ] [ "block 1"; "blocks 2-3" ] "cluster.json: the plan"
-                        // Cut 1 (32 units), float32, each way, at four evaluations per step (an inner
-                        // extragradient iteration on the rows, then the outer one), plus headers; the
-                        // epoch's last batch is smaller.
-                        let between = c.GetProperty("traffic").GetProperty("bytes_between_segments_per_step").GetInt64()
-                        let rows = 4L * 2L * 64L * 32L * 4L
-                        Expect.isLessThan between (rows + 2048L) $"only the boundary rows cross ({between} bytes per step)"
-                        Expect.isGreaterThan between (rows * 9L / 10L) $"the boundary rows cross ({between} bytes per step)"
+                againstSegments (flags @ net) ks sameWeights
+            // States reparametrised through tanh: its derivative multiplies each segment's part
+            // instead of their sum.
+            againstSegments [ "--method"; "extraprop"; "--reparametrise"; "true"; "--net"; "64-32-32-32-10"; "--activation"; "tanh"; "--dtype"; "float64"; "--epochs"; "3" ] [ "3" ] (fun single split k ->
+                let d = largestDifference single split
+                printfn "  extraprop reparametrised through tanh, %s segments vs one process (float64): largest weight difference %.3g" k d
+                Expect.isLessThan d 1e-9 "reparametrised through tanh: rounding only")
         }
 
         test "a layer-parallel run resumed from its checkpoint (lifting resume --segments 2) ends with the weights of the one-process run resumed the same way, byte for byte (distprop; am-adam and am-mem, whose mu, Adam state and memory counters continue; extraprop, whose segments read their own cuts' rows)" {
@@ -284,12 +288,10 @@ let survivesLostSegment (args: string list) =
         Expect.equal code 0 $"the run completes ({err} {out})"
         Expect.stringContains out "layer-parallel, 2 segments on 3 local workers" "the header names the split"
         Expect.isTrue (sameBytes single faulty) "the uninterrupted run's weights, byte for byte"
-        let c = clusterJson faulty
-        let events = [ for e in c.GetProperty("events").EnumerateArray() -> e.GetProperty("epoch").GetInt32(), string (e.GetProperty("text").GetString()) ]
+        let events = clusterEvents faulty
         Expect.isTrue (events |> List.exists (fun (epoch, t) -> epoch >= 2 && t.Contains "a segment was lost")) $"the loss is recorded: {events}"
         Expect.isTrue (events |> List.exists (fun (_, t) -> t.Contains "recovered in")) $"the recovery is recorded: {events}"
-        let pids = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
-        Expect.isFalse (List.contains killed pids) "no segment is left on the killed worker"
+        Expect.isFalse (List.contains killed (layoutPids faulty)) "no segment is left on the killed worker"
         faulty
     finally
         if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
@@ -383,12 +385,10 @@ let clusterTests =
                 let code, out, err = coordinator.Result
                 Expect.equal code 0 $"the run completes ({err} {out})"
                 Expect.isTrue (sameBytes reference faulty) "the weights of an uninterrupted run, byte for byte"
-                let c = clusterJson faulty
-                let events = [ for e in c.GetProperty("events").EnumerateArray() -> e.GetProperty("epoch").GetInt32(), string (e.GetProperty("text").GetString()) ]
+                let events = clusterEvents faulty
                 Expect.isTrue (events |> List.exists (fun (epoch, t) -> epoch >= 2 && t.Contains "did not answer")) $"the loss is recorded: {events}"
                 Expect.isTrue (events |> List.exists (fun (_, t) -> t.Contains "re-joined on silo")) $"the re-activation is recorded: {events}"
-                let silos = [ for r in c.GetProperty("layout").EnumerateArray() -> r.GetProperty("pid").GetInt32() ]
-                Expect.isFalse (List.contains killed silos) "no replica is left on the killed worker"
+                Expect.isFalse (List.contains killed (layoutPids faulty)) "no replica is left on the killed worker"
             finally
                 if not coordinator.IsCompleted then coordinator.Wait(TimeSpan.FromSeconds 300.0) |> ignore
         }

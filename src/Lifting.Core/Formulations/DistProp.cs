@@ -216,9 +216,8 @@ public sealed class DistProp : IFormulation
         /// Per learned Gaussian variable: its cut (0-based) and name (mu1, sigma1, …).
         private readonly int[] gaussianCuts;
         private readonly string[] gaussianNames;
-        /// A layer-parallel segment's blocks and its link to the neighbouring segments (null: every block).
-        private BlockRange? range;
-        private IBoundaryExchange? exchange;
+        /// A layer-parallel segment's blocks and its link to the neighbouring segments.
+        private readonly SplitState split;
         /// The first cut's multipliers per example (in the store), or null when per class.
         private readonly RowGroup? exampleMultipliers;
         /// Shared multipliers: every cut's when per class, the deeper cuts' when per example.
@@ -235,6 +234,7 @@ public sealed class DistProp : IFormulation
             classes = context.Train.ClassCount;
             samples = options.SamplesPerClass;
             hidden = lifted.Segments.Count - 1;
+            split = new SplitState(lifted);
             stateShapes = Enumerable.Range(0, hidden).Select(l => lifted.Segments[l].OutputShape).ToArray();
 
             // Means on the unit sphere (or the sphere of radius √H), σ = softplus(log(e − 1)) = 1, variates e ~ N(0, 1): drawn
@@ -315,32 +315,17 @@ public sealed class DistProp : IFormulation
 
         public long RowsOf(int block, long batchSize) => block == 0 ? batchSize : (long)classes * samples;
 
-        public void Restrict(BlockRange blocks, IBoundaryExchange link)
-        {
-            if (blocks.First < 0 || blocks.End > hidden + 1 || blocks.First >= blocks.End)
-                throw new ArgumentOutOfRangeException(nameof(blocks), $"{blocks} is not a range of this program's {hidden + 1} blocks.");
-            range = blocks;
-            exchange = link;
-        }
+        public void Restrict(BlockRange blocks, IBoundaryExchange link) => split.Restrict(blocks, link);
 
-        /// Block l reads cut l − 1 and ends in cut l: a range touches cuts First − 1 … End − 1.
-        private bool Touches(int cut) => range is not { } r || (cut >= r.First - 1 && cut < r.End);
-
-        /// The cut at either end of the range, whose variables a neighbouring range shares.
-        private bool IsBoundary(int cut) => range is { } r && ((r.First > 0 && cut == r.First - 1) || (cut == r.End - 1 && r.End <= hidden));
-
+        /// A range's blocks' weights and the Gaussians and multipliers of the cuts its blocks end
+        /// in (a boundary cut belongs to the lower range); the per-example λ₁ rows for the first.
         public IReadOnlyList<string> Owned(BlockRange blocks)
         {
-            var parameters = Program.ParameterNames;
-            var owned = new HashSet<string>();
-            for (int l = blocks.First; l < blocks.End; l++)
-            {
-                foreach (var p in lifted.Segments[l].Parameters) owned.Add($"weights/{parameters[p]}");
-                if (l < hidden)
-                    foreach (var name in new[] { "mu", "sigma", "variates", "lambda" }) owned.Add($"shared/{name}{l + 1}");
-            }
-            bool first = blocks.First == 0;
-            return StateTensors.Keys.Where(k => (first && k.StartsWith("store/", StringComparison.Ordinal)) || owned.Contains(k.Split('#')[0])).ToArray();
+            var cuts = Enumerable.Range(blocks.First, blocks.End - blocks.First).Where(l => l < hidden)
+                .SelectMany(l => new[] { "mu", "sigma", "variates", "lambda" }.Select(name => $"shared/{name}{l + 1}"));
+            var keys = StateTensors.Keys.ToArray();
+            var store = blocks.First == 0 ? keys.Where(k => k.StartsWith("store/", StringComparison.Ordinal)).Select(k => k.Split('#')[0]) : Enumerable.Empty<string>();
+            return split.Owned(keys, blocks, cuts.Concat(store));
         }
 
         /// Overwrites the variates with step k's, ε_k, from a CPU generator seeded by (seed, k), so
@@ -540,7 +525,7 @@ public sealed class DistProp : IFormulation
                 var states = problem.gaussianVariables;
                 var stateRules = problem.gaussianStates;
                 StepState[] multiplierStates;
-                var range = problem.range;
+                var range = problem.split.Range;
                 if (problem.exampleMultipliers is { } group && (range is null || range.Value.First == 0))
                 {
                     (rows, rowStates) = group.Gather(batch.Indices);
@@ -575,8 +560,8 @@ public sealed class DistProp : IFormulation
                 }
                 // A segment of a layer-parallel run: its blocks' weights, the Gaussians of the cuts it
                 // touches, the multipliers of the cuts its blocks end in (players without any are left out).
-                var own = Enumerable.Range(r.First, r.End - r.First).SelectMany(l => problem.lifted.Segments[l].Parameters).Distinct().Order().ToArray();
-                var touched = Enumerable.Range(0, states.Length).Where(i => problem.Touches(problem.gaussianCuts[i])).ToArray();
+                var own = problem.split.Parameters(r);
+                var touched = Enumerable.Range(0, states.Length).Where(i => problem.split.Touches(problem.gaussianCuts[i])).ToArray();
                 var ownCuts = Enumerable.Range(0, multipliers.Length).Where(c => c >= r.First && c < r.End && multipliers[c] is not null).ToArray();
                 var players = new List<Player>();
                 if (own.Length > 0)
@@ -591,22 +576,11 @@ public sealed class DistProp : IFormulation
                 Players = players;
             }
 
-            protected override (int First, int End) Blocks => problem.range is { } r ? (r.First, r.End) : base.Blocks;
+            protected override (int First, int End) Blocks => problem.split.Blocks;
 
             /// A segment adds the neighbours' parts of the gradient of its boundary cuts' Gaussians.
-            protected override void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads)
-            {
-                var p = problem;
-                if (p.exchange is not { } link) return;
-                for (int k = 0; k < inputs.Count; k++)
-                {
-                    int i = Array.FindIndex(p.gaussianVariables, v => ReferenceEquals(v, inputs[k])); // not IndexOf: Tensor.Equals compares values
-                    if (i < 0 || !p.IsBoundary(p.gaussianCuts[i])) continue;
-                    var mine = grads[k] is { IsInvalid: false } g ? g : zeros_like(inputs[k]);
-                    using var theirs = link.Exchange(p.gaussianCuts[i], p.gaussianNames[i], mine);
-                    grads[k] = mine.Plus(theirs);
-                }
-            }
+            protected override void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads) =>
+                problem.split.CompleteGradients(inputs, grads, problem.gaussianVariables, i => problem.gaussianCuts[i], i => problem.gaussianNames[i]);
 
             public override IReadOnlyList<Player> Players { get; }
 
@@ -667,7 +641,7 @@ public sealed class DistProp : IFormulation
                 return (counts * perClassLoss).sum();
             }
 
-            protected override IReadOnlyList<Tensor> RecordedMultipliers => problem.range is null ? recorded : recorded.Where(t => t is not null).ToArray();
+            protected override IReadOnlyList<Tensor> RecordedMultipliers => problem.split.Range is null ? recorded : recorded.Where(t => t is not null).ToArray();
 
             /// The lifted program's segments (DistProp may have moved its cuts before activations).
             protected override NestedProgram Program => problem.lifted;

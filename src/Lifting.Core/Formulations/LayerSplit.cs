@@ -70,3 +70,77 @@ public interface ILayerSplittable
     /// together every block once) that this problem cannot be trained on with `solver`.
     void Validate(IReadOnlyList<BlockRange> ranges, Solvers.ISolver solver) { }
 }
+
+/// What a lifted problem split by blocks keeps of its split: the range its games evaluate (null:
+/// every block) and the link to the neighbouring ranges, with the bookkeeping every splittable
+/// formulation shares. Block l reads cut l − 1 and ends in cut l (0-based), so a range of a chain
+/// touches cuts First − 1 … End − 1.
+public sealed class SplitState
+{
+    private readonly NestedProgram program;
+
+    public SplitState(NestedProgram program) => this.program = program;
+
+    public BlockRange? Range { get; private set; }
+    public IBoundaryExchange? Link { get; private set; }
+    private int BlockCount => program.Segments.Count;
+
+    public void Restrict(BlockRange range, IBoundaryExchange link)
+    {
+        if (range.First < 0 || range.End > BlockCount || range.First >= range.End)
+            throw new ArgumentOutOfRangeException(nameof(range), $"{range} is not a range of this program's {BlockCount} blocks.");
+        Range = range;
+        Link = link;
+    }
+
+    /// The blocks a game evaluates, [First, End).
+    public (int First, int End) Blocks => Range is { } r ? (r.First, r.End) : (0, BlockCount);
+
+    /// Whether the range reads or writes cut `cut`.
+    public bool Touches(int cut) => Range is not { } r || (cut >= r.First - 1 && cut < r.End);
+
+    /// A cut at either end of the range, whose variables a neighbouring range shares.
+    public bool IsBoundary(int cut) => Range is { } r && ((r.First > 0 && cut == r.First - 1) || (cut == r.End - 1 && r.End < BlockCount));
+
+    /// The parameters of `range`'s blocks, ascending.
+    public int[] Parameters(BlockRange range) =>
+        Enumerable.Range(range.First, range.End - range.First).SelectMany(l => program.Segments[l].Parameters).Distinct().Order().ToArray();
+
+    /// The keys of `all` (`ICheckpointable.StateTensors`) that are `range`'s blocks' weights (with
+    /// their step states) or in `others` (by name, step states included).
+    public IReadOnlyList<string> Owned(IEnumerable<string> all, BlockRange range, IEnumerable<string> others)
+    {
+        var names = program.ParameterNames;
+        var owned = Parameters(range).Select(p => $"weights/{names[p]}").Concat(others).ToHashSet();
+        return all.Where(k => owned.Contains(k.Split('#')[0])).ToArray();
+    }
+
+    /// Refuses a split in which a block reads a value below its range's lower cut: only the cut
+    /// between neighbouring ranges is shared.
+    public void RequireNeighbouringCuts(IReadOnlyList<BlockRange> ranges)
+    {
+        foreach (var r in ranges)
+            for (int l = r.First; l < r.End; l++)
+                foreach (var u in program.Segments[l].InputSegments)
+                    if (u >= 0 && u < r.First - 1)
+                        throw new ArgumentException($"layer-parallel training: block {l + 1} ({r}) reads block {u + 1}, below the range's lower cut; only the cut between neighbouring ranges is shared (split elsewhere or use fewer segments)");
+    }
+
+    /// Adds the neighbours' parts to the gradient sums of the boundary cuts' variables among
+    /// `inputs` (`BatchGame.CompleteGradients`): variable i of `variables` belongs to cut `cutOf(i)`
+    /// and is exchanged under `nameOf(i)`.
+    public void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads, IReadOnlyList<Tensor> variables, Func<int, int> cutOf, Func<int, string> nameOf)
+    {
+        if (Link is not { } link) return;
+        for (int k = 0; k < inputs.Count; k++)
+        {
+            int i = -1;
+            for (int j = 0; j < variables.Count && i < 0; j++)
+                if (ReferenceEquals(variables[j], inputs[k])) i = j; // not IndexOf: Tensor.Equals compares values
+            if (i < 0 || !IsBoundary(cutOf(i))) continue;
+            var mine = grads[k] is { IsInvalid: false } g ? g : zeros_like(inputs[k]);
+            using var theirs = link.Exchange(cutOf(i), nameOf(i), mine);
+            grads[k] = mine.Plus(theirs);
+        }
+    }
+}

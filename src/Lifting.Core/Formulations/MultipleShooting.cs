@@ -131,9 +131,8 @@ public sealed class MultipleShooting : IFormulation
         private readonly MultipleShootingOptions options;
         private readonly RowGroup states, multipliers;
         private readonly int hidden;
-        /// A layer-parallel segment's blocks (null: every block) and its link to the neighbours.
-        private BlockRange? range;
-        private IBoundaryExchange? exchange;
+        /// A layer-parallel segment's blocks and its link to the neighbours.
+        private readonly SplitState split;
         private readonly IActivation?[] reparametrisation;
         private readonly IProjection[] stateProjections;
 
@@ -143,6 +142,7 @@ public sealed class MultipleShooting : IFormulation
             options = formulation.Options;
             var segments = Program.Segments;
             hidden = segments.Count - 1;
+            split = new SplitState(Program);
             reparametrisation = Enumerable.Range(0, hidden)
                 .Select(l => options.ReparametriseStates ? segments[l].OutputActivation : null).ToArray();
             stateProjections = Enumerable.Range(0, hidden)
@@ -182,35 +182,14 @@ public sealed class MultipleShooting : IFormulation
         /// Every block's term reads the mini-batch's rows.
         public long RowsOf(int block, long batchSize) => batchSize;
 
-        public void Restrict(BlockRange blocks, IBoundaryExchange link)
-        {
-            if (blocks.First < 0 || blocks.End > hidden + 1 || blocks.First >= blocks.End)
-                throw new ArgumentOutOfRangeException(nameof(blocks), $"{blocks} is not a range of this program's {hidden + 1} blocks.");
-            range = blocks;
-            exchange = link;
-        }
-
-        /// Block l reads the states of its inputs and ends in cut l: a range of a chain touches
-        /// cuts First − 1 … End − 1.
-        private bool Touches(int cut) => range is not { } r || (cut >= r.First - 1 && cut < r.End);
-
-        /// The cut at either end of the range, whose state a neighbouring range shares.
-        private bool IsBoundary(int cut) => range is { } r && ((r.First > 0 && cut == r.First - 1) || (cut == r.End - 1 && r.End <= hidden));
+        public void Restrict(BlockRange blocks, IBoundaryExchange link) => split.Restrict(blocks, link);
 
         /// Its blocks' weights with their step states, and the state and multiplier rows of the cuts
         /// its blocks end in (a boundary cut's state belongs to the lower range; the upper keeps an
         /// equal copy).
-        public IReadOnlyList<string> Owned(BlockRange blocks)
-        {
-            var names = Program.ParameterNames;
-            var owned = new HashSet<string>();
-            for (int l = blocks.First; l < blocks.End; l++)
-            {
-                foreach (var p in Program.Segments[l].Parameters) owned.Add($"weights/{names[p]}");
-                if (l < hidden) { owned.Add($"store/{states.Keys[l]}"); owned.Add($"store/{multipliers.Keys[l]}"); }
-            }
-            return StateTensors.Keys.Where(k => owned.Contains(k.Split('#')[0])).ToArray();
-        }
+        public IReadOnlyList<string> Owned(BlockRange blocks) =>
+            split.Owned(StateTensors.Keys, blocks, Enumerable.Range(blocks.First, blocks.End - blocks.First).Where(l => l < hidden)
+                .SelectMany(l => new[] { $"store/{states.Keys[l]}", $"store/{multipliers.Keys[l]}" }));
 
         /// The rows of the cuts the range touches, and everything that is not per example.
         public bool Reads(BlockRange blocks, string key)
@@ -224,15 +203,7 @@ public sealed class MultipleShooting : IFormulation
 
         /// Each block's term reads only the states of its inputs: a split needs every block to read
         /// its own range's states or the state of the range's lower cut.
-        public void Validate(IReadOnlyList<BlockRange> ranges, ISolver solver)
-        {
-            var segments = Program.Segments;
-            foreach (var r in ranges)
-                for (int l = r.First; l < r.End; l++)
-                    foreach (var u in segments[l].InputSegments)
-                        if (u >= 0 && u < r.First - 1)
-                            throw new ArgumentException($"layer-parallel training: block {l + 1} ({r}) reads block {u + 1}, below the range's lower cut; only the cut between neighbouring ranges is shared (split elsewhere or use fewer segments)");
-        }
+        public void Validate(IReadOnlyList<BlockRange> ranges, ISolver solver) => split.RequireNeighbouringCuts(ranges);
 
         public override IReadOnlyList<double> MeasureDefects(Tensor? rows = null) => MeasureDefects((l, rows) =>
         {
@@ -252,7 +223,7 @@ public sealed class MultipleShooting : IFormulation
                 this.problem = problem;
                 (h, hStates) = problem.states.Gather(batch.Indices);
                 (lambda, lambdaStates) = problem.multipliers.Gather(batch.Indices);
-                if (problem.range is not { } r)
+                if (problem.split.Range is not { } r)
                 {
                     Players = new[]
                     {
@@ -265,8 +236,8 @@ public sealed class MultipleShooting : IFormulation
                 }
                 // A segment of a layer-parallel run: its blocks' weights, the states of the cuts it
                 // touches, the multipliers of the cuts its blocks end in (players without any are left out).
-                var own = Enumerable.Range(r.First, r.End - r.First).SelectMany(l => problem.Program.Segments[l].Parameters).Distinct().Order().ToArray();
-                var touched = Enumerable.Range(0, h.Length).Where(problem.Touches).ToArray();
+                var own = problem.split.Parameters(r);
+                var touched = Enumerable.Range(0, h.Length).Where(problem.split.Touches).ToArray();
                 var ownCuts = Enumerable.Range(r.First, r.End - r.First).Where(l => l < h.Length).ToArray();
                 var ctx = problem.Context;
                 var players = new List<Player>();
@@ -284,21 +255,11 @@ public sealed class MultipleShooting : IFormulation
 
             public override IReadOnlyList<Player> Players { get; }
 
-            protected override (int First, int End) Blocks => problem.range is { } r ? (r.First, r.End) : base.Blocks;
+            protected override (int First, int End) Blocks => problem.split.Blocks;
 
             /// A segment adds the neighbours' parts of the gradient of its boundary cuts' states.
-            protected override void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads)
-            {
-                if (problem.exchange is not { } link) return;
-                for (int k = 0; k < inputs.Count; k++)
-                {
-                    int l = Array.FindIndex(h, v => ReferenceEquals(v, inputs[k])); // not IndexOf: Tensor.Equals compares values
-                    if (l < 0 || !problem.IsBoundary(l)) continue;
-                    var mine = grads[k] is { IsInvalid: false } g ? g : zeros_like(inputs[k]);
-                    using var theirs = link.Exchange(l, problem.states.Keys[l], mine);
-                    grads[k] = mine.Plus(theirs);
-                }
-            }
+            protected override void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads) =>
+                problem.split.CompleteGradients(inputs, grads, h, l => l, l => problem.states.Keys[l]);
 
             /// The state h_v (through the activation when reparametrised).
             protected override Tensor Value(int l) => problem.reparametrisation[l] is { } act ? act.Reparametrise(h[l]) : h[l];
@@ -316,7 +277,7 @@ public sealed class MultipleShooting : IFormulation
             protected override Tensor LossSum(Tensor output) => problem.Program.Loss.PerExample(output, Batch.Labels).sum();
 
             protected override IReadOnlyList<Tensor> RecordedMultipliers =>
-                problem.range is { } r ? lambda.Where((_, l) => l >= r.First && l < r.End).ToArray() : lambda;
+                problem.split.Range is { } r ? lambda.Where((_, l) => l >= r.First && l < r.End).ToArray() : lambda;
 
             public override void Commit()
             {

@@ -308,8 +308,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
         /// A layer-parallel segment's blocks (null: every block) and its link to the neighbours.
-        public BlockRange? Range { get; private set; }
-        public IBoundaryExchange? Link { get; private set; }
+        private SplitState? split;
+        public BlockRange? Range => split?.Range;
+        public IBoundaryExchange? Link => split?.Link;
 
         public NestedProgram LiftedProgram => Program;
 
@@ -318,28 +319,14 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         /// Every block's sub-problems read the mini-batch's codes, one row per example.
         public long RowsOf(int block, long batchSize) => batchSize;
 
-        public void Restrict(BlockRange blocks, IBoundaryExchange link)
-        {
-            if (blocks.First < 0 || blocks.End > Splits.Count || blocks.First >= blocks.End)
-                throw new ArgumentOutOfRangeException(nameof(blocks), $"{blocks} is not a range of this program's {Splits.Count} blocks.");
-            Range = blocks;
-            Link = link;
-        }
+        public void Restrict(BlockRange blocks, IBoundaryExchange link) => (split ??= new SplitState(Program)).Restrict(blocks, link);
 
         /// A range's blocks' weights with their step states, co-activation memories and offline
         /// gradient sums.
-        public IReadOnlyList<string> Owned(BlockRange blocks)
-        {
-            var names = Program.ParameterNames;
-            var owned = new HashSet<string>();
-            foreach (var (segments, parameters) in Groups.Where(g => blocks.Contains(g.Segments[0])))
-            {
-                foreach (var k in parameters) owned.Add($"weights/{names[k]}");
-                foreach (var k in parameters) owned.Add($"shared/offline.gradient{k}");
-                foreach (var l in segments) { owned.Add($"shared/A{l + 1}"); owned.Add($"shared/B{l + 1}"); }
-            }
-            return StateTensors.Keys.Where(k => owned.Contains(k.Split('#')[0])).ToArray();
-        }
+        public IReadOnlyList<string> Owned(BlockRange blocks) =>
+            new SplitState(Program).Owned(StateTensors.Keys, blocks, Groups.Where(g => blocks.Contains(g.Segments[0]))
+                .SelectMany(g => g.Parameters.Select(k => $"shared/offline.gradient{k}")
+                    .Concat(g.Segments.SelectMany(l => new[] { $"shared/A{l + 1}", $"shared/B{l + 1}" }))));
 
         public IReadOnlyList<string> OwnedScalars(BlockRange blocks) =>
             Enumerable.Range(0, memoryUpdates.Length).Where(blocks.Contains).Select(l => $"memory-updates{l + 1}").ToArray();
@@ -352,12 +339,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         {
             if (solver is not AlternatingMinimisationSolver)
                 throw new ArgumentException($"layer-parallel training: {Formulation.Name} splits by blocks under the alternating-minimisation solver only (this method's solver: {solver.Name})");
-            var segments = Program.Segments;
-            foreach (var r in ranges)
-                for (int l = r.First; l < r.End; l++)
-                    foreach (var u in segments[l].InputSegments)
-                        if (u >= 0 && u < r.First - 1)
-                            throw new ArgumentException($"layer-parallel training: block {l + 1} ({r}) reads block {u + 1}, below the range's lower cut; only the cut between neighbouring ranges carries codes (split elsewhere or use fewer segments)");
+            new SplitState(Program).RequireNeighbouringCuts(ranges);
             foreach (var (group, _) in Groups)
                 if (ranges.Count(r => group.Any(r.Contains)) > 1)
                     throw new ArgumentException($"layer-parallel training: blocks {string.Join(", ", group.Select(i => i + 1))} share weights and would fall in different segments (use fewer segments)");
