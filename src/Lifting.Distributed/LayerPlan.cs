@@ -43,7 +43,7 @@ public sealed class LayerPlan
     {
         var name = method.Name;
         if (problem is not ILayerSplittable split)
-            throw new ArgumentException($"layer-parallel training: {name} does not split by blocks (covered: the distprop methods, whose blocks meet only at the class Gaussians of the cuts; the am methods, at the codes of the cuts; the multiple-shooting Lagrangians (extraprop, gda, auglag), at the states of the cuts; docs/distributed.md)");
+            throw new ArgumentException($"layer-parallel training: {name} does not split by blocks (covered: the distprop methods, whose blocks meet only at the class Gaussians of the cuts; the am methods, at the codes of the cuts; the multiple-shooting Lagrangians (extraprop, gda, auglag) and the quadratic penalty (penalty, regularized), at the states of the cuts; docs/distributed.md)");
         if (problem.Weights.Program.HasModes)
             throw new ArgumentException($"layer-parallel training: {name} on a program with batch normalisation or dropout is not covered (docs/distributed.md)");
         foreach (var player in method.Formulation.PlayerNames)

@@ -38,7 +38,7 @@ internal sealed class ClusterFlags
     public Option<string> TlsCert { get; } = new("--tls-cert") { Description = "with --cluster: the cluster's PKCS#12 certificate (TLS to the workers)", HelpName = "FILE" };
     public Option<string> TlsPassword { get; } = new("--tls-password") { Description = "the password of --tls-cert", HelpName = "PASSWORD" };
     public Option<string> WorkerTimeout { get; } = new("--worker-timeout") { Description = "seconds a replica may stay unreachable before the run stops [default: 120]", HelpName = "S" };
-    public Option<string> Segments { get; } = new("--segments") { Description = "layer-parallel training: the lifted network's blocks split into K segments, one process each (distprop, am and multiple-shooting methods) [with --workers or --cluster: on the workers; otherwise: threads of this process]", HelpName = "K" };
+    public Option<string> Segments { get; } = new("--segments") { Description = "layer-parallel training: the lifted network's blocks split into K segments, one process each (distprop, am, multiple-shooting and penalty methods) [with --workers or --cluster: on the workers; otherwise: threads of this process]", HelpName = "K" };
 
     public static readonly string[] Names = { "workers", "cluster", "cluster-id", "replicas", "tls-cert", "tls-password", "worker-timeout", "segments" };
 

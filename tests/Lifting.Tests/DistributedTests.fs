@@ -134,7 +134,7 @@ let tests =
                 againstSegments flags ks sameWeights
         }
 
-        test "layer-parallel multiple shooting (--segments 2 and 3, in-process segments): the one-process weights byte for byte for extraprop (also reparametrised, projected, reduced, adjoint-initialised), extraprop-rows, gda and auglag; the batch's rows of the boundary state's gradient cross, B·H numbers each way per evaluation" {
+        test "layer-parallel multiple shooting and quadratic penalty (--segments 2 and 3, in-process segments): the one-process weights byte for byte for extraprop (also reparametrised, projected, reduced, adjoint-initialised), extraprop-rows, gda, auglag, penalty and regularized; the batch's rows of the boundary state's gradient cross, B·H numbers each way per evaluation" {
             let net = [ "--net"; "64-32-32-10"; "--epochs"; "3" ]
             againstSegments ([ "--method"; "extraprop" ] @ net) [ "2"; "3" ] (fun single split k ->
                 sameWeights single split k
@@ -149,7 +149,9 @@ let tests =
                                [ "--method"; "extraprop"; "--adjoint-init"; "true" ], [ "2" ]
                                [ "--method"; "extraprop-rows" ], [ "3" ]
                                [ "--method"; "gda" ], [ "2" ]
-                               [ "--method"; "auglag" ], [ "3" ] ] do
+                               [ "--method"; "auglag" ], [ "3" ]
+                               [ "--method"; "penalty" ], [ "2"; "3" ]
+                               [ "--method"; "regularized" ], [ "3" ] ] do
                 againstSegments (flags @ net) ks sameWeights
             // States reparametrised through tanh: its derivative multiplies each segment's part
             // instead of their sum.
@@ -159,8 +161,8 @@ let tests =
                 Expect.isLessThan d 1e-9 "reparametrised through tanh: rounding only")
         }
 
-        test "a layer-parallel run resumed from its checkpoint (lifting resume --segments 2) ends with the weights of the one-process run resumed the same way, byte for byte (distprop; am-adam and am-mem, whose mu, Adam state and memory counters continue; extraprop, whose segments read their own cuts' rows)" {
-            for methodName in [ "distprop"; "am-adam"; "am-mem"; "extraprop" ] do
+        test "a layer-parallel run resumed from its checkpoint (lifting resume --segments 2) ends with the weights of the one-process run resumed the same way, byte for byte (distprop; am-adam and am-mem, whose mu, Adam state and memory counters continue; extraprop and penalty, whose segments read their own cuts' rows)" {
+            for methodName in [ "distprop"; "am-adam"; "am-mem"; "extraprop"; "penalty" ] do
                 let args = [ "--method"; methodName; "--net"; "64-32-32-10"; "--epochs"; "1" ]
                 let single, split = scratchDir "single", scratchDir "segments"
                 run args single |> ignore
@@ -175,7 +177,8 @@ let tests =
             for (args, what) in [ [ "--method"; "backprop"; "--segments"; "2" ], "backprop does not split by blocks"
                                   [ "--method"; "distprop"; "--net"; "64-32-10"; "--segments"; "3" ], "3 segments for a program of 2 blocks"
                                   [ "--method"; "distprop"; "--clip-norm"; "1"; "--segments"; "2" ], "transforms all of the player's variables together"
-                                  [ "--method"; "distprop"; "--segments"; "2"; "--replicas"; "2" ], "give one of them" ] do
+                                  [ "--method"; "distprop"; "--segments"; "2"; "--replicas"; "2" ], "give one of them"
+                                  [ "--method"; "penalty"; "--restart-states"; "true"; "--segments"; "2" ], "restarts the batch's states by a forward pass" ] do
                 let dir = Path.Combine(scratchDir "refused", "run")
                 let code, _, err = lifting ([ "train"; "--data"; "digits"; "--epochs"; "1"; "--out"; dir; "--plain" ] @ args)
                 Expect.equal code 2 $"{args}: exit code ({err})"

@@ -114,9 +114,10 @@ public abstract class ConstraintGame : BatchGame
         }
         if (end <= hidden)
         {
+            // A range below the output: no loss, the terms combined as the whole objective combines them.
             Record(zero, defects, RecordedMultipliers);
             current = Array.Empty<Tensor?>();
-            return total;
+            return Combine(zero, total);
         }
         var output = segments[hidden].Forward(InputsOf(segments[hidden]), Problem.Weights.Tensors, Pass);
         var loss = LossSum(output);

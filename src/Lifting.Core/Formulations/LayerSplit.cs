@@ -97,7 +97,10 @@ public sealed class SplitState
     public (int First, int End) Blocks => Range is { } r ? (r.First, r.End) : (0, BlockCount);
 
     /// Whether the range reads or writes cut `cut`.
-    public bool Touches(int cut) => Range is not { } r || (cut >= r.First - 1 && cut < r.End);
+    public bool Touches(int cut) => Range is not { } r || Touches(cut, r);
+
+    /// Whether `range`'s blocks read or write cut `cut`.
+    public static bool Touches(int cut, BlockRange range) => cut >= range.First - 1 && cut < range.End;
 
     /// A cut at either end of the range, whose variables a neighbouring range shares.
     public bool IsBoundary(int cut) => Range is { } r && ((r.First > 0 && cut == r.First - 1) || (cut == r.End - 1 && r.End < BlockCount));

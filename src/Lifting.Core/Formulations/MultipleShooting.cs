@@ -196,9 +196,7 @@ public sealed class MultipleShooting : IFormulation
         {
             if (!key.StartsWith("store/", StringComparison.Ordinal)) return true;
             var name = key["store/".Length..].Split('#')[0];
-            for (int l = Math.Max(0, blocks.First - 1); l < Math.Min(blocks.End, hidden); l++)
-                if (name == states.Keys[l] || (l >= blocks.First && name == multipliers.Keys[l])) return true;
-            return false;
+            return Enumerable.Range(0, hidden).Any(l => (SplitState.Touches(l, blocks) && name == states.Keys[l]) || (blocks.Contains(l) && name == multipliers.Keys[l]));
         }
 
         /// Each block's term reads only the states of its inputs: a split needs every block to read

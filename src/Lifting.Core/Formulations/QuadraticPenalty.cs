@@ -77,15 +77,19 @@ public sealed class QuadraticPenalty : IFormulation
         return new Problem(this, context, weights);
     }
 
-    private sealed class Problem : LiftedProblem
+    private sealed class Problem : LiftedProblem, ILayerSplittable
     {
         private readonly QuadraticPenalty formulation;
         private readonly RowGroup states;
+        private readonly SplitState split;
+        private readonly int hidden;
         private double mu;
 
         public Problem(QuadraticPenalty formulation, LiftContext context, Weights weights) : base(formulation, context, weights)
         {
             this.formulation = formulation;
+            split = new SplitState(Program);
+            hidden = Program.Segments.Count - 1;
             mu = formulation.Schedule.At(0);
             var initial = ForwardStatesOfTrainingSet();
             states = new RowGroup(Store, context, Formulations.PlayerNames.States,
@@ -94,6 +98,33 @@ public sealed class QuadraticPenalty : IFormulation
         }
 
         public double Mu => mu;
+
+        public NestedProgram LiftedProgram => Program;
+
+        public string Exchanges => "each gradient evaluation, the two segments of a cut send each other their parts of the gradient of the batch's rows of the cut's state (B·H numbers each way) and step their own players";
+
+        /// Every block's term reads the mini-batch's rows.
+        public long RowsOf(int block, long batchSize) => batchSize;
+
+        public void Restrict(BlockRange blocks, IBoundaryExchange link) => split.Restrict(blocks, link);
+
+        /// Its blocks' weights with their step states and the state rows of the cuts its blocks end
+        /// in (a boundary cut's state belongs to the lower range; the upper keeps an equal copy).
+        public IReadOnlyList<string> Owned(BlockRange blocks) =>
+            split.Owned(StateTensors.Keys, blocks, Enumerable.Range(blocks.First, blocks.End - blocks.First).Where(l => l < hidden).Select(l => $"store/{states.Keys[l]}"));
+
+        /// The state rows of the cuts the range touches, and everything that is not per example.
+        public bool Reads(BlockRange blocks, string key) =>
+            !key.StartsWith("store/", StringComparison.Ordinal)
+            || Enumerable.Range(0, hidden).Any(l => SplitState.Touches(l, blocks) && key["store/".Length..].Split('#')[0] == states.Keys[l]);
+
+        /// Restarted states are a forward pass from the batch's inputs through every block below.
+        public void Validate(IReadOnlyList<BlockRange> ranges, ISolver solver)
+        {
+            if (formulation.RestartStates && ranges.Count > 1)
+                throw new ArgumentException($"layer-parallel training: {formulation.Name} restarts the batch's states by a forward pass through every block; a segment does not hold the blocks below it (drop the restart)");
+            split.RequireNeighbouringCuts(ranges);
+        }
 
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
@@ -126,14 +157,34 @@ public sealed class QuadraticPenalty : IFormulation
                 this.problem = problem;
                 (h, hStates) = problem.states.Gather(batch.Indices);
                 if (problem.formulation.RestartStates) Restart(batch);
+                if (problem.split.Range is not { } r)
+                {
+                    Players = new[]
+                    {
+                        problem.WeightsPlayer(),
+                        new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true),
+                    };
+                    return;
+                }
+                // A segment of a layer-parallel run: its blocks' weights and the states of the cuts it touches.
+                var own = problem.split.Parameters(r);
+                var touched = Enumerable.Range(0, h.Length).Where(problem.split.Touches).ToArray();
                 Players = new[]
                 {
-                    problem.WeightsPlayer(),
-                    new Player(Formulations.PlayerNames.States, Role.Minimise, h, problem.states.StepRule, hStates, rowIndexed: true),
+                    new Player(Formulations.PlayerNames.Weights, Role.Minimise, own.Select(p => problem.Weights.Tensors[p]).ToArray(),
+                        problem.Context.StepRuleFor(Formulations.PlayerNames.Weights), own.Select(p => problem.WeightStates[p]).ToArray()),
+                    new Player(Formulations.PlayerNames.States, Role.Minimise, touched.Select(l => h[l]).ToArray(), problem.states.StepRule,
+                        touched.Select(l => hStates[l]).ToArray(), rowIndexed: true),
                 };
             }
 
             public override IReadOnlyList<Player> Players { get; }
+
+            protected override (int First, int End) Blocks => problem.split.Blocks;
+
+            /// A segment adds the neighbours' parts of the gradient of its boundary cuts' states.
+            protected override void CompleteGradients(IReadOnlyList<Tensor> inputs, Tensor?[] grads) =>
+                problem.split.CompleteGradients(inputs, grads, h, l => l, l => problem.states.Keys[l]);
 
             /// h_l ← f_l(h_{l−1}) from the batch's inputs at the current weights, and the states'
             /// step-rule state and solver memory zeroed (the batch's gathered copies).
