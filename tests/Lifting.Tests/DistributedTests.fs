@@ -302,7 +302,7 @@ let survivesLostSegment (args: string list) =
 [<Tests>]
 let clusterTests =
     testList "DistributedTests" [
-        test "two silos through a real Redis server (lifting worker --cluster redis://…) train backprop on the digits to the weights of two in-process replicas byte for byte" {
+        test "two silos through a real Redis server (lifting worker --cluster redis://…) train backprop on the digits to the weights of two in-process replicas byte for byte, and DistProp, online AM and ExtraProp layer-parallel (--segments 2, a segment on each silo) to the one-process weights byte for byte" {
             match redis () with
             | None -> skiptest "no Redis: set LIFTING_REDIS or install redis-server (.ci/run does)"
             | Some(url, server) ->
@@ -314,8 +314,16 @@ let clusterTests =
                     let out = run [ "--epochs"; "2"; "--cluster"; url; "--cluster-id"; id ] remote
                     Expect.stringContains out "2 replicas on the 2 workers of redis://" "the header names the cluster"
                     Expect.isTrue (sameBytes local remote) "the same weights, byte for byte"
-                    let silos = [ for r in (clusterJson remote).GetProperty("layout").EnumerateArray() -> r.GetProperty("silo").GetString() ]
-                    Expect.equal (List.distinct silos).Length 2 "one replica on each silo"
+                    let silos (dir: string) = [ for r in (clusterJson dir).GetProperty("layout").EnumerateArray() -> r.GetProperty("silo").GetString() ]
+                    Expect.equal (List.distinct (silos remote)).Length 2 "one replica on each silo"
+                    for methodName in [ "distprop"; "am-adam"; "extraprop" ] do
+                        let args = [ "--method"; methodName; "--net"; "64-32-32-10"; "--epochs"; "2" ]
+                        let single, layers = scratchDir "single", scratchDir "segments"
+                        run args single |> ignore
+                        let out = run (args @ [ "--cluster"; url; "--cluster-id"; id; "--segments"; "2" ]) layers
+                        Expect.stringContains out "layer-parallel, 2 segments on the 2 workers of redis://" $"{methodName}: the header names the cluster"
+                        Expect.isTrue (sameBytes single layers) $"{methodName}: the one-process weights, byte for byte"
+                        Expect.equal (List.distinct (silos layers)).Length 2 $"{methodName}: one segment on each silo"
                 finally
                     for (p, _) in workers do stop p
                     server |> Option.iter stop
