@@ -219,8 +219,9 @@ public sealed class MultipleShooting : IFormulation
             public Game(Problem problem, MiniBatch batch) : base(batch, problem)
             {
                 this.problem = problem;
-                (h, hStates) = problem.states.Gather(batch.Indices);
-                (lambda, lambdaStates) = problem.multipliers.Gather(batch.Indices);
+                // A layer-parallel segment gathers only the rows of the cuts it touches.
+                (h, hStates) = problem.states.Gather(batch.Indices, problem.split.Range is null ? null : problem.split.Touches);
+                (lambda, lambdaStates) = problem.multipliers.Gather(batch.Indices, problem.split.Range is { } mine ? mine.Contains : null);
                 if (problem.split.Range is not { } r)
                 {
                     Players = new[]

@@ -155,7 +155,7 @@ public sealed class QuadraticPenalty : IFormulation
             public Game(Problem problem, MiniBatch batch) : base(batch, problem)
             {
                 this.problem = problem;
-                (h, hStates) = problem.states.Gather(batch.Indices);
+                (h, hStates) = problem.states.Gather(batch.Indices, problem.split.Range is null ? null : problem.split.Touches); // a segment: the cuts it touches
                 if (problem.formulation.RestartStates) Restart(batch);
                 if (problem.split.Range is not { } r)
                 {

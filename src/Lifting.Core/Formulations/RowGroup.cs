@@ -36,13 +36,15 @@ public sealed class RowGroup
     public IStepRule StepRule { get; }
     public IReadOnlyList<string> Keys => keys;
 
-    /// The batch's rows as leaf tensors (requires_grad) with their gathered step states.
-    public (Tensor[] Variables, StepState[] States) Gather(Tensor indices)
+    /// The batch's rows as leaf tensors (requires_grad) with their gathered step states; with
+    /// `only`, the entries it accepts (the others null: a layer-parallel segment's untouched cuts).
+    public (Tensor[] Variables, StepState[] States) Gather(Tensor indices, Func<int, bool>? only = null)
     {
         var variables = new Tensor[keys.Length];
         var states = new StepState[keys.Length];
         for (int i = 0; i < keys.Length; i++)
         {
+            if (only is not null && !only(i)) continue;
             variables[i] = store.Gather(keys[i], indices).requires_grad_(true);
             var slots = Enumerable.Range(0, slotCounts[i]).Select(s => store.Gather($"{keys[i]}#slot{s}", indices)).ToArray();
             var memory = Enumerable.Range(0, memoryCounts[i]).Select(m => store.Gather($"{keys[i]}#memory{m}", indices)).ToArray();
@@ -51,10 +53,12 @@ public sealed class RowGroup
         return (variables, states);
     }
 
+    /// Writes the gathered rows back (null entries, not gathered, are skipped).
     public void Scatter(Tensor indices, Tensor[] variables, StepState[] states)
     {
         for (int i = 0; i < keys.Length; i++)
         {
+            if (variables[i] is null) continue;
             store.Scatter(keys[i], indices, variables[i]);
             for (int s = 0; s < slotCounts[i]; s++) store.Scatter($"{keys[i]}#slot{s}", indices, states[i].Slots[s]);
             for (int m = 0; m < memoryCounts[i]; m++) store.Scatter($"{keys[i]}#memory{m}", indices, states[i].Memory[m]);
