@@ -564,9 +564,7 @@ public sealed class DistProp : IFormulation
                 var touched = Enumerable.Range(0, states.Length).Where(i => problem.split.Touches(problem.gaussianCuts[i])).ToArray();
                 var ownCuts = Enumerable.Range(0, multipliers.Length).Where(c => c >= r.First && c < r.End && multipliers[c] is not null).ToArray();
                 var players = new List<Player>();
-                if (own.Length > 0)
-                    players.Add(new Player(Formulations.PlayerNames.Weights, Role.Minimise, own.Select(p => problem.Weights.Tensors[p]).ToArray(), ctx.StepRuleFor(Formulations.PlayerNames.Weights),
-                        own.Select(p => problem.WeightStates[p]).ToArray()));
+                if (own.Length > 0) players.Add(problem.WeightsPlayer(own));
                 if (touched.Length > 0)
                     players.Add(new Player(Formulations.PlayerNames.States, Role.Minimise, touched.Select(i => states[i]).ToArray(), ctx.StepRuleFor(Formulations.PlayerNames.States),
                         touched.Select(i => stateRules[i]).ToArray()));

@@ -39,6 +39,11 @@ public abstract class LiftedProblem : ILiftedProblem, ICheckpointable
     public Player WeightsPlayer() =>
         new(PlayerNames.Weights, Role.Minimise, Weights.Tensors, Context.StepRuleFor(PlayerNames.Weights), WeightStates);
 
+    /// A weights player over the parameters at `parameters` only (a layer-parallel segment's blocks').
+    public Player WeightsPlayer(IReadOnlyList<int> parameters) =>
+        new(PlayerNames.Weights, Role.Minimise, parameters.Select(p => Weights.Tensors[p]).ToArray(), Context.StepRuleFor(PlayerNames.Weights),
+            parameters.Select(p => WeightStates[p]).ToArray());
+
     public abstract IBatchGame Batch(MiniBatch batch);
 
     /// The per-example store's bytes plus every shared auxiliary tensor's (`AddShared`).

@@ -238,11 +238,8 @@ public sealed class MultipleShooting : IFormulation
                 var own = problem.split.Parameters(r);
                 var touched = Enumerable.Range(0, h.Length).Where(problem.split.Touches).ToArray();
                 var ownCuts = Enumerable.Range(r.First, r.End - r.First).Where(l => l < h.Length).ToArray();
-                var ctx = problem.Context;
                 var players = new List<Player>();
-                if (own.Length > 0)
-                    players.Add(new Player(Formulations.PlayerNames.Weights, Role.Minimise, own.Select(p => problem.Weights.Tensors[p]).ToArray(), ctx.StepRuleFor(Formulations.PlayerNames.Weights),
-                        own.Select(p => problem.WeightStates[p]).ToArray()));
+                if (own.Length > 0) players.Add(problem.WeightsPlayer(own));
                 if (touched.Length > 0)
                     players.Add(new Player(Formulations.PlayerNames.States, Role.Minimise, touched.Select(l => h[l]).ToArray(), problem.states.StepRule, touched.Select(l => hStates[l]).ToArray(),
                         rowIndexed: true, projections: touched.Select(l => problem.stateProjections[l]).ToArray()));

@@ -273,6 +273,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
             : base(formulation, context, weights)
         {
             options = formulation.Options;
+            split = new SplitState(context.Program);
             Splits = splits;
             Groups = groups;
             ResidualWeights = splits.Take(splits.Count - 1)
@@ -308,9 +309,9 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         public override IBatchGame Batch(MiniBatch batch) => new Game(this, batch);
 
         /// A layer-parallel segment's blocks (null: every block) and its link to the neighbours.
-        private SplitState? split;
-        public BlockRange? Range => split?.Range;
-        public IBoundaryExchange? Link => split?.Link;
+        private readonly SplitState split;
+        public BlockRange? Range => split.Range;
+        public IBoundaryExchange? Link => split.Link;
 
         public NestedProgram LiftedProgram => Program;
 
@@ -319,12 +320,12 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         /// Every block's sub-problems read the mini-batch's codes, one row per example.
         public long RowsOf(int block, long batchSize) => batchSize;
 
-        public void Restrict(BlockRange blocks, IBoundaryExchange link) => (split ??= new SplitState(Program)).Restrict(blocks, link);
+        public void Restrict(BlockRange blocks, IBoundaryExchange link) => split.Restrict(blocks, link);
 
         /// A range's blocks' weights with their step states, co-activation memories and offline
         /// gradient sums.
         public IReadOnlyList<string> Owned(BlockRange blocks) =>
-            new SplitState(Program).Owned(StateTensors.Keys, blocks, Groups.Where(g => blocks.Contains(g.Segments[0]))
+            split.Owned(StateTensors.Keys, blocks, Groups.Where(g => blocks.Contains(g.Segments[0]))
                 .SelectMany(g => g.Parameters.Select(k => $"shared/offline.gradient{k}")
                     .Concat(g.Segments.SelectMany(l => new[] { $"shared/A{l + 1}", $"shared/B{l + 1}" }))));
 
@@ -339,7 +340,7 @@ public sealed class OnlineAlternatingMinimisation : IFormulation
         {
             if (solver is not AlternatingMinimisationSolver)
                 throw new ArgumentException($"layer-parallel training: {Formulation.Name} splits by blocks under the alternating-minimisation solver only (this method's solver: {solver.Name})");
-            new SplitState(Program).RequireNeighbouringCuts(ranges);
+            split.RequireNeighbouringCuts(ranges);
             foreach (var (group, _) in Groups)
                 if (ranges.Count(r => group.Any(r.Contains)) > 1)
                     throw new ArgumentException($"layer-parallel training: blocks {string.Join(", ", group.Select(i => i + 1))} share weights and would fall in different segments (use fewer segments)");

@@ -171,8 +171,7 @@ public sealed class QuadraticPenalty : IFormulation
                 var touched = Enumerable.Range(0, h.Length).Where(problem.split.Touches).ToArray();
                 Players = new[]
                 {
-                    new Player(Formulations.PlayerNames.Weights, Role.Minimise, own.Select(p => problem.Weights.Tensors[p]).ToArray(),
-                        problem.Context.StepRuleFor(Formulations.PlayerNames.Weights), own.Select(p => problem.WeightStates[p]).ToArray()),
+                    problem.WeightsPlayer(own),
                     new Player(Formulations.PlayerNames.States, Role.Minimise, touched.Select(l => h[l]).ToArray(), problem.states.StepRule,
                         touched.Select(l => hStates[l]).ToArray(), rowIndexed: true),
                 };
