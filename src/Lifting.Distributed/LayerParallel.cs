@@ -20,7 +20,8 @@ namespace Lifting.Distributed;
 /// segments pass the cut's forward codes up and, once the codes above have moved, the cut's
 /// updated codes down (seed 004's top-down order); each then solves its blocks' weight
 /// sub-problems while the segments below still update their codes. The multiple-shooting
-/// Lagrangian's segments exchange the gradient parts of the batch's rows of the cut's state.
+/// Lagrangian's and the quadratic penalty's segments exchange the gradient parts of the batch's
+/// rows of the cut's state.
 ///
 /// The weights equal the one-process run's bit for bit (tests/Lifting.Tests/DistributedTests.fs):
 /// each variable's gradient is the same sum of the same terms (a DistProp boundary variable's the
